@@ -1,0 +1,128 @@
+"""Settings: one frozen object, built once at the entry point and passed down.
+
+Only :meth:`Settings.from_env` reads the environment. Every variable is
+documented in the README with its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from daveloper.errors import ConfigError
+
+__all__ = ["Address", "Settings"]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A TCP listen address."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, *, name: str = "address") -> Address:
+        """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6); port 0 picks a free one."""
+        host, sep, port = text.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"{name}: expected HOST:PORT, got {text!r}")
+        return cls(host.strip("[]"), int(port))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "daveloper"
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything configurable about one Daveloper process."""
+
+    grpc_addr: Address = Address("127.0.0.1", 50051)
+    data_dir: Path = field(default_factory=_default_data_dir)
+    #: ``redis://`` / ``rediss://`` / ``unix://`` URL; ``None`` starts an embedded Valkey.
+    redis_url: str | None = None
+    #: Qdrant server URL; ``None`` uses qdrant-client local mode under ``data_dir``.
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    #: HMAC key for session tokens; ``None`` shares one generated key through Redis.
+    secret_key: str | None = None
+    #: Token that may act across sessions (log tailing, operations); ``None`` disables it.
+    admin_token: str | None = None
+    session_ttl_seconds: int = 24 * 3600
+    session_max_ttl_seconds: int = 30 * 24 * 3600
+    #: Largest gRPC message accepted; larger ones are refused before they are read.
+    max_message_bytes: int = 4 * 1024 * 1024
+    #: How long in-flight RPCs may run after SIGTERM before they are cancelled.
+    drain_seconds: float = 10.0
+    #: Events kept per event-log stream (older ones expire: CURSOR_EXPIRED).
+    event_retention: int = 10_000
+    #: Idle event-log streams are deleted after this many seconds.
+    event_ttl_seconds: int = 7 * 24 * 3600
+    log_level: str = "INFO"
+    instance_id: str = field(default_factory=_default_instance_id)
+
+    def __post_init__(self) -> None:
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        for name in ("session_ttl_seconds", "session_max_ttl_seconds", "max_message_bytes",
+                     "event_retention", "event_ttl_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.drain_seconds < 0:
+            raise ConfigError("drain_seconds must not be negative")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from ``DAVELOPER_*`` variables; ``overrides`` (CLI flags) win."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(f"DAVELOPER_{name}", "").strip()
+            return value or None
+
+        def number(name: str, kind: type[int] | type[float]) -> int | float | None:
+            value = get(name)
+            if value is None:
+                return None
+            try:
+                return kind(value)
+            except ValueError:
+                raise ConfigError(f"DAVELOPER_{name} must be a number, got {value!r}") from None
+
+        values: dict[str, object] = {}
+        if (addr := get("GRPC_ADDR")) is not None:
+            values["grpc_addr"] = Address.parse(addr, name="DAVELOPER_GRPC_ADDR")
+        if (data_dir := get("DATA_DIR")) is not None:
+            values["data_dir"] = Path(data_dir).expanduser()
+        for key in ("redis_url", "qdrant_url", "qdrant_api_key", "secret_key", "admin_token", "instance_id"):
+            if (value := get(key.upper())) is not None:
+                values[key] = value
+        if (level := get("LOG_LEVEL")) is not None:
+            values["log_level"] = level.upper()
+        for key, kind in (("session_ttl_seconds", int), ("session_max_ttl_seconds", int),
+                          ("max_message_bytes", int), ("drain_seconds", float),
+                          ("event_retention", int), ("event_ttl_seconds", int)):
+            if (num := number(key.upper(), kind)) is not None:
+                values[key] = num
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with some fields changed (settings stay immutable)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
