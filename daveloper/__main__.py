@@ -1,0 +1,5 @@
+import sys
+
+from daveloper.cli import main
+
+sys.exit(main())

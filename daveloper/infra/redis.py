@@ -1,0 +1,96 @@
+"""The Redis client: a configured server, or an embedded Valkey under the data dir.
+
+:func:`open_redis` is the only place that creates the client, so the
+connection settings below hold for the whole process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from daveloper.config import Settings
+from daveloper.errors import ConfigError, Unavailable
+from daveloper.infra import redacted_url
+from daveloper.infra.valkey import EmbeddedValkey
+
+__all__ = ["MAX_BLOCK_MS", "SOCKET_TIMEOUT", "RedisHealth", "open_redis"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds a command may wait for its reply before the connection is dropped.
+#:
+#: Finite, so that a server that stops answering (half-open TCP, a paused VM)
+#: surfaces as an error instead of a task that hangs forever. redis-py applies
+#: it to every read, blocking commands included, so ``XREAD BLOCK`` / ``BLPOP``
+#: must block for at most :data:`MAX_BLOCK_MS` and loop to wait longer (never
+#: ``BLOCK 0``). ``None`` would make blocking reads simple but hide hangs.
+SOCKET_TIMEOUT = 30.0
+#: Longest block time for blocking commands, with a margin under :data:`SOCKET_TIMEOUT`.
+MAX_BLOCK_MS = 20_000
+#: Seconds to connect, and for the start-up PING.
+CONNECT_TIMEOUT = 5.0
+#: A connection idle this long is PINGed before reuse, so a connection a NAT or
+#: load balancer dropped in silence is replaced instead of failing a command.
+HEALTH_CHECK_INTERVAL = 30
+
+
+@asynccontextmanager
+async def open_redis(settings: Settings) -> AsyncIterator[Redis]:
+    """Yield a client for ``settings.redis_url``, or for an embedded Valkey when it is unset.
+
+    The connection is verified with PING before it is yielded; a server that
+    does not answer raises :class:`~daveloper.errors.Unavailable`. On exit the
+    client is closed, then the embedded server (if any) is stopped.
+    Responses are ``bytes`` (no ``decode_responses``): event payloads are protobuf.
+    """
+    async with AsyncExitStack() as stack:
+        if settings.redis_url:
+            url = settings.redis_url
+        else:
+            server = await stack.enter_async_context(EmbeddedValkey(settings.data_dir))
+            url = server.url
+        try:
+            client = Redis.from_url(
+                url,
+                socket_timeout=SOCKET_TIMEOUT,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                health_check_interval=HEALTH_CHECK_INTERVAL,
+            )
+        except ValueError as exc:  # redis-py's message names the bad part, not the password
+            raise ConfigError(f"invalid Redis URL {redacted_url(url)}: {exc}") from exc
+        stack.push_async_callback(client.aclose)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await client.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise Unavailable(
+                f"Redis at {redacted_url(url)} does not answer PING: {exc or type(exc).__name__}",
+                retry_after=1.0,
+            ) from exc
+        log.info("connected to Redis at %s", redacted_url(url))
+        yield client
+
+
+class RedisHealth:
+    """:class:`~daveloper.infra.HealthProbe` for Redis: PING answered within ``timeout``."""
+
+    def __init__(self, client: Redis, *, name: str = "redis", timeout: float = 1.0) -> None:
+        self.name = name
+        self._client = client
+        self._timeout = timeout
+
+    async def check(self) -> bool:
+        """True when PING is answered in time; False on any failure (never raises)."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                return bool(await self._client.ping())
+        except Exception as exc:  # a probe reports failure, whatever it is; CancelledError passes
+            log.debug("redis health check failed: %r", exc)
+            return False
+

@@ -1,0 +1,7 @@
+"""The thin framework layer over grpclib that every servicer stands on."""
+
+from daveloper.rpc.call import Call, Principal
+from daveloper.rpc.interceptor import Interceptor
+from daveloper.rpc.servicer import Authenticator, Servicer, public
+
+__all__ = ["Authenticator", "Call", "Interceptor", "Principal", "Servicer", "public"]

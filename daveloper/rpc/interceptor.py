@@ -1,0 +1,159 @@
+"""Cross-cutting handling of every RPC the server serves, registered once.
+
+grpclib has no interceptors; its ``RecvRequest`` event lets a listener replace
+the method function, which is how this module wraps every handler — ours,
+health and reflection alike — with:
+
+* a request id (``x-request-id`` from the caller, else generated) in a ContextVar;
+* the maximum message size, enforced before a message body is read;
+* the one mapping of exceptions to a status with ``google.rpc`` details, plus
+  the request id in the trailers;
+* drain on shutdown: new calls are refused with UNAVAILABLE, running calls get
+  until the drain deadline and then end with UNAVAILABLE (reason DRAINING), so
+  clients see a proper status and resume elsewhere from the event log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from grpclib.const import Status
+from grpclib.events import RecvRequest, listen
+from grpclib.exceptions import GRPCError
+from grpclib.server import Server, Stream
+
+from daveloper.errors import ResourceExhausted, Unavailable, to_grpc_error
+from daveloper.rpc.context import request_id_var, trailers_var
+
+__all__ = ["REQUEST_ID_KEY", "Interceptor"]
+
+log = logging.getLogger("daveloper.rpc")
+
+REQUEST_ID_KEY = "x-request-id"
+_MAX_REQUEST_ID = 128
+
+MethodFunc = Callable[[Stream[Any, Any]], Coroutine[Any, Any, None]]
+
+
+class Interceptor:
+    """Wraps every handler of one grpclib ``Server``; owns its drain state."""
+
+    def __init__(self, *, max_message_bytes: int) -> None:
+        self.max_message_bytes = max_message_bytes
+        self._draining = False
+        self._drain_deadline: float | None = None
+        self._inflight: dict[asyncio.Task[Any], asyncio.Timeout] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def install(self, server: Server) -> None:
+        listen(server, RecvRequest, self._on_request)
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    async def _on_request(self, event: RecvRequest) -> None:
+        event.method_func = self._wrap(event.method_func, event.method_name)  # type: ignore[assignment]
+
+    def _wrap(self, func: MethodFunc, method: str) -> MethodFunc:
+        async def handle(stream: Stream[Any, Any]) -> None:
+            supplied = stream.metadata.get(REQUEST_ID_KEY) if stream.metadata else None
+            request_id = (
+                supplied if isinstance(supplied, str) and 0 < len(supplied) <= _MAX_REQUEST_ID
+                else uuid.uuid4().hex
+            )
+            request_id_var.set(request_id)
+            trailers = {REQUEST_ID_KEY: request_id}
+            trailers_var.set(trailers)
+            self._limit_message_size(stream)
+            started = time.perf_counter()
+            try:
+                if self._draining:
+                    raise Unavailable("server is shutting down", reason="DRAINING", retry_after=0)
+                await self._run(func, stream)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._fail(stream, exc, method, request_id, trailers)
+            else:
+                if not stream._send_trailing_metadata_done:
+                    await stream.send_trailing_metadata(metadata=trailers)
+            finally:
+                log.debug("rpc done", extra={"method": method,
+                                             "ms": round((time.perf_counter() - started) * 1000, 3)})
+
+        return handle
+
+    async def _run(self, func: MethodFunc, stream: Stream[Any, Any]) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        async with asyncio.timeout(self._drain_deadline) as timeout:
+            self._inflight[task] = timeout
+            self._idle.clear()
+            try:
+                await func(stream)
+            finally:
+                del self._inflight[task]
+                if not self._inflight:
+                    self._idle.set()
+        # ``asyncio.timeout`` turned our own drain cancel into TimeoutError above;
+        # only that case reaches here through ``timeout.expired()``.
+
+    async def _fail(
+        self, stream: Stream[Any, Any], exc: Exception, method: str, request_id: str, trailers: dict[str, str]
+    ) -> None:
+        if isinstance(exc, TimeoutError) and self._draining:
+            exc = Unavailable("server is shutting down", reason="DRAINING", retry_after=0)
+        error = to_grpc_error(exc, request_id=request_id)
+        if error.status is Status.INTERNAL and not isinstance(exc, GRPCError):
+            log.error("rpc failed", exc_info=exc, extra={"method": method})
+        else:
+            log.info("rpc error", extra={"method": method, "status": error.status.name, "error": error.message})
+        if stream._send_trailing_metadata_done:
+            return
+        await stream.send_trailing_metadata(
+            status=error.status,
+            status_message=error.message,
+            status_details=error.details,
+            metadata=trailers,
+        )
+
+    def _limit_message_size(self, stream: Stream[Any, Any]) -> None:
+        # grpclib reads a 5-byte prefix, then exactly the announced length. We
+        # refuse an oversized length before its body is read or acknowledged,
+        # so at most one HTTP/2 flow-control window is ever buffered. This
+        # reaches into grpclib's protocol stream (pinned version, covered by tests).
+        proto = stream._stream
+        read = proto.recv_data
+        limit = self.max_message_bytes
+
+        async def recv_data(size: int) -> bytes:
+            if size > limit:
+                raise ResourceExhausted(
+                    f"message of {size} bytes exceeds the limit of {limit} bytes",
+                    reason="MESSAGE_TOO_LARGE",
+                    metadata={"limit_bytes": str(limit), "size_bytes": str(size)},
+                )
+            data: bytes = await read(size)
+            return data
+
+        proto.recv_data = recv_data  # type: ignore[method-assign]
+
+    async def drain(self, seconds: float) -> None:
+        """Refuse new calls; give running ones ``seconds`` to finish, then end them with UNAVAILABLE."""
+        self._draining = True
+        deadline = asyncio.get_running_loop().time() + seconds
+        self._drain_deadline = deadline
+        for timeout in self._inflight.values():
+            when = timeout.when()
+            if when is None or when > deadline:
+                timeout.reschedule(deadline)
+        # Handlers that refuse to stop get a little grace after the deadline.
+        async with asyncio.timeout(seconds + 1.0):
+            await self._idle.wait()

@@ -1,0 +1,1 @@
+"""One servicer per proto service; all business logic lives here."""

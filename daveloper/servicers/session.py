@@ -1,0 +1,67 @@
+"""``daveloper.v1.SessionService``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from daveloper.errors import InvalidArgument
+from daveloper.rpc import Call, Servicer, public
+from daveloper.sessions import SessionRecord, SessionStore
+from generated.daveloper.v1 import (
+    CreateSessionRequest,
+    CreateSessionResponse,
+    DeleteSessionRequest,
+    DeleteSessionResponse,
+    GetSessionRequest,
+    GetSessionResponse,
+    Session,
+    SessionServiceBase,
+)
+
+__all__ = ["SessionService"]
+
+_MAX_LABELS = 16
+_MAX_LABEL_CHARS = 256
+
+
+def _session_message(record: SessionRecord) -> Session:
+    return Session(
+        id=record.id, create_time=record.create_time(), expire_time=record.expire_time(), labels=record.labels
+    )
+
+
+class SessionService(Servicer):
+    base = SessionServiceBase
+
+    def __init__(self, *, store: SessionStore, default_ttl: int, max_ttl: int) -> None:
+        super().__init__(auth=store)
+        self._store = store
+        self._default_ttl = default_ttl
+        self._max_ttl = max_ttl
+
+    @public
+    async def CreateSession(
+        self, request: CreateSessionRequest, call: Call[Any, Any]
+    ) -> CreateSessionResponse:
+        ttl = self._default_ttl
+        if request.ttl is not None:
+            ttl = int(request.ttl.total_seconds())
+            if ttl < 60:
+                raise InvalidArgument.field("ttl", "must be at least 60s")
+            ttl = min(ttl, self._max_ttl)
+        if len(request.labels) > _MAX_LABELS:
+            raise InvalidArgument.field("labels", f"at most {_MAX_LABELS} labels")
+        for key, value in request.labels.items():
+            if not key or len(key) + len(value) > _MAX_LABEL_CHARS:
+                raise InvalidArgument.field(
+                    f"labels[{key!r}]", f"key must be non-empty and key+value at most {_MAX_LABEL_CHARS} chars"
+                )
+        record, token = await self._store.create(ttl, dict(request.labels))
+        return CreateSessionResponse(session=_session_message(record), token=token)
+
+    async def GetSession(self, request: GetSessionRequest, call: Call[Any, Any]) -> GetSessionResponse:
+        return GetSessionResponse(session=_session_message(await self._store.get(call.session_id)))
+
+    async def DeleteSession(self, request: DeleteSessionRequest, call: Call[Any, Any]) -> DeleteSessionResponse:
+        await self._store.delete(call.session_id)
+        return DeleteSessionResponse()
