@@ -65,6 +65,13 @@ class App:
             await self.interceptor.drain(self.settings.drain_seconds)
 
 
+def _bound_port(server: Server) -> int | None:
+    """The port the OS gave us (for ``port 0``); grpclib does not expose its listener."""
+    listener = server._server  # noqa: SLF001
+    sockets = getattr(listener, "sockets", None)
+    return int(sockets[0].getsockname()[1]) if sockets else None
+
+
 @contextlib.asynccontextmanager
 async def open_app(settings: Settings) -> AsyncIterator[App]:
     """Open Redis, Qdrant, the event log and the gRPC server; yield the running app.

@@ -11,6 +11,7 @@ from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from daveloper.sessions import TokenSigner
 from generated.daveloper.v1 import (
     AgentServiceStub,
     CreateSessionRequest,
@@ -19,8 +20,6 @@ from generated.daveloper.v1 import (
     ListConversationsRequest,
     SessionServiceStub,
 )
-
-from daveloper.sessions import TokenSigner
 
 pytestmark = pytest.mark.timeout(30)
 
