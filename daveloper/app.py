@@ -67,7 +67,7 @@ class App:
 
 def _bound_port(server: Server) -> int | None:
     """The port the OS gave us (for ``port 0``); grpclib does not expose its listener."""
-    listener = server._server  # noqa: SLF001
+    listener = server._server
     sockets = getattr(listener, "sockets", None)
     return int(sockets[0].getsockname()[1]) if sockets else None
 
@@ -112,9 +112,7 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
         server = Server(ServerReflection.extend([*services, health_service], pool=load_descriptor_pool()))
         interceptor.install(server)
         await server.start(settings.grpc_addr.host, settings.grpc_addr.port)
-        sockets = server._server.sockets if server._server else ()
-        port = sockets[0].getsockname()[1] if sockets else settings.grpc_addr.port
-        grpc_addr = Address(settings.grpc_addr.host, port)
+        grpc_addr = Address(settings.grpc_addr.host, _bound_port(server) or settings.grpc_addr.port)
 
         app = App(settings, grpc_addr, redis, qdrant, events, sessions, health, interceptor, server)
         async with asyncio.TaskGroup() as tasks:

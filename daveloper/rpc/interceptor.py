@@ -82,7 +82,7 @@ class Interceptor:
             except Exception as exc:
                 await self._fail(stream, exc, method, request_id, trailers)
             else:
-                if not stream._send_trailing_metadata_done:
+                if not stream._send_trailing_metadata_done:  # grpclib has no public flag for this
                     await stream.send_trailing_metadata(metadata=trailers)
             finally:
                 log.debug("rpc done", extra={"method": method,
@@ -115,7 +115,7 @@ class Interceptor:
             log.error("rpc failed", exc_info=exc, extra={"method": method})
         else:
             log.info("rpc error", extra={"method": method, "status": error.status.name, "error": error.message})
-        if stream._send_trailing_metadata_done:
+        if stream._send_trailing_metadata_done:  # grpclib has no public flag for this
             return
         await stream.send_trailing_metadata(
             status=error.status,
