@@ -1,0 +1,374 @@
+"""The durable event log, against a real Valkey: seqs, replay/tail, cursors, cancel, processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from grpclib.const import Status
+from redis.exceptions import MaxConnectionsError
+
+from daveloper.errors import CursorExpired, FailedPrecondition, InvalidArgument, Unavailable
+from daveloper.eventlog import Entry, EventLog
+
+pytestmark = pytest.mark.timeout(30)
+
+WORKER = Path(__file__).with_name("eventlog_worker.py")
+
+
+@pytest.fixture
+async def log(redis: aioredis.Redis) -> AsyncIterator[EventLog]:
+    async with EventLog(redis, retention=10_000, ttl_seconds=60, block_ms=200) as events:
+        yield events
+
+
+async def collect(log: EventLog, scope: str, after_seq: int = 0, *, follow: bool = True) -> list[Entry]:
+    async with contextlib.aclosing(log.read(scope, after_seq, follow=follow)) as entries:
+        return [entry async for entry in entries]
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], *, within: float = 3.0) -> None:
+    """Poll ``condition`` (server state, which nothing notifies us of) until it holds."""
+    for _ in range(int(within / 0.01)):
+        if await condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"condition did not hold within {within} s")
+
+
+async def test_concurrent_writers_get_gap_free_increasing_seqs(log: EventLog) -> None:
+    async def writer(w: int) -> list[int]:
+        return [await log.append("job", f"{w}:{i}".encode()) for i in range(50)]
+
+    async with asyncio.TaskGroup() as tasks:
+        writers = [tasks.create_task(writer(w)) for w in range(8)]
+    per_writer = [task.result() for task in writers]
+
+    assert sorted(seq for seqs in per_writer for seq in seqs) == list(range(1, 401))
+    assert all(seqs == sorted(seqs) for seqs in per_writer)
+    assert await log.last_seq("job") == 400
+    expected = {seq: f"{w}:{i}".encode() for w, seqs in enumerate(per_writer) for i, seq in enumerate(seqs)}
+    stored = await collect(log, "job", follow=False)
+    assert {e.seq: e.payload for e in stored} == expected
+    assert [e.seq for e in stored] == list(range(1, 401))
+
+
+async def test_replay_then_live_tail_delivers_exactly_what_was_appended(log: EventLog) -> None:
+    appended = [f"event {i}".encode() for i in range(10)]
+    for payload in appended[:5]:
+        await log.append("turn", payload)
+    reader = asyncio.create_task(collect(log, "turn"))
+    await asyncio.sleep(0.3)  # the reader has replayed and is now tailing (longer than one block)
+    assert not reader.done()
+    for payload in appended[5:]:
+        await log.append("turn", payload)
+    await log.append("turn", b"done", final=True)
+
+    entries = await asyncio.wait_for(reader, 5)
+    assert [e.seq for e in entries] == list(range(1, 12))
+    assert [e.payload for e in entries] == [*appended, b"done"]
+    assert [e.final for e in entries] == [False] * 10 + [True]
+
+
+async def test_reader_waits_for_a_scope_that_has_not_started(log: EventLog) -> None:
+    reader = asyncio.create_task(collect(log, "later"))
+    await asyncio.sleep(0.3)
+    assert not reader.done()
+    await log.append("later", b"first", final=True)
+    assert await asyncio.wait_for(reader, 5) == [Entry(1, b"first", final=True)]
+
+
+async def test_reader_resuming_at_random_points_sees_every_entry_once(log: EventLog) -> None:
+    rng = random.Random(20240601)
+    appended: dict[int, bytes] = {}
+
+    async def writer(w: int) -> None:
+        for i in range(100):
+            payload = f"{w}:{i}".encode()
+            appended[await log.append("chaos", payload)] = payload
+            await asyncio.sleep(rng.uniform(0, 0.006))
+
+    async def write_all() -> None:
+        async with asyncio.TaskGroup() as tasks:
+            for w in range(3):
+                tasks.create_task(writer(w))
+        appended[await log.append("chaos", b"end", final=True)] = b"end"
+
+    seen: list[Entry] = []
+
+    async def read_from_last_seen() -> None:
+        async for entry in log.read("chaos", seen[-1].seq if seen else 0):
+            seen.append(entry)
+
+    resumes = 0
+    writing = asyncio.create_task(write_all())
+    try:
+        while True:
+            reader = asyncio.create_task(read_from_last_seen())
+            await asyncio.sleep(rng.uniform(0, 0.005))
+            if reader.done():
+                await reader  # the final entry ended it (or it failed: re-raise)
+                break
+            reader.cancel()
+            await asyncio.wait([reader])
+            if not reader.cancelled():
+                reader.result()  # re-raise what ended it
+                pytest.fail("the reader swallowed its cancellation and ran on")
+            resumes += 1
+    finally:
+        await writing
+
+    assert resumes > 50
+    assert [e.seq for e in seen] == list(range(1, 302))
+    assert {e.seq: e.payload for e in seen} == appended
+    assert seen[-1].final
+
+
+async def test_final_stops_readers_and_finishes_the_scope(log: EventLog) -> None:
+    readers = [asyncio.create_task(collect(log, "s")) for _ in range(2)]
+    for i in range(3):
+        await log.append("s", b"%d" % i)
+    assert await log.append("s", b"bye", final=True) == 4
+
+    for reader in readers:
+        assert [e.seq for e in await asyncio.wait_for(reader, 5)] == [1, 2, 3, 4]
+    with pytest.raises(FailedPrecondition) as caught:
+        await log.append("s", b"late")
+    assert caught.value.reason == "EVENT_LOG_FINISHED"
+    assert caught.value.metadata["final_seq"] == "4"
+    assert await log.last_seq("s") == 4
+    # Late readers replay up to the final entry and stop without waiting.
+    assert len(await asyncio.wait_for(collect(log, "s"), 1)) == 4
+    assert await asyncio.wait_for(collect(log, "s", 4), 1) == []
+    assert await log.request_cancel("s") is False
+
+
+async def test_follow_false_returns_what_is_stored_when_the_read_begins(log: EventLog) -> None:
+    for i in range(3):
+        await log.append("s", b"%d" % i)
+    seen = []
+    async with contextlib.aclosing(log.read("s", follow=False)) as entries:
+        async for entry in entries:
+            seen.append(entry.seq)
+            await log.append("s", b"more")  # not part of this read
+    assert seen == [1, 2, 3]
+    assert [e.seq for e in await collect(log, "s", 3, follow=False)] == [4, 5, 6]
+    assert await collect(log, "s", 6, follow=False) == []
+    assert await collect(log, "empty", follow=False) == []
+
+
+async def test_cursor_behind_retention_raises_cursor_expired(redis: aioredis.Redis) -> None:
+    log = EventLog(redis, retention=10, ttl_seconds=60, block_ms=200)
+    for i in range(300):  # trimming is approximate: whole stream nodes (100 entries) go at once
+        await log.append("s", b"%d" % i)
+    ((first_id, _),) = await redis.xrange("dv:log:s", count=1)
+    first = int(first_id.split(b"-")[0])
+    assert 1 < first <= 291
+
+    for follow in (True, False):
+        with pytest.raises(CursorExpired) as caught:
+            await collect(log, "s", 0, follow=follow)
+        assert caught.value.status is Status.FAILED_PRECONDITION
+        assert caught.value.reason == "CURSOR_EXPIRED"
+        assert caught.value.metadata == {"scope": "s", "after_seq": "0", "first_seq": str(first)}
+    with pytest.raises(CursorExpired):
+        await collect(log, "s", first - 2, follow=False)
+    retained = await collect(log, "s", first - 1, follow=False)
+    assert [e.seq for e in retained] == list(range(first, 301))
+
+
+async def test_trimming_that_overtakes_a_slow_reader_raises_cursor_expired(redis: aioredis.Redis) -> None:
+    log = EventLog(redis, retention=10, ttl_seconds=60, block_ms=200)
+    for i in range(5):
+        await log.append("s", b"%d" % i)
+    seen = []
+
+    async def read_slowly() -> None:
+        async with contextlib.aclosing(log.read("s")) as entries:
+            async for entry in entries:
+                seen.append(entry.seq)
+                if entry.seq == 1:
+                    for i in range(300):
+                        await log.append("s", b"%d" % i)
+
+    with pytest.raises(CursorExpired) as caught:
+        await read_slowly()
+    assert seen == [1, 2, 3, 4, 5]  # already fetched; then the gap is detected, never skipped
+    assert caught.value.metadata["after_seq"] == "5"
+    assert int(caught.value.metadata["first_seq"]) > 6
+
+
+async def test_bad_cursors_are_invalid_arguments(log: EventLog) -> None:
+    await log.append("s", b"x")
+    with pytest.raises(InvalidArgument) as caught:
+        await collect(log, "s", 2)
+    assert caught.value.violations == [("after_seq", "is ahead of the last event (1)")]
+    with pytest.raises(InvalidArgument):
+        await collect(log, "s", -1)
+    with pytest.raises(InvalidArgument):
+        await log.append("", b"x")
+
+
+async def test_cancel_requested_before_the_owner_watches_is_seen(log: EventLog) -> None:
+    assert await log.request_cancel("job") is True
+    async with log.cancellation("job") as cancelled:
+        assert cancelled.is_set()
+    async with log.cancellation("other") as cancelled:
+        assert not cancelled.is_set()
+
+
+async def test_cancel_reaches_the_owner_from_another_client(
+    log: EventLog, redis: aioredis.Redis, redis_url: str
+) -> None:
+    other_client = aioredis.Redis.from_url(redis_url)
+    try:
+        async with (
+            EventLog(other_client, retention=100, ttl_seconds=60) as other,
+            log.cancellation("a") as a1,
+            log.cancellation("a") as a2,
+            log.cancellation("b") as b,
+        ):
+            # Every watch of this instance shares one subscriber connection.
+            assert len(await redis.client_list(_type="pubsub")) == 1
+            assert not a1.is_set()
+            assert await other.request_cancel("a") is True
+            await asyncio.wait_for(asyncio.gather(a1.wait(), a2.wait()), 2)
+            assert not b.is_set()
+            async with log.cancellation("a") as late:  # joins the cancelled watch
+                assert late.is_set()
+        assert await redis.pubsub_numsub("dv:control:a", "dv:control:b") == [
+            (b"dv:control:a", 0), (b"dv:control:b", 0)
+        ]
+    finally:
+        await other_client.aclose()
+    await log.aclose()
+    await eventually(lambda: _count_pubsub_clients(redis, 0))
+
+
+async def test_cancel_survives_a_lost_subscriber_connection(log: EventLog, redis: aioredis.Redis) -> None:
+    async with log.cancellation("job") as cancelled:
+        assert await redis.client_kill_filter(_type="pubsub") == 1
+        # Published while the subscriber reconnects, or after: it arrives either way
+        # (redis-py re-subscribes, and a confirmed re-subscription re-checks the flag).
+        assert await log.request_cancel("job") is True
+        await asyncio.wait_for(cancelled.wait(), 5)
+        assert await redis.pubsub_numsub("dv:control:job") == [(b"dv:control:job", 1)]
+
+
+async def _count_pubsub_clients(redis: aioredis.Redis, expected: int) -> bool:
+    return len(await redis.client_list(_type="pubsub")) == expected
+
+
+async def test_writers_in_two_processes_and_a_reader_here(log: EventLog, redis_url: str) -> None:
+    count = 150
+    workers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, str(WORKER), redis_url, "shared", tag, str(count),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )
+        for tag in ("w0", "w1")
+    ]
+    reader = asyncio.create_task(collect(log, "shared"))
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            assert await asyncio.wait_for(worker.stdout.readline(), 15) == b"ready\n"
+        for worker in workers:  # start both at once
+            assert worker.stdin is not None
+            worker.stdin.write(b"go\n")
+        results = [await asyncio.wait_for(worker.communicate(), 15) for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.returncode is None:
+                worker.kill()
+                await worker.wait()
+    assert [worker.returncode for worker in workers] == [0, 0]
+    await log.append("shared", b"end", final=True)
+
+    entries = await asyncio.wait_for(reader, 5)
+    assert [e.seq for e in entries] == list(range(1, 2 * count + 2))
+    for tag, (stdout, _) in zip(("w0", "w1"), results, strict=True):
+        seqs = [int(s) for s in stdout.split()]
+        mine = [e for e in entries if e.payload.startswith(tag.encode())]
+        assert [e.seq for e in mine] == seqs
+        assert [e.payload for e in mine] == [f"{tag}:{i}".encode() for i in range(count)]
+
+
+async def test_delete_removes_every_key_of_the_scope(redis: aioredis.Redis) -> None:
+    async with EventLog(redis, retention=100, ttl_seconds=60, prefix="t:") as log:
+        await log.append("s", b"x")
+        await log.append("keep", b"y")
+        await log.request_cancel("s")
+        assert sorted(await redis.keys("t:*s")) == [b"t:cancel:s", b"t:log:s", b"t:logmeta:s"]
+        assert 0 < await redis.ttl("t:log:s") <= 60
+        assert 0 < await redis.ttl("t:logmeta:s") <= 60
+        assert await log.delete("s") is True
+        assert await redis.keys("t:*s") == []
+        assert await redis.exists("t:log:keep") == 1
+        assert await log.last_seq("s") == 0
+        assert await log.delete("s") is False
+        assert await log.append("s", b"again") == 1
+
+
+async def test_a_cursor_into_a_deleted_or_expired_scope_is_expired(log: EventLog) -> None:
+    with pytest.raises(CursorExpired) as caught:
+        await collect(log, "gone", 5)
+    assert caught.value.metadata == {"scope": "gone", "after_seq": "5", "first_seq": "1"}
+
+
+async def test_a_follower_of_a_deleted_scope_gets_cursor_expired(log: EventLog) -> None:
+    await log.append("s", b"x")
+    reader = asyncio.create_task(collect(log, "s"))
+    await asyncio.sleep(0.05)
+    await log.delete("s")
+    with pytest.raises(CursorExpired) as caught:
+        await asyncio.wait_for(reader, 2)
+    assert caught.value.metadata["after_seq"] == "1"
+
+
+async def test_cancelling_a_blocked_reader_returns_its_connection(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    client = aioredis.Redis.from_url(redis_url, max_connections=1)
+    try:
+        log = EventLog(client, retention=100, ttl_seconds=60, block_ms=4_000)
+        reader = asyncio.create_task(collect(log, "idle"))
+        await eventually(lambda: _blocked_clients(redis, 1))
+        with pytest.raises(MaxConnectionsError):  # the reader holds the only connection
+            await client.ping()
+        reader.cancel()
+        await asyncio.wait([reader])
+        assert reader.cancelled()  # CancelledError went through, not swallowed
+        assert await asyncio.wait_for(client.ping(), 0.5)
+        await eventually(lambda: _blocked_clients(redis, 0), within=1)
+    finally:
+        await client.aclose()
+
+
+async def _blocked_clients(redis: aioredis.Redis, expected: int) -> bool:
+    return int((await redis.info("clients"))["blocked_clients"]) == expected
+
+
+async def test_an_unreachable_store_is_unavailable(tmp_path: Path) -> None:
+    client = aioredis.Redis.from_url(f"unix://{tmp_path / 'nobody.sock'}")
+    try:
+        log = EventLog(client, retention=100, ttl_seconds=60)
+        with pytest.raises(Unavailable):
+            await log.append("s", b"x")
+        with pytest.raises(Unavailable):
+            await collect(log, "s")
+    finally:
+        await client.aclose()
+
+
+def test_the_client_must_return_bytes_and_outwait_blocking_reads(redis_url: str) -> None:
+    with pytest.raises(ValueError, match="decode_responses"):
+        EventLog(aioredis.Redis.from_url(redis_url, decode_responses=True), retention=1, ttl_seconds=1)
+    with pytest.raises(ValueError, match="socket_timeout"):
+        EventLog(aioredis.Redis.from_url(redis_url, socket_timeout=1), retention=1, ttl_seconds=1)
