@@ -40,7 +40,9 @@ def generate(out: Path) -> None:
             f"--descriptor_set_out={out / 'descriptors.binpb'}",
             *protos,
         ],
-        cwd=PROTOS,
+        # The plugin formats with `ruff format -`, which reads the ruff.toml of its
+        # working directory: run outside the repository so output never depends on it.
+        cwd=out,
         env=env,
         check=True,
     )
