@@ -7,6 +7,9 @@ shape and every cross-cutting concern is exercised end to end.
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +21,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 
 from daveloper.errors import InvalidArgument, Unauthenticated
+from daveloper.jsonlog import configure_logging
 from daveloper.rpc import Call, Interceptor, Principal, Servicer, public
 from generated.daveloper.v1 import (
     AgentServiceBase,
@@ -255,3 +259,20 @@ async def test_drain_refuses_new_calls_and_ends_open_streams_with_unavailable(se
         assert error_info(ended.value).reason == "DRAINING"
         await drain
     assert interceptor.inflight == 0
+
+
+async def test_log_lines_written_during_a_call_carry_its_request_and_session(server: Any) -> None:
+    _, _, channel = server
+    out = io.StringIO()
+    configure_logging("INFO", "inst", out)
+    try:
+        with pytest.raises(GRPCError):
+            await VectorServiceStub(channel).upsert_points(
+                UpsertPointsRequest(), timeout=5, metadata={**GOOD, "x-request-id": "trace-77"}
+            )
+    finally:
+        logging.getLogger().handlers.clear()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    error = next(line for line in lines if line["message"] == "rpc error")
+    assert (error["request_id"], error["session_id"], error["status"]) == ("trace-77", "s1", "INVALID_ARGUMENT")
+    assert error["method"] == "/daveloper.v1.VectorService/UpsertPoints"
