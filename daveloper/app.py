@@ -19,8 +19,8 @@ from daveloper.config import Address, Settings
 from daveloper.descriptors import load_descriptor_pool
 from daveloper.eventlog import EventLog
 from daveloper.health import HealthMonitor
-from daveloper.infra.qdrant import QdrantHealth, open_qdrant
-from daveloper.infra.redis import RedisHealth, open_redis
+from daveloper.infra.qdrant import open_qdrant, qdrant_probe
+from daveloper.infra.redis import open_redis, redis_probe
 from daveloper.rpc import Interceptor
 from daveloper.servicers.session import SessionService
 from daveloper.sessions import SessionStore, TokenSigner, load_secret_key
@@ -102,7 +102,7 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
             LogsServiceBase(),
         ]
 
-        health = HealthMonitor([RedisHealth(redis), QdrantHealth(qdrant)])
+        health = HealthMonitor([redis_probe(redis), qdrant_probe(qdrant)])
         await health.check_once()
         qdrant_users = (DocumentServiceBase, VectorServiceBase, AgentServiceBase, ScraperServiceBase)
         needs = {s: ["redis", "qdrant"] if isinstance(s, qdrant_users) else ["redis"] for s in services}

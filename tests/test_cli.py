@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import alive, gone_within
+
 pytestmark = pytest.mark.timeout(90)
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
@@ -55,25 +57,6 @@ class Served:
 
     def valkey_pid(self) -> int:
         return int((self.data_dir / "valkey" / "valkey.pid").read_text().split()[0])
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes.
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
-
-
-def wait_gone(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not alive(pid):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture
@@ -145,11 +128,11 @@ def test_sigterm_drains_open_stream_with_a_status_and_stops_owned_valkey(served:
     assert "Code: Unavailable" in err
     assert "shutting down" in err
     assert elapsed < 2 + 5, elapsed  # drain deadline plus start-up slack, not a benchmark
-    assert wait_gone(valkey, 5), "embedded valkey survived the shutdown"
+    assert gone_within(valkey, 5), "embedded valkey survived the shutdown"
 
 
 def test_sigkill_of_the_server_leaves_no_valkey_behind(served: Served) -> None:
     valkey = served.valkey_pid()
     served.process.kill()
     served.process.wait(10)
-    assert wait_gone(valkey, 5), "embedded valkey orphaned after the owner was killed"
+    assert gone_within(valkey, 5), "embedded valkey orphaned after the owner was killed"

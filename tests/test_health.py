@@ -15,7 +15,7 @@ from grpclib.server import Server
 from redis.asyncio import Redis
 
 from daveloper.health import HealthMonitor
-from daveloper.infra.redis import RedisHealth
+from daveloper.infra.redis import redis_probe
 from daveloper.infra.valkey import EmbeddedValkey
 from generated.daveloper.v1 import DocumentServiceBase, SessionServiceBase
 
@@ -40,7 +40,7 @@ async def valkey(tmp_path: Path) -> AsyncIterator[EmbeddedValkey]:
 
 async def test_status_follows_redis_down_and_up(valkey: EmbeddedValkey, tmp_path: Path) -> None:
     client = Redis.from_url(valkey.url, socket_timeout=1, socket_connect_timeout=1)
-    monitor = HealthMonitor([RedisHealth(client, timeout=0.5), AlwaysUp()], interval=0.05)
+    monitor = HealthMonitor([redis_probe(client, timeout=0.5), AlwaysUp()], interval=0.05)
     sessions, documents = SessionServiceBase(), DocumentServiceBase()
     server = Server([monitor.service({sessions: ["redis"], documents: ["redis", "qdrant"]})])
     await server.start("127.0.0.1", 0)

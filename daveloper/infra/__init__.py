@@ -7,10 +7,15 @@ it opened in reverse order. Each engine also has a :class:`HealthProbe`.
 
 from __future__ import annotations
 
-from typing import Protocol
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-__all__ = ["HealthProbe", "redacted_url"]
+__all__ = ["HealthProbe", "TimedProbe", "redacted_url"]
+
+log = logging.getLogger(__name__)
 
 
 class HealthProbe(Protocol):
@@ -25,6 +30,24 @@ class HealthProbe(Protocol):
         Never raises, except ``CancelledError``: a probe reports, it does not fail.
         """
         ...
+
+
+class TimedProbe:
+    """A :class:`HealthProbe` that is healthy when ``request()`` completes within ``timeout``."""
+
+    def __init__(self, name: str, request: Callable[[], Awaitable[Any]], *, timeout: float = 1.0) -> None:
+        self.name = name
+        self._request = request
+        self._timeout = timeout
+
+    async def check(self) -> bool:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._request()
+        except Exception as exc:  # a probe reports failure, whatever it is; CancelledError passes
+            log.debug("%s health check failed: %r", self.name, exc)
+            return False
+        return True
 
 
 def redacted_url(url: str) -> str:

@@ -20,9 +20,9 @@ from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 
 from daveloper.config import Settings
 from daveloper.errors import ConfigError, Unavailable
-from daveloper.infra import redacted_url
+from daveloper.infra import TimedProbe, redacted_url
 
-__all__ = ["QdrantHealth", "open_qdrant"]
+__all__ = ["open_qdrant", "qdrant_probe"]
 
 log = logging.getLogger(__name__)
 
@@ -96,20 +96,6 @@ def _open_local(path: Path) -> AsyncQdrantClient:
     return AsyncQdrantClient(path=str(path))
 
 
-class QdrantHealth:
-    """:class:`~daveloper.infra.HealthProbe` for Qdrant: a collection listing within ``timeout``."""
-
-    def __init__(self, client: AsyncQdrantClient, *, name: str = "qdrant", timeout: float = 1.0) -> None:
-        self.name = name
-        self._client = client
-        self._timeout = timeout
-
-    async def check(self) -> bool:
-        """True when Qdrant lists its collections in time; False on any failure (never raises)."""
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._client.get_collections()
-        except Exception as exc:  # a probe reports failure, whatever it is; CancelledError passes
-            log.debug("qdrant health check failed: %r", exc)
-            return False
-        return True
+def qdrant_probe(client: AsyncQdrantClient, *, name: str = "qdrant", timeout: float = 1.0) -> TimedProbe:
+    """Health probe for Qdrant: a collection listing within ``timeout``."""
+    return TimedProbe(name, client.get_collections, timeout=timeout)

@@ -16,10 +16,10 @@ from redis.exceptions import RedisError
 
 from daveloper.config import Settings
 from daveloper.errors import ConfigError, Unavailable
-from daveloper.infra import redacted_url
+from daveloper.infra import TimedProbe, redacted_url
 from daveloper.infra.valkey import EmbeddedValkey
 
-__all__ = ["MAX_BLOCK_MS", "SOCKET_TIMEOUT", "RedisHealth", "open_redis"]
+__all__ = ["MAX_BLOCK_MS", "SOCKET_TIMEOUT", "open_redis", "redis_probe"]
 
 log = logging.getLogger(__name__)
 
@@ -77,20 +77,7 @@ async def open_redis(settings: Settings) -> AsyncIterator[Redis]:
         yield client
 
 
-class RedisHealth:
-    """:class:`~daveloper.infra.HealthProbe` for Redis: PING answered within ``timeout``."""
-
-    def __init__(self, client: Redis, *, name: str = "redis", timeout: float = 1.0) -> None:
-        self.name = name
-        self._client = client
-        self._timeout = timeout
-
-    async def check(self) -> bool:
-        """True when PING is answered in time; False on any failure (never raises)."""
-        try:
-            async with asyncio.timeout(self._timeout):
-                return bool(await self._client.ping())
-        except Exception as exc:  # a probe reports failure, whatever it is; CancelledError passes
-            log.debug("redis health check failed: %r", exc)
-            return False
+def redis_probe(client: Redis, *, name: str = "redis", timeout: float = 1.0) -> TimedProbe:
+    """Health probe for Redis: PING answered within ``timeout``."""
+    return TimedProbe(name, client.ping, timeout=timeout)
 

@@ -1,4 +1,4 @@
-"""open_qdrant and QdrantHealth: local mode on disk, and a server that is not there."""
+"""open_qdrant and qdrant_probe: local mode on disk, and a server that is not there."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from qdrant_client import models
 
 from daveloper.config import Settings
 from daveloper.errors import ConfigError, Unavailable
-from daveloper.infra.qdrant import QdrantHealth, open_qdrant
+from daveloper.infra.qdrant import open_qdrant, qdrant_probe
 
 POINTS = [
     models.PointStruct(id=1, vector=[1.0, 0.0, 0.0, 0.0], payload={"text": "alpha"}),
@@ -85,7 +85,7 @@ async def test_configured_server_is_used_and_checked(qdrant_rest_url: str, data_
     settings = Settings(data_dir=data_dir, qdrant_url=qdrant_rest_url, qdrant_api_key="right-key")
     async with open_qdrant(settings) as client:
         assert [c.name for c in (await client.get_collections()).collections] == ["docs"]
-        assert await QdrantHealth(client).check() is True
+        assert await qdrant_probe(client).check() is True
     assert not (data_dir / "qdrant").exists()
 
     with pytest.raises(ConfigError, match="rejected the API key"):
@@ -104,7 +104,7 @@ async def test_unreachable_server_raises_unavailable(data_dir: Path) -> None:
 
 async def test_health_probe_follows_the_client(data_dir: Path) -> None:
     async with open_qdrant(Settings(data_dir=data_dir)) as client:
-        probe = QdrantHealth(client, timeout=0.5)
+        probe = qdrant_probe(client, timeout=0.5)
         assert probe.name == "qdrant"
         assert await probe.check() is True
     assert await probe.check() is False

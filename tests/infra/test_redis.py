@@ -1,4 +1,4 @@
-"""open_redis and RedisHealth against real servers."""
+"""open_redis and redis_probe against real servers."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import redis.asyncio as aioredis
 from daveloper.config import Settings
 from daveloper.errors import ConfigError, Unavailable
 from daveloper.infra import redacted_url
-from daveloper.infra.redis import RedisHealth, open_redis
+from daveloper.infra.redis import open_redis, redis_probe
 from daveloper.infra.valkey import EmbeddedValkey
-from tests.infra.test_valkey import alive
+from tests.processes import alive
 
 
 async def test_configured_url_is_used_and_nothing_is_started(
@@ -51,7 +51,7 @@ async def test_health_probe_follows_the_server(data_dir: Path) -> None:
     server = EmbeddedValkey(data_dir)
     await server.start()
     client = aioredis.Redis.from_url(server.url)
-    probe = RedisHealth(client, timeout=0.5)
+    probe = redis_probe(client, timeout=0.5)
     try:
         assert probe.name == "redis"
         assert await probe.check() is True

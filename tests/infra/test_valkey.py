@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from daveloper.errors import ConfigError, Unavailable
 from daveloper.infra.valkey import EmbeddedValkey
+from tests.processes import alive, gone_within
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inspects /proc")
 
@@ -33,24 +34,6 @@ if sys.argv[2] == "exec":
     os.execv("/bin/sleep", ["sleep", "60"])
 time.sleep(60)
 """
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs; a zombie (exited, not yet reaped by its parent) does not."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
-def gone_within(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def spawn_owner(data_dir: Path, mode: str) -> tuple[subprocess.Popen[str], int]:
