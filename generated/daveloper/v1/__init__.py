@@ -2239,6 +2239,12 @@ class WatchIngestionRequest(betterproto2.Message):
     ingestion_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     after_seq: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+    """
+    Replay events with seq > after_seq, then tail live; 0 starts from the
+    first event. If events after the cursor are no longer retained the call
+    fails with FAILED_PRECONDITION, ErrorInfo reason CURSOR_EXPIRED and
+    metadata first_seq (resume from first_seq - 1 to get what is left).
+    """
 
 
 default_message_pool.register_message(
@@ -2263,6 +2269,12 @@ class WatchJobRequest(betterproto2.Message):
     job_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     after_seq: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+    """
+    Replay events with seq > after_seq, then tail live; 0 starts from the
+    first event. If events after the cursor are no longer retained the call
+    fails with FAILED_PRECONDITION, ErrorInfo reason CURSOR_EXPIRED and
+    metadata first_seq (resume from first_seq - 1 to get what is left).
+    """
 
 
 default_message_pool.register_message(
@@ -2288,7 +2300,10 @@ class WatchRequest(betterproto2.Message):
 
     after_seq: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
     """
-    Replay events with seq > after_seq, then tail live. 0 replays everything retained.
+    Replay events with seq > after_seq, then tail live; 0 starts from the
+    first event. If events after the cursor are no longer retained the call
+    fails with FAILED_PRECONDITION, ErrorInfo reason CURSOR_EXPIRED and
+    metadata first_seq (resume from first_seq - 1 to get what is left).
     """
 
 
