@@ -85,8 +85,9 @@ class Interceptor:
                 if not stream._send_trailing_metadata_done:  # grpclib has no public flag for this
                     await stream.send_trailing_metadata(metadata=trailers)
             finally:
-                log.debug("rpc done", extra={"method": method,
-                                             "ms": round((time.perf_counter() - started) * 1000, 3)})
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("rpc done", extra={"method": method,
+                                                 "ms": round((time.perf_counter() - started) * 1000, 3)})
 
         return handle
 

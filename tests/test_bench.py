@@ -1,0 +1,26 @@
+"""The benchmarks keep running (figures are recorded in docs/benchmarks.md, never asserted)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("module", ["scripts.bench.rpc_overhead", "scripts.bench.codec"])
+def test_benchmark_runs_and_reports_both_sides(module: str) -> None:
+    done = subprocess.run([sys.executable, "-m", module, "--quick", "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=110, check=True)
+    results = json.loads(done.stdout)
+    if module.endswith("rpc_overhead"):
+        assert set(results) == {"unary c=1", "unary c=8", "bidi ping-pong", "bidi pipelined"}
+        for per_server in results.values():
+            assert per_server["bare"][0]["rate"] > 0
+            assert per_server["daveloper"][0]["rate"] > 0
+    else:
+        assert results["encode (binary)"]["betterproto2"] > 0
+        assert results["encode (binary)"]["protobuf upb"] > 0
