@@ -1,0 +1,1 @@
+"""The session's document store: parse, chunk, embed, store in Qdrant, search."""
