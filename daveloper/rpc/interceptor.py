@@ -85,6 +85,9 @@ class Interceptor:
                 if not stream._send_trailing_metadata_done:  # grpclib has no public flag for this
                     await stream.send_trailing_metadata(metadata=trailers)
             finally:
+                # The wrapper refers to the stream that refers to it: break the
+                # cycle so every call's buffers go at once, not at the next GC.
+                stream._stream.__dict__.pop("recv_data", None)
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("rpc done", extra={"method": method,
                                                  "ms": round((time.perf_counter() - started) * 1000, 3)})

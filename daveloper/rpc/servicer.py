@@ -85,7 +85,7 @@ class Servicer:
                 method=path,
                 request_id=request_id_var.get(),
                 principal=principal,
-                trailers=trailers_var.get(),
+                trailers=trailers_var.get({}),  # without the Interceptor nothing sends them
             )
             args: tuple[Any, ...] = (call,)
             if not cardinality.client_streaming:

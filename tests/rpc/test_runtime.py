@@ -7,6 +7,7 @@ shape and every cross-cutting concern is exercised end to end.
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import logging
@@ -276,3 +277,19 @@ async def test_log_lines_written_during_a_call_carry_its_request_and_session(ser
     error = next(line for line in lines if line["message"] == "rpc error")
     assert (error["request_id"], error["session_id"], error["status"]) == ("trace-77", "s1", "INVALID_ARGUMENT")
     assert error["method"] == "/daveloper.v1.VectorService/UpsertPoints"
+
+
+async def test_calls_leave_no_reference_cycles_behind(server: Any) -> None:
+    """Per-call objects must be freed by reference counting, not wait for the cycle collector."""
+    _, _, channel = server
+    stub = VectorServiceStub(channel)
+    await stub.list_collections(ListCollectionsRequest(), timeout=5)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(50):
+            await stub.list_collections(ListCollectionsRequest(), timeout=5)
+        unreachable = gc.collect()
+    finally:
+        gc.enable()
+    assert unreachable < 50, f"{unreachable} objects in cycles after 50 calls"
