@@ -1,0 +1,184 @@
+"""Markdown, plain text and HTML: the text formats that are prose.
+
+Markdown keeps its source: a block's text is the exact source lines of the
+block (links, emphasis and list markers included, which read well to a model
+and keep line ranges honest); only heading texts are reduced to plain text.
+HTML is reduced to its main content by trafilatura, which drops navigation,
+footers and other boilerplate; its blocks have no line ranges.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import xml.etree.ElementTree as ElementTree
+
+import trafilatura
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+
+from daveloper.documents.model import Block, BlockKind
+from daveloper.documents.parsing.limits import Reason, refuse
+from daveloper.documents.parsing.outline import Outline
+
+__all__ = ["parse_html", "parse_markdown", "parse_plain"]
+
+_MARKDOWN_KINDS = {
+    "paragraph_open": BlockKind.PARAGRAPH,
+    "bullet_list_open": BlockKind.LIST,
+    "ordered_list_open": BlockKind.LIST,
+    "table_open": BlockKind.TABLE,
+    "blockquote_open": BlockKind.PARAGRAPH,
+    "fence": BlockKind.CODE,
+    "code_block": BlockKind.CODE,
+    "html_block": BlockKind.PARAGRAPH,
+}
+_FRONT_MATTER_TITLE = re.compile(r"^title:[ \t]*(.+?)[ \t]*$", re.MULTILINE)
+_HTML_COMMENT = re.compile(r"\A\s*(?:<!--.*?-->\s*)+\Z", re.DOTALL)
+_TITLE_TAG = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
+
+
+def parse_markdown(text: str) -> tuple[list[Block], str]:
+    """Blocks of a CommonMark (+ tables) document, with 1-based line ranges; and its title."""
+    lines = text.split("\n")
+    front_title = _strip_front_matter(lines)
+    parser = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"])
+    tokens = parser.parse("\n".join(lines))
+    outline = Outline()
+    blocks: list[Block] = []
+    for index, token in enumerate(tokens):
+        if token.level != 0 or token.nesting == -1 or token.map is None:
+            continue
+        start, end = token.map
+        if token.type == "heading_open":
+            heading = _inline_text(tokens[index + 1])
+            if heading:
+                blocks.append(outline.heading(heading, int(token.tag[1:]), start_line=start + 1, end_line=end))
+            continue
+        kind = _MARKDOWN_KINDS.get(token.type)
+        if kind is None:  # hr, or a container we do not know: its text is not lost, it is not a block at all
+            continue
+        while end > start and not lines[end - 1].strip():
+            end -= 1
+        source = "\n".join(lines[start:end])
+        if not source.strip() or (token.type == "html_block" and _HTML_COMMENT.match(source)):
+            continue
+        blocks.append(outline.block(kind, source, start_line=start + 1, end_line=end))
+    return blocks, outline.first_h1 or front_title
+
+
+def _strip_front_matter(lines: list[str]) -> str:
+    """Blank out a YAML front matter block in place (keeping line numbers); return its ``title``."""
+    if not lines or lines[0].strip() != "---":
+        return ""
+    for number in range(1, min(len(lines), 200)):
+        if lines[number].strip() in ("---", "..."):
+            match = _FRONT_MATTER_TITLE.search("\n".join(lines[1:number]))
+            lines[: number + 1] = [""] * (number + 1)
+            return match.group(1).strip("'\"") if match else ""
+    return ""
+
+
+def _inline_text(inline: Token) -> str:
+    """The plain text of an inline token: markup dropped, image alt texts kept."""
+    parts: list[str] = []
+    for child in inline.children or ():
+        if child.type in ("text", "code_inline", "image"):
+            parts.append(child.content)
+        elif child.type in ("softbreak", "hardbreak"):
+            parts.append(" ")
+    return " ".join("".join(parts).split())
+
+
+def parse_plain(text: str) -> list[Block]:
+    """Paragraphs separated by blank lines, with 1-based line ranges."""
+    blocks: list[Block] = []
+    start: int | None = None
+    lines = text.split("\n")
+    for number, line in enumerate([*lines, ""], start=1):
+        if line.strip() and start is None:
+            start = number
+        elif not line.strip() and start is not None:
+            blocks.append(Block(BlockKind.PARAGRAPH, "\n".join(lines[start - 1 : number - 1]),
+                                start_line=start, end_line=number - 1))
+            start = None
+    return blocks
+
+
+def parse_html(text: str) -> tuple[list[Block], str]:
+    """The main content of an HTML page as blocks, and the page's ``<title>``."""
+    try:
+        extracted = _extract(text, favor_recall=False) or _extract(text, favor_recall=True)
+        root = ElementTree.fromstring(extracted) if extracted else None
+    except Exception as exc:  # trafilatura and lxml raise many types on hostile markup; none may escape
+        raise refuse(Reason.CORRUPT_DOCUMENT, "the HTML could not be read") from exc
+    outline = Outline()
+    blocks: list[Block] = []
+    main = root.find("main") if root is not None else None
+    if main is not None:
+        _walk_html(main, outline, blocks)
+    if not blocks:
+        raise refuse(Reason.NO_TEXT, "the HTML page has no main text content")
+    match = _TITLE_TAG.search(text, 0, 262_144)
+    title = " ".join(html.unescape(match.group(1)).split()) if match else ""
+    return blocks, title or outline.first_h1
+
+
+def _extract(text: str, *, favor_recall: bool) -> str | None:
+    return trafilatura.extract(
+        text, output_format="xml", favor_recall=favor_recall, include_tables=True, include_comments=False,
+        include_images=False, include_links=False, include_formatting=False, with_metadata=False,
+        deduplicate=False,
+    )
+
+
+def _walk_html(element: ElementTree.Element, outline: Outline, blocks: list[Block]) -> None:
+    """Turn trafilatura's XML (``head``, ``p``, ``list``, ``table``, ``code``, ``quote``) into blocks."""
+    if element.text and element.text.strip():
+        blocks.append(outline.block(BlockKind.PARAGRAPH, _squeeze(element.text)))
+    for child in element:
+        if child.tag == "head":
+            rend = child.get("rend", "")
+            level = int(rend[1]) if re.fullmatch(r"h[1-6]", rend) else 2
+            if heading := _squeeze(_element_text(child)):
+                blocks.append(outline.heading(heading, level))
+        elif child.tag == "list":
+            if items := _list_text(child, depth=0):
+                blocks.append(outline.block(BlockKind.LIST, items))
+        elif child.tag == "table":
+            rows = [" | ".join(_squeeze(_element_text(cell)) for cell in row) for row in child.iter("row")]
+            if table := "\n".join(row for row in rows if row.strip(" |")):
+                blocks.append(outline.block(BlockKind.TABLE, table))
+        elif child.tag == "code":
+            if (code := _element_text(child).strip("\n")).strip():
+                blocks.append(outline.block(BlockKind.CODE, code))
+        elif child.tag in ("div", "main", "body", "section"):
+            _walk_html(child, outline, blocks)
+        elif paragraph := _squeeze(_element_text(child)):  # p, quote, and anything else with text
+            blocks.append(outline.block(BlockKind.PARAGRAPH, paragraph))
+        if child.tail and child.tail.strip():
+            blocks.append(outline.block(BlockKind.PARAGRAPH, _squeeze(child.tail)))
+
+
+def _list_text(element: ElementTree.Element, depth: int) -> str:
+    lines: list[str] = []
+    for item in element.findall("item"):
+        own = [item.text or ""] + [_element_text(child) + (child.tail or "") for child in item if child.tag != "list"]
+        if text := _squeeze("".join(own)):
+            lines.append("  " * depth + "- " + text)
+        lines.extend(_list_text(nested, depth + 1) for nested in item.findall("list"))
+    return "\n".join(line for line in lines if line)
+
+
+def _element_text(element: ElementTree.Element) -> str:
+    """All text under ``element``, with ``<lb/>`` as a newline."""
+    parts = [element.text or ""]
+    for child in element:
+        parts.append("\n" if child.tag == "lb" else _element_text(child))
+        parts.append(child.tail or "")
+    return "".join(parts)
+
+
+def _squeeze(text: str) -> str:
+    """Whitespace collapsed within lines; blank lines dropped."""
+    return "\n".join(" ".join(line.split()) for line in text.split("\n") if line.strip())
