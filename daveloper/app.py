@@ -17,19 +17,27 @@ from qdrant_client import AsyncQdrantClient
 
 from daveloper.config import Address, Settings
 from daveloper.descriptors import load_descriptor_pool
+from daveloper.documents.catalog import Catalog
+from daveloper.documents.chunking import chunk
+from daveloper.documents.embeddings import make_embedder
+from daveloper.documents.ingest import Ingestor
+from daveloper.documents.parsing import parse
+from daveloper.documents.search import DocumentSearch
+from daveloper.documents.store import ChunkStore
 from daveloper.eventlog import EventLog
 from daveloper.health import HealthMonitor
 from daveloper.infra.qdrant import open_qdrant, qdrant_probe
 from daveloper.infra.redis import open_redis, redis_probe
+from daveloper.jobs import BackgroundJobs
 from daveloper.rpc import Interceptor
+from daveloper.servicers.document import DocumentService
 from daveloper.servicers.session import SessionService
+from daveloper.servicers.vector import VectorService, delete_session_vectors
 from daveloper.sessions import SessionStore, TokenSigner, load_secret_key
 from generated.daveloper.v1 import (
     AgentServiceBase,
-    DocumentServiceBase,
     LogsServiceBase,
     ScraperServiceBase,
-    VectorServiceBase,
 )
 
 __all__ = ["App", "open_app", "serve"]
@@ -47,6 +55,10 @@ class App:
     qdrant: AsyncQdrantClient
     events: EventLog
     sessions: SessionStore
+    catalog: Catalog
+    chunk_store: ChunkStore
+    search: DocumentSearch
+    jobs: BackgroundJobs
     health: HealthMonitor
     interceptor: Interceptor
     server: Server
@@ -61,8 +73,16 @@ class App:
         listener = self.server._server
         if listener is not None:
             listener.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_seconds
         with contextlib.suppress(TimeoutError):
             await self.interceptor.drain(self.settings.drain_seconds)
+        # Background jobs (ingestions) get what is left of the drain period, then
+        # are cancelled and record that they were interrupted.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                await self.jobs.idle()
+        await self.jobs.aclose()
 
 
 def _bound_port(server: Server) -> int | None:
@@ -87,24 +107,46 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
 
         signer = TokenSigner(await load_secret_key(redis, settings.secret_key))
         sessions = SessionStore(redis, signer, admin_token=settings.admin_token)
+
+        embedder = make_embedder(
+            settings.embedder, redis=redis, openai_model=settings.embedding_model,
+            openai_base_url=settings.embedding_base_url, openai_api_key=settings.embedding_api_key,
+            dense_size=settings.embedding_size,
+        )
+        stack.push_async_callback(embedder.aclose)
+        chunk_store = ChunkStore(qdrant, dense_size=embedder.dense_size, embedder=embedder.name)
+        await chunk_store.ensure_collection()
+        search = DocumentSearch(chunk_store, embedder)
+        catalog = Catalog(redis, ingestion_ttl_seconds=settings.event_ttl_seconds)
+        jobs = BackgroundJobs()
+        stack.push_async_callback(jobs.aclose)
+        ingestor = Ingestor(events=events, catalog=catalog, store=chunk_store, embedder=embedder, jobs=jobs,
+                            parse=parse, chunk=chunk)
+
+        async def purge_vectors(session_id: str) -> None:
+            await delete_session_vectors(qdrant, session_id, chunk_store)
+
         session_service = SessionService(
             store=sessions,
             default_ttl=settings.session_ttl_seconds,
             max_ttl=settings.session_max_ttl_seconds,
+            purgers=[catalog.purge_session, purge_vectors],
         )
+        documents = DocumentService(auth=sessions, ingestor=ingestor, catalog=catalog, chunks=chunk_store,
+                                    search=search, events=events, max_upload_bytes=settings.max_upload_bytes)
         # Services without an implementation yet answer UNIMPLEMENTED (the generated bases).
         services: list[Any] = [
             session_service,
+            documents,
+            VectorService(auth=sessions, qdrant=qdrant),
             AgentServiceBase(),
-            DocumentServiceBase(),
-            VectorServiceBase(),
             ScraperServiceBase(),
             LogsServiceBase(),
         ]
 
         health = HealthMonitor([redis_probe(redis), qdrant_probe(qdrant)])
         await health.check_once()
-        qdrant_users = (DocumentServiceBase, VectorServiceBase, AgentServiceBase, ScraperServiceBase)
+        qdrant_users = (DocumentService, VectorService, AgentServiceBase, ScraperServiceBase)
         needs = {s: ["redis", "qdrant"] if isinstance(s, qdrant_users) else ["redis"] for s in services}
         health_service = health.service(needs)
 
@@ -114,7 +156,8 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
         await server.start(settings.grpc_addr.host, settings.grpc_addr.port)
         grpc_addr = Address(settings.grpc_addr.host, _bound_port(server) or settings.grpc_addr.port)
 
-        app = App(settings, grpc_addr, redis, qdrant, events, sessions, health, interceptor, server)
+        app = App(settings, grpc_addr, redis, qdrant, events, sessions, catalog, chunk_store, search, jobs,
+                  health, interceptor, server)
         async with asyncio.TaskGroup() as tasks:
             monitor = tasks.create_task(health.run(), name="health-monitor")
             try:

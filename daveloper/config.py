@@ -19,6 +19,7 @@ from daveloper.errors import ConfigError
 __all__ = ["Address", "Settings"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+EMBEDDERS = ("bm25", "openai", "minilm")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,16 @@ class Settings:
     max_message_bytes: int = 4 * 1024 * 1024
     #: How long in-flight RPCs may run after SIGTERM before they are cancelled.
     drain_seconds: float = 10.0
+    #: Largest document an upload may carry.
+    max_upload_bytes: int = 32 * 1024 * 1024
+    #: Document embedder: ``bm25`` (sparse, in process), ``openai`` (dense, remote) or ``minilm`` (dense, local).
+    embedder: str = "bm25"
+    #: OpenAI-compatible endpoint for the ``openai`` embedder (``None``: the SDK's default).
+    embedding_base_url: str | None = None
+    embedding_api_key: str | None = None
+    embedding_model: str = "text-embedding-3-small"
+    #: Size of the model's vectors; needed only for models the server does not know.
+    embedding_size: int | None = None
     #: Events kept per event-log stream (older ones expire: CURSOR_EXPIRED).
     event_retention: int = 10_000
     #: Idle event-log streams are deleted after this many seconds.
@@ -80,10 +91,12 @@ class Settings:
     def __post_init__(self) -> None:
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
-        for name in ("session_ttl_seconds", "session_max_ttl_seconds", "max_message_bytes",
+        for name in ("session_ttl_seconds", "session_max_ttl_seconds", "max_message_bytes", "max_upload_bytes",
                      "event_retention", "event_ttl_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.embedder not in EMBEDDERS:
+            raise ConfigError(f"embedder must be one of {', '.join(EMBEDDERS)}, got {self.embedder!r}")
         if self.drain_seconds < 0:
             raise ConfigError("drain_seconds must not be negative")
 
@@ -110,14 +123,17 @@ class Settings:
             values["grpc_addr"] = Address.parse(addr, name="DAVELOPER_GRPC_ADDR")
         if (data_dir := get("DATA_DIR")) is not None:
             values["data_dir"] = Path(data_dir).expanduser()
-        for key in ("redis_url", "qdrant_url", "qdrant_api_key", "secret_key", "admin_token", "instance_id"):
+        for key in ("redis_url", "qdrant_url", "qdrant_api_key", "secret_key", "admin_token", "instance_id",
+                    "embedding_base_url", "embedding_api_key", "embedding_model"):
             if (value := get(key.upper())) is not None:
                 values[key] = value
+        if (embedder := get("EMBEDDER")) is not None:
+            values["embedder"] = embedder.lower()
         if (level := get("LOG_LEVEL")) is not None:
             values["log_level"] = level.upper()
         for key, kind in (("session_ttl_seconds", int), ("session_max_ttl_seconds", int),
-                          ("max_message_bytes", int), ("drain_seconds", float),
-                          ("event_retention", int), ("event_ttl_seconds", int)):
+                          ("max_message_bytes", int), ("max_upload_bytes", int), ("drain_seconds", float),
+                          ("event_retention", int), ("event_ttl_seconds", int), ("embedding_size", int)):
             if (num := number(key.upper(), kind)) is not None:
                 values[key] = num
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -12,12 +12,14 @@ Exception tree::
     ├── FailedPrecondition         FAILED_PRECONDITION
     │   └── CursorExpired          reason CURSOR_EXPIRED: an event-log cursor fell out of retention
     ├── ResourceExhausted          RESOURCE_EXHAUSTED + google.rpc.RetryInfo when a retry may succeed
+    ├── Cancelled                  CANCELLED: the work was cancelled on request
     ├── Unavailable                UNAVAILABLE (a dependency is down) + RetryInfo
     └── Internal                   INTERNAL
 
 Handlers raise these; :func:`to_grpc_error` turns any exception into a
-``GRPCError`` with ``google.rpc`` details (ErrorInfo always), and
-:func:`to_failure` into the ``Failure`` message that stream events carry.
+``GRPCError`` with ``google.rpc`` details (ErrorInfo always), :func:`to_failure`
+into the ``Failure`` message that stream events carry, and :func:`failure_error`
+turns such a ``Failure`` back into the RPC error.
 Adapters translate foreign errors (Redis, Qdrant, HTTP) into this tree at their
 boundary with ``raise ... from exc``.
 """
@@ -37,6 +39,7 @@ from generated.daveloper.v1 import Failure
 __all__ = [
     "DOMAIN",
     "AlreadyExists",
+    "Cancelled",
     "ConfigError",
     "CursorExpired",
     "DaveloperError",
@@ -48,6 +51,7 @@ __all__ = [
     "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
+    "failure_error",
     "to_failure",
     "to_grpc_error",
 ]
@@ -189,6 +193,13 @@ class Unavailable(_Retryable):
     default_reason = "UNAVAILABLE"
 
 
+class Cancelled(DaveloperError):
+    """Work stopped because someone asked it to."""
+
+    status = Status.CANCELLED
+    default_reason = "CANCELLED"
+
+
 class Internal(DaveloperError):
     status = Status.INTERNAL
     default_reason = "INTERNAL"
@@ -220,3 +231,19 @@ def to_failure(exc: BaseException, *, request_id: str = "") -> Failure:
         metadata=dict(source.metadata) if source else {},
         retry_delay=datetime.timedelta(seconds=retry) if retry is not None else None,
     )
+
+
+def failure_error(failure: Failure) -> GRPCError:
+    """The RPC error equivalent of a stream event's ``Failure`` (the inverse of :func:`to_failure`)."""
+    details: list[object] = [
+        error_details_pb2.ErrorInfo(reason=failure.reason, domain=DOMAIN, metadata=failure.metadata)
+    ]
+    if failure.retry_delay is not None:
+        delay = duration_pb2.Duration()
+        delay.FromTimedelta(failure.retry_delay)
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    try:
+        status = Status(failure.code)
+    except ValueError:
+        status = Status.UNKNOWN
+    return GRPCError(status, failure.message, details)

@@ -12,6 +12,7 @@ from daveloper.errors import (
     NotFound,
     ResourceExhausted,
     Unavailable,
+    failure_error,
     to_failure,
     to_grpc_error,
 )
@@ -56,3 +57,13 @@ def test_failure_mirrors_the_status() -> None:
     assert (plain.code, plain.reason, plain.retry_delay) == (Status.NOT_FOUND.value, "NOT_FOUND", None)
     internal = to_failure(RuntimeError("x"))
     assert (internal.code, internal.reason) == (Status.INTERNAL.value, "INTERNAL")
+
+
+def test_failure_round_trips_to_the_same_rpc_error() -> None:
+    original = ResourceExhausted("too big", reason="UPLOAD_TOO_LARGE", metadata={"limit": "5"}, retry_after=3)
+    error = failure_error(to_failure(original))
+    assert (error.status, error.message) == (Status.RESOURCE_EXHAUSTED, "too big")
+    info = next(d for d in error.details if isinstance(d, error_details_pb2.ErrorInfo))
+    assert (info.reason, dict(info.metadata)) == ("UPLOAD_TOO_LARGE", {"limit": "5"})
+    retry = next(d for d in error.details if isinstance(d, error_details_pb2.RetryInfo))
+    assert retry.retry_delay.ToTimedelta() == datetime.timedelta(seconds=3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from daveloper.errors import InvalidArgument
@@ -33,9 +34,18 @@ def _session_message(record: SessionRecord) -> Session:
 class SessionService(Servicer):
     base = SessionServiceBase
 
-    def __init__(self, *, store: SessionStore, default_ttl: int, max_ttl: int) -> None:
+    def __init__(
+        self,
+        *,
+        store: SessionStore,
+        default_ttl: int,
+        max_ttl: int,
+        purgers: Sequence[Callable[[str], Awaitable[object]]] = (),
+    ) -> None:
         super().__init__(auth=store)
         self._store = store
+        #: Each removes one kind of data a session owns (documents, points, ...).
+        self._purgers = list(purgers)
         self._default_ttl = default_ttl
         self._max_ttl = max_ttl
 
@@ -63,5 +73,8 @@ class SessionService(Servicer):
         return GetSessionResponse(session=_session_message(await self._store.get(call.session_id)))
 
     async def DeleteSession(self, request: DeleteSessionRequest, call: Call[Any, Any]) -> DeleteSessionResponse:
+        # Data first, record last: if a purge fails the token still works and the call can be retried.
+        for purge in self._purgers:
+            await purge(call.session_id)
         await self._store.delete(call.session_id)
         return DeleteSessionResponse()

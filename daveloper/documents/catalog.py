@@ -1,0 +1,142 @@
+"""The session's document records and ingestion records, in Redis.
+
+Chunks and vectors live in Qdrant; this is the list of documents a session
+has, how to find one by content hash or by the client's id, and who owns each
+ingestion. Records are the ``Document`` protobuf message itself, so no second
+schema has to be kept in step with the contract.
+
+Keys (``dv:`` prefix)::
+
+    dv:doc:<session>:<document>    Document message (bytes)
+    dv:docs:<session>              sorted set of document ids, scored by creation time
+    dv:docclient:<session>         hash client_document_id -> document id
+    dv:ingestion:<id>              hash session, document name (who may watch or cancel it)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import redis.asyncio as aioredis
+
+from daveloper.errors import InvalidArgument, NotFound
+from generated.daveloper.v1 import Document
+
+__all__ = ["Catalog", "document_id_for"]
+
+
+def document_id_for(session_id: str, content_hash: str) -> str:
+    """The id of a session's document with this content.
+
+    Derived, not random: uploading identical content again (even concurrently)
+    lands on the same document and the same chunk ids, so nothing is duplicated.
+    """
+    return "doc_" + hashlib.sha256(f"{session_id}\0{content_hash}".encode()).hexdigest()[:24]
+
+
+def _text(value: object) -> str:
+    """A Redis reply as text (the client returns bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _page_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode().rstrip("=")
+
+
+def _page_offset(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        kind, _, value = text.partition(":")
+        if kind != "o" or not value.isdigit():
+            raise ValueError(text)
+        return int(value)
+    except ValueError:
+        raise InvalidArgument.field("page_token", "is not a token this server issued") from None
+
+
+class Catalog:
+    """Document and ingestion records of every session."""
+
+    def __init__(self, redis: aioredis.Redis, *, prefix: str = "dv:", ingestion_ttl_seconds: int = 7 * 24 * 3600):
+        self._redis = redis
+        self._prefix = prefix
+        self._ingestion_ttl = ingestion_ttl_seconds
+
+    def _doc(self, session_id: str, document_id: str) -> str:
+        return f"{self._prefix}doc:{session_id}:{document_id}"
+
+    def _docs(self, session_id: str) -> str:
+        return f"{self._prefix}docs:{session_id}"
+
+    def _clients(self, session_id: str) -> str:
+        return f"{self._prefix}docclient:{session_id}"
+
+    def _ingestion(self, ingestion_id: str) -> str:
+        return f"{self._prefix}ingestion:{ingestion_id}"
+
+    async def put(self, session_id: str, document: Document) -> None:
+        assert document.create_time is not None
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._doc(session_id, document.id), bytes(document))
+            pipe.zadd(self._docs(session_id), {document.id: document.create_time.timestamp()})
+            if document.client_document_id:
+                pipe.hset(self._clients(session_id), document.client_document_id, document.id)
+            await pipe.execute()
+
+    async def find(self, session_id: str, document_id: str) -> Document | None:
+        raw = await self._redis.get(self._doc(session_id, document_id))
+        return None if raw is None else Document.parse(raw)
+
+    async def get(self, session_id: str, document_id: str) -> Document:
+        """The document, or NOT_FOUND — also when it belongs to another session."""
+        document = await self.find(session_id, document_id) if document_id else None
+        if document is None:
+            raise NotFound(f"document {document_id!r} not found", reason="DOCUMENT_NOT_FOUND")
+        return document
+
+    async def find_by_client_id(self, session_id: str, client_document_id: str) -> Document | None:
+        document_id = await self._redis.hget(self._clients(session_id), client_document_id)
+        return None if document_id is None else await self.find(session_id, _text(document_id))
+
+    async def page(self, session_id: str, *, page_size: int, page_token: str) -> tuple[list[Document], str]:
+        """Newest first; returns the page and the next page's token ("" at the end)."""
+        offset = _page_offset(page_token)
+        ids = await self._redis.zrevrange(self._docs(session_id), offset, offset + page_size)
+        more = len(ids) > page_size
+        ids = ids[:page_size]
+        raws = await self._redis.mget([self._doc(session_id, _text(i)) for i in ids]) if ids else []
+        documents = [Document.parse(raw) for raw in raws if raw is not None]
+        return documents, _page_token(offset + page_size) if more else ""
+
+    async def delete(self, session_id: str, document: Document) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._doc(session_id, document.id))
+            pipe.zrem(self._docs(session_id), document.id)
+            if document.client_document_id:
+                pipe.hdel(self._clients(session_id), document.client_document_id)
+            await pipe.execute()
+
+    async def document_ids(self, session_id: str) -> list[str]:
+        return [_text(i) for i in await self._redis.zrange(self._docs(session_id), 0, -1)]
+
+    async def purge_session(self, session_id: str) -> None:
+        """Remove every document record of a session (its points are removed by the store)."""
+        ids = await self.document_ids(session_id)
+        keys = [self._doc(session_id, i) for i in ids] + [self._docs(session_id), self._clients(session_id)]
+        await self._redis.delete(*keys)
+
+    async def start_ingestion(self, ingestion_id: str, session_id: str, file_name: str) -> None:
+        key = self._ingestion(ingestion_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"session": session_id, "name": file_name})
+            pipe.expire(key, self._ingestion_ttl)
+            await pipe.execute()
+
+    async def check_ingestion(self, session_id: str, ingestion_id: str) -> None:
+        """NOT_FOUND unless the ingestion exists and belongs to this session."""
+        owner = await self._redis.hget(self._ingestion(ingestion_id), "session") if ingestion_id else None
+        if owner is None or _text(owner) != session_id:
+            raise NotFound(f"ingestion {ingestion_id!r} not found", reason="INGESTION_NOT_FOUND")

@@ -1,0 +1,253 @@
+"""Ingestion: bytes in, a stored and searchable document out, every step on the event log.
+
+An ingestion is a durable job. Its events (started, progress per stage, then
+exactly one final ``stored`` or ``failed``) are appended to the event log
+scope ``ingest:<id>``, so any instance can replay and tail them; once the bytes
+have arrived, the work runs in the background and survives its client leaving.
+A cancel (from any instance, through the event log's control channel) or a
+failure removes whatever points the ingestion wrote: no partial document is
+ever left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from daveloper.documents.catalog import Catalog, document_id_for
+from daveloper.documents.model import ChunkDraft, Embedder, ParsedDocument, Vectors
+from daveloper.errors import Cancelled, DaveloperError, Unavailable, to_failure
+from daveloper.eventlog import EventLog
+from daveloper.jobs import BackgroundJobs
+from generated.daveloper.v1 import (
+    Document,
+    Failure,
+    IngestEvent,
+    IngestProgress,
+    IngestStage,
+    IngestStarted,
+)
+
+__all__ = ["Ingestion", "Ingestor", "PointStore", "ingestion_scope"]
+
+log = logging.getLogger("daveloper.documents")
+
+#: Texts embedded (and points upserted) per batch; also the progress granularity.
+BATCH = 64
+#: A RECEIVING progress event at most every this many bytes.
+RECEIVE_PROGRESS_BYTES = 1 << 20
+
+Parse = Callable[..., ParsedDocument]
+Chunk = Callable[..., list[ChunkDraft]]
+
+
+class PointStore(Protocol):
+    """The part of the chunk store ingestion needs."""
+
+    async def upsert(
+        self,
+        session_id: str,
+        document_id: str,
+        ingestion_id: str,
+        chunks: Sequence[ChunkDraft],
+        vectors: Sequence[Vectors],
+        *,
+        document_name: str,
+        source_uri: str,
+        metadata: dict[str, str],
+    ) -> None: ...
+
+    async def delete_ingestion(self, session_id: str, ingestion_id: str) -> None: ...
+
+
+def ingestion_scope(ingestion_id: str) -> str:
+    return f"ingest:{ingestion_id}"
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+@dataclass
+class Ingestion:
+    """One upload being ingested: who asked, what it is called, what has arrived."""
+
+    id: str
+    session_id: str
+    file_name: str
+    media_type: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    client_document_id: str = ""
+    source_uri: str = ""
+    data: bytearray = field(default_factory=bytearray)
+    _reported: int = 0
+
+    @property
+    def scope(self) -> str:
+        return ingestion_scope(self.id)
+
+
+class Ingestor:
+    """Runs ingestions; shared by every upload of the process."""
+
+    def __init__(
+        self,
+        *,
+        events: EventLog,
+        catalog: Catalog,
+        store: PointStore,
+        embedder: Embedder,
+        jobs: BackgroundJobs,
+        parse: Parse,
+        chunk: Chunk,
+    ) -> None:
+        self._events = events
+        self._catalog = catalog
+        self._store = store
+        self._embedder = embedder
+        self._jobs = jobs
+        self._parse = parse
+        self._chunk = chunk
+
+    # -- the event log -----------------------------------------------------------------
+
+    async def _emit(self, ingestion: Ingestion, *, final: bool = False, **kind: Any) -> None:
+        event = IngestEvent(ingestion_id=ingestion.id, create_time=_now(), **kind)
+        await self._events.append(ingestion.scope, bytes(event), final=final)
+
+    async def _progress(self, ingestion: Ingestion, stage: IngestStage, done: int, total: int) -> None:
+        await self._emit(ingestion, progress=IngestProgress(stage=stage, done=done, total=total))
+
+    async def events(self, ingestion_id: str, after_seq: int = 0) -> AsyncIterator[IngestEvent]:
+        """Replay then tail an ingestion's events, each with its seq; ends after the final one."""
+        async for entry in self._events.read(ingestion_scope(ingestion_id), after_seq):
+            event = IngestEvent.parse(entry.payload)
+            event.seq = entry.seq
+            yield event
+
+    # -- receiving ---------------------------------------------------------------------
+
+    async def begin(self, ingestion: Ingestion) -> None:
+        """Record the ingestion (so its session may watch and cancel it) and announce it."""
+        ingestion.id = ingestion.id or "ing_" + secrets.token_hex(12)
+        await self._catalog.start_ingestion(ingestion.id, ingestion.session_id, ingestion.file_name)
+        await self._emit(ingestion, started=IngestStarted(file_name=ingestion.file_name,
+                                                          media_type=ingestion.media_type))
+
+    async def received(self, ingestion: Ingestion, data: bytes, *, expected: int) -> None:
+        ingestion.data += data
+        if len(ingestion.data) - ingestion._reported >= RECEIVE_PROGRESS_BYTES:
+            ingestion._reported = len(ingestion.data)
+            await self._progress(ingestion, IngestStage.RECEIVING, len(ingestion.data), expected)
+
+    async def finish_existing(self, ingestion: Ingestion, document: Document) -> None:
+        """End an ingestion whose document already exists (a retry or identical content)."""
+        await self._emit(ingestion, final=True, stored=document)
+
+    def fail_later(self, ingestion: Ingestion, error: BaseException) -> None:
+        """Record a failure from a handler that is itself being cancelled (the client left)."""
+        self._jobs.spawn(self._fail(ingestion, error), name=f"fail {ingestion.id}")
+
+    async def fail(self, ingestion: Ingestion, error: BaseException) -> Failure:
+        return await self._fail(ingestion, error)
+
+    async def _fail(self, ingestion: Ingestion, error: BaseException) -> Failure:
+        failure = to_failure(error)
+        await self._emit(ingestion, final=True, failed=failure)
+        return failure
+
+    # -- processing --------------------------------------------------------------------
+
+    def process(self, ingestion: Ingestion) -> None:
+        """Process the received bytes in the background (it survives the client leaving)."""
+        self._jobs.spawn(self._run(ingestion), name=f"ingest {ingestion.id}")
+
+    async def _run(self, ingestion: Ingestion) -> None:
+        outcome: Document | BaseException
+        try:
+            async with self._events.cancellation(ingestion.scope) as cancelled:
+                work = asyncio.create_task(self._pipeline(ingestion))
+                stop = asyncio.create_task(cancelled.wait())
+                try:
+                    await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stop.cancel()
+                    if not work.done():
+                        work.cancel()
+                    await asyncio.wait({work, stop})
+                outcome = Cancelled("ingestion cancelled") if work.cancelled() else (
+                    work.exception() or work.result()
+                )
+        except asyncio.CancelledError:
+            # Shutdown: record why the ingestion ended, then let the cancel through.
+            interrupted = Unavailable("server shut down during ingestion", reason="INTERRUPTED", retry_after=0)
+            await asyncio.shield(self._abandon(ingestion, interrupted))
+            raise
+        except Exception as exc:  # the control channel itself failed
+            outcome = exc
+        if isinstance(outcome, Document):
+            await self._emit(ingestion, final=True, stored=outcome)
+            log.info("document stored", extra={"document_id": outcome.id, "chunks": outcome.chunk_count})
+        else:
+            await self._abandon(ingestion, outcome)
+
+    async def _abandon(self, ingestion: Ingestion, error: BaseException) -> None:
+        """Remove what the ingestion stored, then record its failure."""
+        if not isinstance(error, DaveloperError):
+            log.error("ingestion failed", exc_info=error, extra={"ingestion_id": ingestion.id})
+        await self._store.delete_ingestion(ingestion.session_id, ingestion.id)
+        await self._fail(ingestion, error)
+
+    async def _pipeline(self, ingestion: Ingestion) -> Document:
+        data = bytes(ingestion.data)
+        ingestion.data = bytearray()  # the job owns the only copy now
+        await self._progress(ingestion, IngestStage.RECEIVING, len(data), len(data))
+        content_hash = hashlib.sha256(data).hexdigest()
+        document_id = document_id_for(ingestion.session_id, content_hash)
+        if (existing := await self._catalog.find(ingestion.session_id, document_id)) is not None:
+            return existing  # identical content: nothing new to store
+
+        parsed = await asyncio.to_thread(
+            self._parse, data, file_name=ingestion.file_name, declared_type=ingestion.media_type
+        )
+        await self._progress(ingestion, IngestStage.PARSING, 1, 1)
+        chunks = await asyncio.to_thread(self._chunk, parsed)
+        await self._progress(ingestion, IngestStage.CHUNKING, len(chunks), len(chunks))
+
+        vectors: list[Vectors] = []
+        for start in range(0, len(chunks), BATCH):
+            batch = chunks[start:start + BATCH]
+            vectors += await self._embedder.embed_documents([c.text for c in batch])
+            await self._progress(ingestion, IngestStage.EMBEDDING, len(vectors), len(chunks))
+        for start in range(0, len(chunks), BATCH):
+            await self._store.upsert(
+                ingestion.session_id, document_id, ingestion.id,
+                chunks[start:start + BATCH], vectors[start:start + BATCH],
+                document_name=ingestion.file_name, source_uri=ingestion.source_uri, metadata=ingestion.metadata,
+            )
+            await self._progress(ingestion, IngestStage.STORING, min(start + BATCH, len(chunks)), len(chunks))
+
+        document = Document(
+            id=document_id,
+            name=ingestion.file_name,
+            media_type=parsed.media_type,
+            content_hash=content_hash,
+            size_bytes=len(data),
+            chunk_count=len(chunks),
+            token_count=sum(c.token_count for c in chunks),
+            metadata=ingestion.metadata,
+            source_uri=ingestion.source_uri,
+            title=parsed.title,
+            language=parsed.language,
+            create_time=_now(),
+            client_document_id=ingestion.client_document_id,
+        )
+        await self._catalog.put(ingestion.session_id, document)
+        return document
+
