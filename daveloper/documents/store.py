@@ -25,17 +25,16 @@ import asyncio
 import contextlib
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from qdrant_client import AsyncQdrantClient, models
-from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 
 from daveloper.documents.model import ChunkDraft, Hit, SearchMode, Vectors
-from daveloper.errors import AlreadyExists, ConfigError, Internal, NotFound, Unavailable
+from daveloper.errors import AlreadyExists, ConfigError
+from daveloper.infra.qdrant import qdrant_errors
 
-__all__ = ["CHUNKS_COLLECTION", "DENSE", "SPARSE", "ChunkStore", "chunk_id", "qdrant_errors"]
+__all__ = ["CHUNKS_COLLECTION", "DENSE", "SPARSE", "ChunkStore", "chunk_id"]
 
 CHUNKS_COLLECTION = "dv_chunks"
 SPARSE = "bm25"
@@ -47,37 +46,6 @@ _NAMESPACE = uuid.UUID("6f0c3a52-8f7e-4d55-9a39-4f1c0b8e2d11")
 def chunk_id(session_id: str, document_id: str, index: int) -> str:
     """The point id of a chunk: stable for the same session, document and position."""
     return str(uuid.uuid5(_NAMESPACE, f"{session_id}\0{document_id}\0{index}"))
-
-
-@contextmanager
-def qdrant_errors(what: str) -> Iterator[None]:
-    """Translate qdrant-client exceptions raised inside the block into Daveloper's error tree.
-
-    A server answers with HTTP statuses; local mode raises ``ValueError`` with
-    a message, which is matched for the two cases callers act on (missing and
-    existing collections). Anything else is a bug on our side and stays as is.
-    """
-    try:
-        yield
-    except UnexpectedResponse as exc:
-        status = exc.status_code or 0
-        body = exc.content.decode(errors="replace")[:200]
-        if status == 404:
-            raise NotFound(f"{what}: not found", reason="COLLECTION_NOT_FOUND") from exc
-        if status == 409 or (status == 400 and "already exists" in body):
-            raise AlreadyExists(f"{what}: already exists", reason="COLLECTION_EXISTS") from exc
-        if status == 429 or status >= 500:
-            raise Unavailable(f"{what}: Qdrant answered HTTP {status}", retry_after=1.0) from exc
-        raise Internal(f"{what}: Qdrant refused the request (HTTP {status}): {body}") from exc
-    except (ApiException, OSError, TimeoutError) as exc:
-        raise Unavailable(f"{what}: Qdrant does not answer: {exc or type(exc).__name__}", retry_after=1.0) from exc
-    except ValueError as exc:
-        message = str(exc)
-        if message.startswith("Collection ") and message.endswith(" not found"):
-            raise NotFound(f"{what}: not found", reason="COLLECTION_NOT_FOUND") from exc
-        if message.startswith("Collection ") and message.endswith(" already exists"):
-            raise AlreadyExists(f"{what}: already exists", reason="COLLECTION_EXISTS") from exc
-        raise
 
 
 def _match(key: str, value: str) -> models.FieldCondition:

@@ -11,18 +11,18 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from qdrant_client import AsyncQdrantClient
 from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 
 from daveloper.config import Settings
-from daveloper.errors import ConfigError, Unavailable
+from daveloper.errors import AlreadyExists, ConfigError, Internal, NotFound, Unavailable
 from daveloper.infra import TimedProbe, redacted_url
 
-__all__ = ["open_qdrant", "qdrant_probe"]
+__all__ = ["open_qdrant", "qdrant_errors", "qdrant_probe"]
 
 log = logging.getLogger(__name__)
 
@@ -99,3 +99,34 @@ def _open_local(path: Path) -> AsyncQdrantClient:
 def qdrant_probe(client: AsyncQdrantClient, *, name: str = "qdrant", timeout: float = 1.0) -> TimedProbe:
     """Health probe for Qdrant: a collection listing within ``timeout``."""
     return TimedProbe(name, client.get_collections, timeout=timeout)
+
+
+@contextmanager
+def qdrant_errors(what: str) -> Iterator[None]:
+    """Translate qdrant-client exceptions raised inside the block into Daveloper's error tree.
+
+    A server answers with HTTP statuses; local mode raises ``ValueError`` with
+    a message, which is matched for the two cases callers act on (missing and
+    existing collections). Anything else is a bug on our side and stays as is.
+    """
+    try:
+        yield
+    except UnexpectedResponse as exc:
+        status = exc.status_code or 0
+        body = exc.content.decode(errors="replace")[:200]
+        if status == 404:
+            raise NotFound(f"{what}: not found", reason="COLLECTION_NOT_FOUND") from exc
+        if status == 409 or (status == 400 and "already exists" in body):
+            raise AlreadyExists(f"{what}: already exists", reason="COLLECTION_EXISTS") from exc
+        if status == 429 or status >= 500:
+            raise Unavailable(f"{what}: Qdrant answered HTTP {status}", retry_after=1.0) from exc
+        raise Internal(f"{what}: Qdrant refused the request (HTTP {status}): {body}") from exc
+    except (ApiException, OSError, TimeoutError) as exc:
+        raise Unavailable(f"{what}: Qdrant does not answer: {exc or type(exc).__name__}", retry_after=1.0) from exc
+    except ValueError as exc:
+        message = str(exc)
+        if message.startswith("Collection ") and message.endswith(" not found"):
+            raise NotFound(f"{what}: not found", reason="COLLECTION_NOT_FOUND") from exc
+        if message.startswith("Collection ") and message.endswith(" already exists"):
+            raise AlreadyExists(f"{what}: already exists", reason="COLLECTION_EXISTS") from exc
+        raise

@@ -21,8 +21,9 @@ from typing import Any
 
 from qdrant_client import AsyncQdrantClient, models
 
-from daveloper.documents.store import ChunkStore, qdrant_errors
+from daveloper.documents.store import ChunkStore
 from daveloper.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
+from daveloper.infra.qdrant import qdrant_errors
 from daveloper.rpc import Authenticator, Call, Servicer
 from generated.daveloper.v1 import (
     Collection,
