@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 from google.rpc import error_details_pb2
 from grpclib.client import Channel
-from grpclib.const import Status
+from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
-from daveloper.app import App
+from daveloper.app import App, open_app
+from daveloper.config import Settings
 from generated.daveloper.v1 import (
     CancelIngestionRequest,
     CreateSessionRequest,
@@ -29,6 +30,7 @@ from generated.daveloper.v1 import (
     SessionServiceStub,
     UploadHeader,
     UploadRequest,
+    UploadResponse,
     WatchIngestionRequest,
 )
 
@@ -275,3 +277,31 @@ async def test_deleting_the_session_purges_its_documents(docs: DocumentServiceSt
     assert await app.chunk_store.count(owner) == 0
     assert await app.catalog.document_ids(owner) == []
 
+
+
+async def test_ingestion_outlives_its_client_and_is_watched_from_another_instance(
+    docs: DocumentServiceStub, token: str, settings: Settings
+) -> None:
+    text = "\n\n".join(f"## Part {i}\n\nBody text {i} with several words in it." for i in range(400))
+    async with docs.channel.request(
+        "/daveloper.v1.DocumentService/Upload", Cardinality.STREAM_STREAM, UploadRequest, UploadResponse,
+        timeout=30, metadata=bearer(token),
+    ) as stream:
+        for message in requests("parts.md", text.encode(), chunk_size=4096):
+            await stream.send_message(message)
+        await stream.end()
+        first = (await stream.recv_message()).event
+        await stream.cancel()  # the client leaves as soon as the upload is complete
+
+    # A second instance sharing the Redis (but not this one's data dir) serves the watch.
+    other = settings.replace(data_dir=settings.data_dir.parent / "other-instance", instance_id="other")
+    async with open_app(other) as second:
+        channel = Channel(second.grpc_addr.host, second.grpc_addr.port)
+        try:
+            watched = [r.event async for r in DocumentServiceStub(channel).watch_ingestion(
+                WatchIngestionRequest(ingestion_id=first.ingestion_id), timeout=30, metadata=bearer(token))]
+        finally:
+            channel.close()
+    assert [e.seq for e in watched] == list(range(1, len(watched) + 1))
+    assert watched[-1].stored is not None
+    assert watched[-1].stored.name == "parts.md"
