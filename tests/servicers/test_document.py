@@ -33,6 +33,7 @@ from generated.daveloper.v1 import (
     UploadResponse,
     WatchIngestionRequest,
 )
+from tests.documents import samples
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -305,3 +306,40 @@ async def test_ingestion_outlives_its_client_and_is_watched_from_another_instanc
     assert [e.seq for e in watched] == list(range(1, len(watched) + 1))
     assert watched[-1].stored is not None
     assert watched[-1].stored.name == "parts.md"
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "query", "media_type", "expect_text", "expect_location"),
+    [
+        ("notes.pdf", samples.pdf_two_pages(), "serve command client port", "application/pdf", "serve command",
+         {"page": 2}),
+        ("handbook.docx", samples.docx_handbook(), "roll back previous tag",
+         "application/vnd.openxmlformats-officedocument.wordprocessingml.document", "previous tag",
+         {"heading": "Rollback"}),
+        ("async.html", samples.html_article().encode(), "CancelledError at the next await", "text/html",
+         "never swallow it", {"heading": "Task groups"}),  # its small h3 subsection joins the h2 chunk
+        ("guide.md", samples.markdown_guide().encode(), None, "text/markdown", None, {}),
+        ("module.py", samples.python_module().encode(), None, "text/x-python", None, {}),
+    ],
+    ids=["pdf", "docx", "html", "markdown", "python"],
+)
+async def test_every_format_uploads_over_grpc_and_is_found_with_its_location(
+    docs: DocumentServiceStub, token: str, name: str, data: bytes, query: str | None, media_type: str,
+    expect_text: str | None, expect_location: dict[str, Any],
+) -> None:
+    events = await upload(docs, token, requests(name, data, chunk_size=1024))
+    document = stored(events)
+    assert document.media_type == media_type
+    assert document.chunk_count > 0
+    if query is None:
+        return
+    found = await docs.search(SearchRequest(query=query, top_k=1), timeout=10, metadata=bearer(token))
+    hit = found.hits[0].chunk
+    assert expect_text in hit.text
+    if "page" in expect_location:
+        assert hit.location.page == expect_location["page"]
+    if "heading" in expect_location:
+        assert hit.location.heading_path[-1] == expect_location["heading"]
+    # The HTML page's navigation and footer are not part of what was stored.
+    assert samples.NAV_TEXT not in hit.text
+    assert samples.FOOTER_TEXT not in hit.text
