@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("module", ["scripts.bench.rpc_overhead", "scripts.bench.codec"])
+@pytest.mark.parametrize("module", ["scripts.bench.rpc_overhead", "scripts.bench.codec", "scripts.bench.documents"])
 def test_benchmark_runs_and_reports_both_sides(module: str) -> None:
     done = subprocess.run([sys.executable, "-m", module, "--quick", "--json"], cwd=ROOT,
                           capture_output=True, text=True, timeout=110, check=True)
@@ -21,6 +21,9 @@ def test_benchmark_runs_and_reports_both_sides(module: str) -> None:
         for per_server in results.values():
             assert per_server["bare"][0]["rate"] > 0
             assert per_server["daveloper"][0]["rate"] > 0
+    elif module.endswith("documents"):
+        assert results["ingestion"]["chunks"] == results["pipeline_floor"]["chunks"] > 0
+        assert results["search"]["500"]["daveloper"]["p50"] > 0
     else:
         assert results["encode (binary)"]["betterproto2"] > 0
         assert results["encode (binary)"]["protobuf upb"] > 0
