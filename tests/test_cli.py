@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -136,3 +137,28 @@ def test_sigkill_of_the_server_leaves_no_valkey_behind(served: Served) -> None:
     served.process.kill()
     served.process.wait(10)
     assert gone_within(valkey, 5), "embedded valkey orphaned after the owner was killed"
+
+
+def test_grpcurl_uploads_a_document_and_searches_it(served: Served) -> None:
+    token = json.loads(served.grpcurl("daveloper.v1.SessionService/CreateSession", data="{}").stdout)["token"]
+    content = b"# Notes\n\n## Storage\n\nThe embedded Valkey keeps its append-only file under the data directory.\n"
+    stream = "\n".join([
+        json.dumps({"header": {"fileName": "notes.md", "sizeBytes": str(len(content))}}),
+        json.dumps({"chunk": base64.b64encode(content[:40]).decode()}),
+        json.dumps({"chunk": base64.b64encode(content[40:]).decode()}),
+    ])
+    uploaded = subprocess.run(
+        [GRPCURL, "-plaintext", "-max-time", "20", "-H", f"authorization: Bearer {token}", "-d", "@",
+         served.addr, "daveloper.v1.DocumentService/Upload"],
+        input=stream, capture_output=True, text=True, timeout=30, check=True,
+    )
+    events = [json.loads(part) for part in uploaded.stdout.replace("}\n{", "}\0{").split("\0")]
+    assert events[0]["event"]["seq"] == "1"
+    document = events[-1]["event"]["stored"]
+    assert (document["name"], document["mediaType"]) == ("notes.md", "text/markdown")
+
+    found = json.loads(served.grpcurl("daveloper.v1.DocumentService/Search", token=token,
+                                      data='{"query": "append-only file", "topK": 1}').stdout)
+    hit = found["hits"][0]
+    assert hit["chunk"]["documentId"] == document["id"]
+    assert hit["chunk"]["location"]["headingPath"] == ["Notes", "Storage"]
