@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from grpclib.client import Channel
+from qdrant_client import AsyncQdrantClient
 
 from daveloper.app import App, open_app
 from daveloper.config import Address, Settings
@@ -39,6 +40,16 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def qdrant(tmp_path: Path) -> AsyncIterator[AsyncQdrantClient]:
+    """A Qdrant local-mode client on a fresh directory."""
+    client = AsyncQdrantClient(path=str(tmp_path / "qdrant"))
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 @pytest.fixture

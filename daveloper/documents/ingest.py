@@ -16,12 +16,13 @@ import datetime
 import hashlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from daveloper.documents.catalog import Catalog, document_id_for
 from daveloper.documents.model import ChunkDraft, Embedder, ParsedDocument, Vectors
+from daveloper.documents.store import ChunkStore
 from daveloper.errors import Cancelled, DaveloperError, Unavailable, to_failure
 from daveloper.eventlog import EventLog
 from daveloper.jobs import BackgroundJobs
@@ -34,7 +35,7 @@ from generated.daveloper.v1 import (
     IngestStarted,
 )
 
-__all__ = ["Ingestion", "Ingestor", "PointStore", "ingestion_scope"]
+__all__ = ["Ingestion", "Ingestor", "ingestion_scope"]
 
 log = logging.getLogger("daveloper.documents")
 
@@ -45,25 +46,6 @@ RECEIVE_PROGRESS_BYTES = 1 << 20
 
 Parse = Callable[..., ParsedDocument]
 Chunk = Callable[..., list[ChunkDraft]]
-
-
-class PointStore(Protocol):
-    """The part of the chunk store ingestion needs."""
-
-    async def upsert(
-        self,
-        session_id: str,
-        document_id: str,
-        ingestion_id: str,
-        chunks: Sequence[ChunkDraft],
-        vectors: Sequence[Vectors],
-        *,
-        document_name: str,
-        source_uri: str,
-        metadata: dict[str, str],
-    ) -> None: ...
-
-    async def delete_ingestion(self, session_id: str, ingestion_id: str) -> None: ...
 
 
 def ingestion_scope(ingestion_id: str) -> str:
@@ -101,7 +83,7 @@ class Ingestor:
         *,
         events: EventLog,
         catalog: Catalog,
-        store: PointStore,
+        store: ChunkStore,
         embedder: Embedder,
         jobs: BackgroundJobs,
         parse: Parse,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import AsyncIterator
+from typing import Any
 
 from daveloper.documents.catalog import Catalog
 from daveloper.documents.ingest import Ingestion, Ingestor, ingestion_scope
 from daveloper.documents.model import Hit, SearchMode
+from daveloper.documents.search import DocumentSearch
+from daveloper.documents.store import ChunkStore
 from daveloper.errors import Cancelled, DaveloperError, InvalidArgument, ResourceExhausted, failure_error
 from daveloper.eventlog import EventLog
 from daveloper.rpc import Authenticator, Call, Servicer
@@ -54,27 +56,6 @@ _MODES = {
 }
 
 
-class ChunkReader(Protocol):
-    """What the servicer needs of the chunk store besides ingestion."""
-
-    async def chunks(self, session_id: str, document_id: str, *, offset: int = 0, limit: int = 20) -> list[Hit]: ...
-
-    async def delete_document(self, session_id: str, document_id: str) -> None: ...
-
-
-class Searcher(Protocol):
-    async def search(
-        self,
-        session_id: str,
-        query: str,
-        *,
-        top_k: int = 0,
-        mode: SearchMode | None = None,
-        document_ids: Sequence[str] = (),
-        metadata_filter: Mapping[str, str] | None = None,
-    ) -> list[Hit]: ...
-
-
 def _location(hit: Hit) -> SourceLocation:
     return SourceLocation(heading_path=list(hit.heading_path), page=hit.page,
                           start_line=hit.start_line, end_line=hit.end_line,
@@ -116,8 +97,8 @@ class DocumentService(Servicer):
         auth: Authenticator,
         ingestor: Ingestor,
         catalog: Catalog,
-        chunks: ChunkReader,
-        search: Searcher,
+        chunks: ChunkStore,
+        search: DocumentSearch,
         events: EventLog,
         max_upload_bytes: int,
     ) -> None:

@@ -13,8 +13,7 @@ which the identifier check below catches instead.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from qdrant_client import AsyncQdrantClient
@@ -186,13 +185,6 @@ def metrics(rankings: dict[str, list[str]]) -> tuple[float, float]:
     return recall / len(QUERIES), mrr / len(QUERIES)
 
 
-@pytest.fixture
-async def qdrant(tmp_path: Path) -> AsyncIterator[AsyncQdrantClient]:
-    client = AsyncQdrantClient(path=str(tmp_path / "qdrant"))
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def rank(qdrant: AsyncQdrantClient, embedder: Embedder, mode: SearchMode) -> dict[str, list[str]]:

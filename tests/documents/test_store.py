@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
 from qdrant_client import AsyncQdrantClient, models
@@ -20,13 +19,6 @@ pytestmark = pytest.mark.timeout(30)
 BM25 = BM25Embedder()
 
 
-@pytest.fixture
-async def qdrant(tmp_path: Path) -> AsyncIterator[AsyncQdrantClient]:
-    client = AsyncQdrantClient(path=str(tmp_path / "qdrant"))
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def drafts(texts: Sequence[str]) -> list[ChunkDraft]:
