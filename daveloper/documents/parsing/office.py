@@ -40,7 +40,7 @@ def _check_container(data: bytes, limits: ParseLimits) -> None:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             entries = archive.infolist()
-    except Exception as exc:  # zipfile raises BadZipFile, struct.error and more for damaged or exotic archives: none may escape
+    except Exception as exc:  # zipfile raises BadZipFile, struct.error and more: none may escape
         raise refuse(Reason.CORRUPT_DOCUMENT, f"the ZIP container is damaged ({exc})") from exc
     if len(entries) > limits.max_zip_entries:
         raise refuse(Reason.DOCUMENT_TOO_LARGE,

@@ -244,7 +244,7 @@ def _sniff_zip(data: bytes) -> Sniffed:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             names = set(archive.namelist())
-    except Exception as exc:  # zipfile raises BadZipFile, struct.error and more for damaged or exotic archives: none may escape
+    except Exception as exc:  # zipfile raises BadZipFile, struct.error and more: none may escape
         raise refuse(Reason.CORRUPT_DOCUMENT, f"the ZIP container is damaged ({exc})") from exc
     if "word/document.xml" in names:
         return Sniffed(Format.DOCX, DOCX_MEDIA_TYPE)
