@@ -1,0 +1,1 @@
+"""The chat agent: LLM providers, tools, conversations and turns."""
