@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 __all__ = [
@@ -63,8 +63,6 @@ class ModelDone:
     tool_calls: tuple[ToolCallRequest, ...] = ()
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    #: Citations the provider itself grounded its text on (the offline provider), as search hits' chunk ids.
-    cited_chunks: tuple[str, ...] = field(default=())
 
 
 ModelEvent = TextDelta | ModelDone
