@@ -15,12 +15,12 @@ Keys (``dv:`` prefix)::
 
 from __future__ import annotations
 
-import base64
 import hashlib
 
 import redis.asyncio as aioredis
 
-from daveloper.errors import InvalidArgument, NotFound
+from daveloper.errors import NotFound
+from daveloper.paging import next_page_token, page_offset
 from generated.daveloper.v1 import Document
 
 __all__ = ["Catalog", "document_id_for"]
@@ -38,23 +38,6 @@ def document_id_for(session_id: str, content_hash: str) -> str:
 def _text(value: object) -> str:
     """A Redis reply as text (the client returns bytes)."""
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _page_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode().rstrip("=")
-
-
-def _page_offset(token: str) -> int:
-    if not token:
-        return 0
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        kind, _, value = text.partition(":")
-        if kind != "o" or not value.isdigit():
-            raise ValueError(text)
-        return int(value)
-    except ValueError:
-        raise InvalidArgument.field("page_token", "is not a token this server issued") from None
 
 
 class Catalog:
@@ -103,13 +86,13 @@ class Catalog:
 
     async def page(self, session_id: str, *, page_size: int, page_token: str) -> tuple[list[Document], str]:
         """Newest first; returns the page and the next page's token ("" at the end)."""
-        offset = _page_offset(page_token)
+        offset = page_offset(page_token)
         ids = await self._redis.zrevrange(self._docs(session_id), offset, offset + page_size)
         more = len(ids) > page_size
         ids = ids[:page_size]
         raws = await self._redis.mget([self._doc(session_id, _text(i)) for i in ids]) if ids else []
         documents = [Document.parse(raw) for raw in raws if raw is not None]
-        return documents, _page_token(offset + page_size) if more else ""
+        return documents, next_page_token(offset + page_size, more=more)
 
     async def delete(self, session_id: str, document: Document) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
