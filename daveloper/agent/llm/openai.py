@@ -1,0 +1,244 @@
+"""Chat completions from any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp, LiteLLM).
+
+The official ``openai`` SDK does the HTTP and the retries (429, 408/409, 5xx and
+connection errors, with exponential backoff that honours ``Retry-After``), so this
+module only converts messages, folds the streamed chunks into :class:`ModelEvent`s
+and translates the SDK's exceptions into Daveloper's error tree:
+
+=====================================  ===================================================
+SDK error (after the SDK's retries)    Daveloper error (reason)
+=====================================  ===================================================
+401 / 403                              ``FailedPrecondition`` (``LLM_AUTH_FAILED``)
+404                                    ``FailedPrecondition`` (``LLM_MISCONFIGURED``)
+429                                    ``ResourceExhausted`` (``LLM_RATE_LIMITED``) + retry delay
+400, 422 and other 4xx                 ``InvalidArgument`` (``LLM_REQUEST_REJECTED``)
+5xx, 408, 409, connection, timeout     ``Unavailable`` (``LLM_UNAVAILABLE``)
+=====================================  ===================================================
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import openai
+from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
+
+from daveloper.agent.model import Message, ModelDone, ModelEvent, TextDelta, ToolCallRequest, ToolSpec
+from daveloper.errors import DaveloperError, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+
+__all__ = ["OpenAIChatModel"]
+
+#: How much of an upstream error message is quoted back (it may echo large parts of the prompt).
+_MAX_ERROR_MESSAGE = 300
+#: Retry delay suggested to our callers when the upstream gives none.
+_DEFAULT_RATE_LIMIT_DELAY = 5.0
+_DEFAULT_UNAVAILABLE_DELAY = 1.0
+
+
+def _truncate(text: str, limit: int = _MAX_ERROR_MESSAGE) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from ``retry-after-ms`` / ``retry-after`` (number or HTTP date), if the server sent one."""
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(float(value) / divisor, 0.0)
+        except ValueError:
+            parsed = email.utils.parsedate_tz(value)
+            if parsed is not None:
+                return max(float(email.utils.mktime_tz(parsed)) - time.time(), 0.0)
+    return None
+
+
+def _translate(exc: openai.OpenAIError, model: str) -> DaveloperError:
+    """The Daveloper error for an SDK exception (raised after the SDK's own retries)."""
+    meta = {"model": model}
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        message = _truncate(exc.message)
+        if status in (401, 403):
+            # A bad or unauthorised key is the deployment's problem, not the caller's: retrying cannot help.
+            return FailedPrecondition(f"the language model endpoint refused our credentials: {message}",
+                                      reason="LLM_AUTH_FAILED", metadata=meta)
+        if status == 404:
+            return FailedPrecondition(f"the language model endpoint does not know this model or path: {message}",
+                                      reason="LLM_MISCONFIGURED", metadata=meta)
+        if status == 429:
+            delay = _retry_after(exc.response.headers)
+            return ResourceExhausted(f"the language model endpoint is rate limiting us: {message}",
+                                     reason="LLM_RATE_LIMITED", metadata=meta,
+                                     retry_after=_DEFAULT_RATE_LIMIT_DELAY if delay is None else delay)
+        if 400 <= status < 500 and status not in (408, 409):
+            return InvalidArgument(f"the language model endpoint rejected the request: {message}",
+                                   reason="LLM_REQUEST_REJECTED", metadata=meta)
+        return Unavailable(f"the language model endpoint answered HTTP {status}: {message}",
+                           reason="LLM_UNAVAILABLE", metadata=meta, retry_after=_DEFAULT_UNAVAILABLE_DELAY)
+    if isinstance(exc, openai.APITimeoutError):
+        text = "the language model endpoint timed out"
+    elif isinstance(exc, openai.APIConnectionError):
+        text = "the language model endpoint is unreachable"
+    else:
+        # An error event inside the stream, or an answer the SDK could not parse.
+        text = f"the language model endpoint failed: {_truncate(str(exc))}"
+    return Unavailable(text, reason="LLM_UNAVAILABLE", metadata=meta, retry_after=_DEFAULT_UNAVAILABLE_DELAY)
+
+
+def to_openai_messages(messages: Sequence[Message]) -> list[ChatCompletionMessageParam]:
+    """Our messages in the chat completions wire format."""
+    out: list[ChatCompletionMessageParam] = []
+    for message in messages:
+        if message.role == "system":
+            out.append({"role": "system", "content": message.content})
+        elif message.role == "user":
+            out.append({"role": "user", "content": message.content})
+        elif message.role == "tool":
+            out.append({"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content})
+        elif message.tool_calls:
+            out.append({
+                "role": "assistant",
+                # ``null`` rather than "" next to tool calls: some compatible servers reject empty text parts.
+                "content": message.content or None,
+                "tool_calls": [
+                    {"id": call.call_id, "type": "function",
+                     "function": {"name": call.name, "arguments": call.arguments}}
+                    for call in message.tool_calls
+                ],
+            })
+        else:
+            out.append({"role": "assistant", "content": message.content})
+    return out
+
+
+def to_openai_tools(tools: Sequence[ToolSpec]) -> list[ChatCompletionFunctionToolParam]:
+    """Our tool specs as OpenAI function tools."""
+    return [
+        {"type": "function",
+         "function": {"name": tool.name, "description": tool.description, "parameters": tool.parameters}}
+        for tool in tools
+    ]
+
+
+@dataclass
+class _PartialCall:
+    """A tool call being streamed: id and name come first, the arguments in pieces."""
+
+    call_id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+class OpenAIChatModel:
+    """A :class:`~daveloper.agent.model.ChatModel` over an OpenAI-compatible ``/chat/completions`` endpoint.
+
+    Every call streams (``stream=True``, usage requested in the last chunk). Closing
+    or cancelling the iteration closes the upstream HTTP response, so the endpoint
+    stops generating (and billing) for an answer nobody reads.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None,
+        api_key: str | None,
+        default_model: str,
+        timeout: float = 60,
+        max_retries: int = 3,
+        client: openai.AsyncOpenAI | None = None,
+    ) -> None:
+        if not default_model:
+            raise ValueError("default_model must not be empty")
+        self.default_model = default_model
+        self._owns_client = client is None
+        # Local servers (Ollama, llama.cpp) want no key, but the SDK insists on one.
+        self._client = client or openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key or "unused", timeout=timeout, max_retries=max_retries
+        )
+
+    async def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[ToolSpec] = (),
+        model: str = "",
+        temperature: float | None = None,
+        max_tokens: int = 0,
+        session_id: str = "",
+    ) -> AsyncIterator[ModelEvent]:
+        """Stream one completion: :class:`TextDelta`s, then one :class:`ModelDone`."""
+        model = model or self.default_model
+        try:
+            stream = await self._client.chat.completions.create(
+                model=model,
+                messages=to_openai_messages(messages),
+                stream=True,
+                stream_options={"include_usage": True},
+                tools=to_openai_tools(tools) if tools else openai.omit,
+                temperature=temperature if temperature is not None else openai.omit,
+                # ``max_tokens`` rather than ``max_completion_tokens``: every compatible server knows it.
+                max_tokens=max_tokens if max_tokens > 0 else openai.omit,
+                # Lets the provider group a conversation's requests (abuse monitoring, caching).
+                user=session_id or openai.omit,
+            )
+        except openai.OpenAIError as exc:
+            raise _translate(exc, model) from exc
+
+        calls: dict[int, _PartialCall] = {}
+        finish_reason = ""
+        prompt_tokens = completion_tokens = 0
+        try:
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    prompt_tokens = chunk.usage.prompt_tokens
+                    completion_tokens = chunk.usage.completion_tokens
+                for choice in chunk.choices:
+                    if choice.index != 0:
+                        continue  # we never ask for n > 1
+                    if choice.finish_reason:
+                        finish_reason = choice.finish_reason
+                    delta = choice.delta
+                    for piece in delta.tool_calls or ():
+                        call = calls.setdefault(piece.index, _PartialCall())
+                        if piece.id:
+                            call.call_id = piece.id
+                        if piece.function is not None:
+                            if piece.function.name:
+                                call.name += piece.function.name
+                            if piece.function.arguments:
+                                call.arguments.append(piece.function.arguments)
+                    if delta.content:
+                        yield TextDelta(delta.content)
+        except openai.OpenAIError as exc:
+            raise _translate(exc, model) from exc
+        finally:
+            # Runs on normal end, on errors, on ``aclose()`` (GeneratorExit) and on cancellation:
+            # the upstream must stop generating an answer nobody reads. ``close()`` is idempotent.
+            await stream.close()
+
+        tool_calls = tuple(
+            ToolCallRequest(call_id=call.call_id or f"call_{index}", name=call.name,
+                            arguments="".join(call.arguments) or "{}")
+            for index, call in sorted(calls.items())
+        )
+        if tool_calls and finish_reason in ("", "stop", "function_call"):
+            # Some compatible servers (older Ollama, llama.cpp) say "stop" after tool calls.
+            finish_reason = "tool_calls"
+        yield ModelDone(
+            finish_reason=finish_reason or "stop",
+            tool_calls=tool_calls,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP client (only if this model created it)."""
+        if self._owns_client:
+            await self._client.close()
