@@ -15,6 +15,10 @@ from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server
 from qdrant_client import AsyncQdrantClient
 
+from daveloper.agent.conversations import Conversations
+from daveloper.agent.llm import make_chat_model
+from daveloper.agent.tools import Toolbox
+from daveloper.agent.turns import DEFAULT_SYSTEM_PROMPT, Agent, AgentSettings
 from daveloper.config import Address, Settings
 from daveloper.descriptors import load_descriptor_pool
 from daveloper.documents.catalog import Catalog
@@ -30,15 +34,12 @@ from daveloper.infra.qdrant import open_qdrant, qdrant_probe
 from daveloper.infra.redis import open_redis, redis_probe
 from daveloper.jobs import BackgroundJobs
 from daveloper.rpc import Interceptor
+from daveloper.servicers.agent import AgentService, purge_conversations
 from daveloper.servicers.document import DocumentService
 from daveloper.servicers.session import SessionService
 from daveloper.servicers.vector import VectorService, delete_session_vectors
 from daveloper.sessions import SessionStore, TokenSigner, load_secret_key
-from generated.daveloper.v1 import (
-    AgentServiceBase,
-    LogsServiceBase,
-    ScraperServiceBase,
-)
+from generated.daveloper.v1 import LogsServiceBase, ScraperServiceBase
 
 __all__ = ["App", "open_app", "serve"]
 
@@ -126,11 +127,27 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
         async def purge_vectors(session_id: str) -> None:
             await delete_session_vectors(qdrant, session_id, chunk_store)
 
+        model = make_chat_model(settings.chat_provider, base_url=settings.llm_base_url,
+                                api_key=settings.llm_api_key, model=settings.llm_model)
+        if (close_model := getattr(model, "aclose", None)) is not None:
+            stack.push_async_callback(close_model)
+        conversations = Conversations(redis)
+        agent = Agent(
+            events=events, conversations=conversations, model=model, jobs=jobs,
+            tools=Toolbox(search=search, redis=redis),
+            settings=AgentSettings(system_prompt=settings.system_prompt or DEFAULT_SYSTEM_PROMPT,
+                                   max_tool_rounds=settings.max_tool_rounds, model=settings.llm_model,
+                                   owner=settings.instance_id),
+        )
+
+        async def purge_chats(session_id: str) -> None:
+            await purge_conversations(conversations, events, session_id)
+
         session_service = SessionService(
             store=sessions,
             default_ttl=settings.session_ttl_seconds,
             max_ttl=settings.session_max_ttl_seconds,
-            purgers=[catalog.purge_session, purge_vectors],
+            purgers=[purge_chats, catalog.purge_session, purge_vectors],
         )
         documents = DocumentService(auth=sessions, ingestor=ingestor, catalog=catalog, chunks=chunk_store,
                                     search=search, events=events, max_upload_bytes=settings.max_upload_bytes)
@@ -139,14 +156,14 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
             session_service,
             documents,
             VectorService(auth=sessions, qdrant=qdrant),
-            AgentServiceBase(),
+            AgentService(auth=sessions, agent=agent, conversations=conversations, events=events),
             ScraperServiceBase(),
             LogsServiceBase(),
         ]
 
         health = HealthMonitor([redis_probe(redis), qdrant_probe(qdrant)])
         await health.check_once()
-        qdrant_users = (DocumentService, VectorService, AgentServiceBase, ScraperServiceBase)
+        qdrant_users = (DocumentService, VectorService, AgentService, ScraperServiceBase)
         needs = {s: ["redis", "qdrant"] if isinstance(s, qdrant_users) else ["redis"] for s in services}
         health_service = health.service(needs)
 

@@ -20,6 +20,7 @@ __all__ = ["Address", "Settings"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 EMBEDDERS = ("bm25", "openai", "minilm")
+LLM_PROVIDERS = ("offline", "openai")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,16 @@ class Settings:
     embedding_model: str = "text-embedding-3-small"
     #: Size of the model's vectors; needed only for models the server does not know.
     embedding_size: int | None = None
+    #: Chat model provider: ``offline`` (no network) or ``openai`` (any OpenAI-compatible endpoint);
+    #: empty picks ``openai`` when an endpoint or key is configured, else ``offline``.
+    llm_provider: str = ""
+    llm_base_url: str | None = None
+    llm_api_key: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    #: Replaces the agent's built-in system prompt.
+    system_prompt: str | None = None
+    #: Tool-call rounds a turn may make before it must answer.
+    max_tool_rounds: int = 4
     #: Events kept per event-log stream (older ones expire: CURSOR_EXPIRED).
     event_retention: int = 10_000
     #: Idle event-log streams are deleted after this many seconds.
@@ -95,6 +106,8 @@ class Settings:
                      "event_retention", "event_ttl_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.llm_provider not in ("", *LLM_PROVIDERS):
+            raise ConfigError(f"llm provider must be one of {', '.join(LLM_PROVIDERS)}, got {self.llm_provider!r}")
         if self.embedder not in EMBEDDERS:
             raise ConfigError(f"embedder must be one of {', '.join(EMBEDDERS)}, got {self.embedder!r}")
         if self.drain_seconds < 0:
@@ -124,20 +137,31 @@ class Settings:
         if (data_dir := get("DATA_DIR")) is not None:
             values["data_dir"] = Path(data_dir).expanduser()
         for key in ("redis_url", "qdrant_url", "qdrant_api_key", "secret_key", "admin_token", "instance_id",
-                    "embedding_base_url", "embedding_api_key", "embedding_model"):
+                    "embedding_base_url", "embedding_api_key", "embedding_model",
+                    "llm_base_url", "llm_api_key", "llm_model", "system_prompt"):
             if (value := get(key.upper())) is not None:
                 values[key] = value
+        if (provider := get("LLM_PROVIDER")) is not None:
+            values["llm_provider"] = provider.lower()
         if (embedder := get("EMBEDDER")) is not None:
             values["embedder"] = embedder.lower()
         if (level := get("LOG_LEVEL")) is not None:
             values["log_level"] = level.upper()
         for key, kind in (("session_ttl_seconds", int), ("session_max_ttl_seconds", int),
                           ("max_message_bytes", int), ("max_upload_bytes", int), ("drain_seconds", float),
-                          ("event_retention", int), ("event_ttl_seconds", int), ("embedding_size", int)):
+                          ("event_retention", int), ("event_ttl_seconds", int), ("embedding_size", int),
+                          ("max_tool_rounds", int)):
             if (num := number(key.upper(), kind)) is not None:
                 values[key] = num
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def chat_provider(self) -> str:
+        """The provider in effect: the configured one, else ``openai`` if an endpoint is set, else ``offline``."""
+        if self.llm_provider:
+            return self.llm_provider
+        return "openai" if self.llm_base_url or self.llm_api_key else "offline"
 
     def replace(self, **changes: object) -> Settings:
         """A copy with some fields changed (settings stay immutable)."""

@@ -13,11 +13,11 @@ from grpclib.exceptions import GRPCError
 
 from daveloper.sessions import TokenSigner
 from generated.daveloper.v1 import (
-    AgentServiceStub,
     CreateSessionRequest,
     DeleteSessionRequest,
     GetSessionRequest,
-    ListConversationsRequest,
+    ListJobsRequest,
+    ScraperServiceStub,
     SessionServiceStub,
 )
 
@@ -93,7 +93,7 @@ async def test_deleted_session_token_stops_working(channel: Channel, token: str)
 
 
 async def test_rpcs_not_built_yet_answer_unimplemented(channel: Channel, token: str) -> None:
-    stub = AgentServiceStub(channel)
+    stub = ScraperServiceStub(channel)
     with pytest.raises(GRPCError) as caught:
-        await stub.list_conversations(ListConversationsRequest(), timeout=5, metadata=bearer(token))
+        await stub.list_jobs(ListJobsRequest(), timeout=5, metadata=bearer(token))
     assert caught.value.status is Status.UNIMPLEMENTED

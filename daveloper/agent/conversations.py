@@ -1,0 +1,132 @@
+"""Conversations and their turns, in Redis, each under the session that owns it.
+
+Records are the contract's own messages (``Conversation``, ``Turn``), stored as
+protobuf bytes. Every key carries the session id, so a conversation id of
+another session simply does not exist here (NOT_FOUND, never "forbidden").
+
+Keys (``dv:`` prefix)::
+
+    dv:conv:<session>:<conversation>        Conversation message
+    dv:convs:<session>                      sorted set of conversation ids by last update
+    dv:turn:<session>:<conversation>:<turn> Turn message
+    dv:turns:<session>:<conversation>       list of turn ids, oldest first
+    dv:turnclient:<session>:<conversation>  hash client_message_id -> turn id
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+
+import redis.asyncio as aioredis
+
+from daveloper.errors import InvalidArgument, NotFound
+from daveloper.paging import next_page_token, page_offset
+from generated.daveloper.v1 import Conversation, Turn
+
+__all__ = ["Conversations", "validate_conversation_id"]
+
+_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def validate_conversation_id(conversation_id: str, field: str = "conversation_id") -> None:
+    if not _ID.match(conversation_id):
+        raise InvalidArgument.field(field, "1-64 characters of letters, digits and _ . : -")
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Conversations:
+    """The conversation and turn records of every session."""
+
+    def __init__(self, redis: aioredis.Redis, *, prefix: str = "dv:") -> None:
+        self._redis = redis
+        self._p = prefix
+
+    def _conv(self, session: str, conv: str) -> str:
+        return f"{self._p}conv:{session}:{conv}"
+
+    def _convs(self, session: str) -> str:
+        return f"{self._p}convs:{session}"
+
+    def _turn(self, session: str, conv: str, turn: str) -> str:
+        return f"{self._p}turn:{session}:{conv}:{turn}"
+
+    def _turns(self, session: str, conv: str) -> str:
+        return f"{self._p}turns:{session}:{conv}"
+
+    def _clients(self, session: str, conv: str) -> str:
+        return f"{self._p}turnclient:{session}:{conv}"
+
+    async def find(self, session_id: str, conversation_id: str) -> Conversation | None:
+        raw = await self._redis.get(self._conv(session_id, conversation_id))
+        return None if raw is None else Conversation.parse(raw)
+
+    async def get(self, session_id: str, conversation_id: str) -> Conversation:
+        found = await self.find(session_id, conversation_id) if conversation_id else None
+        if found is None:
+            raise NotFound(f"conversation {conversation_id!r} not found", reason="CONVERSATION_NOT_FOUND")
+        return found
+
+    async def save(self, session_id: str, conversation: Conversation) -> None:
+        assert conversation.update_time is not None
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._conv(session_id, conversation.id), bytes(conversation))
+            pipe.zadd(self._convs(session_id), {conversation.id: conversation.update_time.timestamp()})
+            await pipe.execute()
+
+    async def page(self, session_id: str, *, page_size: int, page_token: str) -> tuple[list[Conversation], str]:
+        offset = page_offset(page_token)
+        ids = await self._redis.zrevrange(self._convs(session_id), offset, offset + page_size)
+        more = len(ids) > page_size
+        raws = await self._redis.mget([self._conv(session_id, _text(i)) for i in ids[:page_size]]) if ids else []
+        return [Conversation.parse(r) for r in raws if r is not None], next_page_token(offset + page_size, more=more)
+
+    async def add_turn(self, session_id: str, conversation_id: str, turn: Turn) -> Turn | None:
+        """Record a new turn; if its client message id was seen, return that earlier turn instead."""
+        if turn.client_message_id:
+            claimed = await self._redis.hsetnx(self._clients(session_id, conversation_id),
+                                               turn.client_message_id, turn.id)
+            if not claimed:
+                earlier = await self._redis.hget(self._clients(session_id, conversation_id), turn.client_message_id)
+                return await self.turn(session_id, conversation_id, _text(earlier))
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._turn(session_id, conversation_id, turn.id), bytes(turn))
+            pipe.rpush(self._turns(session_id, conversation_id), turn.id)
+            await pipe.execute()
+        return None
+
+    async def put_turn(self, session_id: str, conversation_id: str, turn: Turn) -> None:
+        await self._redis.set(self._turn(session_id, conversation_id, turn.id), bytes(turn))
+
+    async def turn(self, session_id: str, conversation_id: str, turn_id: str) -> Turn:
+        raw = await self._redis.get(self._turn(session_id, conversation_id, turn_id)) if turn_id else None
+        if raw is None:
+            raise NotFound(f"turn {turn_id!r} not found", reason="TURN_NOT_FOUND")
+        return Turn.parse(raw)
+
+    async def turns(self, session_id: str, conversation_id: str, *, last: int = 0) -> list[Turn]:
+        """The conversation's turns, oldest first (only the ``last`` ones if given)."""
+        ids = await self._redis.lrange(self._turns(session_id, conversation_id), -last if last else 0, -1)
+        keys = [self._turn(session_id, conversation_id, _text(i)) for i in ids]
+        raws = await self._redis.mget(keys) if keys else []
+        return [Turn.parse(r) for r in raws if r is not None]
+
+    async def delete(self, session_id: str, conversation_id: str) -> None:
+        ids = await self._redis.lrange(self._turns(session_id, conversation_id), 0, -1)
+        keys = [self._turn(session_id, conversation_id, _text(i)) for i in ids]
+        keys += [self._conv(session_id, conversation_id), self._turns(session_id, conversation_id),
+                 self._clients(session_id, conversation_id)]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*keys)
+            pipe.zrem(self._convs(session_id), conversation_id)
+            await pipe.execute()
+
+    async def conversation_ids(self, session_id: str) -> list[str]:
+        return [_text(i) for i in await self._redis.zrange(self._convs(session_id), 0, -1)]
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)

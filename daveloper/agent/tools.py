@@ -1,0 +1,130 @@
+"""Tools the agent offers the model, and how their results come back.
+
+A tool never fails a turn: bad arguments, a failing dependency or a timeout
+become a tool result the model reads (``is_error``), and the turn goes on.
+Results are cached in Redis per session, tool and arguments, with a TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from daveloper.agent.llm.passages import NO_PASSAGES
+from daveloper.agent.model import ToolSpec
+from daveloper.documents.model import Hit
+from daveloper.documents.search import DocumentSearch
+from daveloper.errors import DaveloperError
+
+__all__ = ["SEARCH_DOCUMENTS", "ToolOutcome", "Toolbox"]
+
+SEARCH_DOCUMENTS = ToolSpec(
+    name="search_documents",
+    description="Search the user's uploaded documents and scraped pages; returns numbered passages to cite as [n].",
+    parameters={
+        "type": "object",
+        "properties": {
+            "query": {"type": "string", "description": "What to look for, in natural language or identifiers."},
+            "top_k": {"type": "integer", "minimum": 1, "maximum": 20, "description": "How many passages."},
+        },
+        "required": ["query"],
+        "additionalProperties": False,
+    },
+)
+
+
+@dataclass
+class ToolOutcome:
+    """What a tool call produced: text for the model, and search hits to cite."""
+
+    content: str
+    is_error: bool = False
+    hits: list[Hit] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+Tool = Callable[[str, dict[str, Any]], Awaitable[ToolOutcome]]
+
+
+class Toolbox:
+    """The tools available to a turn, by name."""
+
+    def __init__(self, *, search: DocumentSearch, redis: aioredis.Redis, cache_ttl: int = 600,
+                 timeout: float = 30.0) -> None:
+        self._search = search
+        self._redis = redis
+        self._cache_ttl = cache_ttl
+        self._timeout = timeout
+        self._tools: dict[str, tuple[ToolSpec, Tool]] = {SEARCH_DOCUMENTS.name: (SEARCH_DOCUMENTS, self._documents)}
+
+    def specs(self, allowed: Sequence[str] = ()) -> list[ToolSpec]:
+        """The tools offered to the model (all of them, or only those ``allowed``)."""
+        return [spec for name, (spec, _) in self._tools.items() if not allowed or name in allowed]
+
+    async def call(self, session_id: str, name: str, arguments: str) -> ToolOutcome:
+        started = time.perf_counter()
+        try:
+            if name not in self._tools:
+                raise _ToolError(f"unknown tool {name!r}")
+            try:
+                args = json.loads(arguments or "{}")
+            except json.JSONDecodeError as exc:
+                raise _ToolError(f"arguments are not valid JSON: {exc.msg}") from exc
+            if not isinstance(args, dict):
+                raise _ToolError("arguments must be a JSON object")
+            key = self._cache_key(session_id, name, args)
+            if (cached := await self._redis.get(key)) is not None:
+                outcome = _decode(cached)
+            else:
+                async with asyncio.timeout(self._timeout):
+                    outcome = await self._tools[name][1](session_id, args)
+                await self._redis.set(key, _encode(outcome), ex=self._cache_ttl)
+        except _ToolError as exc:
+            outcome = ToolOutcome(f"error: {exc}", is_error=True)
+        except DaveloperError as exc:
+            outcome = ToolOutcome(f"error: {exc.message}", is_error=True)
+        except TimeoutError:
+            outcome = ToolOutcome(f"error: the tool did not answer within {self._timeout:g}s", is_error=True)
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+
+    async def _documents(self, session_id: str, args: dict[str, Any]) -> ToolOutcome:
+        query = args.get("query")
+        if not isinstance(query, str) or not query.strip():
+            raise _ToolError("'query' must be a non-empty string")
+        top_k = args.get("top_k", 5)
+        if not isinstance(top_k, int) or not 1 <= top_k <= 20:
+            raise _ToolError("'top_k' must be an integer from 1 to 20")
+        hits = await self._search.search(session_id, query[:2000], top_k=top_k)
+        # Numbered and formatted by the turn, which knows the citations made before.
+        return ToolOutcome(content=NO_PASSAGES, hits=hits)
+
+    def _cache_key(self, session_id: str, name: str, args: dict[str, Any]) -> str:
+        digest = hashlib.sha256(json.dumps([name, args], sort_keys=True).encode()).hexdigest()[:32]
+        return f"dv:toolcache:{session_id}:{digest}"
+
+
+class _ToolError(Exception):
+    """A problem with a tool call that the model should read and fix."""
+
+
+def _encode(outcome: ToolOutcome) -> bytes:
+    return json.dumps({"content": outcome.content, "is_error": outcome.is_error,
+                       "hits": [_hit_dict(h) for h in outcome.hits]}).encode()
+
+
+def _decode(raw: bytes | str) -> ToolOutcome:
+    data = json.loads(raw)
+    hits = [Hit(**{**h, "heading_path": tuple(h["heading_path"])}) for h in data["hits"]]
+    return ToolOutcome(content=data["content"], is_error=data["is_error"], hits=hits)
+
+
+def _hit_dict(hit: Hit) -> dict[str, Any]:
+    return {field: getattr(hit, field) for field in Hit.__dataclass_fields__}

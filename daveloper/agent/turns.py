@@ -1,0 +1,291 @@
+"""Running a chat turn: model rounds, tool calls, citations, every event on the log.
+
+A turn is a background job: it keeps running when its client disconnects, and
+every event it produces goes to the conversation's event log (scope
+``conv:<session>:<conversation>``), so ``Watch`` replays and tails it from any
+instance. A cancel, from any connection or instance, arrives through the
+control channel of scope ``turn:<id>``; the owner then cancels the model
+stream (which closes the upstream HTTP request), keeps the partial answer and
+completes the turn with finish reason ``cancelled``.
+
+Token deltas are coalesced: text is buffered until ``coalesce_chars`` have
+arrived or ``coalesce_seconds`` have passed, so the event rate stays bounded
+however fast the model streams; the concatenated text is unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from daveloper.agent.conversations import Conversations, now
+from daveloper.agent.llm.passages import format_passages
+from daveloper.agent.model import ChatModel, Message, ModelDone, TextDelta, ToolCallRequest, ToolSpec
+from daveloper.agent.tools import Toolbox
+from daveloper.documents.tokens import count_tokens
+from daveloper.errors import DaveloperError, to_failure
+from daveloper.eventlog import EventLog
+from daveloper.jobs import BackgroundJobs
+from generated.daveloper.v1 import (
+    ChatEvent,
+    ChatOptions,
+    Citation,
+    Conversation,
+    FinishReason,
+    SourceLocation,
+    TokenDelta,
+    ToolCall,
+    ToolResult,
+    Turn,
+    TurnCompleted,
+    TurnFailed,
+    TurnStarted,
+    TurnState,
+    Usage,
+)
+
+__all__ = ["Agent", "AgentSettings", "conversation_scope", "turn_scope"]
+
+log = logging.getLogger("daveloper.agent")
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are Daveloper, an assistant for software developers. Answer from the user's documents when "
+    "they are relevant: call search_documents, then cite passages as [n]. Say so when you do not know."
+)
+
+
+def conversation_scope(session_id: str, conversation_id: str) -> str:
+    return f"conv:{session_id}:{conversation_id}"
+
+
+def turn_scope(turn_id: str) -> str:
+    return f"turn:{turn_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    max_tool_rounds: int = 4
+    history_tokens: int = 3000
+    coalesce_chars: int = 48
+    coalesce_seconds: float = 0.015
+    model: str = ""
+    owner: str = ""
+
+
+@dataclass
+class _Turn:
+    session_id: str
+    conversation_id: str
+    record: Turn
+    options: ChatOptions
+    text: list[str] = field(default_factory=list)
+    citations: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+
+    @property
+    def scope(self) -> str:
+        return conversation_scope(self.session_id, self.conversation_id)
+
+
+class Agent:
+    """Starts turns and runs them to completion in the background."""
+
+    def __init__(self, *, events: EventLog, conversations: Conversations, model: ChatModel, tools: Toolbox,
+                 jobs: BackgroundJobs, settings: AgentSettings) -> None:
+        self._events = events
+        self._conversations = conversations
+        self._model = model
+        self._tools = tools
+        self._jobs = jobs
+        self._settings = settings
+
+    async def start(self, session_id: str, conversation_id: str, text: str, client_message_id: str,
+                    options: ChatOptions) -> tuple[Turn, int, bool]:
+        """Begin a turn; returns (turn, seq of its start event, whether it already existed)."""
+        conversation = await self._conversations.find(session_id, conversation_id)
+        if conversation is None:
+            conversation = Conversation(id=conversation_id, title=text[:80], create_time=now(), update_time=now())
+        turn = Turn(id="turn_" + secrets.token_hex(10), client_message_id=client_message_id, user_text=text,
+                    state=TurnState.RUNNING, create_time=now())
+        earlier = await self._conversations.add_turn(session_id, conversation_id, turn)
+        if earlier is not None:
+            return earlier, 0, True
+        conversation.turn_count += 1
+        conversation.update_time = now()
+        await self._conversations.save(session_id, conversation)
+        state = _Turn(session_id, conversation_id, turn, options)
+        seq = await self._emit(state, turn_started=TurnStarted(
+            client_message_id=client_message_id, user_text=text, model=options.model or self._settings.model,
+            owner=self._settings.owner))
+        self._jobs.spawn(self._run(state), name=f"turn {turn.id}")
+        return turn, seq, False
+
+    async def cancel(self, turn_id: str) -> bool:
+        return await self._events.request_cancel(turn_scope(turn_id))
+
+    async def events(self, session_id: str, conversation_id: str, after_seq: int) -> AsyncIterator[ChatEvent]:
+        async for entry in self._events.read(conversation_scope(session_id, conversation_id), after_seq):
+            event = ChatEvent.parse(entry.payload)
+            event.seq = entry.seq
+            yield event
+
+    async def _emit(self, turn: _Turn, **kind: object) -> int:
+        event = ChatEvent(conversation_id=turn.conversation_id, turn_id=turn.record.id, create_time=now(),
+                          **kind)
+        return await self._events.append(turn.scope, bytes(event))
+
+    async def _run(self, turn: _Turn) -> None:
+        finish = FinishReason.STOP
+        failure: BaseException | None = None
+        try:
+            async with self._events.cancellation(turn_scope(turn.record.id)) as cancelled:
+                work = asyncio.create_task(self._rounds(turn))
+                stop = asyncio.create_task(cancelled.wait())
+                try:
+                    await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stop.cancel()
+                    if not work.done():
+                        work.cancel()  # closes the model stream, and with it the upstream request
+                    await asyncio.wait({work, stop})
+                if work.cancelled():
+                    finish = FinishReason.CANCELLED
+                elif (error := work.exception()) is not None:
+                    failure = error
+                else:
+                    finish = work.result()
+        except asyncio.CancelledError:
+            await asyncio.shield(self._finish(turn, FinishReason.INTERRUPTED, None))
+            raise
+        except Exception as exc:  # the control channel itself failed
+            failure = exc
+        await self._finish(turn, finish, failure)
+
+    async def _finish(self, turn: _Turn, finish: FinishReason, failure: BaseException | None) -> None:
+        text = "".join(turn.text)
+        record = turn.record
+        record.assistant_text, record.complete_time = text, now()
+        record.usage = Usage(prompt_tokens=turn.prompt_tokens, completion_tokens=turn.completion_tokens,
+                             total_tokens=turn.prompt_tokens + turn.completion_tokens)
+        if failure is not None:
+            if not isinstance(failure, DaveloperError):
+                log.error("turn failed", exc_info=failure, extra={"turn_id": record.id})
+            record.state, record.failure = TurnState.FAILED, to_failure(failure)
+            await self._emit(turn, turn_failed=TurnFailed(failure=record.failure, partial_text=text))
+        else:
+            record.state, record.finish_reason = TurnState.COMPLETED, finish
+            elapsed = time.perf_counter() - turn.started
+            ttft = (turn.first_token or time.perf_counter()) - turn.started
+            await self._emit(turn, turn_completed=TurnCompleted(
+                finish_reason=finish, usage=record.usage, text=text,
+                time_to_first_token=datetime.timedelta(seconds=ttft), duration=datetime.timedelta(seconds=elapsed)))
+        await self._conversations.put_turn(turn.session_id, turn.conversation_id, record)
+
+    async def _history(self, turn: _Turn) -> list[Message]:
+        budget = self._settings.history_tokens
+        earlier: list[Message] = []
+        for past in reversed(await self._conversations.turns(turn.session_id, turn.conversation_id, last=50)):
+            if past.id == turn.record.id or past.state is TurnState.RUNNING:
+                continue
+            cost = count_tokens(past.user_text) + count_tokens(past.assistant_text)
+            if cost > budget:
+                break
+            budget -= cost
+            earlier[:0] = [Message("user", past.user_text), Message("assistant", past.assistant_text)]
+        return [Message("system", self._settings.system_prompt), *earlier, Message("user", turn.record.user_text)]
+
+    async def _rounds(self, turn: _Turn) -> FinishReason:
+        messages = await self._history(turn)
+        tools = self._tools.specs(turn.options.tools)
+        for _ in range(self._settings.max_tool_rounds + 1):
+            done = await self._stream(turn, messages, tools)
+            if not done.tool_calls:
+                return FinishReason.LENGTH if done.finish_reason == "length" else FinishReason.STOP
+            messages.append(Message("assistant", "", tool_calls=done.tool_calls))
+            for call in done.tool_calls:
+                messages.append(await self._call_tool(turn, call))
+        return FinishReason.TOOL_LIMIT
+
+    async def _stream(self, turn: _Turn, messages: list[Message], tools: list[ToolSpec]) -> ModelDone:
+        """One model round; text deltas are coalesced onto the log."""
+        queue: asyncio.Queue[TextDelta | ModelDone | BaseException] = asyncio.Queue()
+
+        async def produce() -> None:
+            try:
+                async for event in self._model.stream(
+                    messages, tools=tools, model=turn.options.model or self._settings.model,
+                    temperature=turn.options.temperature, max_tokens=turn.options.max_tokens,
+                    session_id=turn.session_id,
+                ):
+                    queue.put_nowait(event)
+            except Exception as exc:
+                queue.put_nowait(exc)
+
+        producer = asyncio.create_task(produce())
+        buffer: list[str] = []
+        size, deadline = 0, None
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                try:
+                    event = await asyncio.wait_for(queue.get(), timeout)
+                except TimeoutError:
+                    event = None
+                if isinstance(event, TextDelta):
+                    if turn.first_token is None:
+                        turn.first_token = time.perf_counter()
+                    buffer.append(event.text)
+                    turn.text.append(event.text)
+                    size += len(event.text)
+                    deadline = deadline or loop.time() + self._settings.coalesce_seconds
+                if buffer and (event is None or not isinstance(event, TextDelta)
+                               or size >= self._settings.coalesce_chars):
+                    await self._emit(turn, token_delta=TokenDelta(text="".join(buffer)))
+                    buffer, size, deadline = [], 0, None
+                if isinstance(event, BaseException):
+                    raise event
+                if isinstance(event, ModelDone):
+                    turn.prompt_tokens += event.prompt_tokens
+                    turn.completion_tokens += event.completion_tokens
+                    return event
+        finally:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+
+    async def _call_tool(self, turn: _Turn, call: ToolCallRequest) -> Message:
+        await self._emit(turn, tool_call=ToolCall(call_id=call.call_id, name=call.name,
+                                                  arguments_json=call.arguments))
+        outcome = await self._tools.call(turn.session_id, call.name, call.arguments)
+        content = outcome.content
+        if outcome.hits:
+            passages = []
+            for hit in outcome.hits:
+                turn.citations += 1
+                title = " > ".join([hit.document_name, *hit.heading_path[-1:]])
+                passages.append((turn.citations, title, hit.text))
+                citation = Citation(
+                    index=turn.citations, document_id=hit.document_id, chunk_id=hit.chunk_id, title=title,
+                    location=SourceLocation(heading_path=list(hit.heading_path), page=hit.page,
+                                            start_line=hit.start_line, end_line=hit.end_line),
+                    snippet=hit.text[:300], score=hit.score)
+                turn.record.citations.append(citation)
+                await self._emit(turn, citation=citation)
+            content = format_passages(passages)
+        result = ToolResult(call_id=call.call_id, name=call.name, content=content, is_error=outcome.is_error,
+                            duration=datetime.timedelta(seconds=outcome.seconds))
+        turn.record.tool_calls.append(ToolCall(call_id=call.call_id, name=call.name, arguments_json=call.arguments))
+        turn.record.tool_results.append(result)
+        await self._emit(turn, tool_result=result)
+        return Message("tool", content, tool_call_id=call.call_id, name=call.name)

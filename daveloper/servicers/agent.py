@@ -1,0 +1,148 @@
+"""``daveloper.v1.AgentService``: streaming chat turns, resumable watch, cancel, history."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+from daveloper.agent.conversations import Conversations, validate_conversation_id
+from daveloper.agent.turns import Agent, conversation_scope
+from daveloper.errors import InvalidArgument
+from daveloper.eventlog import EventLog
+from daveloper.rpc import Authenticator, Call, Servicer
+from generated.daveloper.v1 import (
+    AgentServiceBase,
+    CancelTurnRequest,
+    CancelTurnResponse,
+    ChatOptions,
+    ChatRequest,
+    ChatResponse,
+    DeleteConversationRequest,
+    DeleteConversationResponse,
+    GetConversationRequest,
+    GetConversationResponse,
+    ListConversationsRequest,
+    ListConversationsResponse,
+    SendMessage,
+    TurnState,
+    WatchRequest,
+    WatchResponse,
+)
+
+__all__ = ["AgentService", "purge_conversations"]
+
+MAX_TEXT_CHARS = 32_000
+MAX_CLIENT_ID_CHARS = 128
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 100
+
+
+def _validate_send(send: SendMessage) -> None:
+    problems = []
+    if not send.text.strip():
+        problems.append(("send.text", "must not be empty"))
+    elif len(send.text) > MAX_TEXT_CHARS:
+        problems.append(("send.text", f"at most {MAX_TEXT_CHARS} characters"))
+    if len(send.client_message_id) > MAX_CLIENT_ID_CHARS:
+        problems.append(("send.client_message_id", f"at most {MAX_CLIENT_ID_CHARS} characters"))
+    if send.options is not None and len(send.options.tools) > 16:
+        problems.append(("send.options.tools", "at most 16 tools"))
+    if problems:
+        raise InvalidArgument("invalid message", violations=problems)
+    if send.conversation_id:
+        validate_conversation_id(send.conversation_id, "send.conversation_id")
+
+
+async def purge_conversations(conversations: Conversations, events: EventLog, session_id: str) -> None:
+    """Delete every conversation of a session, with its event log."""
+    for conversation_id in await conversations.conversation_ids(session_id):
+        await conversations.delete(session_id, conversation_id)
+        await events.delete(conversation_scope(session_id, conversation_id))
+
+
+class AgentService(Servicer):
+    base = AgentServiceBase
+
+    def __init__(self, *, auth: Authenticator, agent: Agent, conversations: Conversations, events: EventLog) -> None:
+        super().__init__(auth=auth)
+        self._agent = agent
+        self._conversations = conversations
+        self._events = events
+
+    async def Chat(self, call: Call[ChatRequest, ChatResponse]) -> None:
+        lock = asyncio.Lock()  # one writer at a time: several turns stream on this call
+        forwarders: set[asyncio.Task[None]] = set()
+
+        async def forward(conversation_id: str, turn_id: str, after_seq: int) -> None:
+            async for event in self._agent.events(call.session_id, conversation_id, after_seq):
+                if event.turn_id != turn_id:
+                    continue
+                async with lock:
+                    await call.send(ChatResponse(event=event))
+                if event.turn_completed is not None or event.turn_failed is not None:
+                    return
+
+        try:
+            async for request in call:
+                if request.send is not None:
+                    _validate_send(request.send)
+                    conversation_id = request.send.conversation_id or "conv_" + secrets.token_hex(10)
+                    turn, seq, existed = await self._agent.start(
+                        call.session_id, conversation_id, request.send.text.strip(),
+                        request.send.client_message_id, request.send.options or ChatOptions())
+                    after = 0 if existed else seq - 1
+                    forwarders.add(asyncio.create_task(forward(conversation_id, turn.id, after)))
+                elif request.cancel is not None:
+                    await self.CancelTurn(request.cancel, call)
+                else:
+                    raise InvalidArgument.field("action", "send a message or a cancel")
+            # The client has half-closed: finish streaming the turns it started.
+            for task in list(forwarders):
+                await task
+        finally:
+            for task in forwarders:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*forwarders, return_exceptions=True)
+
+    async def Watch(self, request: WatchRequest, call: Call[Any, Any]) -> AsyncIterator[WatchResponse]:
+        validate_conversation_id(request.conversation_id)
+        await self._conversations.get(call.session_id, request.conversation_id)
+        async for event in self._agent.events(call.session_id, request.conversation_id, request.after_seq):
+            yield WatchResponse(event=event)
+
+    async def CancelTurn(self, request: CancelTurnRequest, call: Call[Any, Any]) -> CancelTurnResponse:
+        validate_conversation_id(request.conversation_id)
+        await self._conversations.get(call.session_id, request.conversation_id)
+        turn = await self._conversations.turn(call.session_id, request.conversation_id, request.turn_id)
+        if turn.state is not TurnState.RUNNING:
+            return CancelTurnResponse(cancelled=False)  # already finished: nothing to stop
+        return CancelTurnResponse(cancelled=await self._agent.cancel(turn.id))
+
+    async def ListConversations(
+        self, request: ListConversationsRequest, call: Call[Any, Any]
+    ) -> ListConversationsResponse:
+        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        found, token = await self._conversations.page(call.session_id, page_size=size, page_token=request.page_token)
+        for conversation in found:
+            conversation.last_seq = await self._events.last_seq(conversation_scope(call.session_id, conversation.id))
+        return ListConversationsResponse(conversations=found, next_page_token=token)
+
+    async def GetConversation(self, request: GetConversationRequest, call: Call[Any, Any]) -> GetConversationResponse:
+        validate_conversation_id(request.conversation_id)
+        conversation = await self._conversations.get(call.session_id, request.conversation_id)
+        conversation.last_seq = await self._events.last_seq(conversation_scope(call.session_id, conversation.id))
+        turns = await self._conversations.turns(call.session_id, conversation.id)
+        return GetConversationResponse(conversation=conversation, turns=turns)
+
+    async def DeleteConversation(
+        self, request: DeleteConversationRequest, call: Call[Any, Any]
+    ) -> DeleteConversationResponse:
+        validate_conversation_id(request.conversation_id)
+        await self._conversations.get(call.session_id, request.conversation_id)
+        await self._conversations.delete(call.session_id, request.conversation_id)
+        await self._events.delete(conversation_scope(call.session_id, request.conversation_id))
+        return DeleteConversationResponse()
