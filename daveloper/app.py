@@ -17,6 +17,7 @@ from qdrant_client import AsyncQdrantClient
 
 from daveloper.agent.conversations import Conversations
 from daveloper.agent.llm import make_chat_model
+from daveloper.agent.model import ChatModel
 from daveloper.agent.tools import Toolbox
 from daveloper.agent.turns import DEFAULT_SYSTEM_PROMPT, Agent, AgentSettings
 from daveloper.config import Address, Settings
@@ -94,7 +95,7 @@ def _bound_port(server: Server) -> int | None:
 
 
 @contextlib.asynccontextmanager
-async def open_app(settings: Settings) -> AsyncIterator[App]:
+async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -> AsyncIterator[App]:
     """Open Redis, Qdrant, the event log and the gRPC server; yield the running app.
 
     Leaving the context drains the server and closes everything in reverse order.
@@ -127,8 +128,8 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
         async def purge_vectors(session_id: str) -> None:
             await delete_session_vectors(qdrant, session_id, chunk_store)
 
-        model = make_chat_model(settings.chat_provider, base_url=settings.llm_base_url,
-                                api_key=settings.llm_api_key, model=settings.llm_model)
+        model = chat_model or make_chat_model(settings.chat_provider, base_url=settings.llm_base_url,
+                                              api_key=settings.llm_api_key, model=settings.llm_model)
         if (close_model := getattr(model, "aclose", None)) is not None:
             stack.push_async_callback(close_model)
         conversations = Conversations(redis)
@@ -137,6 +138,8 @@ async def open_app(settings: Settings) -> AsyncIterator[App]:
             tools=Toolbox(search=search, redis=redis),
             settings=AgentSettings(system_prompt=settings.system_prompt or DEFAULT_SYSTEM_PROMPT,
                                    max_tool_rounds=settings.max_tool_rounds, model=settings.llm_model,
+                                   coalesce_chars=settings.coalesce_chars,
+                                   coalesce_seconds=settings.coalesce_ms / 1000,
                                    owner=settings.instance_id),
         )
 

@@ -59,6 +59,8 @@ class Settings:
     data_dir: Path = field(default_factory=_default_data_dir)
     #: ``redis://`` / ``rediss://`` / ``unix://`` URL; ``None`` starts an embedded Valkey.
     redis_url: str | None = None
+    #: Redis connections per process; each open event-log stream (Chat, Watch, Upload) holds one.
+    redis_max_connections: int = 2000
     #: Qdrant server URL; ``None`` uses qdrant-client local mode under ``data_dir``.
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
@@ -92,6 +94,10 @@ class Settings:
     system_prompt: str | None = None
     #: Tool-call rounds a turn may make before it must answer.
     max_tool_rounds: int = 4
+    #: Token deltas are merged until this many characters (0: one event per model delta) ...
+    coalesce_chars: int = 48
+    #: ... or this many milliseconds have passed.
+    coalesce_ms: int = 15
     #: Events kept per event-log stream (older ones expire: CURSOR_EXPIRED).
     event_retention: int = 10_000
     #: Idle event-log streams are deleted after this many seconds.
@@ -103,6 +109,7 @@ class Settings:
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         for name in ("session_ttl_seconds", "session_max_ttl_seconds", "max_message_bytes", "max_upload_bytes",
+                     "redis_max_connections",
                      "event_retention", "event_ttl_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
@@ -150,7 +157,8 @@ class Settings:
         for key, kind in (("session_ttl_seconds", int), ("session_max_ttl_seconds", int),
                           ("max_message_bytes", int), ("max_upload_bytes", int), ("drain_seconds", float),
                           ("event_retention", int), ("event_ttl_seconds", int), ("embedding_size", int),
-                          ("max_tool_rounds", int)):
+                          ("max_tool_rounds", int), ("coalesce_chars", int), ("coalesce_ms", int),
+                          ("redis_max_connections", int)):
             if (num := number(key.upper(), kind)) is not None:
                 values[key] = num
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("module", ["scripts.bench.rpc_overhead", "scripts.bench.codec", "scripts.bench.documents"])
+@pytest.mark.parametrize("module", ["scripts.bench.rpc_overhead", "scripts.bench.codec", "scripts.bench.documents",
+                                    "scripts.bench.chat"])
 def test_benchmark_runs_and_reports_both_sides(module: str) -> None:
     done = subprocess.run([sys.executable, "-m", module, "--quick", "--json"], cwd=ROOT,
                           capture_output=True, text=True, timeout=110, check=True)
@@ -21,6 +22,10 @@ def test_benchmark_runs_and_reports_both_sides(module: str) -> None:
         for per_server in results.values():
             assert per_server["bare"][0]["rate"] > 0
             assert per_server["daveloper"][0]["rate"] > 0
+    elif module.endswith("chat"):
+        for run in results.values():
+            assert run["tokens"] == 10 * 20
+        assert results["one event per delta"]["events"] == 200
     elif module.endswith("documents"):
         assert results["ingestion"]["chunks"] == results["pipeline_floor"]["chunks"] > 0
         assert results["search"]["500"]["daveloper"]["p50"] > 0

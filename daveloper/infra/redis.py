@@ -61,6 +61,9 @@ async def open_redis(settings: Settings) -> AsyncIterator[Redis]:
                 socket_timeout=SOCKET_TIMEOUT,
                 socket_connect_timeout=CONNECT_TIMEOUT,
                 health_check_interval=HEALTH_CHECK_INTERVAL,
+                # Every live event-log reader (a Chat, Watch or Upload stream) holds one
+                # connection while it waits in XREAD BLOCK: size the pool for streams, not calls.
+                max_connections=settings.redis_max_connections,
             )
         except ValueError as exc:  # redis-py's message names the bad part, not the password
             raise ConfigError(f"invalid Redis URL {redacted_url(url)}: {exc}") from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
+from daveloper.app import App
 from generated.daveloper.v1 import (
     AgentServiceStub,
     CancelTurnRequest,
@@ -189,3 +191,30 @@ async def test_delete_conversation_removes_history_and_log(channel: Channel, tok
     with pytest.raises(GRPCError) as caught:
         await stub.get_conversation(GetConversationRequest(conversation_id="gone"), timeout=5, metadata=bearer(token))
     assert reason(caught.value) == "CONVERSATION_NOT_FOUND"
+
+
+async def test_many_concurrent_watchers_all_get_the_live_tail(app: App, channel: Channel, token: str) -> None:
+    """Each live reader holds a Redis connection; more readers than redis-py's default pool (100) must work."""
+    first = await chat(channel, token, SendMessage(conversation_id="crowd", text="hi"))
+    last = first[-1].seq
+    # Spread over connections: an HTTP/2 connection carries a bounded number of streams at once.
+    channels = [Channel(app.grpc_addr.host, app.grpc_addr.port) for _ in range(5)]
+
+    async def watcher(channel: Channel) -> ChatEvent:
+        async with channel.request("/daveloper.v1.AgentService/Watch", Cardinality.UNARY_STREAM, WatchRequest,
+                                   WatchResponse, timeout=30, metadata=bearer(token)) as stream:
+            await stream.send_message(WatchRequest(conversation_id="crowd", after_seq=last), end=True)
+            event = (await stream.recv_message()).event
+            await stream.cancel()
+            return event
+
+    try:
+        watchers = [asyncio.create_task(watcher(channels[i % 5])) for i in range(150)]
+        await asyncio.sleep(0.5)  # let every watcher reach the live tail
+        second = await chat(channel, token, SendMessage(conversation_id="crowd", text="again"))
+        seen = await asyncio.gather(*watchers)
+    finally:
+        for extra in channels:
+            extra.close()
+    assert {e.seq for e in seen} == {last + 1}
+    assert {e.turn_id for e in seen} == {second[0].turn_id}
