@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from grpclib.const import Status
 from redis.exceptions import MaxConnectionsError
 
-from daveloper.errors import CursorExpired, FailedPrecondition, InvalidArgument, Unavailable
+from daveloper.errors import Cancelled, CursorExpired, FailedPrecondition, InvalidArgument, Unavailable
 from daveloper.eventlog import Entry, EventLog
 
 pytestmark = pytest.mark.timeout(30)
@@ -372,3 +372,28 @@ def test_the_client_must_return_bytes_and_outwait_blocking_reads(redis_url: str)
         EventLog(aioredis.Redis.from_url(redis_url, decode_responses=True), retention=1, ttl_seconds=1)
     with pytest.raises(ValueError, match="socket_timeout"):
         EventLog(aioredis.Redis.from_url(redis_url, socket_timeout=1), retention=1, ttl_seconds=1)
+
+
+async def test_run_cancellable_returns_the_result_or_stops_the_work_on_cancel(log: EventLog) -> None:
+    async def quick() -> int:
+        return 7
+
+    assert await log.run_cancellable("job:quick", quick()) == 7
+
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def forever() -> int:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+        return 0
+
+    runner = asyncio.create_task(log.run_cancellable("job:slow", forever()))
+    await started.wait()
+    assert await log.request_cancel("job:slow")
+    with pytest.raises(Cancelled) as caught:
+        await runner
+    assert caught.value.reason == "CANCELLED"
+    assert stopped.is_set()

@@ -29,7 +29,7 @@ from daveloper.agent.llm.passages import format_passages
 from daveloper.agent.model import ChatModel, Message, ModelDone, TextDelta, ToolCallRequest, ToolSpec
 from daveloper.agent.tools import Toolbox
 from daveloper.documents.tokens import count_tokens
-from daveloper.errors import DaveloperError, to_failure
+from daveloper.errors import Cancelled, DaveloperError, to_failure
 from daveloper.eventlog import EventLog
 from daveloper.jobs import BackgroundJobs
 from generated.daveloper.v1 import (
@@ -148,26 +148,14 @@ class Agent:
         finish = FinishReason.STOP
         failure: BaseException | None = None
         try:
-            async with self._events.cancellation(turn_scope(turn.record.id)) as cancelled:
-                work = asyncio.create_task(self._rounds(turn))
-                stop = asyncio.create_task(cancelled.wait())
-                try:
-                    await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    stop.cancel()
-                    if not work.done():
-                        work.cancel()  # closes the model stream, and with it the upstream request
-                    await asyncio.wait({work, stop})
-                if work.cancelled():
-                    finish = FinishReason.CANCELLED
-                elif (error := work.exception()) is not None:
-                    failure = error
-                else:
-                    finish = work.result()
+            # Cancelling the rounds closes the model stream, and with it the upstream request.
+            finish = await self._events.run_cancellable(turn_scope(turn.record.id), self._rounds(turn))
+        except Cancelled:
+            finish = FinishReason.CANCELLED
         except asyncio.CancelledError:
             await asyncio.shield(self._finish(turn, FinishReason.INTERRUPTED, None))
             raise
-        except Exception as exc:  # the control channel itself failed
+        except Exception as exc:
             failure = exc
         await self._finish(turn, finish, failure)
 

@@ -23,7 +23,7 @@ from typing import Any
 from daveloper.documents.catalog import Catalog, document_id_for
 from daveloper.documents.model import ChunkDraft, Embedder, ParsedDocument, Vectors
 from daveloper.documents.store import ChunkStore
-from daveloper.errors import Cancelled, DaveloperError, Unavailable, to_failure
+from daveloper.errors import DaveloperError, Unavailable, to_failure
 from daveloper.eventlog import EventLog
 from daveloper.jobs import BackgroundJobs
 from generated.daveloper.v1 import (
@@ -153,25 +153,13 @@ class Ingestor:
     async def _run(self, ingestion: Ingestion) -> None:
         outcome: Document | BaseException
         try:
-            async with self._events.cancellation(ingestion.scope) as cancelled:
-                work = asyncio.create_task(self._pipeline(ingestion))
-                stop = asyncio.create_task(cancelled.wait())
-                try:
-                    await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    stop.cancel()
-                    if not work.done():
-                        work.cancel()
-                    await asyncio.wait({work, stop})
-                outcome = Cancelled("ingestion cancelled") if work.cancelled() else (
-                    work.exception() or work.result()
-                )
+            outcome = await self._events.run_cancellable(ingestion.scope, self._pipeline(ingestion))
         except asyncio.CancelledError:
             # Shutdown: record why the ingestion ended, then let the cancel through.
             interrupted = Unavailable("server shut down during ingestion", reason="INTERRUPTED", retry_after=0)
             await asyncio.shield(self._abandon(ingestion, interrupted))
             raise
-        except Exception as exc:  # the control channel itself failed
+        except Exception as exc:  # a failure, or Cancelled
             outcome = exc
         if isinstance(outcome, Document):
             await self._emit(ingestion, final=True, stored=outcome)

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 
-from daveloper.errors import CursorExpired, FailedPrecondition, InvalidArgument
+from daveloper.errors import Cancelled, CursorExpired, FailedPrecondition, InvalidArgument
 from daveloper.eventlog._store import ScopeKeys, redis_call, socket_timeout
 from daveloper.eventlog.control import ControlChannel
 
 __all__ = ["Entry", "EventLog"]
+
+T = TypeVar("T")
 
 #: Entries fetched per round trip when replaying.
 _BATCH = 256
@@ -234,6 +236,27 @@ class EventLog:
         when Redis cannot confirm the subscription in time.
         """
         return self._control.cancellation(scope)
+
+    async def run_cancellable(self, scope: str, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` until it finishes or a cancel of ``scope`` arrives, from any instance.
+
+        On a cancel the work's task is cancelled (closing whatever it has open
+        upstream) and awaited, then :class:`~daveloper.errors.Cancelled` is
+        raised. Cancelling the caller cancels the work too.
+        """
+        async with self.cancellation(scope) as cancelled:
+            task = asyncio.create_task(work)
+            stop = asyncio.create_task(cancelled.wait())
+            try:
+                await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+                if not task.done():
+                    task.cancel()
+                await asyncio.wait({task, stop})
+        if task.cancelled():
+            raise Cancelled("cancelled on request", metadata={"scope": scope})
+        return task.result()
 
     def _keys(self, scope: str) -> ScopeKeys:
         return ScopeKeys.of(self._prefix, scope)
