@@ -56,6 +56,21 @@ class Settings:
     """Everything configurable about one Daveloper process."""
 
     grpc_addr: Address = Address("127.0.0.1", 50051)
+    #: HTTP/WebSocket edge listen address (browser page, ``/ws``, HTTP/JSON).
+    edge_addr: Address = Address("127.0.0.1", 8080)
+    #: Origins (``scheme://host[:port]``) whose pages may open the WebSocket; the edge's own origin
+    #: is always allowed, and clients that send no Origin (non-browsers) are not affected.
+    allowed_origins: tuple[str, ...] = ()
+    #: Largest WebSocket frame the edge accepts.
+    ws_max_frame_bytes: int = 8 * 1024 * 1024
+    #: Concurrent streams one WebSocket may carry.
+    ws_max_streams: int = 100
+    #: Metadata bytes an ``open`` frame may carry.
+    ws_max_metadata_bytes: int = 8 * 1024
+    #: A socket with no frames and no open streams for this long is closed.
+    ws_idle_seconds: float = 120.0
+    #: Concurrent WebSockets one session may hold.
+    ws_max_sockets_per_session: int = 16
     data_dir: Path = field(default_factory=_default_data_dir)
     #: ``redis://`` / ``rediss://`` / ``unix://`` URL; ``None`` starts an embedded Valkey.
     redis_url: str | None = None
@@ -109,8 +124,8 @@ class Settings:
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         for name in ("session_ttl_seconds", "session_max_ttl_seconds", "max_message_bytes", "max_upload_bytes",
-                     "redis_max_connections",
-                     "event_retention", "event_ttl_seconds"):
+                     "redis_max_connections", "event_retention", "event_ttl_seconds", "ws_max_frame_bytes",
+                     "ws_max_streams", "ws_max_metadata_bytes", "ws_idle_seconds", "ws_max_sockets_per_session"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.llm_provider not in ("", *LLM_PROVIDERS):
@@ -141,6 +156,10 @@ class Settings:
         values: dict[str, object] = {}
         if (addr := get("GRPC_ADDR")) is not None:
             values["grpc_addr"] = Address.parse(addr, name="DAVELOPER_GRPC_ADDR")
+        if (addr := get("EDGE_ADDR")) is not None:
+            values["edge_addr"] = Address.parse(addr, name="DAVELOPER_EDGE_ADDR")
+        if (origins := get("ALLOWED_ORIGINS")) is not None:
+            values["allowed_origins"] = tuple(o.strip().rstrip("/") for o in origins.split(",") if o.strip())
         if (data_dir := get("DATA_DIR")) is not None:
             values["data_dir"] = Path(data_dir).expanduser()
         for key in ("redis_url", "qdrant_url", "qdrant_api_key", "secret_key", "admin_token", "instance_id",
@@ -158,7 +177,9 @@ class Settings:
                           ("max_message_bytes", int), ("max_upload_bytes", int), ("drain_seconds", float),
                           ("event_retention", int), ("event_ttl_seconds", int), ("embedding_size", int),
                           ("max_tool_rounds", int), ("coalesce_chars", int), ("coalesce_ms", int),
-                          ("redis_max_connections", int)):
+                          ("redis_max_connections", int), ("ws_max_frame_bytes", int), ("ws_max_streams", int),
+                          ("ws_max_metadata_bytes", int), ("ws_idle_seconds", float),
+                          ("ws_max_sockets_per_session", int)):
             if (num := number(key.upper(), kind)) is not None:
                 values[key] = num
         values.update({k: v for k, v in overrides.items() if v is not None})
