@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import redis.asyncio as aioredis
 from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server
@@ -25,7 +26,7 @@ from daveloper.descriptors import load_descriptor_pool
 from daveloper.documents.catalog import Catalog
 from daveloper.documents.chunking import chunk
 from daveloper.documents.embeddings import make_embedder
-from daveloper.documents.ingest import Ingestor
+from daveloper.documents.ingest import Ingestion, Ingestor
 from daveloper.documents.parsing import parse
 from daveloper.documents.search import DocumentSearch
 from daveloper.documents.store import ChunkStore
@@ -35,12 +36,20 @@ from daveloper.infra.qdrant import open_qdrant, qdrant_probe
 from daveloper.infra.redis import open_redis, redis_probe
 from daveloper.jobs import BackgroundJobs
 from daveloper.rpc import Interceptor
+from daveloper.scraper.crawl import Crawler, CrawlLimits
+from daveloper.scraper.fetcher import Fetcher, FetchLimits, open_http_session
+from daveloper.scraper.github import GitHubClient
+from daveloper.scraper.github_ingest import GitHubIngest, GitHubLimits
+from daveloper.scraper.jobs import JobLimits, JobRunner, JobStore
+from daveloper.scraper.safety import AddressPolicy
+from daveloper.scraper.tools import WebTools
 from daveloper.servicers.agent import AgentService, purge_conversations
 from daveloper.servicers.document import DocumentService
+from daveloper.servicers.scraper import ScraperService
 from daveloper.servicers.session import SessionService
 from daveloper.servicers.vector import VectorService, delete_session_vectors
 from daveloper.sessions import SessionStore, TokenSigner, load_secret_key
-from generated.daveloper.v1 import LogsServiceBase, ScraperServiceBase
+from generated.daveloper.v1 import Document, LogsServiceBase
 
 __all__ = ["App", "open_app", "serve"]
 
@@ -125,6 +134,8 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
         ingestor = Ingestor(events=events, catalog=catalog, store=chunk_store, embedder=embedder, jobs=jobs,
                             parse=parse, chunk=chunk)
 
+        scraper = await stack.enter_async_context(_open_scraper(settings, redis, events, jobs, ingestor, catalog))
+
         async def purge_vectors(session_id: str) -> None:
             await delete_session_vectors(qdrant, session_id, chunk_store)
 
@@ -135,7 +146,10 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
         conversations = Conversations(redis)
         agent = Agent(
             events=events, conversations=conversations, model=model, jobs=jobs,
-            tools=Toolbox(search=search, redis=redis),
+            tools=Toolbox(search=search, redis=redis, web=WebTools(
+                runner=scraper.runner, crawler=scraper.crawler, github=scraper.github,
+                chunks=lambda session_id, document_id, limit: chunk_store.chunks(session_id, document_id, limit=limit),
+            )),
             settings=AgentSettings(system_prompt=settings.system_prompt or DEFAULT_SYSTEM_PROMPT,
                                    max_tool_rounds=settings.max_tool_rounds, model=settings.llm_model,
                                    coalesce_chars=settings.coalesce_chars,
@@ -150,7 +164,7 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
             store=sessions,
             default_ttl=settings.session_ttl_seconds,
             max_ttl=settings.session_max_ttl_seconds,
-            purgers=[purge_chats, catalog.purge_session, purge_vectors],
+            purgers=[purge_chats, catalog.purge_session, purge_vectors, scraper.store.purge_session],
         )
         documents = DocumentService(auth=sessions, ingestor=ingestor, catalog=catalog, chunks=chunk_store,
                                     search=search, events=events, max_upload_bytes=settings.max_upload_bytes)
@@ -160,13 +174,13 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
             documents,
             VectorService(auth=sessions, qdrant=qdrant),
             AgentService(auth=sessions, agent=agent, conversations=conversations, events=events),
-            ScraperServiceBase(),
+            ScraperService(auth=sessions, runner=scraper.runner, crawler=scraper.crawler, github=scraper.github),
             LogsServiceBase(),
         ]
 
         health = HealthMonitor([redis_probe(redis), qdrant_probe(qdrant)])
         await health.check_once()
-        qdrant_users = (DocumentService, VectorService, AgentService, ScraperServiceBase)
+        qdrant_users = (DocumentService, VectorService, AgentService, ScraperService)
         needs = {s: ["redis", "qdrant"] if isinstance(s, qdrant_users) else ["redis"] for s in services}
         health_service = health.service(needs)
 
@@ -188,6 +202,54 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
                 await server.wait_closed()
                 monitor.cancel()
                 log.info("stopped")
+
+
+@dataclass(frozen=True, slots=True)
+class _Scraper:
+    store: JobStore
+    runner: JobRunner
+    crawler: Crawler
+    github: GitHubIngest
+
+
+@contextlib.asynccontextmanager
+async def _open_scraper(settings: Settings, redis: aioredis.Redis, events: EventLog, jobs: BackgroundJobs,
+                        ingestor: Ingestor, catalog: Catalog) -> AsyncIterator[_Scraper]:
+    """The fetcher (its HTTP client checked by the address policy), crawl and GitHub jobs."""
+    limits = FetchLimits(
+        concurrency=settings.scrape_concurrency, per_host_concurrency=settings.scrape_per_host_concurrency,
+        per_host_delay=settings.scrape_per_host_delay_ms / 1000, timeout_seconds=settings.scrape_timeout_seconds,
+        max_bytes=settings.scrape_max_page_bytes,
+    )
+    policy = AddressPolicy.from_entries(settings.scrape_allow)
+
+    async def ingest_page(session_id: str, data: bytes, name: str, media_type: str, url: str,
+                          metadata: dict[str, str]) -> Document:
+        return await ingestor.ingest(Ingestion(id="", session_id=session_id, file_name=name, media_type=media_type,
+                                               source_uri=url, metadata=metadata, data=bytearray(data)))
+
+    async def document_exists(session_id: str, document_id: str) -> bool:
+        return await catalog.find(session_id, document_id) is not None
+
+    async with contextlib.AsyncExitStack() as stack:
+        http = await stack.enter_async_context(open_http_session(policy, limits))
+        fetcher = Fetcher(http, policy, limits)
+        stack.push_async_callback(fetcher.aclose)
+        # GitHub's API root is the operator's choice, not a user's: it needs no address policy.
+        github_http = await stack.enter_async_context(aiohttp.ClientSession())
+        store = JobStore(redis, ttl_seconds=settings.event_ttl_seconds)
+        yield _Scraper(
+            store=store,
+            runner=JobRunner(events=events, store=store, jobs=jobs, limits=JobLimits(
+                concurrent_jobs=settings.scrape_jobs_per_session, pages_per_day=settings.scrape_pages_per_day)),
+            crawler=Crawler(fetcher=fetcher, redis=redis, ingest=ingest_page, document_exists=document_exists,
+                            limits=CrawlLimits()),
+            github=GitHubIngest(
+                client=GitHubClient(github_http, redis, base_url=settings.github_api_url, token=settings.github_token,
+                                    timeout=settings.scrape_timeout_seconds),
+                ingest=ingest_page, limits=GitHubLimits(max_file_bytes=min(settings.scrape_max_page_bytes, 1 << 20)),
+            ),
+        )
 
 
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:

@@ -117,6 +117,22 @@ class Settings:
     event_retention: int = 10_000
     #: Idle event-log streams are deleted after this many seconds.
     event_ttl_seconds: int = 7 * 24 * 3600
+    #: Destinations the scraper may fetch although they are not public (``host``, ``host:port`` or CIDR).
+    scrape_allow: tuple[str, ...] = ()
+    #: Scraper requests in flight, across all jobs / to one host.
+    scrape_concurrency: int = 16
+    scrape_per_host_concurrency: int = 4
+    #: Minimum milliseconds between requests to one host (a robots.txt Crawl-delay raises it).
+    scrape_per_host_delay_ms: int = 0
+    scrape_timeout_seconds: float = 20.0
+    #: Largest page (or file) the scraper reads.
+    scrape_max_page_bytes: int = 8 * 1024 * 1024
+    #: Scraper and GitHub jobs one session may run at once, and pages (or files) it may fetch per UTC day.
+    scrape_jobs_per_session: int = 2
+    scrape_pages_per_day: int = 5000
+    #: GitHub REST API root (GitHub Enterprise: ``https://HOST/api/v3``); the token is optional.
+    github_api_url: str = "https://api.github.com"
+    github_token: str | None = None
     log_level: str = "INFO"
     instance_id: str = field(default_factory=_default_instance_id)
 
@@ -125,13 +141,17 @@ class Settings:
             raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         for name in ("session_ttl_seconds", "session_max_ttl_seconds", "max_message_bytes", "max_upload_bytes",
                      "redis_max_connections", "event_retention", "event_ttl_seconds", "ws_max_frame_bytes",
-                     "ws_max_streams", "ws_max_metadata_bytes", "ws_idle_seconds", "ws_max_sockets_per_session"):
+                     "ws_max_streams", "ws_max_metadata_bytes", "ws_idle_seconds", "ws_max_sockets_per_session",
+                     "scrape_concurrency", "scrape_per_host_concurrency", "scrape_timeout_seconds",
+                     "scrape_max_page_bytes", "scrape_jobs_per_session", "scrape_pages_per_day"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.llm_provider not in ("", *LLM_PROVIDERS):
             raise ConfigError(f"llm provider must be one of {', '.join(LLM_PROVIDERS)}, got {self.llm_provider!r}")
         if self.embedder not in EMBEDDERS:
             raise ConfigError(f"embedder must be one of {', '.join(EMBEDDERS)}, got {self.embedder!r}")
+        if self.scrape_per_host_delay_ms < 0:
+            raise ConfigError("scrape_per_host_delay_ms must not be negative")
         if self.drain_seconds < 0:
             raise ConfigError("drain_seconds must not be negative")
 
@@ -160,11 +180,13 @@ class Settings:
             values["edge_addr"] = Address.parse(addr, name="DAVELOPER_EDGE_ADDR")
         if (origins := get("ALLOWED_ORIGINS")) is not None:
             values["allowed_origins"] = tuple(o.strip().rstrip("/") for o in origins.split(",") if o.strip())
+        if (allow := get("SCRAPE_ALLOW")) is not None:
+            values["scrape_allow"] = tuple(a.strip() for a in allow.split(",") if a.strip())
         if (data_dir := get("DATA_DIR")) is not None:
             values["data_dir"] = Path(data_dir).expanduser()
         for key in ("redis_url", "qdrant_url", "qdrant_api_key", "secret_key", "admin_token", "instance_id",
                     "embedding_base_url", "embedding_api_key", "embedding_model",
-                    "llm_base_url", "llm_api_key", "llm_model", "system_prompt"):
+                    "llm_base_url", "llm_api_key", "llm_model", "system_prompt", "github_api_url", "github_token"):
             if (value := get(key.upper())) is not None:
                 values[key] = value
         if (provider := get("LLM_PROVIDER")) is not None:
@@ -179,7 +201,10 @@ class Settings:
                           ("max_tool_rounds", int), ("coalesce_chars", int), ("coalesce_ms", int),
                           ("redis_max_connections", int), ("ws_max_frame_bytes", int), ("ws_max_streams", int),
                           ("ws_max_metadata_bytes", int), ("ws_idle_seconds", float),
-                          ("ws_max_sockets_per_session", int)):
+                          ("ws_max_sockets_per_session", int), ("scrape_concurrency", int),
+                          ("scrape_per_host_concurrency", int), ("scrape_per_host_delay_ms", int),
+                          ("scrape_timeout_seconds", float), ("scrape_max_page_bytes", int),
+                          ("scrape_jobs_per_session", int), ("scrape_pages_per_day", int)):
             if (num := number(key.upper(), kind)) is not None:
                 values[key] = num
         values.update({k: v for k, v in overrides.items() if v is not None})

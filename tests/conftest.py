@@ -6,6 +6,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import hypothesis  # noqa: F401  (imported early: pytest's plugin otherwise imports it at exit, see below)
 import pytest
 import redis.asyncio as aioredis
 from grpclib.client import Channel

@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
@@ -23,7 +23,7 @@ from daveloper.documents.model import Hit
 from daveloper.documents.search import DocumentSearch
 from daveloper.errors import DaveloperError
 
-__all__ = ["SEARCH_DOCUMENTS", "ToolOutcome", "Toolbox"]
+__all__ = ["GITHUB_REPO", "SCRAPE_URL", "SEARCH_DOCUMENTS", "ToolOutcome", "Toolbox", "WebTools"]
 
 SEARCH_DOCUMENTS = ToolSpec(
     name="search_documents",
@@ -38,6 +38,38 @@ SEARCH_DOCUMENTS = ToolSpec(
         "additionalProperties": False,
     },
 )
+
+SCRAPE_URL = ToolSpec(
+    name="scrape_url",
+    description="Fetch one web page, add it to the user's documents, and return its opening passages to cite as [n].",
+    parameters={
+        "type": "object",
+        "properties": {"url": {"type": "string", "description": "An absolute http(s) URL."}},
+        "required": ["url"],
+        "additionalProperties": False,
+    },
+)
+GITHUB_REPO = ToolSpec(
+    name="github_repo",
+    description="Read a GitHub repository's README into the user's documents and return its opening passages.",
+    parameters={
+        "type": "object",
+        "properties": {"repository": {"type": "string", "description": "owner/name, e.g. python/cpython."}},
+        "required": ["repository"],
+        "additionalProperties": False,
+    },
+)
+
+
+class WebTools(Protocol):
+    """The scraper behind ``scrape_url`` and ``github_repo`` (:class:`daveloper.scraper.tools.WebTools`)."""
+
+    @property
+    def github_enabled(self) -> bool: ...
+
+    async def scrape_url(self, session_id: str, url: str) -> list[Hit]: ...
+
+    async def github_repo(self, session_id: str, repository: str) -> list[Hit]: ...
 
 
 @dataclass
@@ -56,13 +88,18 @@ Tool = Callable[[str, dict[str, Any]], Awaitable[ToolOutcome]]
 class Toolbox:
     """The tools available to a turn, by name."""
 
-    def __init__(self, *, search: DocumentSearch, redis: aioredis.Redis, cache_ttl: int = 600,
-                 timeout: float = 30.0) -> None:
+    def __init__(self, *, search: DocumentSearch, redis: aioredis.Redis, web: WebTools | None = None,
+                 cache_ttl: int = 600, timeout: float = 30.0) -> None:
         self._search = search
         self._redis = redis
+        self._web = web
         self._cache_ttl = cache_ttl
         self._timeout = timeout
         self._tools: dict[str, tuple[ToolSpec, Tool]] = {SEARCH_DOCUMENTS.name: (SEARCH_DOCUMENTS, self._documents)}
+        if web is not None:
+            self._tools[SCRAPE_URL.name] = (SCRAPE_URL, self._scrape)
+            if web.github_enabled:
+                self._tools[GITHUB_REPO.name] = (GITHUB_REPO, self._github)
 
     def specs(self, allowed: Sequence[str] = ()) -> list[ToolSpec]:
         """The tools offered to the model (all of them, or only those ``allowed``)."""
@@ -105,6 +142,22 @@ class Toolbox:
         hits = await self._search.search(session_id, query[:2000], top_k=top_k)
         # Numbered and formatted by the turn, which knows the citations made before.
         return ToolOutcome(content=NO_PASSAGES, hits=hits)
+
+    async def _scrape(self, session_id: str, args: dict[str, Any]) -> ToolOutcome:
+        url = args.get("url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2048:
+            raise _ToolError("'url' must be an absolute http(s) URL")
+        assert self._web is not None
+        hits = await self._web.scrape_url(session_id, url)
+        return ToolOutcome(content="the page has no readable text", hits=hits)
+
+    async def _github(self, session_id: str, args: dict[str, Any]) -> ToolOutcome:
+        repository = args.get("repository")
+        if not isinstance(repository, str) or repository.count("/") != 1:
+            raise _ToolError("'repository' must be owner/name")
+        assert self._web is not None
+        hits = await self._web.github_repo(session_id, repository.strip())
+        return ToolOutcome(content="the repository has no README", hits=hits)
 
     def _cache_key(self, session_id: str, name: str, args: dict[str, Any]) -> str:
         digest = hashlib.sha256(json.dumps([name, args], sort_keys=True).encode()).hexdigest()[:32]

@@ -266,7 +266,9 @@ class Agent:
                 citation = Citation(
                     index=turn.citations, document_id=hit.document_id, chunk_id=hit.chunk_id, title=title,
                     location=SourceLocation(heading_path=list(hit.heading_path), page=hit.page,
-                                            start_line=hit.start_line, end_line=hit.end_line),
+                                            start_line=hit.start_line, end_line=hit.end_line,
+                                            url=hit.source_uri if hit.source_uri.startswith(("http://", "https://"))
+                                            else ""),
                     snippet=hit.text[:300], score=hit.score)
                 turn.record.citations.append(citation)
                 await self._emit(turn, citation=citation)

@@ -174,10 +174,28 @@ class Ingestor:
         await self._store.delete_ingestion(ingestion.session_id, ingestion.id)
         await self._fail(ingestion, error)
 
-    async def _pipeline(self, ingestion: Ingestion) -> Document:
+    async def ingest(self, ingestion: Ingestion) -> Document:
+        """Ingest ``ingestion.data`` in the caller's task, with no events of its own.
+
+        For pipelines that report on their own event log (scraper jobs). On
+        failure or cancellation whatever was stored is removed before the error
+        propagates, so no partial document is left behind.
+        """
+        ingestion.id = ingestion.id or "ing_" + secrets.token_hex(12)
+        try:
+            return await self._pipeline(ingestion, report=False)
+        except BaseException:
+            await asyncio.shield(self._store.delete_ingestion(ingestion.session_id, ingestion.id))
+            raise
+
+    async def _pipeline(self, ingestion: Ingestion, *, report: bool = True) -> Document:
+        async def progress(stage: IngestStage, done: int, total: int) -> None:
+            if report:
+                await self._progress(ingestion, stage, done, total)
+
         data = bytes(ingestion.data)
         ingestion.data = bytearray()  # the job owns the only copy now
-        await self._progress(ingestion, IngestStage.RECEIVING, len(data), len(data))
+        await progress(IngestStage.RECEIVING, len(data), len(data))
         content_hash = hashlib.sha256(data).hexdigest()
         document_id = document_id_for(ingestion.session_id, content_hash)
         if (existing := await self._catalog.find(ingestion.session_id, document_id)) is not None:
@@ -186,22 +204,22 @@ class Ingestor:
         parsed = await asyncio.to_thread(
             self._parse, data, file_name=ingestion.file_name, declared_type=ingestion.media_type
         )
-        await self._progress(ingestion, IngestStage.PARSING, 1, 1)
+        await progress(IngestStage.PARSING, 1, 1)
         chunks = await asyncio.to_thread(self._chunk, parsed)
-        await self._progress(ingestion, IngestStage.CHUNKING, len(chunks), len(chunks))
+        await progress(IngestStage.CHUNKING, len(chunks), len(chunks))
 
         vectors: list[Vectors] = []
         for start in range(0, len(chunks), BATCH):
             batch = chunks[start:start + BATCH]
             vectors += await self._embedder.embed_documents([c.text for c in batch])
-            await self._progress(ingestion, IngestStage.EMBEDDING, len(vectors), len(chunks))
+            await progress(IngestStage.EMBEDDING, len(vectors), len(chunks))
         for start in range(0, len(chunks), BATCH):
             await self._store.upsert(
                 ingestion.session_id, document_id, ingestion.id,
                 chunks[start:start + BATCH], vectors[start:start + BATCH],
                 document_name=ingestion.file_name, source_uri=ingestion.source_uri, metadata=ingestion.metadata,
             )
-            await self._progress(ingestion, IngestStage.STORING, min(start + BATCH, len(chunks)), len(chunks))
+            await progress(IngestStage.STORING, min(start + BATCH, len(chunks)), len(chunks))
 
         document = Document(
             id=document_id,

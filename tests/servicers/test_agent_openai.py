@@ -65,7 +65,8 @@ async def test_streams_a_turn_with_a_tool_round_trip(app: App, channel: Channel,
     second = llm.requests[1]["messages"]
     assert [m["role"] for m in second][-2:] == ["assistant", "tool"]
     assert second[-1]["content"] == result.content
-    assert [t["function"]["name"] for t in llm.requests[0]["tools"]] == ["search_documents"]
+    offered = [t["function"]["name"] for t in llm.requests[0]["tools"]]
+    assert offered == ["search_documents", "scrape_url", "github_repo"]
 
 
 async def test_malformed_tool_arguments_become_a_tool_error_and_the_turn_goes_on(

@@ -16,9 +16,9 @@ from generated.daveloper.v1 import (
     CreateSessionRequest,
     DeleteSessionRequest,
     GetSessionRequest,
-    ListJobsRequest,
-    ScraperServiceStub,
+    LogsServiceStub,
     SessionServiceStub,
+    TailRequest,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -93,7 +93,7 @@ async def test_deleted_session_token_stops_working(channel: Channel, token: str)
 
 
 async def test_rpcs_not_built_yet_answer_unimplemented(channel: Channel, token: str) -> None:
-    stub = ScraperServiceStub(channel)
+    stub = LogsServiceStub(channel)
     with pytest.raises(GRPCError) as caught:
-        await stub.list_jobs(ListJobsRequest(), timeout=5, metadata=bearer(token))
+        await anext(aiter(stub.tail(TailRequest(), timeout=5, metadata=bearer(token))))
     assert caught.value.status is Status.UNIMPLEMENTED

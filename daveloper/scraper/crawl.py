@@ -1,0 +1,331 @@
+"""Crawl jobs: breadth-first from the seeds, within the spec's depth, page and URL limits.
+
+Each URL is considered once (in canonical form). Before it takes a share of
+the page budget it must pass the spec's filters (same site, include and
+exclude patterns) and the site's robots.txt; every URL turned away is
+reported once with a stable reason. Fetched pages are reported with their
+status, size and title, optionally ingested into the session's documents
+(with the URL as source), and their links offered to the frontier.
+
+Conditional requests: a page's ETag and Last-Modified, and the links it had,
+are kept per session in Redis; a re-crawl sends them, and a ``304`` page is
+reported as ``NOT_MODIFIED`` while its remembered links are still followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from yarl import URL
+
+from daveloper.errors import DaveloperError, InvalidArgument
+from daveloper.scraper.extract import canonical_url, decode, is_html, parse_html, parse_sitemap
+from daveloper.scraper.fetcher import Fetcher, Response
+from daveloper.scraper.jobs import JobRun, Work
+from daveloper.scraper.robots import RobotsCache
+from daveloper.scraper.safety import SCHEMES, Refusal
+from generated.daveloper.v1 import Document, PageFetched, ScrapeSpec
+
+__all__ = ["CrawlLimits", "Crawler", "PageIngest", "SkipReason"]
+
+#: Ingests one fetched page: (session, bytes, name, media type, source URL, metadata) → the document.
+PageIngest = Callable[[str, bytes, str, str, str, dict[str, str]], Awaitable[Document]]
+#: Does the session still have this document?
+DocumentExists = Callable[[str, str], Awaitable[bool]]
+
+INGESTABLE = frozenset({"application/pdf", "text/plain", "text/markdown", "text/x-markdown"})
+
+
+class SkipReason:
+    """Stable reasons a URL is not fetched (``PageSkipped.reason``)."""
+
+    ROBOTS_DISALLOWED = "ROBOTS_DISALLOWED"
+    OFF_SITE = "OFF_SITE"
+    EXCLUDED = "EXCLUDED"
+    NOT_INCLUDED = "NOT_INCLUDED"
+    DUPLICATE = "DUPLICATE"
+    NOT_MODIFIED = "NOT_MODIFIED"
+    UNSUPPORTED_TYPE = "UNSUPPORTED_TYPE"
+
+
+@dataclass(frozen=True, slots=True)
+class CrawlLimits:
+    """Server-side bounds on what a crawl spec may ask for."""
+
+    default_max_pages: int = 100
+    max_pages: int = 2000
+    max_depth: int = 10
+    max_seeds: int = 50
+    max_patterns: int = 20
+    max_pattern_length: int = 300
+    #: Pages fetched in parallel by one crawl (the fetcher bounds all crawls together).
+    workers: int = 8
+    #: Sitemaps (indexes included) read per seed site.
+    max_sitemaps: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    seeds: tuple[URL, ...]
+    max_depth: int
+    max_pages: int
+    include: tuple[re.Pattern[str], ...]
+    exclude: tuple[re.Pattern[str], ...]
+
+
+class Crawler:
+    """Validates crawl specs and runs crawls; one per process."""
+
+    def __init__(self, *, fetcher: Fetcher, redis: aioredis.Redis, ingest: PageIngest,
+                 document_exists: DocumentExists, limits: CrawlLimits, prefix: str = "dv:") -> None:
+        self.fetcher = fetcher
+        self._redis = redis
+        self._ingest = ingest
+        self._document_exists = document_exists
+        self.limits = limits
+        self._prefix = prefix
+
+    def plan(self, spec: ScrapeSpec) -> _Plan:
+        """Check a spec; INVALID_ARGUMENT with one violation per bad field, PERMISSION_DENIED for blocked seeds."""
+        violations: dict[str, str] = {}
+        seeds: list[URL] = []
+        if not spec.urls:
+            violations["spec.urls"] = "give at least one http(s) URL to start from"
+        if len(spec.urls) > self.limits.max_seeds:
+            violations["spec.urls"] = f"at most {self.limits.max_seeds} seed URLs"
+        for i, text in enumerate(spec.urls[:self.limits.max_seeds]):
+            try:
+                raw = URL(text.strip())
+            except ValueError:
+                raw = URL()
+            if raw.scheme and raw.scheme not in SCHEMES:
+                self.fetcher.policy.check_url(raw)  # file:, ftp: ...: refused as policy, not as a typo
+            if (url := canonical_url(raw) if raw.is_absolute() else None) is None:
+                violations[f"spec.urls[{i}]"] = "is not an absolute http(s) URL"
+                continue
+            self.fetcher.policy.check_url(url)
+            seeds.append(url)
+        if spec.max_depth > self.limits.max_depth:
+            violations["spec.max_depth"] = f"must be at most {self.limits.max_depth}"
+        if spec.max_pages > self.limits.max_pages:
+            violations["spec.max_pages"] = f"must be at most {self.limits.max_pages}"
+        include = self._patterns(spec.include_patterns, "spec.include_patterns", violations)
+        exclude = self._patterns(spec.exclude_patterns, "spec.exclude_patterns", violations)
+        if violations:
+            raise InvalidArgument("the scrape spec is invalid", violations=violations)
+        return _Plan(tuple(dict.fromkeys(seeds)), spec.max_depth, spec.max_pages or self.limits.default_max_pages,
+                     include, exclude)
+
+    def _patterns(self, patterns: Sequence[str], field: str, violations: dict[str, str]) -> tuple[re.Pattern[str], ...]:
+        if len(patterns) > self.limits.max_patterns:
+            violations[field] = f"at most {self.limits.max_patterns} patterns"
+            return ()
+        compiled = []
+        for i, pattern in enumerate(patterns):
+            if len(pattern) > self.limits.max_pattern_length:
+                violations[f"{field}[{i}]"] = f"longer than {self.limits.max_pattern_length} characters"
+                continue
+            try:
+                compiled.append(re.compile(pattern))
+            except re.error as exc:
+                violations[f"{field}[{i}]"] = f"is not a regular expression: {exc}"
+        return tuple(compiled)
+
+    async def check_seeds(self, spec: ScrapeSpec) -> None:
+        """Resolve every seed host now, so a blocked destination is refused before a job exists."""
+        for seed in self.plan(spec).seeds:
+            await self.fetcher.check_destination(seed)
+
+    def work(self, spec: ScrapeSpec) -> Work:
+        plan = self.plan(spec)
+        return lambda run: _Crawl(self, spec, plan, run).run()
+
+    # -- what a session has seen before -------------------------------------------------
+
+    def _seen_key(self, session_id: str, url: URL) -> str:
+        digest = hashlib.sha256(str(url).encode()).hexdigest()[:32]
+        return f"{self._prefix}scrapeseen:{session_id}:{digest}"
+
+    async def remembered(self, session_id: str, url: URL, *, ingest: bool) -> dict[str, str] | None:
+        raw = await self._redis.get(self._seen_key(session_id, url))
+        if raw is None:
+            return None
+        seen: dict[str, str] = json.loads(raw)
+        if ingest and not (seen.get("document_id") and await self._document_exists(session_id, seen["document_id"])):
+            return None  # this crawl must ingest what the last one did not (or what was deleted since)
+        return seen
+
+    async def remember(self, session_id: str, url: URL, response: Response, links: Sequence[URL],
+                       document_id: str) -> None:
+        etag, modified = response.headers.get("ETag"), response.headers.get("Last-Modified")
+        if not etag and not modified:
+            return
+        record = {"etag": etag or "", "last_modified": modified or "", "document_id": document_id,
+                  "title": "", "links": "\n".join(str(link) for link in links[:500])}
+        await self._redis.set(self._seen_key(session_id, url), json.dumps(record), ex=7 * 86400)
+
+    async def ingest(self, session_id: str, data: bytes, name: str, media_type: str, url: str) -> Document:
+        return await self._ingest(session_id, data, name, media_type, url, {"source": "scrape"})
+
+
+class _Crawl:
+    """One crawl's frontier and workers."""
+
+    def __init__(self, crawler: Crawler, spec: ScrapeSpec, plan: _Plan, run: JobRun) -> None:
+        self._crawler = crawler
+        self._fetcher = crawler.fetcher
+        self._spec = spec
+        self._plan = plan
+        self._run = run
+        self._robots = RobotsCache(crawler.fetcher, crawler._redis)
+        self._sites = {seed.host for seed in plan.seeds}
+        self._seen: set[URL] = set()
+        self._hashes: set[str] = set()
+        self._queue: asyncio.Queue[tuple[URL, int]] = asyncio.Queue()
+        self._scheduled = 0
+        self._budget_reported = False
+
+    async def run(self) -> None:
+        await self._run.log(f"crawling {len(self._plan.seeds)} seed(s), depth {self._plan.max_depth}, "
+                            f"up to {self._plan.max_pages} pages")
+        for seed in self._plan.seeds:
+            await self._offer(seed, 0, seed=True)
+        if self._spec.use_sitemap:
+            await self._read_sitemaps()
+        try:
+            async with asyncio.TaskGroup() as workers:
+                tasks = [workers.create_task(self._work()) for _ in range(self._crawler.limits.workers)]
+                await self._queue.join()
+                for task in tasks:
+                    task.cancel()
+        except* DaveloperError as group:
+            # A job-level failure (the daily quota, Redis) in one worker ends the crawl; report that error.
+            raise group.exceptions[0] from None
+        await self._run.progress(force=True)
+
+    async def _work(self) -> None:
+        while True:
+            url, depth = await self._queue.get()
+            try:
+                await self._visit(url, depth)
+            finally:
+                self._queue.task_done()
+
+    async def _offer(self, url: URL, depth: int, *, seed: bool = False) -> None:
+        if url in self._seen:
+            return None
+        self._seen.add(url)
+        text = str(url)
+        if not seed and self._spec.same_site_only and url.host not in self._sites:
+            return await self._run.skipped(text, SkipReason.OFF_SITE)
+        if self._plan.include and not any(p.search(text) for p in self._plan.include) and not seed:
+            return await self._run.skipped(text, SkipReason.NOT_INCLUDED)
+        if any(p.search(text) for p in self._plan.exclude):
+            return await self._run.skipped(text, SkipReason.EXCLUDED)
+        if self._scheduled >= self._plan.max_pages:
+            if not self._budget_reported:
+                self._budget_reported = True
+                await self._run.log(f"page limit of {self._plan.max_pages} reached; not queueing more", "WARNING")
+            return None
+        try:
+            rules = await self._robots.rules(url)
+        except Refusal as refused:
+            return await self._run.failed(text, refused)
+        if not rules.allowed(url):
+            reason = "robots.txt could not be read" if rules.unreachable else "robots.txt disallows it"
+            await self._run.skipped(text, SkipReason.ROBOTS_DISALLOWED)
+            if seed:
+                await self._run.log(f"{text}: {reason}", "WARNING")
+            return None
+        self._scheduled += 1
+        self._run.stats.pages_queued = self._scheduled
+        self._queue.put_nowait((url, depth))
+        return None
+
+    async def _visit(self, url: URL, depth: int) -> None:
+        session_id, ingest = self._run.session_id, self._spec.ingest
+        await self._run.take_page()
+        remembered = await self._crawler.remembered(session_id, url, ingest=ingest)
+        headers = {}
+        if remembered is not None:
+            headers = {k: v for k, v in (("If-None-Match", remembered["etag"]),
+                                         ("If-Modified-Since", remembered["last_modified"])) if v}
+        try:
+            response = await self._fetcher.fetch(url, headers=headers)
+        except DaveloperError as exc:
+            return await self._run.failed(str(url), exc, int(exc.metadata.get("http_status", "0") or 0))
+        if response.not_modified and remembered is not None:
+            await self._run.skipped(str(url), SkipReason.NOT_MODIFIED)
+            links = [URL(line) for line in remembered["links"].splitlines() if line]
+            return await self._follow(links, depth)
+        final = canonical_url(response.url) or url
+        if final != url:
+            if final in self._seen and response.redirects:
+                return await self._run.skipped(str(url), SkipReason.DUPLICATE)
+            self._seen.add(final)
+        digest = hashlib.sha256(response.body).hexdigest()
+        if digest in self._hashes:
+            return await self._run.skipped(str(final), SkipReason.DUPLICATE)
+        self._hashes.add(digest)
+        await self._page(url, final, response, depth)
+        return None
+
+    async def _page(self, url: URL, final: URL, response: Response, depth: int) -> None:
+        media_type, body = response.media_type, response.body
+        title, links, noindex = "", tuple[URL, ...](), False
+        if is_html(media_type, body):
+            text, _ = decode(body, response.charset)
+            page = parse_html(text, final)
+            title, links, noindex = page.title, page.links, page.noindex
+            body, media_type = text.encode(), "text/html; charset=utf-8"
+        elif media_type not in INGESTABLE:
+            return await self._run.skipped(str(final), SkipReason.UNSUPPORTED_TYPE)
+        document_id = ""
+        if self._spec.ingest and not noindex:
+            name = title or final.name or final.host or "page"
+            try:
+                document = await self._crawler.ingest(self._run.session_id, body, name, media_type, str(final))
+            except DaveloperError as exc:
+                await self._run.log(f"{final}: not ingested: {exc.message}", "WARNING")
+            else:
+                document_id, title = document.id, title or document.title
+        await self._run.fetched(PageFetched(url=str(final), http_status=response.status,
+                                            size_bytes=len(response.body), title=title, depth=depth,
+                                            document_id=document_id))
+        await self._crawler.remember(self._run.session_id, url, response, links, document_id)
+        await self._follow(links, depth)
+        return None
+
+    async def _follow(self, links: Sequence[URL], depth: int) -> None:
+        if depth >= self._plan.max_depth:
+            return
+        for link in links:
+            await self._offer(link, depth + 1)
+
+    async def _read_sitemaps(self) -> None:
+        for origin in dict.fromkeys(seed.origin() for seed in self._plan.seeds):
+            try:
+                rules = await self._robots.rules(origin)
+            except Refusal:
+                continue
+            pending = [URL(u) for u in rules.sitemaps] or [origin / "sitemap.xml"]
+            for _ in range(self._crawler.limits.max_sitemaps):
+                if not pending:
+                    break
+                sitemap = pending.pop(0)
+                try:
+                    response = await self._fetcher.fetch(sitemap)
+                except DaveloperError as exc:
+                    await self._run.log(f"sitemap {sitemap}: {exc.message}", "WARNING")
+                    continue
+                pages, nested = parse_sitemap(response.body, sitemap)
+                pending += nested
+                await self._run.log(f"sitemap {sitemap}: {len(pages)} URL(s)")
+                for page in pages:
+                    await self._offer(page, 0)

@@ -1,0 +1,326 @@
+"""Scraper jobs: durable records, per-session limits, and the life cycle every job shares.
+
+A job's record (the ``Job`` message) lives in Redis under its owner session;
+its events go to the event log scope ``job:<id>``, so any instance can replay
+and tail them. :class:`JobRunner` starts a job's work in the background,
+records QUEUED → RUNNING → SUCCEEDED / FAILED / CANCELLED with exactly one
+final ``finished`` event, and lets a cancel from any instance stop it.
+
+Per-session limits are enforced atomically in Redis: concurrent jobs through
+a lease set (an entry expires if its instance dies without releasing it) and
+pages per UTC day through a counter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from daveloper.errors import Cancelled, DaveloperError, Internal, NotFound, ResourceExhausted, Unavailable, to_failure
+from daveloper.eventlog import EventLog
+from daveloper.jobs import BackgroundJobs
+from daveloper.paging import next_page_token, page_offset
+from generated.daveloper.v1 import (
+    Failure,
+    Job,
+    JobEvent,
+    JobFinished,
+    JobProgress,
+    JobQueued,
+    JobState,
+    JobStats,
+    LogLine,
+    PageFailed,
+    PageFetched,
+    PageSkipped,
+)
+
+__all__ = ["JobLimits", "JobRun", "JobRunner", "JobStore", "job_scope"]
+
+log = logging.getLogger("daveloper.scraper")
+
+#: A running job refreshes its concurrency lease this often; a dead instance's lease lapses after three periods.
+LEASE_SECONDS = 30.0
+#: At most one progress event per this many seconds (the final one is always sent).
+PROGRESS_INTERVAL = 0.5
+
+# KEYS[1] lease zset; ARGV: now, expiry, job id, max. Drops lapsed leases, then takes one if a slot is free.
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[4]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+  redis.call('EXPIRE', KEYS[1], math.ceil(ARGV[2] - ARGV[1]) + 1)
+  return 1
+end
+return 0
+"""
+# KEYS[1] day counter; ARGV: pages, limit, ttl. Takes the pages only if they fit.
+_TAKE = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return -1 end
+used = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return used
+"""
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def job_scope(job_id: str) -> str:
+    return f"job:{job_id}"
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _seconds_to_midnight() -> int:
+    now = time.time()
+    return int(86400 - now % 86400) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class JobLimits:
+    """Per-session limits on scraper work."""
+
+    concurrent_jobs: int = 2
+    pages_per_day: int = 5000
+
+
+class JobStore:
+    """Job records by session, and the Redis side of per-session limits."""
+
+    def __init__(self, redis: aioredis.Redis, *, prefix: str = "dv:", ttl_seconds: int = 7 * 24 * 3600) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._ttl = ttl_seconds
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._take = redis.register_script(_TAKE)
+
+    def _job(self, job_id: str) -> str:
+        return f"{self._prefix}job:{job_id}"
+
+    def _jobs(self, session_id: str) -> str:
+        return f"{self._prefix}jobs:{session_id}"
+
+    def _leases(self, session_id: str) -> str:
+        return f"{self._prefix}jobleases:{session_id}"
+
+    def _pages(self, session_id: str) -> str:
+        return f"{self._prefix}scrapepages:{session_id}:{datetime.datetime.now(datetime.UTC):%Y%m%d}"
+
+    async def save(self, session_id: str, job: Job) -> None:
+        assert job.create_time is not None
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._job(job.id), mapping={"session": session_id, "job": bytes(job)})
+            pipe.expire(self._job(job.id), self._ttl)
+            pipe.zadd(self._jobs(session_id), {job.id: job.create_time.timestamp()})
+            pipe.expire(self._jobs(session_id), self._ttl)
+            await pipe.execute()
+
+    async def get(self, session_id: str, job_id: str) -> Job:
+        """The job, or NOT_FOUND — also when it belongs to another session."""
+        owner, raw = await self._redis.hmget(self._job(job_id), ["session", "job"]) if job_id else (None, None)
+        if owner is None or raw is None or _text(owner) != session_id:
+            raise NotFound(f"job {job_id!r} not found", reason="JOB_NOT_FOUND")
+        return Job.parse(raw)
+
+    async def page(self, session_id: str, *, page_size: int, page_token: str) -> tuple[list[Job], str]:
+        """Newest first."""
+        offset = page_offset(page_token)
+        ids = await self._redis.zrevrange(self._jobs(session_id), offset, offset + page_size)
+        more = len(ids) > page_size
+        jobs = []
+        for job_id in ids[:page_size]:
+            if (raw := await self._redis.hget(self._job(_text(job_id)), "job")) is not None:
+                jobs.append(Job.parse(raw))
+        return jobs, next_page_token(offset + page_size, more=more)
+
+    async def job_ids(self, session_id: str) -> list[str]:
+        return [_text(i) for i in await self._redis.zrange(self._jobs(session_id), 0, -1)]
+
+    async def purge_session(self, session_id: str) -> None:
+        ids = await self.job_ids(session_id)
+        await self._redis.delete(*[self._job(i) for i in ids], self._jobs(session_id), self._leases(session_id))
+
+    async def acquire(self, session_id: str, job_id: str, limit: int) -> None:
+        """Take one of the session's concurrent-job slots, or RESOURCE_EXHAUSTED."""
+        now = time.time()
+        if not await self._acquire(keys=[self._leases(session_id)], args=[now, now + 3 * LEASE_SECONDS, job_id, limit]):
+            raise ResourceExhausted(f"this session already runs {limit} scraper jobs; wait for one to finish",
+                                    reason="CONCURRENT_JOBS", retry_after=LEASE_SECONDS,
+                                    metadata={"limit": str(limit)})
+
+    async def renew(self, session_id: str, job_id: str) -> None:
+        await self._redis.zadd(self._leases(session_id), {job_id: time.time() + 3 * LEASE_SECONDS}, xx=True)
+
+    async def release(self, session_id: str, job_id: str) -> None:
+        await self._redis.zrem(self._leases(session_id), job_id)
+
+    async def take_page(self, session_id: str, limit: int) -> None:
+        """Count one page against the session's daily quota, or RESOURCE_EXHAUSTED."""
+        if await self._take(keys=[self._pages(session_id)], args=[1, limit, 2 * 86400]) < 0:
+            raise ResourceExhausted(f"this session fetched its {limit} pages for today", reason="PAGES_PER_DAY",
+                                    retry_after=_seconds_to_midnight(), metadata={"limit": str(limit)})
+
+
+class JobRun:
+    """A running job as its work sees it: counters, and methods that append its events."""
+
+    def __init__(self, job: Job, session_id: str, events: EventLog, store: JobStore, limits: JobLimits) -> None:
+        self.job = job
+        self.session_id = session_id
+        self.stats = JobStats()
+        self._events = events
+        self._store = store
+        self._limits = limits
+        self._progress_at = 0.0
+
+    @property
+    def scope(self) -> str:
+        return job_scope(self.job.id)
+
+    async def emit(self, *, final: bool = False, **kind: Any) -> int:
+        event = JobEvent(job_id=self.job.id, create_time=_now(), **kind)
+        return await self._events.append(self.scope, bytes(event), final=final)
+
+    async def log(self, message: str, level: str = "INFO") -> None:
+        await self.emit(log=LogLine(level=level, message=message))
+
+    async def take_page(self) -> None:
+        await self._store.take_page(self.session_id, self._limits.pages_per_day)
+
+    async def fetched(self, event: PageFetched) -> None:
+        self.stats.pages_fetched += 1
+        self.stats.bytes_fetched += event.size_bytes
+        if event.document_id:
+            self.stats.documents_ingested += 1
+        await self.emit(page_fetched=event)
+        await self.progress()
+
+    async def skipped(self, url: str, reason: str) -> None:
+        self.stats.pages_skipped += 1
+        await self.emit(page_skipped=PageSkipped(url=url, reason=reason))
+        await self.progress()
+
+    async def failed(self, url: str, error: BaseException, http_status: int = 0) -> None:
+        self.stats.pages_failed += 1
+        await self.emit(page_failed=PageFailed(url=url, failure=to_failure(error), http_status=http_status))
+        await self.progress()
+
+    async def progress(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._progress_at >= PROGRESS_INTERVAL:
+            self._progress_at = now
+            await self.emit(progress=JobProgress(stats=JobStats.parse(bytes(self.stats))))
+
+
+Work = Callable[[JobRun], Coroutine[Any, Any, None]]
+
+
+class JobRunner:
+    """Starts jobs and owns their life cycle."""
+
+    def __init__(self, *, events: EventLog, store: JobStore, jobs: BackgroundJobs, limits: JobLimits) -> None:
+        self._events = events
+        self._store = store
+        self._jobs = jobs
+        self.limits = limits
+
+    async def start(self, session_id: str, job: Job, work: Work) -> Job:
+        """Record ``job`` as queued and run ``work`` in the background; returns the recorded job."""
+        job.id = job.id or "job_" + secrets.token_hex(12)
+        job.state = JobState.QUEUED
+        job.create_time = job.update_time = _now()
+        job.stats = JobStats()
+        await self._store.acquire(session_id, job.id, self.limits.concurrent_jobs)
+        run = JobRun(job, session_id, self._events, self._store, self.limits)
+        try:
+            await self._store.save(session_id, job)
+            job.last_seq = await run.emit(queued=JobQueued(job=job))
+            self._jobs.spawn(self._run(run, work), name=f"job {job.id}")
+        except BaseException:
+            await self._store.release(session_id, job.id)
+            raise
+        return job
+
+    async def events(self, job_id: str, after_seq: int = 0) -> AsyncIterator[JobEvent]:
+        """Replay then tail a job's events, each with its seq; ends after ``finished``."""
+        async for entry in self._events.read(job_scope(job_id), after_seq):
+            event = JobEvent.parse(entry.payload)
+            event.seq = entry.seq
+            yield event
+
+    async def get(self, session_id: str, job_id: str) -> Job:
+        job = await self._store.get(session_id, job_id)
+        job.last_seq = await self._events.last_seq(job_scope(job_id))
+        return job
+
+    async def page(self, session_id: str, *, page_size: int, page_token: str) -> tuple[list[Job], str]:
+        return await self._store.page(session_id, page_size=page_size, page_token=page_token)
+
+    async def cancel(self, session_id: str, job_id: str) -> bool:
+        await self._store.get(session_id, job_id)  # NOT_FOUND for other sessions' jobs
+        return await self._events.request_cancel(job_scope(job_id))
+
+    async def _run(self, run: JobRun, work: Work) -> None:
+        job = run.job
+        job.state = JobState.RUNNING
+        await self._save(run)
+        failure: Failure | None = None
+        heartbeat = asyncio.create_task(self._heartbeat(run))
+        try:
+            await self._events.run_cancellable(run.scope, work(run))
+            state = JobState.SUCCEEDED
+        except asyncio.CancelledError:
+            interrupted = Unavailable("the server shut down while the job ran", reason="INTERRUPTED", retry_after=0)
+            await asyncio.shield(self._finish(run, JobState.FAILED, to_failure(interrupted)))
+            raise
+        except Cancelled:
+            state = JobState.CANCELLED
+        except DaveloperError as exc:
+            state, failure = JobState.FAILED, to_failure(exc)
+        except Exception as exc:
+            log.error("job failed", exc_info=exc, extra={"job_id": job.id})
+            state, failure = JobState.FAILED, to_failure(Internal("the job failed unexpectedly"))
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        await self._finish(run, state, failure)
+
+    async def _finish(self, run: JobRun, state: JobState, failure: Failure | None) -> None:
+        run.job.state = state
+        run.job.failure = failure
+        try:
+            await self._save(run)
+            await run.emit(final=True, finished=JobFinished(state=state, stats=run.stats, failure=failure))
+        finally:
+            await self._store.release(run.session_id, run.job.id)
+        log.info("job finished", extra={"job_id": run.job.id, "state": state.name,
+                                        "pages": run.stats.pages_fetched})
+
+    async def _save(self, run: JobRun) -> None:
+        run.job.update_time = _now()
+        run.job.stats = run.stats
+        await self._store.save(run.session_id, run.job)
+
+    async def _heartbeat(self, run: JobRun) -> None:
+        while True:
+            await asyncio.sleep(LEASE_SECONDS)
+            try:
+                await self._store.renew(run.session_id, run.job.id)
+                await self._save(run)
+            except (DaveloperError, aioredis.RedisError) as exc:  # the next beat may succeed
+                log.warning("job heartbeat failed: %s", exc, extra={"job_id": run.job.id})
