@@ -243,7 +243,7 @@ async def _open_scraper(settings: Settings, redis: aioredis.Redis, events: Event
             runner=JobRunner(events=events, store=store, jobs=jobs, limits=JobLimits(
                 concurrent_jobs=settings.scrape_jobs_per_session, pages_per_day=settings.scrape_pages_per_day)),
             crawler=Crawler(fetcher=fetcher, redis=redis, ingest=ingest_page, document_exists=document_exists,
-                            limits=CrawlLimits()),
+                            limits=CrawlLimits(workers=settings.scrape_concurrency)),
             github=GitHubIngest(
                 client=GitHubClient(github_http, redis, base_url=settings.github_api_url, token=settings.github_token,
                                     timeout=settings.scrape_timeout_seconds),
