@@ -30,6 +30,7 @@ from daveloper.documents.ingest import Ingestion, Ingestor
 from daveloper.documents.parsing import parse
 from daveloper.documents.search import DocumentSearch
 from daveloper.documents.store import ChunkStore
+from daveloper.edge import Edge, open_edge
 from daveloper.eventlog import EventLog
 from daveloper.health import HealthMonitor
 from daveloper.infra.qdrant import open_qdrant, qdrant_probe
@@ -73,12 +74,20 @@ class App:
     health: HealthMonitor
     interceptor: Interceptor
     server: Server
+    edge: Edge
 
     async def drain(self) -> None:
-        """Stop accepting calls, let running ones finish up to the drain deadline, then end them."""
+        """Stop accepting calls, let running ones finish up to the drain deadline, then end them.
+
+        The edge and the gRPC server drain together: WebSocket streams are gRPC
+        calls to this server, so they end when the server ends its calls.
+        """
         log.info("draining", extra={"inflight": self.interceptor.inflight,
                                     "drain_seconds": self.settings.drain_seconds})
         self.health.set_draining()
+        await asyncio.gather(self.edge.drain(), self._drain_grpc())
+
+    async def _drain_grpc(self) -> None:
         # grpclib's Server.close() would cancel every handler at once; close only
         # the listening socket first (no public API for that) and drain ourselves.
         listener = self.server._server
@@ -190,14 +199,17 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
         await server.start(settings.grpc_addr.host, settings.grpc_addr.port)
         grpc_addr = Address(settings.grpc_addr.host, _bound_port(server) or settings.grpc_addr.port)
 
-        app = App(settings, grpc_addr, redis, qdrant, events, sessions, catalog, chunk_store, search, jobs,
-                  health, interceptor, server)
         async with asyncio.TaskGroup() as tasks:
             monitor = tasks.create_task(health.run(), name="health-monitor")
             try:
-                yield app
+                async with open_edge(settings, upstream=grpc_addr, health=health) as edge:
+                    app = App(settings, grpc_addr, redis, qdrant, events, sessions, catalog, chunk_store, search,
+                              jobs, health, interceptor, server, edge)
+                    try:
+                        yield app
+                    finally:
+                        await app.drain()
             finally:
-                await app.drain()
                 server.close()
                 await server.wait_closed()
                 monitor.cancel()
@@ -260,8 +272,10 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         loop.add_signal_handler(signum, stop.set)
     try:
         async with open_app(settings) as app:
-            log.info("serving", extra={"grpc": str(app.grpc_addr), "data_dir": str(settings.data_dir)})
+            log.info("serving", extra={"grpc": str(app.grpc_addr), "edge": app.edge.url,
+                                       "data_dir": str(settings.data_dir)})
             print(f"daveloper: gRPC listening on {app.grpc_addr}", flush=True)
+            print(f"daveloper: web page, WebSocket (/ws) and HTTP/JSON on {app.edge.url}", flush=True)
             if ready is not None:
                 ready.set()
             await stop.wait()

@@ -20,9 +20,11 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="daveloper", description="Self-hostable backend for AI developer assistants.")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("serve", help="serve gRPC on embedded defaults (Valkey, Qdrant local mode)")
+    run = commands.add_parser("serve", help="serve gRPC and the web edge on embedded defaults")
     run.add_argument("--grpc-addr", metavar="HOST:PORT", help="gRPC listen address (env DAVELOPER_GRPC_ADDR, "
                      "default 127.0.0.1:50051)")
+    run.add_argument("--edge-addr", metavar="HOST:PORT", help="web page, WebSocket and HTTP/JSON listen address "
+                     "(env DAVELOPER_EDGE_ADDR, default 127.0.0.1:8080)")
     run.add_argument("--data-dir", metavar="DIR", help="data directory (env DAVELOPER_DATA_DIR)")
     run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                      help="log level (env DAVELOPER_LOG_LEVEL, default INFO)")
@@ -34,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env(
             grpc_addr=Address.parse(args.grpc_addr, name="--grpc-addr") if args.grpc_addr else None,
+            edge_addr=Address.parse(args.edge_addr, name="--edge-addr") if args.edge_addr else None,
             data_dir=Path(args.data_dir).expanduser() if args.data_dir else None,
             log_level=args.log_level,
         )

@@ -63,6 +63,7 @@ def settings(redis_url: str, data_dir: Path) -> Settings:
     """Settings for an in-process app on a free port, using the shared test Valkey."""
     return Settings(
         grpc_addr=Address("127.0.0.1", 0),
+        edge_addr=Address("127.0.0.1", 0),
         data_dir=data_dir,
         redis_url=redis_url,
         drain_seconds=1.0,

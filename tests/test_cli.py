@@ -42,6 +42,7 @@ def free_port() -> int:
 class Served:
     process: subprocess.Popen[str]
     addr: str
+    edge_url: str
     data_dir: Path
 
     def grpcurl(
@@ -64,16 +65,19 @@ class Served:
 def served(tmp_path: Path) -> Iterator[Served]:
     """``daveloper serve`` with no configuration but a port and a data dir."""
     addr = f"127.0.0.1:{free_port()}"
+    edge_addr = f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DAVELOPER_")}
     env["DAVELOPER_DRAIN_SECONDS"] = "2"
     process = subprocess.Popen(
-        [sys.executable, "-m", "daveloper", "serve", "--grpc-addr", addr, "--data-dir", str(tmp_path / "data")],
+        [sys.executable, "-m", "daveloper", "serve", "--grpc-addr", addr, "--edge-addr", edge_addr,
+         "--data-dir", str(tmp_path / "data")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     assert process.stdout is not None
     line = process.stdout.readline()  # blocks until ready (or the process died)
     assert f"gRPC listening on {addr}" in line, process.stderr.read() if process.poll() is not None else line
-    served = Served(process, addr, tmp_path / "data")
+    assert f"on http://{edge_addr}" in process.stdout.readline()
+    served = Served(process, addr, f"http://{edge_addr}", tmp_path / "data")
     try:
         yield served
     finally:
@@ -106,6 +110,18 @@ def test_grpcurl_lists_describes_checks_health_and_creates_a_session(served: Ser
 
     denied = served.grpcurl("daveloper.v1.SessionService/GetSession", data="{}", check=False)
     assert "Code: Unauthenticated" in denied.stderr
+
+
+def test_the_edge_serves_the_page_and_http_json(served: Served) -> None:
+    page = subprocess.run(["curl", "-sS", "-i", served.edge_url + "/"], capture_output=True, text=True, timeout=10,
+                          check=True).stdout
+    assert page.startswith("HTTP/1.1 200")
+    assert "content-security-policy:" in page.lower()
+    created = subprocess.run(
+        ["curl", "-sS", "-X", "POST", "-H", "Content-Type: application/json", "-d", "{}",
+         served.edge_url + "/daveloper.v1.SessionService/CreateSession"],
+        capture_output=True, text=True, timeout=10, check=True).stdout
+    assert json.loads(created)["token"].startswith("v1.")
 
 
 def test_sigterm_drains_open_stream_with_a_status_and_stops_owned_valkey(served: Served) -> None:

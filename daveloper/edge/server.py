@@ -1,0 +1,155 @@
+"""The aiohttp application, the ``/ws`` upgrade, and the running :class:`Edge`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from daveloper.config import Address, Settings
+from daveloper.descriptors import load_descriptor_pool
+from daveloper.edge.bridge import Upstream
+from daveloper.edge.codec import MessageCodec
+from daveloper.edge.http import STATE, call_method, healthz, readyz, static_file
+from daveloper.edge.protocol import SUBPROTOCOLS
+from daveloper.edge.socket import EdgeSocket
+from daveloper.edge.state import EdgeState
+from daveloper.edge.wire import wire_for
+from daveloper.health import HealthMonitor
+
+__all__ = ["Edge", "build_app", "open_edge"]
+
+log = logging.getLogger("daveloper.edge")
+
+
+def _origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
+    """No Origin (not a browser), our own origin, or one on the allow-list.
+
+    Browsers send cookies with WebSocket upgrades and apply no same-origin
+    policy to them, so without this check any page could use a visitor's socket.
+    """
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    origin = origin.strip().rstrip("/").lower()
+    if origin in (o.lower() for o in allowed):
+        return True
+    scheme, sep, authority = origin.partition("://")
+    return bool(sep) and scheme in ("http", "https") and authority == (request.host or "").lower()
+
+
+def _refusal(status: int, message: str, **extra: object) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    """``GET /ws``: check Origin and subprotocol before upgrading, then serve the socket."""
+    state = request.app[STATE]
+    settings = state.settings
+    if not _origin_allowed(request, settings.allowed_origins):
+        return _refusal(403, "origin not allowed")
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        return web.json_response({"error": "WebSocket upgrade required"}, status=426,
+                                 headers={"Upgrade": "websocket"})
+    if state.draining:
+        return _refusal(503, "server is shutting down")
+    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+    chosen = next((p for p in offered if p in SUBPROTOCOLS), None)
+    if chosen is None:
+        # aiohttp would accept with no subprotocol; browsers then fail the
+        # handshake and other clients would guess the codec: refuse clearly.
+        return _refusal(400, "offer a supported subprotocol in Sec-WebSocket-Protocol",
+                        supported=list(SUBPROTOCOLS))
+    ws = web.WebSocketResponse(
+        protocols=(chosen,),
+        heartbeat=max(1.0, min(30.0, settings.ws_idle_seconds / 2)),
+        max_msg_size=settings.ws_max_frame_bytes,
+    )
+    await ws.prepare(request)
+    socket = EdgeSocket(ws, wire_for(chosen, state.codec), state)
+    state.sockets.add(socket)
+    try:
+        await socket.serve()
+    finally:
+        state.sockets.discard(socket)
+    return ws
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
+
+def build_app(state: EdgeState) -> web.Application:
+    """The edge's routes on a fresh application holding ``state``."""
+    app = web.Application(client_max_size=state.settings.ws_max_frame_bytes)
+    app[STATE] = state
+    app.on_response_prepare.append(_security_headers)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/ws", websocket)
+    app.router.add_post(r"/{service:[A-Za-z_][A-Za-z0-9_.]*}/{method:[A-Za-z_][A-Za-z0-9_]*}", call_method)
+    app.router.add_get("/", static_file)
+    app.router.add_get("/{path:.+}", static_file)
+    return app
+
+
+class Edge:
+    """A running edge: its bound address, and :meth:`drain` for a graceful stop."""
+
+    def __init__(self, state: EdgeState, runner: web.AppRunner, addr: Address) -> None:
+        self.state = state
+        self._runner = runner
+        #: The address actually bound (the real port when settings asked for 0).
+        self.addr = addr
+        self._drained = False
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` of the edge."""
+        return f"http://{self.addr}"
+
+    async def drain(self) -> None:
+        """Send go-away on every socket, let streams finish up to ``drain_seconds``, then close them with 1001."""
+        if self._drained:
+            return
+        self._drained = True
+        state = self.state
+        state.draining = True
+        sockets = list(state.sockets)
+        log.info("edge draining", extra={"sockets": len(sockets),
+                                         "streams": sum(s.open_streams for s in sockets)})
+        for socket in sockets:
+            await socket.go_away()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(state.settings.drain_seconds):
+                await asyncio.gather(*(s.wait_idle() for s in sockets))
+        await asyncio.gather(*(s.shut_down() for s in list(state.sockets)))
+
+
+@contextlib.asynccontextmanager
+async def open_edge(settings: Settings, *, upstream: Address, health: HealthMonitor) -> AsyncIterator[Edge]:
+    """Start the edge on ``settings.edge_addr`` (port 0 = a free port) and yield it.
+
+    ``upstream`` is the gRPC server every call goes to (this process's
+    ``App.grpc_addr`` or a remote one). On exit: go-away, drain, close.
+    """
+    state = EdgeState(settings, MessageCodec(load_descriptor_pool()), Upstream(upstream), health)
+    runner = web.AppRunner(build_app(state), access_log=None, handle_signals=False,
+                           shutdown_timeout=max(settings.drain_seconds, 0.1))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.edge_addr.host, settings.edge_addr.port)
+        await site.start()
+        port = runner.addresses[0][1] if runner.addresses else settings.edge_addr.port
+        edge = Edge(state, runner, Address(settings.edge_addr.host, int(port)))
+        log.info("edge listening", extra={"edge": str(edge.addr), "upstream": str(upstream)})
+        try:
+            yield edge
+        finally:
+            await edge.drain()
+    finally:
+        await runner.cleanup()
+        state.upstream.close()

@@ -1,0 +1,85 @@
+"""What every socket and HTTP request of one edge shares: settings, codec, upstream, admission."""
+
+from __future__ import annotations
+
+import collections
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from grpclib.const import Status
+
+from daveloper.config import Settings
+from daveloper.edge.bridge import Upstream, unary
+from daveloper.edge.codec import MessageCodec
+from daveloper.edge.protocol import CloseCode, ProtocolViolation
+from daveloper.health import HealthMonitor
+
+if TYPE_CHECKING:
+    from daveloper.edge.socket import EdgeSocket
+
+__all__ = ["HANDSHAKE_SECONDS", "EdgeState", "bearer"]
+
+log = logging.getLogger("daveloper.edge")
+
+#: A socket must send ``hello`` within this long (or ``ws_idle_seconds`` if shorter).
+HANDSHAKE_SECONDS = 10.0
+#: Deadline of the handshake's token check.
+_ADMIT_TIMEOUT = 5.0
+_GET_SESSION = "/daveloper.v1.SessionService/GetSession"
+
+
+def bearer(token: str) -> list[tuple[str, str | bytes]]:
+    """The ``authorization`` metadata for a session token (none for an empty token)."""
+    return [("authorization", f"Bearer {token}")] if token else []
+
+
+@dataclass(eq=False)
+class EdgeState:
+    """Shared by all sockets and routes of one running edge."""
+
+    settings: Settings
+    codec: MessageCodec
+    upstream: Upstream
+    health: HealthMonitor
+    draining: bool = False
+    sockets: set[EdgeSocket] = field(default_factory=set)
+    _per_session: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    @property
+    def handshake_seconds(self) -> float:
+        return min(HANDSHAKE_SECONDS, self.settings.ws_idle_seconds)
+
+    async def admit(self, token: str) -> str:
+        """Check a handshake token and take a socket slot of its session; returns the session id.
+
+        The edge validates early (``SessionService/GetSession`` upstream) so a bad
+        token fails the handshake instead of every stream, and so sockets can be
+        counted per session. Servicers still authenticate every call. An empty
+        token admits a sessionless socket (only public methods will succeed);
+        the admin token and other tokens without a session are not counted.
+        Counting is per process: behind several edge processes the limit applies to each.
+        """
+        if not token:
+            return ""
+        method = self.codec.methods[_GET_SESSION]
+        data, status = await unary(self.upstream, method, b"", metadata=bearer(token), time_limit=_ADMIT_TIMEOUT)
+        if status.code in (Status.UNAUTHENTICATED, Status.PERMISSION_DENIED):
+            raise ProtocolViolation(CloseCode.UNAUTHENTICATED, f"token refused: {status.message}")
+        if status.code in (Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.RESOURCE_EXHAUSTED):
+            raise ProtocolViolation(CloseCode.TRY_AGAIN_LATER, "cannot check the token now")
+        if not status.ok:
+            return ""
+        session_id = str(self.codec.to_json(method.output, data).get("session", {}).get("id", ""))
+        if session_id:
+            if self._per_session[session_id] >= self.settings.ws_max_sockets_per_session:
+                raise ProtocolViolation(CloseCode.TOO_MANY_SOCKETS, "too many sockets for this session")
+            self._per_session[session_id] += 1
+        return session_id
+
+    def release(self, session_id: str) -> None:
+        """Give back the slot :meth:`admit` took."""
+        if session_id:
+            self._per_session[session_id] -= 1
+            if self._per_session[session_id] <= 0:
+                del self._per_session[session_id]

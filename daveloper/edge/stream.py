@@ -1,0 +1,263 @@
+"""One bridged stream: a WebSocket stream id bound to one upstream gRPC call.
+
+The stream's task (owned by its socket's task group) opens the upstream call
+and pumps responses to the socket while a sender task it owns forwards the
+client's messages. Flow control in both directions is counted in messages:
+
+* server → client: a response is read from the upstream call only while the
+  client has granted credit, so a slow client leaves messages in HTTP/2
+  buffers (and slows the servicer through HTTP/2 flow control) instead of
+  in the edge's memory;
+* client → server: the client may have ``send_window`` messages in flight;
+  the edge grants more (``credit`` frames) as it forwards them upstream.
+
+Whatever happens, the stream ends with exactly one ``close`` frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import Any
+
+from aiohttp import web
+from grpclib.client import Stream
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from h2.exceptions import H2Error
+
+from daveloper.edge.bridge import Upstream, call_status, end_sending, status_of
+from daveloper.edge.codec import MessageCodec, Method
+from daveloper.edge.metadata import expose
+from daveloper.edge.protocol import Frame, FrameType
+from daveloper.edge.status import RpcStatus, edge_status
+from daveloper.edge.wire import Wire
+
+__all__ = ["BridgedStream", "Outbox", "StreamError"]
+
+log = logging.getLogger("daveloper.edge")
+
+MAX_CREDIT = 2**31 - 1
+
+
+class StreamError(Exception):
+    """The client misused one stream: it ends with ``status``; the socket lives on."""
+
+    def __init__(self, status: RpcStatus) -> None:
+        super().__init__(status.message)
+        self.status = status
+
+
+class Outbox:
+    """Frames waiting to go out on one socket, sent in order by one writer task.
+
+    Control frames (``headers``, ``close``, ``credit``, ...) are pushed without
+    waiting, so a stream can always report its end; response messages wait
+    while ``high_water`` frames are queued, which bounds memory per socket.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, wire: Wire, *, high_water: int = 64) -> None:
+        self._ws = ws
+        self._wire = wire
+        self._high_water = high_water
+        self._queue: collections.deque[Frame] = collections.deque()
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def push(self, frame: Frame) -> None:
+        self._queue.append(frame)
+        self._ready.set()
+        self._empty.clear()
+        if len(self._queue) >= self._high_water:
+            self._room.clear()
+
+    async def send(self, frame: Frame) -> None:
+        while not self._room.is_set():
+            await self._room.wait()
+        self.push(frame)
+
+    async def run(self) -> None:
+        """Write frames until cancelled or the socket fails."""
+        while True:
+            while not self._queue:
+                self._empty.set()
+                self._ready.clear()
+                await self._ready.wait()
+            frame = self._queue.popleft()
+            if len(self._queue) < self._high_water:
+                self._room.set()
+            data = self._wire.encode(frame)
+            try:
+                if isinstance(data, str):
+                    await self._ws.send_str(data)
+                else:
+                    await self._ws.send_bytes(data)
+            except ConnectionError:
+                return  # the peer went away; the socket's reader sees that and ends everything
+
+    async def flush(self) -> None:
+        """Wait until every queued frame was handed to the transport."""
+        await self._empty.wait()
+
+
+class BridgedStream:
+    """The edge side of one stream; see the module docstring."""
+
+    def __init__(
+        self,
+        stream_id: int,
+        method: Method,
+        *,
+        outbox: Outbox,
+        wire: Wire,
+        codec: MessageCodec,
+        credit: int,
+        send_window: int,
+    ) -> None:
+        self.id = stream_id
+        self.method = method
+        self._outbox = outbox
+        self._wire = wire
+        self._codec = codec
+        self._credit = credit
+        self._credit_granted = asyncio.Event()
+        self._inbox: asyncio.Queue[tuple[bytes, bool] | None] = asyncio.Queue()
+        self._send_window = send_window
+        self._window = send_window  # messages the client may still send
+        self._forwarded = 0  # forwarded upstream since the last grant
+        self._requests = 0
+        self._half_closed = False
+        self._ended_by_edge: RpcStatus | None = None
+        self._status: RpcStatus | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    # ---- frames from the client (called by the socket's reader) ----
+
+    def deliver(self, data: bytes, *, end: bool) -> None:
+        """A request message from the client."""
+        if self._half_closed:
+            raise StreamError(edge_status(Status.INVALID_ARGUMENT, "message after end of stream",
+                                          reason="MESSAGE_AFTER_END"))
+        self._requests += 1
+        if not self.method.cardinality.client_streaming and self._requests > 1:
+            raise StreamError(edge_status(
+                Status.INVALID_ARGUMENT, f"{self.method.path} takes exactly one request message",
+                reason="CARDINALITY_VIOLATION"))
+        if self._window <= 0:
+            raise StreamError(edge_status(
+                Status.RESOURCE_EXHAUSTED, "client sent more messages than the edge granted",
+                reason="FLOW_CONTROL_VIOLATION"))
+        self._window -= 1
+        self._half_closed = end
+        self._inbox.put_nowait((data, end))
+
+    def end(self) -> None:
+        """The client half-closed."""
+        if self._half_closed:
+            return
+        if not self.method.cardinality.client_streaming and self._requests == 0:
+            raise StreamError(edge_status(
+                Status.INVALID_ARGUMENT, f"{self.method.path} takes exactly one request message",
+                reason="CARDINALITY_VIOLATION"))
+        self._half_closed = True
+        self._inbox.put_nowait(None)
+
+    def grant(self, n: int) -> None:
+        """The client can take ``n`` more response messages."""
+        self._credit = min(self._credit + n, MAX_CREDIT)
+        self._credit_granted.set()
+
+    def terminate(self, status: RpcStatus) -> None:
+        """End the stream now with ``status`` (client cancel, a misuse, drain)."""
+        if self._ended_by_edge is None and self._status is None:
+            self._ended_by_edge = status
+        if self.task is not None:
+            self.task.cancel()
+
+    # ---- the stream's task ----
+
+    async def run(self, upstream: Upstream, *, metadata: list[tuple[str, str | bytes]],
+                  time_limit: float | None) -> None:
+        """Bridge the call and record how it ended (:meth:`finish` reports it)."""
+        try:
+            async with asyncio.timeout(time_limit):
+                self._status = await self._call(upstream, metadata, time_limit)
+        except Exception as exc:  # any failure ends this stream alone, never the socket
+            self._status = status_of(exc)
+            if self._status is None:
+                log.error("edge stream failed", exc_info=exc, extra={"method": self.method.path})
+                self._status = edge_status(Status.INTERNAL, "edge error", reason="EDGE_INTERNAL")
+
+    def finish(self) -> None:
+        """Queue the ``close`` frame, once; called when the stream's task is done.
+
+        A done callback rather than a ``finally``: a task cancelled before its
+        first step never runs its coroutine, and its stream must close all the same.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        status = self._ended_by_edge or self._status
+        if status is None:
+            status = edge_status(Status.CANCELLED, "stream cancelled", reason="CANCELLED")
+        fields: dict[str, Any] = {"status": self._codec.connect_status(status)}
+        if status.trailers:
+            fields["trailers"] = expose(status.trailers)
+        self._outbox.push(Frame(FrameType.CLOSE, self.id, fields))
+
+    async def _call(self, upstream: Upstream, metadata: list[tuple[str, str | bytes]],
+                    time_limit: float | None) -> RpcStatus:
+        async with upstream.open(self.method, metadata=metadata, timeout=time_limit) as call:
+            await call.send_request()
+            sender = asyncio.create_task(self._send(call), name=f"edge-send-{self.id}")
+            try:
+                return await self._receive(call)
+            except GRPCError as exc:
+                return call_status(call, exc)
+            finally:
+                sender.cancel()
+                await asyncio.wait([sender])
+                if not sender.cancelled() and (error := sender.exception()) is not None:
+                    log.debug("edge sender ended", exc_info=error)
+
+    async def _receive(self, call: Stream[bytes, bytes]) -> RpcStatus:
+        await call.recv_initial_metadata()
+        self._outbox.push(Frame(FrameType.HEADERS, self.id, {"metadata": expose(call.initial_metadata.items()
+                                                                                   if call.initial_metadata
+                                                                                   else ())}))
+        while True:
+            while self._credit <= 0:
+                self._credit_granted.clear()
+                await self._credit_granted.wait()
+            data = await call.recv_message()
+            if data is None:
+                break
+            self._credit -= 1
+            await self._outbox.send(Frame(FrameType.MSG, self.id, message=self._wire.response(self.method, data)))
+        await end_sending(call)
+        await call.recv_trailing_metadata()
+        return call_status(call)
+
+    async def _send(self, call: Stream[bytes, bytes]) -> None:
+        try:
+            while (item := await self._inbox.get()) is not None:
+                data, end = item
+                await call.send_message(data, end=end)
+                if end:
+                    return
+                self._forwarded += 1
+                # Grant in batches (half a window) so an upload is not one credit frame per message.
+                if self.method.cardinality.client_streaming and self._forwarded * 2 >= self._send_window:
+                    self._window += self._forwarded
+                    self._outbox.push(Frame(FrameType.CREDIT, self.id, {"n": self._forwarded}))
+                    self._forwarded = 0
+            await call.end()
+        except (StreamTerminatedError, ProtocolError, H2Error, ConnectionError):
+            # The server ended or reset the call while we were sending; the
+            # receive side reports the status it sent.
+            return

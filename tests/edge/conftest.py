@@ -1,0 +1,29 @@
+"""Edge fixtures: a real edge in front of the real in-process app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from daveloper.app import App
+from daveloper.config import Address, Settings
+from daveloper.edge import Edge, open_edge
+
+
+@pytest.fixture
+def edge_settings(settings: Settings) -> Settings:
+    return settings.replace(edge_addr=Address("127.0.0.1", 0))
+
+
+@pytest.fixture
+async def edge(edge_settings: Settings, app: App) -> AsyncIterator[Edge]:
+    async with open_edge(edge_settings, upstream=app.grpc_addr, health=app.health) as running:
+        yield running
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
