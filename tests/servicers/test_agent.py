@@ -31,6 +31,7 @@ from generated.daveloper.v1 import (
     WatchRequest,
     WatchResponse,
 )
+from tests.grpc_helpers import bearer, reason
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,9 +47,6 @@ Without it, an embedded Valkey starts under the data directory.
 On SIGTERM the server stops accepting calls and lets running streams finish for DAVELOPER_DRAIN_SECONDS.
 """
 
-
-def bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
 
 
 async def new_token(channel: Channel) -> str:
@@ -71,9 +69,6 @@ def kinds(events: list[ChatEvent]) -> list[str]:
     names = ["turn_started", "token_delta", "tool_call", "tool_result", "citation", "turn_completed", "turn_failed"]
     return [next(n for n in names if getattr(e, n) is not None) for e in events]
 
-
-def reason(error: GRPCError) -> str:
-    return next(d.reason for d in error.details if isinstance(d, error_details_pb2.ErrorInfo))
 
 
 async def test_offline_turn_answers_from_documents_with_citations(channel: Channel, token: str) -> None:

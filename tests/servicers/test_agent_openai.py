@@ -24,14 +24,12 @@ from generated.daveloper.v1 import (
     WatchRequest,
 )
 from tests.agent.openai_server import FakeOpenAI, Script, ScriptedCall
+from tests.grpc_helpers import bearer
 
 pytestmark = pytest.mark.timeout(60)
 
 WORDS = [f"word{i} " for i in range(60)]
 
-
-def bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
 
 
 @pytest.fixture

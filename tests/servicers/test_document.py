@@ -6,7 +6,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
-from google.rpc import error_details_pb2
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
@@ -34,6 +33,7 @@ from generated.daveloper.v1 import (
     WatchIngestionRequest,
 )
 from tests.documents import samples
+from tests.grpc_helpers import bearer, reason
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -71,9 +71,6 @@ class Retrier:
 '''
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
-
 
 def requests(name: str, data: bytes, *, chunk_size: int = 64, **header: Any) -> list[UploadRequest]:
     first = UploadRequest(header=UploadHeader(file_name=name, size_bytes=len(data), **header))
@@ -88,9 +85,6 @@ def stored(events: list[IngestEvent]) -> Document:
     assert events[-1].stored is not None, events[-1]
     return events[-1].stored
 
-
-def reason(error: GRPCError) -> str:
-    return next(d.reason for d in error.details if isinstance(d, error_details_pb2.ErrorInfo))
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import datetime
 
 import pytest
 import redis.asyncio as aioredis
-from google.rpc import error_details_pb2
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -20,16 +19,11 @@ from generated.daveloper.v1 import (
     SessionServiceStub,
     TailRequest,
 )
+from tests.grpc_helpers import bearer, reason
 
 pytestmark = pytest.mark.timeout(30)
 
 
-def reason(error: GRPCError) -> str:
-    return next(d.reason for d in error.details if isinstance(d, error_details_pb2.ErrorInfo))
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
 
 
 async def test_create_then_get_returns_the_same_session(channel: Channel) -> None:
