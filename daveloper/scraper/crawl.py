@@ -192,6 +192,13 @@ class _Crawl:
         self._budget_reported = False
 
     async def run(self) -> None:
+        try:
+            await self._crawl()
+        finally:
+            await self._robots.aclose()
+        await self._run.progress(force=True)
+
+    async def _crawl(self) -> None:
         await self._run.log(f"crawling {len(self._plan.seeds)} seed(s), depth {self._plan.max_depth}, "
                             f"up to {self._plan.max_pages} pages")
         for seed in self._plan.seeds:
@@ -207,7 +214,6 @@ class _Crawl:
         except* DaveloperError as group:
             # A job-level failure (the daily quota, Redis) in one worker ends the crawl; report that error.
             raise group.exceptions[0] from None
-        await self._run.progress(force=True)
 
     async def _work(self) -> None:
         while True:

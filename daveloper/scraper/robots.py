@@ -25,6 +25,12 @@ _ALLOW_ALL = b""
 _DISALLOW_ALL = b"User-agent: *\nDisallow: /\n"
 
 
+def _retrieve(future: asyncio.Future[SiteRules]) -> None:
+    """Mark a failure as seen: each waiter gets it, and none is left to be reported at garbage collection."""
+    if not future.cancelled():
+        future.exception()
+
+
 class SiteRules:
     """The parsed robots.txt of one origin."""
 
@@ -61,9 +67,18 @@ class RobotsCache:
         origin = str(url.origin())
         pending = self._sites.get(origin)
         if pending is None:
-            # One fetch per origin however many workers ask at once.
+            # One fetch per origin however many workers ask at once; a worker that is
+            # cancelled while waiting must not cancel the fetch the others wait for.
             pending = self._sites[origin] = asyncio.ensure_future(self._load(url.origin()))
+            pending.add_done_callback(_retrieve)
         return await asyncio.shield(pending)
+
+    async def aclose(self) -> None:
+        """Cancel fetches nobody waits for any more (the crawl ended)."""
+        pending = [f for f in self._sites.values() if not f.done()]
+        for future in pending:
+            future.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _load(self, origin: URL) -> SiteRules:
         agent = self._fetcher.limits.user_agent.split("/")[0]
