@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("module", ["scripts.bench.rpc_overhead", "scripts.bench.codec", "scripts.bench.documents",
-                                    "scripts.bench.chat"])
+                                    "scripts.bench.chat", "scripts.bench.scrape", "scripts.bench.cancel"])
 def test_benchmark_runs_and_reports_both_sides(module: str) -> None:
     done = subprocess.run([sys.executable, "-m", module, "--quick", "--json"], cwd=ROOT,
                           capture_output=True, text=True, timeout=110, check=True)
@@ -26,6 +26,15 @@ def test_benchmark_runs_and_reports_both_sides(module: str) -> None:
         for run in results.values():
             assert run["tokens"] == 10 * 20
         assert results["one event per delta"]["events"] == 200
+    elif module.endswith("scrape"):
+        for crawler in ("daveloper", "scrapy"):
+            assert results[crawler]["pages_per_s"] > 0
+            assert results[crawler]["peak_rss_mib"] > 0
+            assert [run["pages"] for run in results[crawler]["runs"]] == [200]
+    elif module.endswith("cancel"):
+        assert results["daveloper"]["upstream_closed"]["p50"] > 0
+        assert results["daveloper"]["turn_completed"]["p50"] > 0
+        assert results["sdk"]["upstream_closed"]["p50"] > 0
     elif module.endswith("documents"):
         assert results["ingestion"]["chunks"] == results["pipeline_floor"]["chunks"] > 0
         assert results["search"]["500"]["daveloper"]["p50"] > 0
