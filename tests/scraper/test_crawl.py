@@ -235,20 +235,20 @@ async def test_session_limits_on_concurrent_jobs_and_daily_pages(
     app: App, scraper: ScraperServiceStub, token: str, site: Site
 ) -> None:
     site.page_delay = 0.2
-    spec = ScrapeSpec(urls=[site.url("/")], max_depth=2, max_pages=1000)
+    spec = ScrapeSpec(urls=[site.url("/")], max_depth=1, max_pages=50)
     started = []
     for _ in range(4):  # the test settings allow 4 concurrent jobs per session
-        started.append((await scraper.start_scrape(StartScrapeRequest(spec=spec), timeout=5,
+        started.append((await scraper.start_scrape(StartScrapeRequest(spec=spec), timeout=15,
                                                    metadata=bearer(token))).job.id)
     with pytest.raises(GRPCError) as error:
-        await scraper.start_scrape(StartScrapeRequest(spec=spec), timeout=5, metadata=bearer(token))
+        await scraper.start_scrape(StartScrapeRequest(spec=spec), timeout=15, metadata=bearer(token))
     assert error.value.status == Status.RESOURCE_EXHAUSTED
     assert reason(error.value) == "CONCURRENT_JOBS"
     assert retry_seconds(error.value) is not None
     for job_id in started:
-        await scraper.cancel_job(CancelJobRequest(job_id=job_id), timeout=5, metadata=bearer(token))
+        await scraper.cancel_job(CancelJobRequest(job_id=job_id), timeout=15, metadata=bearer(token))
     for job_id in started:
-        [_ async for _ in scraper.watch_job(WatchJobRequest(job_id=job_id), timeout=30, metadata=bearer(token))]
+        [_ async for _ in scraper.watch_job(WatchJobRequest(job_id=job_id), timeout=60, metadata=bearer(token))]
     # Slots are free again once the jobs ended.
     site.page_delay = 0
     events = await crawl(scraper, token, urls=[site.url("/orphan")], max_depth=0)
