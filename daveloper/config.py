@@ -16,7 +16,7 @@ from pathlib import Path
 
 from daveloper.errors import ConfigError
 
-__all__ = ["Address", "Settings"]
+__all__ = ["Address", "Settings", "parse_rate"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 EMBEDDERS = ("bm25", "openai", "minilm")
@@ -49,6 +49,17 @@ def _default_data_dir() -> Path:
 
 def _default_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+_PERIODS = {"s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, "hour": 3600.0}
+
+
+def parse_rate(text: str, *, name: str = "rate") -> tuple[int, float]:
+    """``"30/min"`` → ``(30, 60.0)``: calls allowed (also the burst) and the period in seconds."""
+    count, sep, period = text.strip().partition("/")
+    if not sep or not count.strip().isdigit() or int(count) <= 0 or period.strip().lower() not in _PERIODS:
+        raise ConfigError(f"{name}: expected N/s, N/min or N/h, got {text!r}")
+    return int(count), _PERIODS[period.strip().lower()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +144,33 @@ class Settings:
     #: GitHub REST API root (GitHub Enterprise: ``https://HOST/api/v3``); the token is optional.
     github_api_url: str = "https://api.github.com"
     github_token: str | None = None
+    #: Old signing keys still accepted (not used to sign) while their tokens live out a key rotation.
+    previous_secret_keys: tuple[str, ...] = ()
+    #: A session with no authenticated call for this long expires (and is swept), whatever its TTL.
+    session_idle_ttl_seconds: int = 24 * 3600
+    #: How often the sweeper looks for expired sessions and removes every trace of them.
+    sweep_interval_seconds: float = 300.0
+    #: Rate limits, token buckets per session and per client address: ``N/s``, ``N/min`` or ``N/h``
+    #: (N is also the burst). Chat turns, uploads, scrape and GitHub jobs, everything else, and
+    #: new sessions (per client address only).
+    rate_chat_turns: str = "30/min"
+    rate_uploads: str = "30/min"
+    rate_scrapes: str = "10/min"
+    rate_calls: str = "1200/min"
+    rate_sessions: str = "30/min"
+    #: A client address may use this many times a session's rate (several users behind one NAT).
+    rate_address_factor: float = 4.0
+    #: Proxies (addresses or CIDR networks) whose ``X-Forwarded-For`` the edge believes.
+    trusted_proxies: tuple[str, ...] = ()
+    #: Per-session quotas.
+    quota_documents: int = 500
+    quota_stored_bytes: int = 256 * 1024 * 1024
+    quota_concurrent_turns: int = 4
+    #: Security-relevant events are kept this long (readable with the admin token).
+    audit_retention_seconds: int = 30 * 24 * 3600
+    #: PEM certificate chain and key: serve gRPC and the edge over TLS.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     log_level: str = "INFO"
     instance_id: str = field(default_factory=_default_instance_id)
 
@@ -143,13 +181,19 @@ class Settings:
                      "redis_max_connections", "event_retention", "event_ttl_seconds", "ws_max_frame_bytes",
                      "ws_max_streams", "ws_max_metadata_bytes", "ws_idle_seconds", "ws_max_sockets_per_session",
                      "scrape_concurrency", "scrape_per_host_concurrency", "scrape_timeout_seconds",
-                     "scrape_max_page_bytes", "scrape_jobs_per_session", "scrape_pages_per_day"):
+                     "scrape_max_page_bytes", "scrape_jobs_per_session", "scrape_pages_per_day",
+                     "session_idle_ttl_seconds", "sweep_interval_seconds", "rate_address_factor",
+                     "quota_documents", "quota_stored_bytes", "quota_concurrent_turns", "audit_retention_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.llm_provider not in ("", *LLM_PROVIDERS):
             raise ConfigError(f"llm provider must be one of {', '.join(LLM_PROVIDERS)}, got {self.llm_provider!r}")
         if self.embedder not in EMBEDDERS:
             raise ConfigError(f"embedder must be one of {', '.join(EMBEDDERS)}, got {self.embedder!r}")
+        for name in ("rate_chat_turns", "rate_uploads", "rate_scrapes", "rate_calls", "rate_sessions"):
+            parse_rate(getattr(self, name), name=name)
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("TLS needs both tls_cert_file and tls_key_file")
         if self.scrape_per_host_delay_ms < 0:
             raise ConfigError("scrape_per_host_delay_ms must not be negative")
         if self.drain_seconds < 0:
@@ -180,13 +224,20 @@ class Settings:
             values["edge_addr"] = Address.parse(addr, name="DAVELOPER_EDGE_ADDR")
         if (origins := get("ALLOWED_ORIGINS")) is not None:
             values["allowed_origins"] = tuple(o.strip().rstrip("/") for o in origins.split(",") if o.strip())
+        for key in ("previous_secret_keys", "trusted_proxies"):
+            if (listed := get(key.upper())) is not None:
+                values[key] = tuple(item.strip() for item in listed.split(",") if item.strip())
+        for key in ("tls_cert_file", "tls_key_file"):
+            if (path := get(key.upper())) is not None:
+                values[key] = Path(path).expanduser()
         if (allow := get("SCRAPE_ALLOW")) is not None:
             values["scrape_allow"] = tuple(a.strip() for a in allow.split(",") if a.strip())
         if (data_dir := get("DATA_DIR")) is not None:
             values["data_dir"] = Path(data_dir).expanduser()
         for key in ("redis_url", "qdrant_url", "qdrant_api_key", "secret_key", "admin_token", "instance_id",
                     "embedding_base_url", "embedding_api_key", "embedding_model",
-                    "llm_base_url", "llm_api_key", "llm_model", "system_prompt", "github_api_url", "github_token"):
+                    "llm_base_url", "llm_api_key", "llm_model", "system_prompt", "github_api_url", "github_token",
+                    "rate_chat_turns", "rate_uploads", "rate_scrapes", "rate_calls", "rate_sessions"):
             if (value := get(key.upper())) is not None:
                 values[key] = value
         if (provider := get("LLM_PROVIDER")) is not None:
@@ -204,7 +255,10 @@ class Settings:
                           ("ws_max_sockets_per_session", int), ("scrape_concurrency", int),
                           ("scrape_per_host_concurrency", int), ("scrape_per_host_delay_ms", int),
                           ("scrape_timeout_seconds", float), ("scrape_max_page_bytes", int),
-                          ("scrape_jobs_per_session", int), ("scrape_pages_per_day", int)):
+                          ("scrape_jobs_per_session", int), ("scrape_pages_per_day", int),
+                          ("session_idle_ttl_seconds", int), ("sweep_interval_seconds", float),
+                          ("rate_address_factor", float), ("quota_documents", int), ("quota_stored_bytes", int),
+                          ("quota_concurrent_turns", int), ("audit_retention_seconds", int)):
             if (num := number(key.upper(), kind)) is not None:
                 values[key] = num
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -6,6 +6,7 @@
 __all__ = (
     "AgentServiceBase",
     "AgentServiceStub",
+    "AuditEvent",
     "CancelIngestionRequest",
     "CancelIngestionResponse",
     "CancelJobRequest",
@@ -61,6 +62,8 @@ __all__ = (
     "JobQueued",
     "JobState",
     "JobStats",
+    "ListAuditEventsRequest",
+    "ListAuditEventsResponse",
     "ListCollectionsRequest",
     "ListCollectionsResponse",
     "ListConversationsRequest",
@@ -80,6 +83,8 @@ __all__ = (
     "Point",
     "QueryPointsRequest",
     "QueryPointsResponse",
+    "Quota",
+    "RateLimit",
     "ScoredPoint",
     "ScrapeRequest",
     "ScrapeResponse",
@@ -410,6 +415,48 @@ class TurnState(betterproto2.Enum):
             "TURN_STATE_COMPLETED": 2,
             "TURN_STATE_FAILED": 3,
         }
+
+
+@dataclass(eq=False, repr=False)
+class AuditEvent(betterproto2.Message):
+    time: "datetime.datetime | None" = betterproto2.field(
+        1,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: __google__protobuf__.Timestamp,
+        optional=True,
+    )
+
+    kind: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Stable kind, e.g. "session.created", "auth.failed", "rate_limited".
+    """
+
+    session_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    request_id: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    client_address: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    The client's address as the server saw it (after trusted proxies).
+    """
+
+    method: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    The RPC method, when the event happened in one.
+    """
+
+    instance: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+
+    fields: "dict[str, str]" = betterproto2.field(
+        8,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(
+            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
+        ),
+    )
+
+
+default_message_pool.register_message("daveloper.v1", "AuditEvent", AuditEvent)
 
 
 @dataclass(eq=False, repr=False)
@@ -1076,6 +1123,20 @@ class GetSessionResponse(betterproto2.Message):
         1, betterproto2.TYPE_MESSAGE, optional=True
     )
 
+    quotas: "list[Quota]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    The session's quotas with current usage.
+    """
+
+    rate_limits: "list[RateLimit]" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    The session's rate limits with what is available now.
+    """
+
 
 default_message_pool.register_message(
     "daveloper.v1", "GetSessionResponse", GetSessionResponse
@@ -1364,6 +1425,39 @@ default_message_pool.register_message("daveloper.v1", "JobStats", JobStats)
 
 
 @dataclass(eq=False, repr=False)
+class ListAuditEventsRequest(betterproto2.Message):
+    page_size: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+
+    page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    kind: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Only events of this kind / this session, when set.
+    """
+
+    session_id: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message(
+    "daveloper.v1", "ListAuditEventsRequest", ListAuditEventsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListAuditEventsResponse(betterproto2.Message):
+    events: "list[AuditEvent]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message(
+    "daveloper.v1", "ListAuditEventsResponse", ListAuditEventsResponse
+)
+
+
+@dataclass(eq=False, repr=False)
 class ListCollectionsRequest(betterproto2.Message):
     pass
 
@@ -1629,6 +1723,54 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class Quota(betterproto2.Message):
+    """
+    A limit on what a session may hold or run at once, and how much of it is used.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Stable name, e.g. "documents", "stored_bytes", "concurrent_turns",
+    "concurrent_jobs", "scrape_pages_today", "sockets".
+    """
+
+    limit: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+
+    used: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message("daveloper.v1", "Quota", Quota)
+
+
+@dataclass(eq=False, repr=False)
+class RateLimit(betterproto2.Message):
+    """
+    A token bucket on calls of one class ("chat_turns", "uploads", "scrapes",
+    "calls"), applied per session and per client address.
+    """
+
+    method_class: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    burst: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
+    """
+    Bucket size: calls allowed in a burst.
+    """
+
+    per_minute: "float" = betterproto2.field(3, betterproto2.TYPE_DOUBLE)
+    """
+    Calls added back per minute.
+    """
+
+    available: "float" = betterproto2.field(4, betterproto2.TYPE_DOUBLE)
+    """
+    Calls the session may make right now.
+    """
+
+
+default_message_pool.register_message("daveloper.v1", "RateLimit", RateLimit)
+
+
+@dataclass(eq=False, repr=False)
 class ScoredPoint(betterproto2.Message):
     point: "Point | None" = betterproto2.field(
         1, betterproto2.TYPE_MESSAGE, optional=True
@@ -1821,6 +1963,17 @@ class Session(betterproto2.Message):
     )
     """
     Free-form labels chosen by the client (e.g. the front-end's name).
+    """
+
+    last_active_time: "datetime.datetime | None" = betterproto2.field(
+        5,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: __google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    Last authenticated call (to the minute); an idle session expires
+    session_idle_ttl after it, even before expire_time.
     """
 
 
@@ -2620,6 +2773,29 @@ class LogsServiceStub(betterproto2_grpclib.ServiceStub):
         ):
             yield response
 
+    async def list_audit_events(
+        self,
+        message: "ListAuditEventsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListAuditEventsResponse":
+        """
+        Security-relevant events (sessions created and deleted, authentication
+        failures, rate-limit rejections, admin reads, refused fetches, deletions),
+        newest first. Requires the admin token.
+        """
+
+        return await self._unary_unary(
+            "/daveloper.v1.LogsService/ListAuditEvents",
+            message,
+            ListAuditEventsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class ScraperServiceStub(betterproto2_grpclib.ServiceStub):
     """
@@ -3288,6 +3464,17 @@ class LogsServiceBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield TailResponse()
 
+    async def list_audit_events(
+        self, message: "ListAuditEventsRequest"
+    ) -> "ListAuditEventsResponse":
+        """
+        Security-relevant events (sessions created and deleted, authentication
+        failures, rate-limit rejections, admin reads, refused fetches, deletions),
+        newest first. Requires the admin token.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_tail(
         self, stream: "grpclib.server.Stream[TailRequest, TailResponse]"
     ) -> None:
@@ -3299,6 +3486,15 @@ class LogsServiceBase(betterproto2_grpclib.ServiceBase):
             request,
         )
 
+    async def __rpc_list_audit_events(
+        self,
+        stream: "grpclib.server.Stream[ListAuditEventsRequest, ListAuditEventsResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.list_audit_events(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/daveloper.v1.LogsService/Tail": grpclib.const.Handler(
@@ -3306,6 +3502,12 @@ class LogsServiceBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_STREAM,
                 TailRequest,
                 TailResponse,
+            ),
+            "/daveloper.v1.LogsService/ListAuditEvents": grpclib.const.Handler(
+                self.__rpc_list_audit_events,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListAuditEventsRequest,
+                ListAuditEventsResponse,
             ),
         }
 
