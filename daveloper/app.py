@@ -21,6 +21,7 @@ from daveloper.agent.llm import make_chat_model
 from daveloper.agent.model import ChatModel
 from daveloper.agent.tools import Toolbox
 from daveloper.agent.turns import DEFAULT_SYSTEM_PROMPT, Agent, AgentSettings
+from daveloper.audit import AuditLog
 from daveloper.config import Address, Settings
 from daveloper.descriptors import load_descriptor_pool
 from daveloper.documents.catalog import Catalog
@@ -32,10 +33,13 @@ from daveloper.documents.search import DocumentSearch
 from daveloper.documents.store import ChunkStore
 from daveloper.edge import Edge, open_edge
 from daveloper.eventlog import EventLog
+from daveloper.guard import Guard, RatePolicy
 from daveloper.health import HealthMonitor
 from daveloper.infra.qdrant import open_qdrant, qdrant_probe
 from daveloper.infra.redis import open_redis, redis_probe
 from daveloper.jobs import BackgroundJobs
+from daveloper.leases import LeaseSet
+from daveloper.ratelimit import RateLimiter
 from daveloper.rpc import Interceptor
 from daveloper.scraper.crawl import Crawler, CrawlLimits
 from daveloper.scraper.fetcher import Fetcher, FetchLimits, open_http_session
@@ -46,11 +50,12 @@ from daveloper.scraper.safety import AddressPolicy
 from daveloper.scraper.tools import WebTools
 from daveloper.servicers.agent import AgentService, purge_conversations
 from daveloper.servicers.document import DocumentService
+from daveloper.servicers.logs import LogsService
 from daveloper.servicers.scraper import ScraperService
 from daveloper.servicers.session import SessionService
 from daveloper.servicers.vector import VectorService, delete_session_vectors
 from daveloper.sessions import SessionStore, TokenSigner, load_secret_key
-from generated.daveloper.v1 import Document, LogsServiceBase
+from generated.daveloper.v1 import Document
 
 __all__ = ["App", "open_app", "serve"]
 
@@ -127,6 +132,8 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
 
         signer = TokenSigner(await load_secret_key(redis, settings.secret_key))
         sessions = SessionStore(redis, signer, admin_token=settings.admin_token)
+        audit = AuditLog(redis, retention_seconds=settings.audit_retention_seconds, instance=settings.instance_id)
+        guard = Guard(sessions, RateLimiter(redis), RatePolicy.from_settings(settings), audit)
 
         embedder = make_embedder(
             settings.embedder, redis=redis, openai_model=settings.embedding_model,
@@ -137,7 +144,8 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
         chunk_store = ChunkStore(qdrant, dense_size=embedder.dense_size, embedder=embedder.name)
         await chunk_store.ensure_collection()
         search = DocumentSearch(chunk_store, embedder)
-        catalog = Catalog(redis, ingestion_ttl_seconds=settings.event_ttl_seconds)
+        catalog = Catalog(redis, ingestion_ttl_seconds=settings.event_ttl_seconds,
+                          max_documents=settings.quota_documents, max_bytes=settings.quota_stored_bytes)
         jobs = BackgroundJobs()
         stack.push_async_callback(jobs.aclose)
         ingestor = Ingestor(events=events, catalog=catalog, store=chunk_store, embedder=embedder, jobs=jobs,
@@ -155,6 +163,7 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
         conversations = Conversations(redis)
         agent = Agent(
             events=events, conversations=conversations, model=model, jobs=jobs,
+            leases=LeaseSet(redis, "turns", ttl_seconds=600),
             tools=Toolbox(search=search, redis=redis, web=WebTools(
                 runner=scraper.runner, crawler=scraper.crawler, github=scraper.github,
                 chunks=lambda session_id, document_id, limit: chunk_store.chunks(session_id, document_id, limit=limit),
@@ -163,28 +172,28 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
                                    max_tool_rounds=settings.max_tool_rounds, model=settings.llm_model,
                                    coalesce_chars=settings.coalesce_chars,
                                    coalesce_seconds=settings.coalesce_ms / 1000,
-                                   owner=settings.instance_id),
+                                   owner=settings.instance_id,
+                                   max_concurrent_turns=settings.quota_concurrent_turns),
         )
 
         async def purge_chats(session_id: str) -> None:
             await purge_conversations(conversations, events, session_id)
 
         session_service = SessionService(
-            store=sessions,
+            store=sessions, auth=guard,
             default_ttl=settings.session_ttl_seconds,
             max_ttl=settings.session_max_ttl_seconds,
             purgers=[purge_chats, catalog.purge_session, purge_vectors, scraper.store.purge_session],
         )
-        documents = DocumentService(auth=sessions, ingestor=ingestor, catalog=catalog, chunks=chunk_store,
+        documents = DocumentService(auth=guard, ingestor=ingestor, catalog=catalog, chunks=chunk_store,
                                     search=search, events=events, max_upload_bytes=settings.max_upload_bytes)
-        # Services without an implementation yet answer UNIMPLEMENTED (the generated bases).
         services: list[Any] = [
             session_service,
             documents,
-            VectorService(auth=sessions, qdrant=qdrant),
-            AgentService(auth=sessions, agent=agent, conversations=conversations, events=events),
-            ScraperService(auth=sessions, runner=scraper.runner, crawler=scraper.crawler, github=scraper.github),
-            LogsServiceBase(),
+            VectorService(auth=guard, qdrant=qdrant),
+            AgentService(auth=guard, agent=agent, conversations=conversations, events=events),
+            ScraperService(auth=guard, runner=scraper.runner, crawler=scraper.crawler, github=scraper.github),
+            LogsService(auth=guard, audit=audit),
         ]
 
         health = HealthMonitor([redis_probe(redis), qdrant_probe(qdrant)])
@@ -193,7 +202,8 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
         needs = {s: ["redis", "qdrant"] if isinstance(s, qdrant_users) else ["redis"] for s in services}
         health_service = health.service(needs)
 
-        interceptor = Interceptor(max_message_bytes=settings.max_message_bytes)
+        interceptor = Interceptor(max_message_bytes=settings.max_message_bytes,
+                                  trusted_proxies=settings.trusted_proxies)
         server = Server(ServerReflection.extend([*services, health_service], pool=load_descriptor_pool()))
         interceptor.install(server)
         await server.start(settings.grpc_addr.host, settings.grpc_addr.port)

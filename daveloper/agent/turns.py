@@ -29,9 +29,10 @@ from daveloper.agent.llm.passages import format_passages
 from daveloper.agent.model import ChatModel, Message, ModelDone, TextDelta, ToolCallRequest, ToolSpec
 from daveloper.agent.tools import Toolbox
 from daveloper.documents.tokens import count_tokens
-from daveloper.errors import Cancelled, DaveloperError, to_failure
+from daveloper.errors import Cancelled, DaveloperError, ResourceExhausted, to_failure
 from daveloper.eventlog import EventLog
 from daveloper.jobs import BackgroundJobs
+from daveloper.leases import LeaseSet
 from generated.daveloper.v1 import (
     ChatEvent,
     ChatOptions,
@@ -77,6 +78,8 @@ class AgentSettings:
     coalesce_seconds: float = 0.015
     model: str = ""
     owner: str = ""
+    #: Turns one session may run at once (0: no limit).
+    max_concurrent_turns: int = 0
 
 
 @dataclass
@@ -101,8 +104,10 @@ class Agent:
     """Starts turns and runs them to completion in the background."""
 
     def __init__(self, *, events: EventLog, conversations: Conversations, model: ChatModel, tools: Toolbox,
-                 jobs: BackgroundJobs, settings: AgentSettings) -> None:
+                 jobs: BackgroundJobs, settings: AgentSettings, leases: LeaseSet | None = None) -> None:
         self._events = events
+        #: Running turns per session, for ``max_concurrent_turns``.
+        self.leases = leases
         self._conversations = conversations
         self._model = model
         self._tools = tools
@@ -117,8 +122,17 @@ class Agent:
             conversation = Conversation(id=conversation_id, title=text[:80], create_time=now(), update_time=now())
         turn = Turn(id="turn_" + secrets.token_hex(10), client_message_id=client_message_id, user_text=text,
                     state=TurnState.RUNNING, create_time=now())
-        earlier = await self._conversations.add_turn(session_id, conversation_id, turn)
+        limit = self._settings.max_concurrent_turns
+        if self.leases is not None and limit and not await self.leases.acquire(session_id, turn.id, limit):
+            raise ResourceExhausted(f"this session already runs {limit} turns; wait for one to finish",
+                                    reason="CONCURRENT_TURNS", retry_after=1.0, metadata={"limit": str(limit)})
+        try:
+            earlier = await self._conversations.add_turn(session_id, conversation_id, turn)
+        except BaseException:
+            await self._release(session_id, turn.id)
+            raise
         if earlier is not None:
+            await self._release(session_id, turn.id)
             return earlier, 0, True
         conversation.turn_count += 1
         conversation.update_time = now()
@@ -129,6 +143,10 @@ class Agent:
             owner=self._settings.owner))
         self._jobs.spawn(self._run(state), name=f"turn {turn.id}")
         return turn, seq, False
+
+    async def _release(self, session_id: str, turn_id: str) -> None:
+        if self.leases is not None:
+            await self.leases.release(session_id, turn_id)
 
     async def cancel(self, turn_id: str) -> bool:
         return await self._events.request_cancel(turn_scope(turn_id))
@@ -157,6 +175,8 @@ class Agent:
             raise
         except Exception as exc:
             failure = exc
+        finally:
+            await asyncio.shield(self._release(turn.session_id, turn.record.id))
         await self._finish(turn, finish, failure)
 
     async def _finish(self, turn: _Turn, finish: FinishReason, failure: BaseException | None) -> None:

@@ -19,7 +19,7 @@ import hashlib
 
 import redis.asyncio as aioredis
 
-from daveloper.errors import NotFound
+from daveloper.errors import NotFound, ResourceExhausted
 from daveloper.paging import next_page_token, page_offset
 from generated.daveloper.v1 import Document
 
@@ -43,10 +43,34 @@ def _text(value: object) -> str:
 class Catalog:
     """Document and ingestion records of every session."""
 
-    def __init__(self, redis: aioredis.Redis, *, prefix: str = "dv:", ingestion_ttl_seconds: int = 7 * 24 * 3600):
+    def __init__(self, redis: aioredis.Redis, *, prefix: str = "dv:", ingestion_ttl_seconds: int = 7 * 24 * 3600,
+                 max_documents: int = 0, max_bytes: int = 0):
         self._redis = redis
         self._prefix = prefix
         self._ingestion_ttl = ingestion_ttl_seconds
+        #: Per-session quotas (0: none).
+        self.max_documents = max_documents
+        self.max_bytes = max_bytes
+
+    def _usage(self, session_id: str) -> str:
+        return f"{self._prefix}docusage:{session_id}"
+
+    async def usage(self, session_id: str) -> tuple[int, int]:
+        """(documents, stored bytes) of a session."""
+        documents, size = await self._redis.hmget(self._usage(session_id), ["documents", "bytes"])
+        return int(documents or 0), int(size or 0)
+
+    async def check_quota(self, session_id: str, size: int) -> None:
+        """RESOURCE_EXHAUSTED if one more document of ``size`` bytes would exceed the session's quotas."""
+        documents, stored = await self.usage(session_id)
+        if self.max_documents and documents + 1 > self.max_documents:
+            raise ResourceExhausted(f"this session already holds {documents} documents, its quota",
+                                    reason="QUOTA_DOCUMENTS", metadata={"limit": str(self.max_documents)})
+        if self.max_bytes and stored + size > self.max_bytes:
+            raise ResourceExhausted(
+                f"storing {size} more bytes would exceed this session's quota of {self.max_bytes} bytes "
+                f"({stored} used); delete documents to make room",
+                reason="QUOTA_STORED_BYTES", metadata={"limit": str(self.max_bytes), "used": str(stored)})
 
     def _doc(self, session_id: str, document_id: str) -> str:
         return f"{self._prefix}doc:{session_id}:{document_id}"
@@ -65,6 +89,8 @@ class Catalog:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(self._doc(session_id, document.id), bytes(document))
             pipe.zadd(self._docs(session_id), {document.id: document.create_time.timestamp()})
+            pipe.hincrby(self._usage(session_id), "documents", 1)
+            pipe.hincrby(self._usage(session_id), "bytes", document.size_bytes)
             if document.client_document_id:
                 pipe.hset(self._clients(session_id), document.client_document_id, document.id)
             await pipe.execute()
@@ -98,6 +124,8 @@ class Catalog:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(self._doc(session_id, document.id))
             pipe.zrem(self._docs(session_id), document.id)
+            pipe.hincrby(self._usage(session_id), "documents", -1)
+            pipe.hincrby(self._usage(session_id), "bytes", -document.size_bytes)
             if document.client_document_id:
                 pipe.hdel(self._clients(session_id), document.client_document_id)
             await pipe.execute()
@@ -108,7 +136,8 @@ class Catalog:
     async def purge_session(self, session_id: str) -> None:
         """Remove every document record of a session (its points are removed by the store)."""
         ids = await self.document_ids(session_id)
-        keys = [self._doc(session_id, i) for i in ids] + [self._docs(session_id), self._clients(session_id)]
+        keys = [self._doc(session_id, i) for i in ids] + [self._docs(session_id), self._clients(session_id),
+                                                           self._usage(session_id)]
         await self._redis.delete(*keys)
 
     async def start_ingestion(self, ingestion_id: str, session_id: str, file_name: str) -> None:

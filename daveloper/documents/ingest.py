@@ -200,6 +200,7 @@ class Ingestor:
         document_id = document_id_for(ingestion.session_id, content_hash)
         if (existing := await self._catalog.find(ingestion.session_id, document_id)) is not None:
             return existing  # identical content: nothing new to store
+        await self._catalog.check_quota(ingestion.session_id, len(data))
 
         parsed = await asyncio.to_thread(
             self._parse, data, file_name=ingestion.file_name, declared_type=ingestion.media_type

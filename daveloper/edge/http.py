@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,8 @@ from grpclib.exceptions import GRPCError
 from daveloper.edge.bridge import call_status, status_of, unary
 from daveloper.edge.codec import InvalidMessage, Method
 from daveloper.edge.metadata import expose, sanitize_http
-from daveloper.edge.state import EdgeState, bearer
-from daveloper.edge.status import HTTP_STATUS, RpcStatus, edge_status
+from daveloper.edge.state import EdgeState, credentials
+from daveloper.edge.status import HTTP_STATUS, RpcStatus, edge_status, retry_delay
 
 __all__ = ["STATE", "STATIC_DIR", "call_method", "healthz", "readyz", "static_file"]
 
@@ -48,6 +49,8 @@ def _dumps(value: Any) -> str:
 
 def _error(state: EdgeState, status: RpcStatus, *, http_status: int | None = None) -> web.Response:
     headers = {f"trailer-{k}": ", ".join(v) for k, v in expose(status.trailers).items()}
+    if (delay := retry_delay(status)) is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(delay)))
     return web.Response(status=http_status or HTTP_STATUS.get(status.code, 500),
                         text=_dumps(state.codec.connect_status(status)), content_type=_JSON, headers=headers)
 
@@ -102,7 +105,7 @@ async def call_method(request: web.Request) -> web.StreamResponse:
     except (ValueError, RecursionError, InvalidMessage) as exc:
         return _refuse(state, Status.INVALID_ARGUMENT, f"invalid {method.input.DESCRIPTOR.full_name}: {exc}",
                        "INVALID_MESSAGE", violations=[("body", str(exc))])
-    metadata = [*sanitize_http(request.headers), *bearer(_token(request))]
+    metadata = [*sanitize_http(request.headers), *credentials(_token(request), state.client_address(request))]
     timeout = _timeout(request, method)
     if method.cardinality is Cardinality.UNARY_UNARY:
         assert timeout is not None

@@ -69,7 +69,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         max_msg_size=settings.ws_max_frame_bytes,
     )
     await ws.prepare(request)
-    socket = EdgeSocket(ws, wire_for(chosen, state.codec), state)
+    socket = EdgeSocket(ws, wire_for(chosen, state.codec), state, client_address=state.client_address(request))
     state.sockets.add(socket)
     try:
         await socket.serve()

@@ -19,7 +19,7 @@ from grpclib.const import Cardinality, Status
 from daveloper.edge.codec import InvalidMessage
 from daveloper.edge.metadata import InvalidMetadata, MetadataTooLarge, sanitize
 from daveloper.edge.protocol import ABSENT, CloseCode, Frame, FrameType, ProtocolViolation
-from daveloper.edge.state import EdgeState, bearer
+from daveloper.edge.state import EdgeState, credentials
 from daveloper.edge.status import RpcStatus, edge_status
 from daveloper.edge.stream import BridgedStream, Outbox, StreamError
 from daveloper.edge.wire import Wire
@@ -53,8 +53,10 @@ def _int_field(fields: dict[str, Any], name: str, *, minimum: int, default: int 
 class EdgeSocket:
     """Serves one accepted WebSocket until it closes."""
 
-    def __init__(self, ws: web.WebSocketResponse, wire: Wire, state: EdgeState) -> None:
+    def __init__(self, ws: web.WebSocketResponse, wire: Wire, state: EdgeState, *, client_address: str = "") -> None:
         self._ws = ws
+        #: Sent upstream with every call, for per-address rate limits and the audit log.
+        self.client_address = client_address
         self._wire = wire
         self._state = state
         self._settings = state.settings
@@ -139,7 +141,7 @@ class EdgeSocket:
         token = frame.fields.get("token", "")
         if not isinstance(token, str):
             raise ProtocolViolation(CloseCode.MALFORMED_FRAME, "hello: token must be a string")
-        self._session_id = await self._state.admit(token)
+        self._session_id = await self._state.admit(token, self.client_address)
         self._token = token
         settings = self._settings
         self._outbox.push(Frame(FrameType.WELCOME, 0, {
@@ -269,8 +271,9 @@ class EdgeSocket:
         assert self._tasks is not None
         self._streams[frame.id] = stream
         self._idle.clear()
+        upstream_metadata = [*metadata, *credentials(self._token, self.client_address)]
         stream.task = self._tasks.create_task(
-            stream.run(self._state.upstream, metadata=[*metadata, *bearer(self._token)], time_limit=timeout),
+            stream.run(self._state.upstream, metadata=upstream_metadata, time_limit=timeout),
             name=f"edge-stream-{frame.id}")
         stream.task.add_done_callback(lambda _: self._stream_done(stream))
 

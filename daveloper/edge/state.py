@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import collections
+import ipaddress
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from aiohttp import web
 from grpclib.const import Status
 
 from daveloper.config import Settings
@@ -14,11 +16,12 @@ from daveloper.edge.bridge import Upstream, unary
 from daveloper.edge.codec import MessageCodec
 from daveloper.edge.protocol import CloseCode, ProtocolViolation
 from daveloper.health import HealthMonitor
+from daveloper.rpc.interceptor import CLIENT_ADDRESS_KEY
 
 if TYPE_CHECKING:
     from daveloper.edge.socket import EdgeSocket
 
-__all__ = ["HANDSHAKE_SECONDS", "EdgeState", "bearer"]
+__all__ = ["HANDSHAKE_SECONDS", "EdgeState", "credentials"]
 
 log = logging.getLogger("daveloper.edge")
 
@@ -29,9 +32,14 @@ _ADMIT_TIMEOUT = 5.0
 _GET_SESSION = "/daveloper.v1.SessionService/GetSession"
 
 
-def bearer(token: str) -> list[tuple[str, str | bytes]]:
-    """The ``authorization`` metadata for a session token (none for an empty token)."""
-    return [("authorization", f"Bearer {token}")] if token else []
+def credentials(token: str, client_address: str) -> list[tuple[str, str | bytes]]:
+    """Metadata the edge adds to every upstream call: the session token (if any) and the client's address."""
+    pairs: list[tuple[str, str | bytes]] = [(CLIENT_ADDRESS_KEY, client_address)] if client_address else []
+    return [("authorization", f"Bearer {token}"), *pairs] if token else pairs
+
+
+def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(entry, strict=False)
 
 
 @dataclass(eq=False)
@@ -45,12 +53,39 @@ class EdgeState:
     draining: bool = False
     sockets: set[EdgeSocket] = field(default_factory=set)
     _per_session: collections.Counter[str] = field(default_factory=collections.Counter)
+    _trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._trusted = [_network(entry) for entry in self.settings.trusted_proxies]
+
+    def _trusted_proxy(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._trusted)
+
+    def client_address(self, request: web.BaseRequest) -> str:
+        """The client's address: the peer's, or from ``X-Forwarded-For`` when the peer is a trusted proxy.
+
+        The forwarded list is read right to left, skipping trusted proxies; the
+        first address that is not one is the client (anything left of it could
+        have been written by the client itself).
+        """
+        peer = request.remote or ""
+        if not self._trusted_proxy(peer):
+            return peer
+        hops = [hop.strip() for value in request.headers.getall("X-Forwarded-For", []) for hop in value.split(",")]
+        for hop in reversed([h for h in hops if h]):
+            if not self._trusted_proxy(hop):
+                return hop[:64]
+        return peer
 
     @property
     def handshake_seconds(self) -> float:
         return min(HANDSHAKE_SECONDS, self.settings.ws_idle_seconds)
 
-    async def admit(self, token: str) -> str:
+    async def admit(self, token: str, client_address: str = "") -> str:
         """Check a handshake token and take a socket slot of its session; returns the session id.
 
         The edge validates early (``SessionService/GetSession`` upstream) so a bad
@@ -63,7 +98,8 @@ class EdgeState:
         if not token:
             return ""
         method = self.codec.methods[_GET_SESSION]
-        data, status = await unary(self.upstream, method, b"", metadata=bearer(token), time_limit=_ADMIT_TIMEOUT)
+        data, status = await unary(self.upstream, method, b"", metadata=credentials(token, client_address),
+                                   time_limit=_ADMIT_TIMEOUT)
         if status.code in (Status.UNAUTHENTICATED, Status.PERMISSION_DENIED):
             raise ProtocolViolation(CloseCode.UNAUTHENTICATED, f"token refused: {status.message}")
         if status.code in (Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.RESOURCE_EXHAUSTED):

@@ -13,12 +13,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpclib.const import Status
 
 from daveloper.errors import DOMAIN
 
-__all__ = ["CONNECT_CODES", "HTTP_STATUS", "RpcStatus", "edge_status"]
+__all__ = [
+    "CONNECT_CODES",
+    "HTTP_STATUS",
+    "RpcStatus",
+    "edge_status",
+    "retry_delay",
+]
 
 #: gRPC status → Connect's lower_snake code name (note Connect's single-L ``canceled``).
 CONNECT_CODES: Mapping[Status, str] = {
@@ -105,3 +112,19 @@ def edge_status(
         packed.append(container)
     proto = status_pb2.Status(code=code.value, message=message, details=packed)
     return RpcStatus(code, message, proto.SerializeToString())
+
+
+def retry_delay(status: RpcStatus) -> float | None:
+    """Seconds from the status's ``google.rpc.RetryInfo`` detail, if it has one."""
+    if not status.details:
+        return None
+    try:
+        details = status_pb2.Status.FromString(status.details).details
+    except DecodeError:
+        return None
+    for detail in details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return float(info.retry_delay.ToTimedelta().total_seconds())
+    return None

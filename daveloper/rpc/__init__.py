@@ -2,6 +2,6 @@
 
 from daveloper.rpc.call import Call, Principal
 from daveloper.rpc.interceptor import Interceptor
-from daveloper.rpc.servicer import Authenticator, Servicer, public
+from daveloper.rpc.servicer import Authenticator, Gate, Servicer, public
 
-__all__ = ["Authenticator", "Call", "Interceptor", "Principal", "Servicer", "public"]
+__all__ = ["Authenticator", "Call", "Gate", "Interceptor", "Principal", "Servicer", "public"]

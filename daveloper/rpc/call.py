@@ -31,7 +31,7 @@ class Call(Generic[RecvT, SendT]):
     read in one task while it writes from another; adds trailing metadata.
     """
 
-    __slots__ = ("_stream", "method", "principal", "request_id", "trailers")
+    __slots__ = ("_gate", "_stream", "method", "principal", "request_id", "trailers")
 
     def __init__(
         self,
@@ -41,8 +41,10 @@ class Call(Generic[RecvT, SendT]):
         request_id: str,
         principal: Principal | None,
         trailers: dict[str, str],
+        gate: Any = None,
     ) -> None:
         self._stream = stream
+        self._gate = gate
         #: The full method path, e.g. ``/daveloper.v1.SessionService/CreateSession``.
         self.method = method
         self.request_id = request_id
@@ -75,6 +77,11 @@ class Call(Generic[RecvT, SendT]):
         if self.principal is None:
             raise RuntimeError(f"{self.method} is public: it has no session")
         return self.principal.session_id
+
+    async def charge(self, method_class: str) -> None:
+        """Charge one unit of work of ``method_class`` (e.g. a chat turn) to the caller's rate limits."""
+        if self._gate is not None:
+            await self._gate.charge(self, method_class)
 
     async def recv(self) -> RecvT | None:
         """The next request message, or ``None`` once the client has half-closed."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextvars
 
 __all__ = [
+    "client_address_var",
     "current_request_id",
     "current_session_id",
+    "method_var",
     "request_id_var",
     "session_id_var",
     "trailers_var",
@@ -14,6 +16,10 @@ __all__ = [
 
 #: The ``x-request-id`` of the RPC being served ("" outside an RPC).
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("daveloper_request_id", default="")
+#: The caller's address: the peer's, or the one a trusted proxy (the edge) reported ("" outside an RPC).
+client_address_var: contextvars.ContextVar[str] = contextvars.ContextVar("daveloper_client_address", default="")
+#: The full method path of the RPC being served ("" outside an RPC).
+method_var: contextvars.ContextVar[str] = contextvars.ContextVar("daveloper_method", default="")
 #: The authenticated session of the RPC being served ("" when none).
 session_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("daveloper_session_id", default="")
 

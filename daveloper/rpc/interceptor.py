@@ -5,6 +5,8 @@ the method function, which is how this module wraps every handler — ours,
 health and reflection alike — with:
 
 * a request id (``x-request-id`` from the caller, else generated) in a ContextVar;
+* the client's address in a ContextVar: the peer's, or the ``x-daveloper-client-address``
+  that a trusted proxy (the edge, on loopback or in ``trusted_proxies``) reported;
 * the maximum message size, enforced before a message body is read;
 * the one mapping of exceptions to a status with ``google.rpc`` details, plus
   the request id in the trailers;
@@ -16,10 +18,11 @@ health and reflection alike — with:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from grpclib.const import Status
@@ -28,13 +31,15 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 
 from daveloper.errors import ResourceExhausted, Unavailable, to_grpc_error
-from daveloper.rpc.context import request_id_var, trailers_var
+from daveloper.rpc.context import client_address_var, method_var, request_id_var, trailers_var
 
-__all__ = ["REQUEST_ID_KEY", "Interceptor"]
+__all__ = ["CLIENT_ADDRESS_KEY", "REQUEST_ID_KEY", "Interceptor"]
 
 log = logging.getLogger("daveloper.rpc")
 
 REQUEST_ID_KEY = "x-request-id"
+#: Set by the edge: the address of the WebSocket or HTTP client a call is made for.
+CLIENT_ADDRESS_KEY = "x-daveloper-client-address"
 _MAX_REQUEST_ID = 128
 
 MethodFunc = Callable[[Stream[Any, Any]], Coroutine[Any, Any, None]]
@@ -43,8 +48,9 @@ MethodFunc = Callable[[Stream[Any, Any]], Coroutine[Any, Any, None]]
 class Interceptor:
     """Wraps every handler of one grpclib ``Server``; owns its drain state."""
 
-    def __init__(self, *, max_message_bytes: int) -> None:
+    def __init__(self, *, max_message_bytes: int, trusted_proxies: Sequence[str] = ()) -> None:
         self.max_message_bytes = max_message_bytes
+        self._trusted = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
         self._draining = False
         self._drain_deadline: float | None = None
         self._inflight: dict[asyncio.Task[Any], asyncio.Timeout] = {}
@@ -69,6 +75,8 @@ class Interceptor:
                 else uuid.uuid4().hex
             )
             request_id_var.set(request_id)
+            method_var.set(method)
+            client_address_var.set(self._client_address(stream))
             trailers = {REQUEST_ID_KEY: request_id}
             trailers_var.set(trailers)
             self._limit_message_size(stream)
@@ -93,6 +101,21 @@ class Interceptor:
                                                  "ms": round((time.perf_counter() - started) * 1000, 3)})
 
         return handle
+
+    def _client_address(self, stream: Stream[Any, Any]) -> str:
+        peer = stream.peer.addr()
+        host = str(peer[0]) if isinstance(peer, tuple) else ""
+        reported = stream.metadata.get(CLIENT_ADDRESS_KEY) if stream.metadata else None
+        if isinstance(reported, str) and reported and self._trusts(host):
+            return reported[:64]
+        return host
+
+    def _trusts(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return address.is_loopback or any(address in network for network in self._trusted)
 
     async def _run(self, func: MethodFunc, stream: Stream[Any, Any]) -> None:
         task = asyncio.current_task()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from grpclib.const import Cardinality, Handler
 from grpclib.server import Stream
@@ -33,7 +33,7 @@ from grpclib.server import Stream
 from daveloper.rpc.call import Call, Principal
 from daveloper.rpc.context import request_id_var, session_id_var, trailers_var
 
-__all__ = ["Authenticator", "Servicer", "public"]
+__all__ = ["Authenticator", "Gate", "Servicer", "public"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,6 +50,15 @@ class Authenticator(Protocol):
     """Turns request metadata into the caller's identity, or raises ``Unauthenticated``."""
 
     async def authenticate(self, metadata: Any) -> Principal: ...
+
+
+@runtime_checkable
+class Gate(Authenticator, Protocol):
+    """An authenticator that also admits calls (scope and rate limits); see :class:`daveloper.guard.Guard`."""
+
+    async def admit(self, call: Call[Any, Any]) -> None: ...
+
+    async def charge(self, call: Call[Any, Any], method_class: str) -> None: ...
 
 
 class Servicer:
@@ -75,6 +84,7 @@ class Servicer:
         is_public = getattr(method, _PUBLIC_ATTR, False)
         streams_out = inspect.isasyncgenfunction(method)
         auth = self._auth
+        gate = auth if isinstance(auth, Gate) else None
 
         async def handle(stream: Stream[Any, Any]) -> None:
             principal = None if is_public else await auth.authenticate(stream.metadata)
@@ -86,7 +96,10 @@ class Servicer:
                 request_id=request_id_var.get(),
                 principal=principal,
                 trailers=trailers_var.get({}),  # without the Interceptor nothing sends them
+                gate=gate,
             )
+            if gate is not None:
+                await gate.admit(call)
             args: tuple[Any, ...] = (call,)
             if not cardinality.client_streaming:
                 args = (await stream.recv_message(), call)

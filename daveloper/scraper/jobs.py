@@ -7,7 +7,7 @@ records QUEUED → RUNNING → SUCCEEDED / FAILED / CANCELLED with exactly one
 final ``finished`` event, and lets a cancel from any instance stop it.
 
 Per-session limits are enforced atomically in Redis: concurrent jobs through
-a lease set (an entry expires if its instance dies without releasing it) and
+a lease set (:mod:`daveloper.leases`) and
 pages per UTC day through a counter.
 """
 
@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 from daveloper.errors import Cancelled, DaveloperError, Internal, NotFound, ResourceExhausted, Unavailable, to_failure
 from daveloper.eventlog import EventLog
 from daveloper.jobs import BackgroundJobs
+from daveloper.leases import LeaseSet
 from daveloper.paging import next_page_token, page_offset
 from generated.daveloper.v1 import (
     Failure,
@@ -53,16 +54,6 @@ LEASE_SECONDS = 30.0
 #: At most one progress event per this many seconds (the final one is always sent).
 PROGRESS_INTERVAL = 0.5
 
-# KEYS[1] lease zset; ARGV: now, expiry, job id, max. Drops lapsed leases, then takes one if a slot is free.
-_ACQUIRE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZSCORE', KEYS[1], ARGV[3]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[4]) then
-  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-  redis.call('EXPIRE', KEYS[1], math.ceil(ARGV[2] - ARGV[1]) + 1)
-  return 1
-end
-return 0
-"""
 # KEYS[1] day counter; ARGV: pages, limit, ttl. Takes the pages only if they fit.
 _TAKE = """
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -105,17 +96,14 @@ class JobStore:
         self._redis = redis
         self._prefix = prefix
         self._ttl = ttl_seconds
-        self._acquire = redis.register_script(_ACQUIRE)
         self._take = redis.register_script(_TAKE)
+        self.leases = LeaseSet(redis, "jobs", ttl_seconds=3 * LEASE_SECONDS, prefix=prefix)
 
     def _job(self, job_id: str) -> str:
         return f"{self._prefix}job:{job_id}"
 
     def _jobs(self, session_id: str) -> str:
         return f"{self._prefix}jobs:{session_id}"
-
-    def _leases(self, session_id: str) -> str:
-        return f"{self._prefix}jobleases:{session_id}"
 
     def _pages(self, session_id: str) -> str:
         return f"{self._prefix}scrapepages:{session_id}:{datetime.datetime.now(datetime.UTC):%Y%m%d}"
@@ -152,21 +140,23 @@ class JobStore:
 
     async def purge_session(self, session_id: str) -> None:
         ids = await self.job_ids(session_id)
-        await self._redis.delete(*[self._job(i) for i in ids], self._jobs(session_id), self._leases(session_id))
+        await self._redis.delete(*[self._job(i) for i in ids], self._jobs(session_id), self.leases.key(session_id))
 
     async def acquire(self, session_id: str, job_id: str, limit: int) -> None:
         """Take one of the session's concurrent-job slots, or RESOURCE_EXHAUSTED."""
-        now = time.time()
-        if not await self._acquire(keys=[self._leases(session_id)], args=[now, now + 3 * LEASE_SECONDS, job_id, limit]):
+        if not await self.leases.acquire(session_id, job_id, limit):
             raise ResourceExhausted(f"this session already runs {limit} scraper jobs; wait for one to finish",
                                     reason="CONCURRENT_JOBS", retry_after=LEASE_SECONDS,
                                     metadata={"limit": str(limit)})
 
     async def renew(self, session_id: str, job_id: str) -> None:
-        await self._redis.zadd(self._leases(session_id), {job_id: time.time() + 3 * LEASE_SECONDS}, xx=True)
+        await self.leases.renew(session_id, job_id)
 
     async def release(self, session_id: str, job_id: str) -> None:
-        await self._redis.zrem(self._leases(session_id), job_id)
+        await self.leases.release(session_id, job_id)
+
+    async def pages_today(self, session_id: str) -> int:
+        return int(await self._redis.get(self._pages(session_id)) or 0)
 
     async def take_page(self, session_id: str, limit: int) -> None:
         """Count one page against the session's daily quota, or RESOURCE_EXHAUSTED."""

@@ -89,6 +89,7 @@ class AgentService(Servicer):
             async for request in call:
                 if request.send is not None:
                     _validate_send(request.send)
+                    await call.charge("chat_turns")
                     conversation_id = request.send.conversation_id or "conv_" + secrets.token_hex(10)
                     turn, seq, existed = await self._agent.start(
                         call.session_id, conversation_id, request.send.text.strip(),

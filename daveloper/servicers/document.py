@@ -123,6 +123,8 @@ class DocumentService(Servicer):
         )
         existing = (await self._catalog.find_by_client_id(call.session_id, header.client_document_id)
                     if header.client_document_id else None)
+        if existing is None and header.size_bytes:
+            await self._catalog.check_quota(call.session_id, header.size_bytes)  # refuse before receiving
         await self._ingestor.begin(ingestion)
         forward = asyncio.create_task(self._forward(ingestion.id, call))
         try:

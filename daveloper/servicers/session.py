@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from daveloper.errors import InvalidArgument
-from daveloper.rpc import Call, Servicer, public
+from daveloper.rpc import Authenticator, Call, Servicer, public
 from daveloper.sessions import SessionRecord, SessionStore
 from generated.daveloper.v1 import (
     CreateSessionRequest,
@@ -38,11 +38,12 @@ class SessionService(Servicer):
         self,
         *,
         store: SessionStore,
+        auth: Authenticator | None = None,
         default_ttl: int,
         max_ttl: int,
         purgers: Sequence[Callable[[str], Awaitable[object]]] = (),
     ) -> None:
-        super().__init__(auth=store)
+        super().__init__(auth=auth or store)  # the Guard in the app: rate limits, audit
         self._store = store
         #: Each removes one kind of data a session owns (documents, points, ...).
         self._purgers = list(purgers)
