@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("module", ["scripts.bench.rpc_overhead", "scripts.bench.codec", "scripts.bench.documents",
-                                    "scripts.bench.chat", "scripts.bench.scrape", "scripts.bench.cancel"])
+                                    "scripts.bench.chat", "scripts.bench.scrape", "scripts.bench.cancel",
+                                    "scripts.bench.edge"])
 def test_benchmark_runs_and_reports_both_sides(module: str) -> None:
     done = subprocess.run([sys.executable, "-m", module, "--quick", "--json"], cwd=ROOT,
                           capture_output=True, text=True, timeout=110, check=True)
@@ -38,6 +39,14 @@ def test_benchmark_runs_and_reports_both_sides(module: str) -> None:
     elif module.endswith("documents"):
         assert results["ingestion"]["chunks"] == results["pipeline_floor"]["chunks"] > 0
         assert results["search"]["500"]["daveloper"]["p50"] > 0
+    elif module.endswith("edge"):
+        for path in ("bare websocket", "edge", "native gRPC"):
+            assert results["unary"][path]["rate"] > 0
+        for clients_on in ("edge", "native gRPC"):
+            assert results["streaming"][clients_on]["tokens"] == 50 * 20
+            assert results["streaming"][clients_on]["server_cpu_s"] > 0
+        for socket in ("bare websocket", "edge"):
+            assert results["idle"][socket]["traced_per_socket"] > 0
     else:
         assert results["encode (binary)"]["betterproto2"] > 0
         assert results["encode (binary)"]["protobuf upb"] > 0

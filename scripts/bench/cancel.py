@@ -43,7 +43,6 @@ from aiohttp import web
 from grpclib.client import Channel
 
 from daveloper.app import open_app
-from daveloper.config import Address, Settings
 from daveloper.infra.process import die_with_parent
 from generated.daveloper.v1 import (
     AgentServiceStub,
@@ -54,6 +53,7 @@ from generated.daveloper.v1 import (
     SendMessage,
     SessionServiceStub,
 )
+from scripts.bench._app import bench_settings
 from scripts.bench._stats import percentile, table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -182,9 +182,7 @@ async def run(turns: int, interval: float) -> dict[str, Any]:
     upstream = await Upstream.start(interval)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            settings = Settings(grpc_addr=Address("127.0.0.1", 0), data_dir=Path(tmp), log_level="WARNING",
-                                instance_id="bench", llm_provider="openai", llm_base_url=upstream.url,
-                                llm_api_key="x")
+            settings = bench_settings(Path(tmp), llm_provider="openai", llm_base_url=upstream.url, llm_api_key="x")
             async with open_app(settings) as app:
                 chat_channel = Channel(app.grpc_addr.host, app.grpc_addr.port)
                 cancel_channel = Channel(app.grpc_addr.host, app.grpc_addr.port)

@@ -33,8 +33,8 @@ from grpclib.client import Channel
 
 from daveloper.agent.model import Message, ModelDone, ModelEvent, TextDelta, ToolSpec
 from daveloper.app import open_app
-from daveloper.config import Address, Settings
 from generated.daveloper.v1 import AgentServiceStub, ChatRequest, CreateSessionRequest, SendMessage, SessionServiceStub
+from scripts.bench._app import bench_settings
 from scripts.bench._stats import summary_us, table
 
 STAMP = re.compile(r"<(\d+)>")
@@ -63,8 +63,7 @@ def cpu_seconds() -> float:
 
 
 async def run_once(turns: int, tokens: int, coalesce_chars: int, data_dir: Path) -> dict[str, Any]:
-    settings = Settings(grpc_addr=Address("127.0.0.1", 0), data_dir=data_dir, log_level="WARNING",
-                        instance_id="bench", coalesce_chars=coalesce_chars)
+    settings = bench_settings(data_dir, coalesce_chars=coalesce_chars)
     async with open_app(settings, chat_model=StampedModel(tokens)) as app:
         channels = [Channel(app.grpc_addr.host, app.grpc_addr.port) for _ in range(8)]
         try:

@@ -38,7 +38,7 @@ from grpclib.client import Channel
 from qdrant_client import models
 
 from daveloper.app import open_app
-from daveloper.config import Address, Settings
+from daveloper.config import Settings
 from daveloper.documents.chunking import chunk
 from daveloper.documents.embeddings.bm25 import BM25Embedder
 from daveloper.documents.model import ChunkDraft, SearchMode
@@ -52,6 +52,7 @@ from generated.daveloper.v1 import (
     UploadHeader,
     UploadRequest,
 )
+from scripts.bench._app import bench_settings
 from scripts.bench._stats import summary_us, table
 
 PIECE = 256 * 1024  # bytes per Upload chunk message
@@ -152,8 +153,7 @@ def corpus(megabytes: float, seed: int = 7) -> list[tuple[str, bytes]]:
 
 
 async def ingest(files: list[tuple[str, bytes]], data_dir: Path) -> dict[str, Any]:
-    settings = Settings(grpc_addr=Address("127.0.0.1", 0), data_dir=data_dir, log_level="WARNING",
-                        instance_id="bench")
+    settings = bench_settings(data_dir)
     async with open_app(settings) as app:
         channel = Channel(app.grpc_addr.host, app.grpc_addr.port)
         try:

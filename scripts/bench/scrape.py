@@ -172,7 +172,6 @@ async def crawl_daveloper(root: str, pages: int, concurrency: int) -> dict[str, 
     from yarl import URL
 
     from daveloper.app import open_app
-    from daveloper.config import Address, Settings
     from generated.daveloper.v1 import (
         CreateSessionRequest,
         ScrapeRequest,
@@ -180,11 +179,11 @@ async def crawl_daveloper(root: str, pages: int, concurrency: int) -> dict[str, 
         ScrapeSpec,
         SessionServiceStub,
     )
+    from scripts.bench._app import bench_settings
 
     meter = Meter()
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(grpc_addr=Address("127.0.0.1", 0), data_dir=Path(tmp), log_level="WARNING",
-                            instance_id="bench", scrape_allow=(f"127.0.0.1:{URL(root).port}",),
+        settings = bench_settings(Path(tmp), scrape_allow=(f"127.0.0.1:{URL(root).port}",),
                             scrape_concurrency=concurrency, scrape_per_host_concurrency=concurrency,
                             scrape_pages_per_day=10**9, scrape_jobs_per_session=1)
         async with open_app(settings) as app:
