@@ -97,7 +97,12 @@ class Outbox:
                 else:
                     await self._ws.send_bytes(data)
             except ConnectionError:
-                return  # the peer went away; the socket's reader sees that and ends everything
+                # The peer went away; the socket's reader sees that and ends everything. Frames
+                # still queued can never be sent: drop them so flush() and send() don't wait.
+                self._queue.clear()
+                self._room.set()
+                self._empty.set()
+                return
 
     async def flush(self) -> None:
         """Wait until every queued frame was handed to the transport."""
