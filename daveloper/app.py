@@ -55,6 +55,7 @@ from daveloper.servicers.scraper import ScraperService
 from daveloper.servicers.session import SessionService
 from daveloper.servicers.vector import VectorService, delete_session_vectors
 from daveloper.sessions import SessionStore, TokenSigner, load_secret_key
+from daveloper.tls import grpc_context
 from generated.daveloper.v1 import Document
 
 __all__ = ["App", "open_app", "serve"]
@@ -206,7 +207,7 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
                                   trusted_proxies=settings.trusted_proxies)
         server = Server(ServerReflection.extend([*services, health_service], pool=load_descriptor_pool()))
         interceptor.install(server)
-        await server.start(settings.grpc_addr.host, settings.grpc_addr.port)
+        await server.start(settings.grpc_addr.host, settings.grpc_addr.port, ssl=grpc_context(settings))
         grpc_addr = Address(settings.grpc_addr.host, _bound_port(server) or settings.grpc_addr.port)
 
         async with asyncio.TaskGroup() as tasks:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Any
 
 from grpclib.client import Channel, Stream
@@ -65,12 +66,13 @@ class _PooledChannel:
 class Upstream:
     """A pool of HTTP/2 connections to one gRPC server, grown when the open ones are busy."""
 
-    def __init__(self, addr: Address) -> None:
+    def __init__(self, addr: Address, *, ssl: ssl.SSLContext | None = None) -> None:
         self.addr = addr
+        self._ssl = ssl
         self._pool: list[_PooledChannel] = []
 
     def _new_channel(self) -> _PooledChannel:
-        pooled = _PooledChannel(Channel(self.addr.host, self.addr.port, codec=RawCodec(),
+        pooled = _PooledChannel(Channel(self.addr.host, self.addr.port, ssl=self._ssl, codec=RawCodec(),
                                         status_details_codec=RawStatusDetailsCodec()))
         self._pool.append(pooled)
         return pooled

@@ -19,6 +19,7 @@ from daveloper.edge.socket import EdgeSocket
 from daveloper.edge.state import EdgeState
 from daveloper.edge.wire import wire_for
 from daveloper.health import HealthMonitor
+from daveloper.tls import edge_context, loopback_client_context
 
 __all__ = ["Edge", "build_app", "open_edge"]
 
@@ -108,8 +109,8 @@ class Edge:
 
     @property
     def url(self) -> str:
-        """``http://host:port`` of the edge."""
-        return f"http://{self.addr}"
+        """``http://host:port`` of the edge (``https`` with TLS)."""
+        return f"{'https' if self.state.settings.tls_cert_file else 'http'}://{self.addr}"
 
     async def drain(self) -> None:
         """Send go-away on every socket, let streams finish up to ``drain_seconds``, then close them with 1001."""
@@ -136,12 +137,14 @@ async def open_edge(settings: Settings, *, upstream: Address, health: HealthMoni
     ``upstream`` is the gRPC server every call goes to (this process's
     ``App.grpc_addr`` or a remote one). On exit: go-away, drain, close.
     """
-    state = EdgeState(settings, MessageCodec(load_descriptor_pool()), Upstream(upstream), health)
+    upstream_tls = loopback_client_context() if settings.tls_cert_file else None
+    state = EdgeState(settings, MessageCodec(load_descriptor_pool()), Upstream(upstream, ssl=upstream_tls), health)
     runner = web.AppRunner(build_app(state), access_log=None, handle_signals=False,
                            shutdown_timeout=max(settings.drain_seconds, 0.1))
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.edge_addr.host, settings.edge_addr.port)
+        site = web.TCPSite(runner, settings.edge_addr.host, settings.edge_addr.port,
+                           ssl_context=edge_context(settings))
         await site.start()
         port = runner.addresses[0][1] if runner.addresses else settings.edge_addr.port
         edge = Edge(state, runner, Address(settings.edge_addr.host, int(port)))
