@@ -46,7 +46,7 @@ from daveloper.scraper.fetcher import Fetcher, FetchLimits, open_http_session
 from daveloper.scraper.github import GitHubClient
 from daveloper.scraper.github_ingest import GitHubIngest, GitHubLimits
 from daveloper.scraper.jobs import JobLimits, JobRunner, JobStore
-from daveloper.scraper.safety import AddressPolicy
+from daveloper.scraper.safety import AddressPolicy, Refusal
 from daveloper.scraper.tools import WebTools
 from daveloper.servicers.agent import AgentService, purge_conversations
 from daveloper.servicers.document import DocumentService
@@ -152,7 +152,8 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
         ingestor = Ingestor(events=events, catalog=catalog, store=chunk_store, embedder=embedder, jobs=jobs,
                             parse=parse, chunk=chunk)
 
-        scraper = await stack.enter_async_context(_open_scraper(settings, redis, events, jobs, ingestor, catalog))
+        scraper = await stack.enter_async_context(_open_scraper(settings, redis, events, jobs, ingestor, catalog,
+                                                                audit))
 
         async def purge_vectors(session_id: str) -> None:
             await delete_session_vectors(qdrant, session_id, chunk_store)
@@ -187,7 +188,8 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
             purgers=[purge_chats, catalog.purge_session, purge_vectors, scraper.store.purge_session],
         )
         documents = DocumentService(auth=guard, ingestor=ingestor, catalog=catalog, chunks=chunk_store,
-                                    search=search, events=events, max_upload_bytes=settings.max_upload_bytes)
+                                    search=search, events=events, max_upload_bytes=settings.max_upload_bytes,
+                                    audit=audit)
         services: list[Any] = [
             session_service,
             documents,
@@ -237,7 +239,7 @@ class _Scraper:
 
 @contextlib.asynccontextmanager
 async def _open_scraper(settings: Settings, redis: aioredis.Redis, events: EventLog, jobs: BackgroundJobs,
-                        ingestor: Ingestor, catalog: Catalog) -> AsyncIterator[_Scraper]:
+                        ingestor: Ingestor, catalog: Catalog, audit: AuditLog) -> AsyncIterator[_Scraper]:
     """The fetcher (its HTTP client checked by the address policy), crawl and GitHub jobs."""
     limits = FetchLimits(
         concurrency=settings.scrape_concurrency, per_host_concurrency=settings.scrape_per_host_concurrency,
@@ -254,6 +256,10 @@ async def _open_scraper(settings: Settings, redis: aioredis.Redis, events: Event
     async def document_exists(session_id: str, document_id: str) -> bool:
         return await catalog.find(session_id, document_id) is not None
 
+    async def refused(session_id: str, url: str, refusal: Refusal) -> None:
+        await audit.record("fetch.refused", session_id=session_id, url=url[:300], reason=refusal.reason,
+                           address=refusal.metadata.get("address", ""))
+
     async with contextlib.AsyncExitStack() as stack:
         http = await stack.enter_async_context(open_http_session(policy, limits))
         fetcher = Fetcher(http, policy, limits)
@@ -266,7 +272,7 @@ async def _open_scraper(settings: Settings, redis: aioredis.Redis, events: Event
             runner=JobRunner(events=events, store=store, jobs=jobs, limits=JobLimits(
                 concurrent_jobs=settings.scrape_jobs_per_session, pages_per_day=settings.scrape_pages_per_day)),
             crawler=Crawler(fetcher=fetcher, redis=redis, ingest=ingest_page, document_exists=document_exists,
-                            limits=CrawlLimits(workers=settings.scrape_concurrency)),
+                            limits=CrawlLimits(workers=settings.scrape_concurrency), on_refused=refused),
             github=GitHubIngest(
                 client=GitHubClient(github_http, redis, base_url=settings.github_api_url, token=settings.github_token,
                                     timeout=settings.scrape_timeout_seconds),

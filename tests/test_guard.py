@@ -176,7 +176,12 @@ async def test_admin_reads_a_session_but_cannot_write_and_every_read_is_audited(
     assert error.value.status == Status.PERMISSION_DENIED
     assert reason(error.value) == "ADMIN_READ_ONLY"
 
+    await docs.delete_document(DeleteDocumentRequest(document_id=document.id), timeout=5, metadata=bearer(token))
+
     logs = LogsServiceStub(channel)
+    deleted = (await logs.list_audit_events(ListAuditEventsRequest(kind="document.deleted"), timeout=5,
+                                            metadata=bearer(ADMIN))).events
+    assert [(e.session_id, e.fields["document_id"]) for e in deleted] == [(session_id, document.id)]
     with pytest.raises(GRPCError) as error:
         await logs.list_audit_events(ListAuditEventsRequest(), timeout=5, metadata=bearer(token))
     assert error.value.status == Status.PERMISSION_DENIED

@@ -38,6 +38,8 @@ __all__ = ["CrawlLimits", "Crawler", "PageIngest", "SkipReason"]
 PageIngest = Callable[[str, bytes, str, str, str, dict[str, str]], Awaitable[Document]]
 #: Does the session still have this document?
 DocumentExists = Callable[[str, str], Awaitable[bool]]
+#: Told of every destination the address policy refused: (session, URL, the refusal).
+RefusalHook = Callable[[str, str, Refusal], Awaitable[None]]
 
 INGESTABLE = frozenset({"application/pdf", "text/plain", "text/markdown", "text/x-markdown"})
 
@@ -83,8 +85,10 @@ class Crawler:
     """Validates crawl specs and runs crawls; one per process."""
 
     def __init__(self, *, fetcher: Fetcher, redis: aioredis.Redis, ingest: PageIngest,
-                 document_exists: DocumentExists, limits: CrawlLimits, prefix: str = "dv:") -> None:
+                 document_exists: DocumentExists, limits: CrawlLimits, prefix: str = "dv:",
+                 on_refused: RefusalHook | None = None) -> None:
         self.fetcher = fetcher
+        self._on_refused = on_refused
         self._redis = redis
         self._ingest = ingest
         self._document_exists = document_exists
@@ -137,10 +141,18 @@ class Crawler:
                 violations[f"{field}[{i}]"] = f"is not a regular expression: {exc}"
         return tuple(compiled)
 
-    async def check_seeds(self, spec: ScrapeSpec) -> None:
+    async def check_seeds(self, spec: ScrapeSpec, session_id: str = "") -> None:
         """Resolve every seed host now, so a blocked destination is refused before a job exists."""
-        for seed in self.plan(spec).seeds:
-            await self.fetcher.check_destination(seed)
+        try:
+            for seed in self.plan(spec).seeds:
+                await self.fetcher.check_destination(seed)
+        except Refusal as refused:
+            await self.refused(session_id, refused.metadata.get("url", "") or ", ".join(spec.urls)[:300], refused)
+            raise
+
+    async def refused(self, session_id: str, url: str, refusal: Refusal) -> None:
+        if self._on_refused is not None:
+            await self._on_refused(session_id, url, refusal)
 
     def work(self, spec: ScrapeSpec) -> Work:
         plan = self.plan(spec)
@@ -242,6 +254,7 @@ class _Crawl:
         try:
             rules = await self._robots.rules(url)
         except Refusal as refused:
+            await self._crawler.refused(self._run.session_id, text, refused)
             return await self._run.failed(text, refused)
         if not rules.allowed(url):
             reason = "robots.txt could not be read" if rules.unreachable else "robots.txt disallows it"
@@ -265,6 +278,8 @@ class _Crawl:
         try:
             response = await self._fetcher.fetch(url, headers=headers)
         except DaveloperError as exc:
+            if isinstance(exc, Refusal):
+                await self._crawler.refused(session_id, str(url), exc)
             return await self._run.failed(str(url), exc, int(exc.metadata.get("http_status", "0") or 0))
         if response.not_modified and remembered is not None:
             await self._run.skipped(str(url), SkipReason.NOT_MODIFIED)

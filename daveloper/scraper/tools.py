@@ -50,7 +50,7 @@ class WebTools:
 
     async def scrape_url(self, session_id: str, url: str) -> list[Hit]:
         spec = ScrapeSpec(urls=[url], max_depth=0, max_pages=1, ingest=True)
-        await self._crawler.check_seeds(spec)
+        await self._crawler.check_seeds(spec, session_id)
         job = Job(kind=JobKind.SCRAPE, scrape=spec)
         return await self._run(session_id, job, self._crawler.work(spec))
 

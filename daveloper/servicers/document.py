@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from daveloper.audit import AuditLog
 from daveloper.documents.catalog import Catalog
 from daveloper.documents.ingest import Ingestion, Ingestor, ingestion_scope
 from daveloper.documents.model import Hit, SearchMode
@@ -101,6 +102,7 @@ class DocumentService(Servicer):
         search: DocumentSearch,
         events: EventLog,
         max_upload_bytes: int,
+        audit: AuditLog | None = None,
     ) -> None:
         super().__init__(auth=auth)
         self._ingestor = ingestor
@@ -109,6 +111,7 @@ class DocumentService(Servicer):
         self._search = search
         self._events = events
         self._max_bytes = max_upload_bytes
+        self._audit = audit
 
     async def Upload(self, call: Call[UploadRequest, UploadResponse]) -> None:
         first = await call.recv()
@@ -203,6 +206,8 @@ class DocumentService(Servicer):
         document = await self._catalog.get(call.session_id, request.document_id)
         await self._chunks.delete_document(call.session_id, document.id)
         await self._catalog.delete(call.session_id, document)
+        if self._audit is not None:
+            await self._audit.record("document.deleted", document_id=document.id, name=document.name)
         return DeleteDocumentResponse()
 
     async def Search(self, request: SearchRequest, call: Call[Any, Any]) -> SearchResponse:

@@ -49,7 +49,7 @@ class ScraperService(Servicer):
 
     async def _start_scrape(self, request: StartScrapeRequest | ScrapeRequest, call: Call[Any, Any]) -> Job:
         spec = request.spec or ScrapeSpec()
-        await self._crawler.check_seeds(spec)
+        await self._crawler.check_seeds(spec, call.session_id)
         work = self._crawler.work(spec)
         return await self._runner.start(call.session_id, Job(kind=JobKind.SCRAPE, scrape=spec), work)
 

@@ -10,6 +10,8 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from yarl import URL
 
+from daveloper.app import App
+from daveloper.audit import AuditLog
 from daveloper.scraper.safety import AddressPolicy, GuardedResolver, Refusal
 from generated.daveloper.v1 import ScrapeRequest, ScraperServiceStub, ScrapeSpec, StartScrapeRequest
 from tests.grpc_helpers import bearer, reason
@@ -89,3 +91,17 @@ async def test_a_redirect_to_loopback_is_refused_mid_crawl(channel: Channel, tok
     assert failure.failure.reason == "BLOCKED_ADDRESS"
     assert "loopback" in failure.failure.message
     assert "/page/0/0" not in site.paths()  # the redirect target was never requested
+
+
+async def test_refusals_are_audited(app: App, channel: Channel, token: str, site: Site) -> None:
+    with pytest.raises(GRPCError):
+        await ScraperServiceStub(channel).start_scrape(
+            StartScrapeRequest(spec=ScrapeSpec(urls=["http://169.254.169.254/latest/"])), timeout=10,
+            metadata=bearer(token))
+    [r async for r in ScraperServiceStub(channel).scrape(
+        ScrapeRequest(spec=ScrapeSpec(urls=[site.url("/to-loopback")])), timeout=30, metadata=bearer(token))]
+    audit = AuditLog(app.redis, retention_seconds=3600, instance="test")
+    events, _ = await audit.page(page_size=10, page_token="", kind="fetch.refused")
+    assert {(e.fields["reason"], e.fields["address"]) for e in events} == {
+        ("BLOCKED_ADDRESS", "169.254.169.254"), ("BLOCKED_ADDRESS", "127.0.0.1")}
+    assert all(e.session_id for e in events)
