@@ -27,7 +27,7 @@ from daveloper.descriptors import load_descriptor_pool
 from daveloper.documents.catalog import Catalog
 from daveloper.documents.chunking import chunk
 from daveloper.documents.embeddings import make_embedder
-from daveloper.documents.ingest import Ingestion, Ingestor
+from daveloper.documents.ingest import Ingestion, Ingestor, ingestion_scope
 from daveloper.documents.parsing import parse
 from daveloper.documents.search import DocumentSearch
 from daveloper.documents.store import ChunkStore
@@ -39,13 +39,14 @@ from daveloper.infra.qdrant import open_qdrant, qdrant_probe
 from daveloper.infra.redis import open_redis, redis_probe
 from daveloper.jobs import BackgroundJobs
 from daveloper.leases import LeaseSet
+from daveloper.logstream import LogPublisher
 from daveloper.ratelimit import RateLimiter
 from daveloper.rpc import Interceptor
 from daveloper.scraper.crawl import Crawler, CrawlLimits
 from daveloper.scraper.fetcher import Fetcher, FetchLimits, open_http_session
 from daveloper.scraper.github import GitHubClient
 from daveloper.scraper.github_ingest import GitHubIngest, GitHubLimits
-from daveloper.scraper.jobs import JobLimits, JobRunner, JobStore
+from daveloper.scraper.jobs import JobLimits, JobRunner, JobStore, job_scope
 from daveloper.scraper.safety import AddressPolicy, Refusal
 from daveloper.scraper.tools import WebTools
 from daveloper.servicers.agent import AgentService, purge_conversations
@@ -55,8 +56,9 @@ from daveloper.servicers.scraper import ScraperService
 from daveloper.servicers.session import SessionService
 from daveloper.servicers.vector import VectorService, delete_session_vectors
 from daveloper.sessions import SessionStore, TokenSigner, load_secret_key
+from daveloper.sweeper import Sweeper, purge_named_keys
 from daveloper.tls import grpc_context
-from generated.daveloper.v1 import Document
+from generated.daveloper.v1 import Document, Quota
 
 __all__ = ["App", "open_app", "serve"]
 
@@ -131,8 +133,10 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
         events = EventLog(redis, retention=settings.event_retention, ttl_seconds=settings.event_ttl_seconds)
         stack.push_async_callback(events.aclose)
 
-        signer = TokenSigner(await load_secret_key(redis, settings.secret_key))
-        sessions = SessionStore(redis, signer, admin_token=settings.admin_token)
+        signer = TokenSigner(await load_secret_key(redis, settings.secret_key),
+                             previous=[key.encode() for key in settings.previous_secret_keys])
+        sessions = SessionStore(redis, signer, admin_token=settings.admin_token,
+                                idle_ttl_seconds=settings.session_idle_ttl_seconds)
         audit = AuditLog(redis, retention_seconds=settings.audit_retention_seconds, instance=settings.instance_id)
         guard = Guard(sessions, RateLimiter(redis), RatePolicy.from_settings(settings), audit)
 
@@ -158,6 +162,7 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
         async def purge_vectors(session_id: str) -> None:
             await delete_session_vectors(qdrant, session_id, chunk_store)
 
+        turn_leases = LeaseSet(redis, "turns", ttl_seconds=600)
         model = chat_model or make_chat_model(settings.chat_provider, base_url=settings.llm_base_url,
                                               api_key=settings.llm_api_key, model=settings.llm_model)
         if (close_model := getattr(model, "aclose", None)) is not None:
@@ -165,7 +170,7 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
         conversations = Conversations(redis)
         agent = Agent(
             events=events, conversations=conversations, model=model, jobs=jobs,
-            leases=LeaseSet(redis, "turns", ttl_seconds=600),
+            leases=turn_leases,
             tools=Toolbox(search=search, redis=redis, web=WebTools(
                 runner=scraper.runner, crawler=scraper.crawler, github=scraper.github,
                 chunks=lambda session_id, document_id, limit: chunk_store.chunks(session_id, document_id, limit=limit),
@@ -181,12 +186,43 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
         async def purge_chats(session_id: str) -> None:
             await purge_conversations(conversations, events, session_id)
 
+        async def purge_event_logs(session_id: str) -> None:
+            # Job and ingestion logs are named by their ids, not by the session: delete them while
+            # the records that list those ids still exist (the record purgers below remove those).
+            for job_id in await scraper.store.job_ids(session_id):
+                await events.delete(job_scope(job_id))
+            for ingestion_id in await catalog.ingestion_ids(session_id):
+                await events.delete(ingestion_scope(ingestion_id))
+
+        async def purge_session_keys(session_id: str) -> None:
+            # Rate buckets, leases, caches, crawl validators, counters: every other key named by the session.
+            await purge_named_keys(redis, [session_id])
+
+        purgers = [purge_chats, purge_event_logs, catalog.purge_session, purge_vectors, scraper.store.purge_session,
+                   purge_session_keys]
+        async def quotas(session_id: str) -> list[Quota]:
+            documents, stored = await catalog.usage(session_id)
+            return [
+                Quota(name="documents", limit=settings.quota_documents, used=documents),
+                Quota(name="stored_bytes", limit=settings.quota_stored_bytes, used=stored),
+                Quota(name="concurrent_turns", limit=settings.quota_concurrent_turns,
+                      used=await turn_leases.count(session_id)),
+                Quota(name="concurrent_jobs", limit=settings.scrape_jobs_per_session,
+                      used=await scraper.store.leases.count(session_id)),
+                Quota(name="scrape_pages_today", limit=settings.scrape_pages_per_day,
+                      used=await scraper.store.pages_today(session_id)),
+            ]
+
         session_service = SessionService(
             store=sessions, auth=guard,
             default_ttl=settings.session_ttl_seconds,
             max_ttl=settings.session_max_ttl_seconds,
-            purgers=[purge_chats, catalog.purge_session, purge_vectors, scraper.store.purge_session],
+            purgers=purgers,
+            audit=audit,
+            quotas=quotas,
+            rate_limits=guard.rate_limits,
         )
+        sweeper = Sweeper(redis, sessions, purgers, settings.sweep_interval_seconds, audit=audit)
         documents = DocumentService(auth=guard, ingestor=ingestor, catalog=catalog, chunks=chunk_store,
                                     search=search, events=events, max_upload_bytes=settings.max_upload_bytes,
                                     audit=audit)
@@ -196,7 +232,7 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
             VectorService(auth=guard, qdrant=qdrant),
             AgentService(auth=guard, agent=agent, conversations=conversations, events=events),
             ScraperService(auth=guard, runner=scraper.runner, crawler=scraper.crawler, github=scraper.github),
-            LogsService(auth=guard, audit=audit),
+            LogsService(auth=guard, audit=audit, redis=redis),
         ]
 
         health = HealthMonitor([redis_probe(redis), qdrant_probe(qdrant)])
@@ -212,8 +248,12 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
         await server.start(settings.grpc_addr.host, settings.grpc_addr.port, ssl=grpc_context(settings))
         grpc_addr = Address(settings.grpc_addr.host, _bound_port(server) or settings.grpc_addr.port)
 
+        publisher = LogPublisher(redis, instance=settings.instance_id)
+        publisher.start()
+        stack.push_async_callback(publisher.aclose)
         async with asyncio.TaskGroup() as tasks:
             monitor = tasks.create_task(health.run(), name="health-monitor")
+            sweeping = tasks.create_task(sweeper.run(), name="session-sweeper")
             try:
                 async with open_edge(settings, upstream=grpc_addr, health=health) as edge:
                     app = App(settings, grpc_addr, redis, qdrant, events, sessions, catalog, chunk_store, search,
@@ -226,6 +266,7 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
                 server.close()
                 await server.wait_closed()
                 monitor.cancel()
+                sweeping.cancel()
                 log.info("stopped")
 
 

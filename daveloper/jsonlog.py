@@ -15,10 +15,15 @@ from typing import Any, TextIO
 
 from daveloper.rpc.context import request_id_var, session_id_var
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["JsonFormatter", "configure_logging", "extra_fields"]
 
 # Attributes every LogRecord has; anything else came from ``extra=``.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """What the record's ``extra=`` added."""
+    return {key: value for key, value in vars(record).items() if key not in _STANDARD and not key.startswith("_")}
 
 
 class JsonFormatter(logging.Formatter):
@@ -42,9 +47,7 @@ class JsonFormatter(logging.Formatter):
             entry["request_id"] = request_id
         if session_id := session_id_var.get():
             entry["session_id"] = session_id
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+        entry.update(extra_fields(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
@@ -61,3 +64,5 @@ def configure_logging(level: str, instance_id: str, stream: TextIO | None = None
     root.setLevel(level)
     # grpclib logs every client cancel at INFO with a traceback; cancels are normal here.
     logging.getLogger("grpclib.server").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # hpack logs every HTTP/2 header it codes at DEBUG, bearer tokens included: never below INFO.
+    logging.getLogger("hpack").setLevel(max(logging.INFO, logging.getLevelName(level)))

@@ -1,8 +1,23 @@
-"""Anonymous sessions: signed bearer tokens, records in Redis with a TTL.
+"""Anonymous sessions: signed bearer tokens, records in Redis, idle expiry and an expiry index.
 
 A token is ``v1.<session id>.<expiry unix seconds>.<signature>``, signed with
 HMAC-SHA256. The signature and expiry are checked without I/O; the Redis record
-is then required too, so a deleted session's token stops working at once.
+is then required too, so a deleted session's token stops working at once, on
+every instance that shares the Redis.
+
+A session ends at the first of its hard expiry (the token's) and its *idle
+deadline*: its last authenticated call plus ``idle_ttl_seconds``. Both are one
+number, the record's Redis expiry, so an ended session's record is simply gone
+and every instance refuses its token with ``SESSION_NOT_FOUND`` — the same
+reason as a deleted session: a client cannot, and need not, tell them apart
+(either way it must create a new session). Keys (``dv:`` prefix)::
+
+    dv:session:<id>       hash created_at, expires_at, labels (JSON), last_active; expires at the deadline
+    dv:sessions:expiry    sorted set of session ids scored by that deadline (the sweeper's work list)
+
+Last activity is recorded at most once per ``touch_interval`` (a minute, or a
+quarter of the idle TTL if that is shorter), so a busy session costs one extra
+round trip a minute, not one per call.
 """
 
 from __future__ import annotations
@@ -14,6 +29,7 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,17 +42,39 @@ __all__ = ["SessionRecord", "SessionStore", "TokenSigner", "load_secret_key"]
 
 _TOKEN_VERSION = "v1"
 _SECRET_KEY = "dv:secret:session-signing"
+#: Last activity is written at most this often per session.
+_TOUCH_SECONDS = 60.0
+
+# KEYS: record, index. ARGV: now, deadline (unix seconds, float), member.
+# Only a live record is touched: a session that ended meanwhile must not come back as a partial hash.
+_TOUCH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'last_active', ARGV[1])
+redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(ARGV[2]) * 1000))
+redis.call('ZADD', KEYS[2], 'XX', ARGV[2], ARGV[3])
+return 1
+"""
 
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 async def load_secret_key(redis: aioredis.Redis, configured: str | None) -> bytes:
     """The signing key: the configured one, else one generated once and shared through Redis.
 
     Sharing it through Redis lets every instance that uses the same Redis verify
-    every other instance's tokens without configuration.
+    every other instance's tokens without configuration. It is deliberately not
+    a file in ``data_dir``: each instance has its own data directory (Qdrant
+    local mode locks it), so per-instance files would give each instance its own
+    key and a token would work only on the instance that issued it — whereas the
+    session records the tokens point to already live in the shared Redis, so the
+    key lives and dies with them. Operators who rotate keys configure
+    ``secret_key`` (and ``previous_secret_keys``) instead.
     """
     if configured:
         return configured.encode()
@@ -47,17 +85,24 @@ async def load_secret_key(redis: aioredis.Redis, configured: str | None) -> byte
 
 
 class TokenSigner:
-    """Issues and verifies session tokens."""
+    """Issues session tokens with the current key; verifies them with it or any previous key.
 
-    def __init__(self, key: bytes) -> None:
+    Rotating the key (``secret_key`` = new, ``previous_secret_keys`` = old) logs
+    nobody out: tokens signed with the old key keep working until the old key is
+    dropped from the list (after ``session_max_ttl_seconds`` no such token is alive).
+    """
+
+    def __init__(self, key: bytes, previous: Sequence[bytes] = ()) -> None:
         self._key = key
+        self._verifying = (key, *previous)
 
-    def _sign(self, body: str) -> str:
-        return _b64(hmac.new(self._key, body.encode(), hashlib.sha256).digest())
+    @staticmethod
+    def _sign(key: bytes, body: str) -> str:
+        return _b64(hmac.new(key, body.encode(), hashlib.sha256).digest())
 
     def issue(self, session_id: str, expires_at: int) -> str:
         body = f"{_TOKEN_VERSION}.{session_id}.{expires_at}"
-        return f"{body}.{self._sign(body)}"
+        return f"{body}.{self._sign(self._key, body)}"
 
     def verify(self, token: str, *, now: float | None = None) -> str:
         """The session id of a genuine, unexpired token; otherwise ``Unauthenticated``."""
@@ -65,7 +110,9 @@ class TokenSigner:
         if len(parts) != 4 or parts[0] != _TOKEN_VERSION or not parts[2].isdigit():
             raise Unauthenticated("malformed session token", reason="TOKEN_MALFORMED")
         body = ".".join(parts[:3])
-        if not hmac.compare_digest(self._sign(body), parts[3]):
+        # Every key is tried (no early exit), so timing does not tell which one matched.
+        genuine = [hmac.compare_digest(self._sign(key, body), parts[3]) for key in self._verifying]
+        if not any(genuine):
             raise Unauthenticated("invalid session token signature", reason="TOKEN_INVALID")
         if int(parts[2]) <= (time.time() if now is None else now):
             raise Unauthenticated("session token expired", reason="TOKEN_EXPIRED")
@@ -74,10 +121,14 @@ class TokenSigner:
 
 @dataclass(frozen=True, slots=True)
 class SessionRecord:
+    """A session as stored: its times are unix seconds."""
+
     id: str
     created_at: float
     expires_at: int
     labels: dict[str, str] = field(default_factory=dict)
+    #: Last authenticated call, recorded to within the touch interval.
+    last_active: float = 0.0
 
     def create_time(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self.created_at, datetime.UTC)
@@ -85,41 +136,75 @@ class SessionRecord:
     def expire_time(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self.expires_at, datetime.UTC)
 
+    def last_active_time(self) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self.last_active or self.created_at, datetime.UTC)
+
 
 class SessionStore:
-    """Session records in Redis, and the ``Authenticator`` every servicer uses."""
+    """Session records in Redis, and the ``Authenticator`` every servicer uses (see the module docstring)."""
 
     def __init__(
-        self, redis: aioredis.Redis, signer: TokenSigner, *, admin_token: str | None = None, prefix: str = "dv:"
+        self,
+        redis: aioredis.Redis,
+        signer: TokenSigner,
+        *,
+        admin_token: str | None = None,
+        prefix: str = "dv:",
+        idle_ttl_seconds: int = 24 * 3600,
     ) -> None:
         self._redis = redis
         self._signer = signer
         self._admin_token = admin_token
         self._prefix = prefix
+        self.idle_ttl_seconds = idle_ttl_seconds
+        # A tiny idle TTL (tests, demos) needs more frequent touches than once a minute, or
+        # an active session would end between two of them.
+        self.touch_interval = min(_TOUCH_SECONDS, idle_ttl_seconds / 4)
+        self._touch = redis.register_script(_TOUCH)
 
     def _key(self, session_id: str) -> str:
         return f"{self._prefix}session:{session_id}"
 
+    @property
+    def index_key(self) -> str:
+        """The sorted set of session ids by deadline (unix seconds)."""
+        return f"{self._prefix}sessions:expiry"
+
+    def record_key(self, session_id: str) -> str:
+        """The Redis key of a session's record."""
+        return self._key(session_id)
+
+    def _deadline(self, expires_at: int, last_active: float) -> float:
+        return min(float(expires_at), last_active + self.idle_ttl_seconds)
+
     async def create(self, ttl_seconds: int, labels: dict[str, str]) -> tuple[SessionRecord, str]:
         now = time.time()
-        record = SessionRecord(
-            id=secrets.token_urlsafe(16), created_at=now, expires_at=int(now) + ttl_seconds, labels=labels
-        )
-        payload = json.dumps({"created_at": record.created_at, "expires_at": record.expires_at,
-                              "labels": record.labels})
-        await self._redis.set(self._key(record.id), payload, ex=ttl_seconds)
+        record = SessionRecord(id=secrets.token_urlsafe(16), created_at=now, expires_at=int(now) + ttl_seconds,
+                               labels=labels, last_active=now)
+        deadline = self._deadline(record.expires_at, now)
+        key = self._key(record.id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"created_at": repr(now), "expires_at": record.expires_at,
+                                    "labels": json.dumps(labels), "last_active": repr(now)})
+            pipe.pexpireat(key, int(deadline * 1000))
+            pipe.zadd(self.index_key, {record.id: deadline})
+            await pipe.execute()
         return record, self._signer.issue(record.id, record.expires_at)
 
     async def get(self, session_id: str) -> SessionRecord:
-        raw = await self._redis.get(self._key(session_id))
-        if raw is None:
+        raw = {_text(k): _text(v) for k, v in (await self._redis.hgetall(self._key(session_id))).items()}
+        if "expires_at" not in raw:
             raise NotFound("session not found or expired", reason="SESSION_NOT_FOUND")
-        data = json.loads(raw)
-        return SessionRecord(session_id, data["created_at"], data["expires_at"], data["labels"])
+        return SessionRecord(session_id, float(raw["created_at"]), int(raw["expires_at"]),
+                             json.loads(raw.get("labels", "{}")), float(raw.get("last_active", 0)))
 
     async def delete(self, session_id: str) -> bool:
-        """Delete the record; data owned by the session is purged by its owners."""
-        return bool(await self._redis.delete(self._key(session_id)))
+        """Delete the record and its index entry; data owned by the session is purged by its owners."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._key(session_id))
+            pipe.zrem(self.index_key, session_id)
+            deleted, _ = await pipe.execute()
+        return bool(deleted)
 
     async def authenticate(self, metadata: Any) -> Principal:
         header = metadata.get("authorization") if metadata else None
@@ -132,6 +217,14 @@ class SessionStore:
         if self._admin_token and hmac.compare_digest(token, self._admin_token):
             return Principal(session_id="", admin=True)
         session_id = self._signer.verify(token)
-        if not await self._redis.exists(self._key(session_id)):
+        key = self._key(session_id)
+        last_active, expires_at = await self._redis.hmget(key, ["last_active", "expires_at"])
+        now = time.time()
+        # The record expires at its idle deadline; the explicit check covers Redis's expiry granularity.
+        if (last_active is None or expires_at is None
+                or now >= self._deadline(int(_text(expires_at)), float(_text(last_active)))):
             raise Unauthenticated("session was deleted or has expired", reason="SESSION_NOT_FOUND")
+        if now - float(_text(last_active)) >= self.touch_interval:
+            deadline = self._deadline(int(_text(expires_at)), now)
+            await self._touch(keys=[key, self.index_key], args=[repr(now), repr(deadline), session_id])
         return Principal(session_id=session_id)

@@ -228,3 +228,21 @@ async def test_the_edge_answers_429_with_retry_after_per_forwarded_client(app: A
         assert body["code"] == "resource_exhausted"
         async with http.post(url, json={}, headers={"X-Forwarded-For": "203.0.113.100"}) as response:
             assert response.status == 200
+
+
+async def test_get_session_reports_quotas_with_use_and_rate_limits_with_what_is_left(channel: Channel) -> None:
+    token = await new_session(channel)
+    assert await upload(channel, token, "a.md", b"# A\n\nfirst document\n") is None
+    got = await SessionServiceStub(channel).get_session(GetSessionRequest(), timeout=5, metadata=bearer(token))
+    quotas = {q.name: (q.limit, q.used) for q in got.quotas}
+    assert quotas["documents"] == (2, 1)
+    assert quotas["stored_bytes"][0] == 10_000
+    assert 0 < quotas["stored_bytes"][1] < 100
+    assert quotas["concurrent_turns"][1] == 0
+    assert set(quotas) >= {"concurrent_jobs", "scrape_pages_today"}
+    limits = {r.method_class: r for r in got.rate_limits}
+    assert limits["calls"].burst == 8
+    assert limits["calls"].per_minute == pytest.approx(8 / 60)
+    # The upload took an "uploads" token, GetSession itself a "calls" token.
+    assert limits["calls"].available == pytest.approx(7, abs=0.1)
+    assert limits["uploads"].available == pytest.approx(99, abs=0.1)

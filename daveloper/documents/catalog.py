@@ -11,6 +11,7 @@ Keys (``dv:`` prefix)::
     dv:docs:<session>              sorted set of document ids, scored by creation time
     dv:docclient:<session>         hash client_document_id -> document id
     dv:ingestion:<id>              hash session, document name (who may watch or cancel it)
+    dv:ingestions:<session>        set of the session's ingestion ids (to purge them with the session)
 """
 
 from __future__ import annotations
@@ -84,6 +85,13 @@ class Catalog:
     def _ingestion(self, ingestion_id: str) -> str:
         return f"{self._prefix}ingestion:{ingestion_id}"
 
+    def _ingestions(self, session_id: str) -> str:
+        return f"{self._prefix}ingestions:{session_id}"
+
+    async def ingestion_ids(self, session_id: str) -> list[str]:
+        """The session's ingestions whose records have not expired yet (or a few that have)."""
+        return [_text(i) for i in await self._redis.smembers(self._ingestions(session_id))]
+
     async def put(self, session_id: str, document: Document) -> None:
         assert document.create_time is not None
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -137,7 +145,8 @@ class Catalog:
         """Remove every document record of a session (its points are removed by the store)."""
         ids = await self.document_ids(session_id)
         keys = [self._doc(session_id, i) for i in ids] + [self._docs(session_id), self._clients(session_id),
-                                                           self._usage(session_id)]
+                                                           self._usage(session_id), self._ingestions(session_id)]
+        keys += [self._ingestion(i) for i in await self.ingestion_ids(session_id)]
         await self._redis.delete(*keys)
 
     async def start_ingestion(self, ingestion_id: str, session_id: str, file_name: str) -> None:
@@ -145,6 +154,8 @@ class Catalog:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping={"session": session_id, "name": file_name})
             pipe.expire(key, self._ingestion_ttl)
+            pipe.sadd(self._ingestions(session_id), ingestion_id)
+            pipe.expire(self._ingestions(session_id), self._ingestion_ttl)
             await pipe.execute()
 
     async def check_ingestion(self, session_id: str, ingestion_id: str) -> None:

@@ -186,6 +186,8 @@ class JobRun:
         return await self._events.append(self.scope, bytes(event), final=final)
 
     async def log(self, message: str, level: str = "INFO") -> None:
+        """A log line in the job's events, and in the live logs (``LogsService.Tail``)."""
+        log.log(logging.getLevelName(level), message, extra={"job_id": self.job.id, "session_id": self.session_id})
         await self.emit(log=LogLine(level=level, message=message))
 
     async def take_page(self) -> None:

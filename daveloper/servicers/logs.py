@@ -1,13 +1,25 @@
-"""``daveloper.v1.LogsService``: the audit log, for the operator's admin token."""
+"""``daveloper.v1.LogsService``: live logs of the caller's session (all of them for the admin), and the audit log."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from daveloper.audit import AuditLog
-from daveloper.errors import PermissionDenied
+from daveloper.errors import InvalidArgument, PermissionDenied
+from daveloper.logstream import tail
 from daveloper.rpc import Authenticator, Call, Servicer
-from generated.daveloper.v1 import ListAuditEventsRequest, ListAuditEventsResponse, LogsServiceBase
+from generated.daveloper.v1 import (
+    ListAuditEventsRequest,
+    ListAuditEventsResponse,
+    LogLevel,
+    LogRecord,
+    LogsServiceBase,
+    TailRequest,
+    TailResponse,
+)
 
 __all__ = ["LogsService"]
 
@@ -18,9 +30,28 @@ DEFAULT_PAGE_SIZE = 100
 class LogsService(Servicer):
     base = LogsServiceBase
 
-    def __init__(self, *, auth: Authenticator, audit: AuditLog) -> None:
+    def __init__(self, *, auth: Authenticator, audit: AuditLog, redis: aioredis.Redis) -> None:
         super().__init__(auth=auth)
         self._audit = audit
+        self._redis = redis
+
+    async def Tail(self, request: TailRequest, call: Call[Any, Any]) -> AsyncIterator[TailResponse]:
+        principal = call.principal
+        assert principal is not None
+        everything = principal.admin and not principal.session_id  # the admin token not acting for a session
+        min_level = request.min_level or LogLevel.INFO
+        if len(request.logger_prefix) > 200 or len(request.job_id) > 100:
+            raise InvalidArgument("filters are too long", violations=[("logger_prefix", "at most 200 characters"),
+                                                                     ("job_id", "at most 100 characters")])
+
+        def accept(record: LogRecord) -> bool:
+            return bool(record.level >= min_level
+                    and (everything or record.session_id == principal.session_id)
+                    and (not request.job_id or record.job_id == request.job_id)
+                    and record.logger.startswith(request.logger_prefix))
+
+        async for record in tail(self._redis, accept):
+            yield TailResponse(record=record)
 
     async def ListAuditEvents(self, request: ListAuditEventsRequest, call: Call[Any, Any]) -> ListAuditEventsResponse:
         if call.principal is None or not call.principal.admin:

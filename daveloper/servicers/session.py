@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from daveloper.audit import AuditLog
 from daveloper.errors import InvalidArgument
 from daveloper.rpc import Authenticator, Call, Servicer, public
 from daveloper.sessions import SessionRecord, SessionStore
@@ -15,6 +16,8 @@ from generated.daveloper.v1 import (
     DeleteSessionResponse,
     GetSessionRequest,
     GetSessionResponse,
+    Quota,
+    RateLimit,
     Session,
     SessionServiceBase,
 )
@@ -27,7 +30,8 @@ _MAX_LABEL_CHARS = 256
 
 def _session_message(record: SessionRecord) -> Session:
     return Session(
-        id=record.id, create_time=record.create_time(), expire_time=record.expire_time(), labels=record.labels
+        id=record.id, create_time=record.create_time(), expire_time=record.expire_time(), labels=record.labels,
+        last_active_time=record.last_active_time(),
     )
 
 
@@ -42,9 +46,16 @@ class SessionService(Servicer):
         default_ttl: int,
         max_ttl: int,
         purgers: Sequence[Callable[[str], Awaitable[object]]] = (),
+        quotas: Callable[[str], Awaitable[list[Quota]]] | None = None,
+        rate_limits: Callable[[str], Awaitable[list[RateLimit]]] | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         super().__init__(auth=auth or store)  # the Guard in the app: rate limits, audit
         self._store = store
+        #: The session's quotas with their use, and its rate limits with what is left (for GetSession).
+        self._quotas = quotas
+        self._rate_limits = rate_limits
+        self._audit = audit
         #: Each removes one kind of data a session owns (documents, points, ...).
         self._purgers = list(purgers)
         self._default_ttl = default_ttl
@@ -68,14 +79,21 @@ class SessionService(Servicer):
                     f"labels[{key!r}]", f"key must be non-empty and key+value at most {_MAX_LABEL_CHARS} chars"
                 )
         record, token = await self._store.create(ttl, dict(request.labels))
+        if self._audit is not None:
+            await self._audit.record("session.created", session_id=record.id, ttl_seconds=ttl)
         return CreateSessionResponse(session=_session_message(record), token=token)
 
     async def GetSession(self, request: GetSessionRequest, call: Call[Any, Any]) -> GetSessionResponse:
-        return GetSessionResponse(session=_session_message(await self._store.get(call.session_id)))
+        session = _session_message(await self._store.get(call.session_id))
+        quotas = await self._quotas(call.session_id) if self._quotas is not None else []
+        limits = await self._rate_limits(call.session_id) if self._rate_limits is not None else []
+        return GetSessionResponse(session=session, quotas=quotas, rate_limits=limits)
 
     async def DeleteSession(self, request: DeleteSessionRequest, call: Call[Any, Any]) -> DeleteSessionResponse:
         # Data first, record last: if a purge fails the token still works and the call can be retried.
         for purge in self._purgers:
             await purge(call.session_id)
         await self._store.delete(call.session_id)
+        if self._audit is not None:
+            await self._audit.record("session.deleted")
         return DeleteSessionResponse()

@@ -116,13 +116,22 @@ class BareAgent(AgentServiceBase):
 
 
 class InMemoryRedis:
-    """Stands in for Redis in ``SessionStore.authenticate``: answers EXISTS from a set, without I/O."""
+    """Stands in for Redis in ``SessionStore.authenticate``: answers its one HMGET from memory, without I/O."""
 
     def __init__(self, keys: set[str]) -> None:
         self._keys = keys
+        self._active = time.time()  # recent, so the once-a-minute activity write never runs
 
-    async def exists(self, *keys: str) -> int:
-        return sum(key in self._keys for key in keys)
+    def register_script(self, script: str) -> Any:
+        async def run(*, keys: list[str], args: list[Any]) -> int:
+            return 1
+        return run
+
+    async def hmget(self, key: str, fields: list[str]) -> list[bytes | None]:
+        if key not in self._keys:
+            return [None] * len(fields)
+        values = {"last_active": repr(self._active).encode(), "expires_at": str(int(time.time()) + 3600).encode()}
+        return [values.get(field) for field in fields]
 
 
 class Vectors(Servicer):

@@ -15,9 +15,7 @@ from generated.daveloper.v1 import (
     CreateSessionRequest,
     DeleteSessionRequest,
     GetSessionRequest,
-    LogsServiceStub,
     SessionServiceStub,
-    TailRequest,
 )
 from tests.grpc_helpers import bearer, reason
 
@@ -84,10 +82,3 @@ async def test_deleted_session_token_stops_working(channel: Channel, token: str)
         await stub.get_session(GetSessionRequest(), timeout=5, metadata=bearer(token))
     assert caught.value.status is Status.UNAUTHENTICATED
     assert reason(caught.value) == "SESSION_NOT_FOUND"
-
-
-async def test_rpcs_not_built_yet_answer_unimplemented(channel: Channel, token: str) -> None:
-    stub = LogsServiceStub(channel)
-    with pytest.raises(GRPCError) as caught:
-        await anext(aiter(stub.tail(TailRequest(), timeout=5, metadata=bearer(token))))
-    assert caught.value.status is Status.UNIMPLEMENTED
