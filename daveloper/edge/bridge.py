@@ -21,7 +21,7 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from h2.exceptions import H2Error
 
 from daveloper.config import Address
-from daveloper.edge.codec import Method
+from daveloper.edge.codec import Method, UnrepresentableMessage
 from daveloper.edge.status import RpcStatus, edge_status
 
 __all__ = ["RawCodec", "RawStatusDetailsCodec", "Upstream", "call_status", "end_sending", "status_of", "unary"]
@@ -153,6 +153,8 @@ def status_of(exc: BaseException) -> RpcStatus | None:
     if isinstance(exc, GRPCError):
         details = exc.details if isinstance(exc.details, bytes) else b""
         return RpcStatus(exc.status, exc.message or "", details)
+    if isinstance(exc, UnrepresentableMessage):
+        return edge_status(Status.INTERNAL, str(exc), reason="RESPONSE_NOT_JSON")
     if isinstance(exc, TimeoutError):  # grpclib's deadline and our own asyncio.timeout alike
         return edge_status(Status.DEADLINE_EXCEEDED, "deadline exceeded", reason="DEADLINE_EXCEEDED")
     if isinstance(exc, (StreamTerminatedError, ProtocolError, H2Error, ConnectionError, OSError,

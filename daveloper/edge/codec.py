@@ -33,7 +33,7 @@ from grpclib.reflection.v1alpha import reflection_pb2 as reflection_v1alpha_pb2
 from daveloper.descriptors import DESCRIPTOR_SET
 from daveloper.edge.status import CONNECT_CODES, RpcStatus
 
-__all__ = ["InvalidMessage", "MessageCodec", "Method", "b64decode", "b64encode"]
+__all__ = ["InvalidMessage", "MessageCodec", "Method", "UnrepresentableMessage", "b64decode", "b64encode"]
 
 #: Error detail types whose content is safe to show to clients as ``debug`` JSON.
 #: ``google.rpc.DebugInfo`` (stack traces) is deliberately absent.
@@ -49,6 +49,10 @@ _PUBLIC_DETAILS: Mapping[str, type[Message]] = {
 
 class InvalidMessage(ValueError):
     """A message value does not fit its protobuf type (bad JSON shape, bad bytes)."""
+
+
+class UnrepresentableMessage(InvalidMessage):
+    """A valid protobuf message (a response) that the JSON mapping cannot express (NaN, a year past 9999)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +121,7 @@ class MessageCodec:
         message = cls()
         try:
             json_format.ParseDict(value, message, ignore_unknown_fields=True, descriptor_pool=self._pool)
-        except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
+        except (json_format.ParseError, ValueError, TypeError, RecursionError, OverflowError) as exc:
             raise InvalidMessage(str(exc) or type(exc).__name__) from None
         return message.SerializeToString()
 
@@ -127,7 +131,10 @@ class MessageCodec:
             message = cls.FromString(data)
         except DecodeError as exc:
             raise InvalidMessage(f"not a valid {cls.DESCRIPTOR.full_name}: {exc}") from None
-        result: dict[str, Any] = json_format.MessageToDict(message, descriptor_pool=self._pool)
+        try:
+            result: dict[str, Any] = json_format.MessageToDict(message, descriptor_pool=self._pool)
+        except (json_format.Error, ValueError) as exc:  # valid protobuf JSON cannot express (NaN, year 10000)
+            raise UnrepresentableMessage(f"a {cls.DESCRIPTOR.full_name} that JSON cannot express: {exc}") from None
         return result
 
     def check_bytes(self, cls: type[Message], data: bytes) -> None:

@@ -20,7 +20,7 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
 from daveloper.edge.bridge import call_status, status_of, unary
-from daveloper.edge.codec import InvalidMessage, Method
+from daveloper.edge.codec import InvalidMessage, Method, UnrepresentableMessage
 from daveloper.edge.metadata import expose, sanitize_http
 from daveloper.edge.state import EdgeState, credentials
 from daveloper.edge.status import HTTP_STATUS, RpcStatus, edge_status, retry_delay
@@ -113,8 +113,11 @@ async def call_method(request: web.Request) -> web.StreamResponse:
         if not status.ok:
             return _error(state, status)
         headers = {f"trailer-{k}": ", ".join(v) for k, v in expose(status.trailers).items()}
-        return web.Response(text=_dumps(state.codec.to_json(method.output, response)), content_type=_JSON,
-                            headers=headers)
+        try:
+            result = state.codec.to_json(method.output, response)
+        except UnrepresentableMessage as exc:
+            return _refuse(state, Status.INTERNAL, str(exc), "RESPONSE_NOT_JSON")
+        return web.Response(text=_dumps(result), content_type=_JSON, headers=headers)
     return await _server_stream(request, state, method, data, metadata, timeout)
 
 

@@ -3,7 +3,7 @@
 Python is cut with :mod:`ast`: each top-level ``def``/``class`` (with its
 decorators and the comment lines directly above it) is a unit, and the
 statements between them form one unit per gap. Other languages, and Python
-that does not parse, use a layout heuristic that holds for almost every
+that does not parse or is too long for an AST, use a layout heuristic that holds for almost every
 language: a top-level construct starts at an unindented line after a blank
 line. A unit with an indented body (a function, a class, a struct, a nested
 YAML section) stands alone; consecutive flat units (imports, constants,
@@ -22,12 +22,15 @@ __all__ = ["parse_code"]
 
 #: An unindented line that continues the construct above it rather than starting a new one.
 _CONTINUATION = re.compile(r"^(?:[)\]}]|(?:end|fi|done|esac|else|elif|except|finally|catch)\b)")
+#: Python longer than this is cut by the layout heuristic: an AST costs up to ~1 KB of memory per source
+#: character (``"a\n" * 500_000`` takes 850 MB), so a hostile upload could otherwise exhaust the server.
+PYTHON_AST_MAX_CHARS = 256 * 1024
 
 
 def parse_code(text: str, language: str) -> list[Block]:
     """The top-level units of a source file as CODE blocks, each with its 1-based line range."""
     lines = text.split("\n")
-    spans = _python_units(text, lines) if language == "python" else None
+    spans = _python_units(text, lines) if language == "python" and len(text) <= PYTHON_AST_MAX_CHARS else None
     if spans is None:
         spans = _layout_units(lines)
     return [

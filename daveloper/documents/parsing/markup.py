@@ -5,6 +5,12 @@ block (links, emphasis and list markers included, which read well to a model
 and keep line ranges honest); only heading texts are reduced to plain text.
 HTML is reduced to its main content by trafilatura, which drops navigation,
 footers and other boilerplate; its blocks have no line ranges.
+
+Markdown is tokenised a window of lines at a time, and inline markup is parsed
+for headings only: markdown-it keeps every token of a document in memory (about
+2 KB per list item), and its inline parser spends milliseconds on a line of
+unclosed brackets, so a hostile 32 MiB upload would otherwise cost gigabytes
+and minutes.
 """
 
 from __future__ import annotations
@@ -35,36 +41,60 @@ _MARKDOWN_KINDS = {
 }
 _FRONT_MATTER_TITLE = re.compile(r"^title:[ \t]*(.+?)[ \t]*$", re.MULTILINE)
 _HTML_COMMENT = re.compile(r"\A\s*(?:<!--.*?-->\s*)+\Z", re.DOTALL)
-_TITLE_TAG = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
+#: The first ``<title>`` and its end, found separately: one lazy ``<title>(.*?)</title>`` scanned to the end of
+#: the page from every unclosed ``<title>`` (20k of them took 20 s).
+_TITLE_OPEN = re.compile(r"<title\b[^>]{0,1024}>", re.IGNORECASE)
+_TITLE_CLOSE = re.compile(r"</title\s*>", re.IGNORECASE)
+_TITLE_SCAN = 262_144
+
+
+#: Lines of Markdown tokenised at once; a single top-level block longer than this is cut into pieces.
+MARKDOWN_WINDOW_LINES = 10_000
 
 
 def parse_markdown(text: str) -> tuple[list[Block], str]:
     """Blocks of a CommonMark (+ tables) document, with 1-based line ranges; and its title."""
     lines = text.split("\n")
     front_title = _strip_front_matter(lines)
-    parser = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"])
-    tokens = parser.parse("\n".join(lines))
+    parser = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"]).disable("inline")
+    env: dict[str, object] = {}  # link reference definitions, shared by every window
     outline = Outline()
     blocks: list[Block] = []
-    for index, token in enumerate(tokens):
-        if token.level != 0 or token.nesting == -1 or token.map is None:
-            continue
-        start, end = token.map
-        if token.type == "heading_open":
-            heading = _inline_text(tokens[index + 1])
-            if heading:
-                blocks.append(outline.heading(heading, int(token.tag[1:]), start_line=start + 1, end_line=end))
-            continue
-        kind = _MARKDOWN_KINDS.get(token.type)
-        if kind is None:  # hr, or a container we do not know: its text is not lost, it is not a block at all
-            continue
-        while end > start and not lines[end - 1].strip():
-            end -= 1
-        source = "\n".join(lines[start:end])
-        if not source.strip() or (token.type == "html_block" and _HTML_COMMENT.match(source)):
-            continue
-        blocks.append(outline.block(kind, source, start_line=start + 1, end_line=end))
+    offset = 0
+    while offset < len(lines):
+        stop = min(offset + MARKDOWN_WINDOW_LINES, len(lines))
+        tokens = parser.parse("\n".join(lines[offset:stop]), env)
+        tops = [index for index, token in enumerate(tokens)
+                if token.level == 0 and token.nesting != -1 and token.map is not None]
+        following = stop
+        if stop < len(lines) and len(tops) > 1:
+            # The window's last block may go on past it: it starts the next window instead.
+            following = offset + _line_range(tokens[tops.pop()])[0]
+        for index in tops:
+            token = tokens[index]
+            start, end = (offset + line for line in _line_range(token))
+            if token.type == "heading_open":
+                heading = _inline_text(parser, tokens[index + 1], env)
+                if heading:
+                    blocks.append(outline.heading(heading, int(token.tag[1:]), start_line=start + 1, end_line=end))
+                continue
+            kind = _MARKDOWN_KINDS.get(token.type)
+            if kind is None:  # hr, or a container we do not know: its text is not lost, it is not a block at all
+                continue
+            while end > start and not lines[end - 1].strip():
+                end -= 1
+            source = "\n".join(lines[start:end])
+            if not source.strip() or (token.type == "html_block" and _HTML_COMMENT.match(source)):
+                continue
+            blocks.append(outline.block(kind, source, start_line=start + 1, end_line=end))
+        del tokens  # before the next window's are built
+        offset = following
     return blocks, outline.first_h1 or front_title
+
+
+def _line_range(token: Token) -> tuple[int, int]:
+    assert token.map is not None
+    return token.map[0], token.map[1]
 
 
 def _strip_front_matter(lines: list[str]) -> str:
@@ -79,11 +109,11 @@ def _strip_front_matter(lines: list[str]) -> str:
     return ""
 
 
-def _inline_text(inline: Token) -> str:
-    """The plain text of an inline token: markup dropped, image alt texts kept."""
+def _inline_text(parser: MarkdownIt, inline: Token, env: dict[str, object]) -> str:
+    """The plain text of a heading's inline token: markup dropped, image alt texts kept."""
     parts: list[str] = []
-    for child in inline.children or ():
-        if child.type in ("text", "code_inline", "image"):
+    for child in parser.inline.parse(inline.content, parser, env, []):
+        if child.type in ("text", "text_special", "code_inline", "image"):
             parts.append(child.content)
         elif child.type in ("softbreak", "hardbreak"):
             parts.append(" ")
@@ -119,8 +149,11 @@ def parse_html(text: str) -> tuple[list[Block], str]:
         _walk_html(main, outline, blocks)
     if not blocks:
         raise refuse(Reason.NO_TEXT, "the HTML page has no main text content")
-    match = _TITLE_TAG.search(text, 0, 262_144)
-    title = " ".join(html.unescape(match.group(1)).split()) if match else ""
+    title = ""
+    if (opening := _TITLE_OPEN.search(text, 0, _TITLE_SCAN)) and (
+        closing := _TITLE_CLOSE.search(text, opening.end(), _TITLE_SCAN)
+    ):
+        title = " ".join(html.unescape(text[opening.end():closing.start()]).split())
     return blocks, title or outline.first_h1
 
 
