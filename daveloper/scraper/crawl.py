@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from yarl import URL
 
-from daveloper.errors import DaveloperError, InvalidArgument
+from daveloper.errors import DaveloperError, InvalidArgument, ResourceExhausted
 from daveloper.scraper.extract import canonical_url, decode, is_html, parse_html, parse_sitemap
 from daveloper.scraper.fetcher import Fetcher, Response
 from daveloper.scraper.jobs import JobRun, Work
@@ -201,6 +201,7 @@ class _Crawl:
         self._hashes: set[str] = set()
         self._queue: asyncio.Queue[tuple[URL, int]] = asyncio.Queue()
         self._scheduled = 0
+        self._quota_hit: ResourceExhausted | None = None
         self._budget_reported = False
 
     async def run(self) -> None:
@@ -224,14 +225,24 @@ class _Crawl:
                 for task in tasks:
                     task.cancel()
         except* DaveloperError as group:
-            # A job-level failure (the daily quota, Redis) in one worker ends the crawl; report that error.
+            # A job-level failure (Redis) in one worker ends the crawl; report that error.
             raise group.exceptions[0] from None
+        if self._quota_hit is not None:
+            raise self._quota_hit
 
     async def _work(self) -> None:
         while True:
             url, depth = await self._queue.get()
             try:
-                await self._visit(url, depth)
+                if self._quota_hit is None:
+                    try:
+                        await self._run.take_page()
+                    except ResourceExhausted as exc:
+                        # Out of pages for today: fetch nothing more, but let the pages already paid
+                        # for finish; the crawl then fails with this error.
+                        self._quota_hit = exc
+                    else:
+                        await self._visit(url, depth)
             finally:
                 self._queue.task_done()
 
@@ -269,7 +280,6 @@ class _Crawl:
 
     async def _visit(self, url: URL, depth: int) -> None:
         session_id, ingest = self._run.session_id, self._spec.ingest
-        await self._run.take_page()
         remembered = await self._crawler.remembered(session_id, url, ingest=ingest)
         headers = {}
         if remembered is not None:
