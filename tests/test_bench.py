@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("module", ["scripts.bench.rpc_overhead", "scripts.bench.codec", "scripts.bench.documents",
                                     "scripts.bench.chat", "scripts.bench.scrape", "scripts.bench.cancel",
-                                    "scripts.bench.edge"])
+                                    "scripts.bench.edge", "scripts.bench.guard"])
 def test_benchmark_runs_and_reports_both_sides(module: str) -> None:
     done = subprocess.run([sys.executable, "-m", module, "--quick", "--json"], cwd=ROOT,
                           capture_output=True, text=True, timeout=110, check=True)
@@ -47,6 +47,17 @@ def test_benchmark_runs_and_reports_both_sides(module: str) -> None:
             assert results["streaming"][clients_on]["server_cpu_s"] > 0
         for socket in ("bare websocket", "edge"):
             assert results["idle"][socket]["traced_per_socket"] > 0
+    elif module.endswith("guard"):
+        assert set(results) == {"unary c=1", "unary c=8", "redis"}
+        for workload in ("unary c=1", "unary c=8"):
+            for variant in ("none", "auth", "auth + rate limit"):
+                assert results[workload][variant][0]["rate"] > 0
+        redis = results["redis"]
+        assert redis["none"]["round_trips_per_call"] == 0
+        assert redis["auth"]["round_trips_per_call"] >= 1
+        assert redis["auth + rate limit"]["sent_per_call"]["evalsha"] >= 1
+        assert redis["buckets_present"] == {"session": True, "address": True}
+        assert redis["audit_events"] == 0  # nothing was refused or failed authentication
     else:
         assert results["encode (binary)"]["betterproto2"] > 0
         assert results["encode (binary)"]["protobuf upb"] > 0
