@@ -234,8 +234,8 @@ async def test_jobs_are_listed_per_session_and_hidden_from_others(
 async def test_session_limits_on_concurrent_jobs_and_daily_pages(
     app: App, scraper: ScraperServiceStub, token: str, site: Site
 ) -> None:
-    site.page_delay = 0.2
-    spec = ScrapeSpec(urls=[site.url("/")], max_depth=1, max_pages=50)
+    site.page_delay = 2.0  # each job fetches one slow page: all four are still running below
+    spec = ScrapeSpec(urls=[site.url("/section/0")], max_depth=0)
     started = []
     for _ in range(4):  # the test settings allow 4 concurrent jobs per session
         started.append((await scraper.start_scrape(StartScrapeRequest(spec=spec), timeout=15,
