@@ -40,7 +40,6 @@ if not __package__:  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -55,7 +54,6 @@ from typing import Any
 import redis.asyncio as aioredis
 import uvloop
 from grpclib.client import Channel
-from grpclib.const import Cardinality
 from grpclib.server import Server
 
 from daveloper.audit import AuditLog
@@ -70,11 +68,10 @@ from daveloper.rpc.servicer import Authenticator
 from daveloper.sessions import SessionStore, TokenSigner
 from generated.daveloper.v1 import ListCollectionsRequest, ListCollectionsResponse, VectorServiceBase
 from scripts.bench._app import bench_settings
-from scripts.bench._stats import summary_us, table
+from scripts.bench._stats import table
+from scripts.bench.rpc_overhead import unary, unary_once
 
 VARIANTS = ("none", "auth", "auth + rate limit")
-UNARY = "/daveloper.v1.VectorService/ListCollections"
-TIMEOUT = 30.0  # every client call carries a deadline
 #: A documentation address (RFC 5737): not loopback, so the Guard charges a per-address bucket too.
 CLIENT_ADDRESS = "203.0.113.1"
 EMPTY = ListCollectionsResponse()
@@ -141,28 +138,7 @@ class ValkeyStats:
 # -- workload (client side) ------------------------------------------------------------------
 
 
-async def unary_once(channel: Channel, metadata: dict[str, str]) -> None:
-    async with channel.request(UNARY, Cardinality.UNARY_UNARY, ListCollectionsRequest, ListCollectionsResponse,
-                               timeout=TIMEOUT, metadata=metadata) as stream:
-        await stream.send_message(ListCollectionsRequest(), end=True)
-        assert await stream.recv_message() is not None
-        await stream.recv_trailing_metadata()
-
-
-async def unary(channel: Channel, metadata: dict[str, str], seconds: float, concurrency: int) -> dict[str, float]:
-    latencies: list[float] = []
-    deadline = time.perf_counter() + seconds
-
-    async def worker() -> None:
-        while time.perf_counter() < deadline:
-            sent = time.perf_counter()
-            await unary_once(channel, metadata)
-            latencies.append(time.perf_counter() - sent)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    return {"rate": len(latencies) / elapsed, "n": len(latencies), **summary_us(latencies)}
+# The unary workload (sequential or concurrent calls with latencies) is rpc_overhead's.
 
 
 Workload = Callable[[Channel, dict[str, str], float], Awaitable[dict[str, float]]]
