@@ -52,6 +52,7 @@ from daveloper.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from daveloper.scraper.github_models import Issue, RepoFile, Repository, Tree, TreeEntry
 
 __all__ = ["DEFAULT_MAX_FILE_SIZE", "GitHubClient", "Issue", "RepoFile", "Repository", "Tree", "TreeEntry",
            "checked_repository"]
@@ -76,76 +77,6 @@ _OWNER = re.compile(r"[A-Za-z0-9](?:-?[A-Za-z0-9]){0,38}")
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 # git-check-ref-format, roughly: no control characters, spaces or ~^:?*[\ and no "..".
 _REF = re.compile(r"[^\x00-\x20\x7f~^:?*\[\\]+")
-
-
-@dataclass(frozen=True)
-class Repository:
-    """What ``GET /repos/{owner}/{repo}`` says about a repository."""
-
-    full_name: str
-    description: str
-    default_branch: str
-    html_url: str
-    stars: int
-    forks: int
-    open_issues: int  # GitHub counts open pull requests here too
-    language: str
-    topics: tuple[str, ...]
-    license: str  # SPDX id, "" when none is detected
-    private: bool
-    archived: bool
-    pushed_at: str
-
-
-@dataclass(frozen=True)
-class RepoFile:
-    """A file's bytes at a ref. ``text`` decodes UTF-8; callers that must guess encodings use ``data``."""
-
-    path: str
-    data: bytes
-    sha: str
-    size: int
-    html_url: str
-
-    @property
-    def text(self) -> str:
-        return self.data.decode("utf-8", errors="replace")
-
-
-@dataclass(frozen=True)
-class TreeEntry:
-    """One entry of a git tree: ``type`` is ``blob`` (file), ``tree`` (directory) or ``commit`` (submodule)."""
-
-    path: str
-    type: str
-    sha: str
-    size: int | None  # blobs only
-
-
-@dataclass(frozen=True)
-class Tree:
-    """A recursive git tree. ``truncated``: GitHub cut the listing (over 100,000 entries or 7 MB)."""
-
-    sha: str
-    entries: tuple[TreeEntry, ...]
-    truncated: bool
-
-
-@dataclass(frozen=True)
-class Issue:
-    """An issue (never a pull request)."""
-
-    number: int
-    title: str
-    body: str
-    state: str
-    html_url: str
-    author: str
-    labels: tuple[str, ...]
-    comments: int
-    created_at: str
-    updated_at: str
-    closed_at: str | None
 
 
 @dataclass(frozen=True)
