@@ -36,6 +36,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from daveloper.errors import NotFound, Unauthenticated
+from daveloper.infra.redis import reply_text
 from daveloper.rpc.call import Principal
 
 __all__ = ["SessionRecord", "SessionStore", "TokenSigner", "load_secret_key"]
@@ -58,10 +59,6 @@ return 1
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def load_secret_key(redis: aioredis.Redis, configured: str | None) -> bytes:
@@ -192,7 +189,7 @@ class SessionStore:
         return record, self._signer.issue(record.id, record.expires_at)
 
     async def get(self, session_id: str) -> SessionRecord:
-        raw = {_text(k): _text(v) for k, v in (await self._redis.hgetall(self._key(session_id))).items()}
+        raw = {reply_text(k): reply_text(v) for k, v in (await self._redis.hgetall(self._key(session_id))).items()}
         if "expires_at" not in raw:
             raise NotFound("session not found or expired", reason="SESSION_NOT_FOUND")
         return SessionRecord(session_id, float(raw["created_at"]), int(raw["expires_at"]),
@@ -222,9 +219,9 @@ class SessionStore:
         now = time.time()
         # The record expires at its idle deadline; the explicit check covers Redis's expiry granularity.
         if (last_active is None or expires_at is None
-                or now >= self._deadline(int(_text(expires_at)), float(_text(last_active)))):
+                or now >= self._deadline(int(reply_text(expires_at)), float(reply_text(last_active)))):
             raise Unauthenticated("session was deleted or has expired", reason="SESSION_NOT_FOUND")
-        if now - float(_text(last_active)) >= self.touch_interval:
-            deadline = self._deadline(int(_text(expires_at)), now)
+        if now - float(reply_text(last_active)) >= self.touch_interval:
+            deadline = self._deadline(int(reply_text(expires_at)), now)
             await self._touch(keys=[key, self.index_key], args=[repr(now), repr(deadline), session_id])
         return Principal(session_id=session_id)

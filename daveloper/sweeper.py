@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 
 from daveloper.audit import AuditLog
 from daveloper.errors import DaveloperError
+from daveloper.infra.redis import reply_text
 from daveloper.sessions import SessionStore
 
 __all__ = ["Sweeper", "purge_named_keys"]
@@ -47,10 +48,6 @@ return 1
 """
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 async def purge_named_keys(redis: aioredis.Redis, session_ids: Iterable[str], *, prefix: str = "dv:") -> int:
     """Delete every ``prefix`` key that has one of ``session_ids`` as a ``:``-separated part; the count.
 
@@ -65,7 +62,7 @@ async def purge_named_keys(redis: aioredis.Redis, session_ids: Iterable[str], *,
     doomed: list[bytes | str] = []
     deleted = 0
     async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
-        if not wanted.isdisjoint(_text(key).split(":")):
+        if not wanted.isdisjoint(reply_text(key).split(":")):
             doomed.append(key)
         if len(doomed) >= 500:
             deleted += await redis.unlink(*doomed)
@@ -117,7 +114,7 @@ class Sweeper:
     async def sweep_once(self) -> int:
         """Sweep up to ``batch`` sessions whose deadline has passed; the number swept."""
         now = time.time()
-        due = [_text(m) for m in await self._redis.zrangebyscore(
+        due = [reply_text(m) for m in await self._redis.zrangebyscore(
             self._sessions.index_key, "-inf", now, start=0, num=self._batch)]
         claimed = [session_id for session_id in due if await self._claim_session(session_id, now)]
         swept = [session_id for session_id in claimed if await self._purge(session_id)]

@@ -21,6 +21,7 @@ import re
 import redis.asyncio as aioredis
 
 from daveloper.errors import InvalidArgument, NotFound
+from daveloper.infra.redis import reply_text
 from daveloper.paging import next_page_token, page_offset
 from generated.daveloper.v1 import Conversation, Turn
 
@@ -32,10 +33,6 @@ _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 def validate_conversation_id(conversation_id: str, field: str = "conversation_id") -> None:
     if not _ID.match(conversation_id):
         raise InvalidArgument.field(field, "1-64 characters of letters, digits and _ . : -")
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Conversations:
@@ -81,7 +78,7 @@ class Conversations:
         offset = page_offset(page_token)
         ids = await self._redis.zrevrange(self._convs(session_id), offset, offset + page_size)
         more = len(ids) > page_size
-        raws = await self._redis.mget([self._conv(session_id, _text(i)) for i in ids[:page_size]]) if ids else []
+        raws = await self._redis.mget([self._conv(session_id, reply_text(i)) for i in ids[:page_size]]) if ids else []
         return [Conversation.parse(r) for r in raws if r is not None], next_page_token(offset + page_size, more=more)
 
     async def add_turn(self, session_id: str, conversation_id: str, turn: Turn) -> Turn | None:
@@ -91,7 +88,7 @@ class Conversations:
                                                turn.client_message_id, turn.id)
             if not claimed:
                 earlier = await self._redis.hget(self._clients(session_id, conversation_id), turn.client_message_id)
-                return await self.turn(session_id, conversation_id, _text(earlier))
+                return await self.turn(session_id, conversation_id, reply_text(earlier))
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(self._turn(session_id, conversation_id, turn.id), bytes(turn))
             pipe.rpush(self._turns(session_id, conversation_id), turn.id)
@@ -110,13 +107,13 @@ class Conversations:
     async def turns(self, session_id: str, conversation_id: str, *, last: int = 0) -> list[Turn]:
         """The conversation's turns, oldest first (only the ``last`` ones if given)."""
         ids = await self._redis.lrange(self._turns(session_id, conversation_id), -last if last else 0, -1)
-        keys = [self._turn(session_id, conversation_id, _text(i)) for i in ids]
+        keys = [self._turn(session_id, conversation_id, reply_text(i)) for i in ids]
         raws = await self._redis.mget(keys) if keys else []
         return [Turn.parse(r) for r in raws if r is not None]
 
     async def delete(self, session_id: str, conversation_id: str) -> None:
         ids = await self._redis.lrange(self._turns(session_id, conversation_id), 0, -1)
-        keys = [self._turn(session_id, conversation_id, _text(i)) for i in ids]
+        keys = [self._turn(session_id, conversation_id, reply_text(i)) for i in ids]
         keys += [self._conv(session_id, conversation_id), self._turns(session_id, conversation_id),
                  self._clients(session_id, conversation_id)]
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -125,7 +122,7 @@ class Conversations:
             await pipe.execute()
 
     async def conversation_ids(self, session_id: str) -> list[str]:
-        return [_text(i) for i in await self._redis.zrange(self._convs(session_id), 0, -1)]
+        return [reply_text(i) for i in await self._redis.zrange(self._convs(session_id), 0, -1)]
 
 
 def now() -> datetime.datetime:

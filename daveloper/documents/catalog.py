@@ -21,6 +21,7 @@ import hashlib
 import redis.asyncio as aioredis
 
 from daveloper.errors import NotFound, ResourceExhausted
+from daveloper.infra.redis import reply_text
 from daveloper.paging import next_page_token, page_offset
 from generated.daveloper.v1 import Document
 
@@ -34,11 +35,6 @@ def document_id_for(session_id: str, content_hash: str) -> str:
     lands on the same document and the same chunk ids, so nothing is duplicated.
     """
     return "doc_" + hashlib.sha256(f"{session_id}\0{content_hash}".encode()).hexdigest()[:24]
-
-
-def _text(value: object) -> str:
-    """A Redis reply as text (the client returns bytes)."""
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Catalog:
@@ -90,7 +86,7 @@ class Catalog:
 
     async def ingestion_ids(self, session_id: str) -> list[str]:
         """The session's ingestions whose records have not expired yet (or a few that have)."""
-        return [_text(i) for i in await self._redis.smembers(self._ingestions(session_id))]
+        return [reply_text(i) for i in await self._redis.smembers(self._ingestions(session_id))]
 
     async def put(self, session_id: str, document: Document) -> None:
         assert document.create_time is not None
@@ -116,7 +112,7 @@ class Catalog:
 
     async def find_by_client_id(self, session_id: str, client_document_id: str) -> Document | None:
         document_id = await self._redis.hget(self._clients(session_id), client_document_id)
-        return None if document_id is None else await self.find(session_id, _text(document_id))
+        return None if document_id is None else await self.find(session_id, reply_text(document_id))
 
     async def page(self, session_id: str, *, page_size: int, page_token: str) -> tuple[list[Document], str]:
         """Newest first; returns the page and the next page's token ("" at the end)."""
@@ -124,7 +120,7 @@ class Catalog:
         ids = await self._redis.zrevrange(self._docs(session_id), offset, offset + page_size)
         more = len(ids) > page_size
         ids = ids[:page_size]
-        raws = await self._redis.mget([self._doc(session_id, _text(i)) for i in ids]) if ids else []
+        raws = await self._redis.mget([self._doc(session_id, reply_text(i)) for i in ids]) if ids else []
         documents = [Document.parse(raw) for raw in raws if raw is not None]
         return documents, next_page_token(offset + page_size, more=more)
 
@@ -139,7 +135,7 @@ class Catalog:
             await pipe.execute()
 
     async def document_ids(self, session_id: str) -> list[str]:
-        return [_text(i) for i in await self._redis.zrange(self._docs(session_id), 0, -1)]
+        return [reply_text(i) for i in await self._redis.zrange(self._docs(session_id), 0, -1)]
 
     async def purge_session(self, session_id: str) -> None:
         """Remove every document record of a session (its points are removed by the store)."""
@@ -161,5 +157,5 @@ class Catalog:
     async def check_ingestion(self, session_id: str, ingestion_id: str) -> None:
         """NOT_FOUND unless the ingestion exists and belongs to this session."""
         owner = await self._redis.hget(self._ingestion(ingestion_id), "session") if ingestion_id else None
-        if owner is None or _text(owner) != session_id:
+        if owner is None or reply_text(owner) != session_id:
             raise NotFound(f"ingestion {ingestion_id!r} not found", reason="INGESTION_NOT_FOUND")

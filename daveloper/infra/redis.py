@@ -19,7 +19,7 @@ from daveloper.errors import ConfigError, Unavailable
 from daveloper.infra import TimedProbe, redacted_url
 from daveloper.infra.valkey import EmbeddedValkey
 
-__all__ = ["MAX_BLOCK_MS", "SOCKET_TIMEOUT", "open_redis", "redis_probe"]
+__all__ = ["MAX_BLOCK_MS", "SOCKET_TIMEOUT", "open_redis", "redis_probe", "reply_text"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,11 @@ CONNECT_TIMEOUT = 5.0
 #: A connection idle this long is PINGed before reuse, so a connection a NAT or
 #: load balancer dropped in silence is replaced instead of failing a command.
 HEALTH_CHECK_INTERVAL = 30
+
+
+def reply_text(value: object) -> str:
+    """A Redis reply as text (the client returns bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @asynccontextmanager

@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 
 from daveloper.errors import Cancelled, DaveloperError, Internal, NotFound, ResourceExhausted, Unavailable, to_failure
 from daveloper.eventlog import EventLog
+from daveloper.infra.redis import reply_text
 from daveloper.jobs import BackgroundJobs
 from daveloper.leases import LeaseSet
 from daveloper.paging import next_page_token, page_offset
@@ -62,10 +63,6 @@ used = redis.call('INCRBY', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return used
 """
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def job_scope(job_id: str) -> str:
@@ -120,7 +117,7 @@ class JobStore:
     async def get(self, session_id: str, job_id: str) -> Job:
         """The job, or NOT_FOUND — also when it belongs to another session."""
         owner, raw = await self._redis.hmget(self._job(job_id), ["session", "job"]) if job_id else (None, None)
-        if owner is None or raw is None or _text(owner) != session_id:
+        if owner is None or raw is None or reply_text(owner) != session_id:
             raise NotFound(f"job {job_id!r} not found", reason="JOB_NOT_FOUND")
         return Job.parse(raw)
 
@@ -131,12 +128,12 @@ class JobStore:
         more = len(ids) > page_size
         jobs = []
         for job_id in ids[:page_size]:
-            if (raw := await self._redis.hget(self._job(_text(job_id)), "job")) is not None:
+            if (raw := await self._redis.hget(self._job(reply_text(job_id)), "job")) is not None:
                 jobs.append(Job.parse(raw))
         return jobs, next_page_token(offset + page_size, more=more)
 
     async def job_ids(self, session_id: str) -> list[str]:
-        return [_text(i) for i in await self._redis.zrange(self._jobs(session_id), 0, -1)]
+        return [reply_text(i) for i in await self._redis.zrange(self._jobs(session_id), 0, -1)]
 
     async def purge_session(self, session_id: str) -> None:
         ids = await self.job_ids(session_id)
