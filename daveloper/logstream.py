@@ -23,6 +23,8 @@ from collections.abc import AsyncIterator, Callable
 
 import redis.asyncio as aioredis
 
+from daveloper.errors import Unavailable
+from daveloper.infra.redis import redis_call
 from daveloper.jsonlog import extra_fields
 from daveloper.rpc.context import request_id_var, session_id_var
 from generated.daveloper.v1 import LogLevel, LogRecord
@@ -97,30 +99,21 @@ class LogPublisher(logging.Handler):
 
     async def _run(self) -> None:
         """Publish queued records until cancelled; a Redis outage drops records, it does not stop the task."""
-        task = asyncio.current_task()
-        assert task is not None
         while True:
             payload = await self._queue.get()
             try:
-                await self._redis.publish(CHANNEL, payload)
-            except aioredis.RedisError:
+                await redis_call(self._redis.publish(CHANNEL, payload))  # redis_call: no cancel is lost
+            except (Unavailable, aioredis.RedisError):
                 self.dropped += 1
-            # On Python 3.11 redis-py can swallow a cancel that lands as its write completes
-            # (bpo-42130; see daveloper.eventlog._store.redis_call): honour it here.
-            if task.cancelling():
-                raise asyncio.CancelledError
 
 
 async def tail(redis: aioredis.Redis, accept: Callable[[LogRecord], bool]) -> AsyncIterator[LogRecord]:
     """Records published by any instance from now on that ``accept`` lets through."""
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    task = asyncio.current_task()
     try:
-        await pubsub.subscribe(CHANNEL)
+        await redis_call(pubsub.subscribe(CHANNEL))
         while True:
-            message = await pubsub.get_message(timeout=5.0)
-            if task is not None and task.cancelling():  # a cancel redis-py swallowed (see LogPublisher._run)
-                raise asyncio.CancelledError
+            message = await redis_call(pubsub.get_message(timeout=5.0))
             if message is None or message.get("type") != "message":
                 continue
             record = LogRecord.parse(message["data"])

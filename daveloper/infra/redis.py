@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TypeVar
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from daveloper.config import Settings
 from daveloper.errors import ConfigError, Unavailable
 from daveloper.infra import TimedProbe, redacted_url
 from daveloper.infra.valkey import EmbeddedValkey
 
-__all__ = ["MAX_BLOCK_MS", "SOCKET_TIMEOUT", "open_redis", "redis_probe", "reply_text"]
+T = TypeVar("T")
+
+__all__ = ["MAX_BLOCK_MS", "SOCKET_TIMEOUT", "open_redis", "redis_call", "redis_probe", "reply_text"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,28 @@ CONNECT_TIMEOUT = 5.0
 #: A connection idle this long is PINGed before reuse, so a connection a NAT or
 #: load balancer dropped in silence is replaced instead of failing a command.
 HEALTH_CHECK_INTERVAL = 30
+
+
+async def redis_call(call: Awaitable[T]) -> T:
+    """Await one redis-py call: "cannot reach Redis" becomes ``Unavailable``, and no cancel is lost.
+
+    Other Redis errors (a bad command, a script error) are bugs and stay what they are.
+
+    On Python 3.11 redis-py's ``asyncio.wait_for`` around socket writes drops a
+    cancel that arrives just as the write completes (CPython bpo-42130, fixed in
+    3.12): the call returns normally and the task runs on as if never
+    cancelled, e.g. a reader would keep tailing for a client that is gone. A
+    cancel requested during the call that did not surface is raised here.
+    """
+    task = asyncio.current_task()
+    requested = task.cancelling() if task is not None else 0
+    try:
+        result = await call
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        raise Unavailable(f"Redis unavailable: {exc}", retry_after=1.0) from exc
+    if task is not None and task.cancelling() > requested:
+        raise asyncio.CancelledError
+    return result
 
 
 def reply_text(value: object) -> str:
