@@ -64,6 +64,8 @@ class Method:
     cardinality: Cardinality
     input: type[Message]
     output: type[Message]
+    #: Declared ``idempotency_level`` NO_SIDE_EFFECTS or IDEMPOTENT: safe to send again after UNAVAILABLE.
+    idempotent: bool = False
 
 
 def b64encode(data: bytes) -> str:
@@ -108,10 +110,12 @@ class MessageCodec:
             for service in file.services_by_name.values():
                 for method in service.methods:
                     path = f"/{service.full_name}/{method.name}"
+                    level = method.GetOptions().idempotency_level
                     self.methods[path] = Method(
                         path, _cardinality(method),
                         message_factory.GetMessageClass(method.input_type),
                         message_factory.GetMessageClass(method.output_type),
+                        idempotent=level != descriptor_pb2.MethodOptions.IDEMPOTENCY_UNKNOWN,
                     )
 
     def to_bytes(self, cls: type[Message], value: object) -> bytes:
