@@ -21,7 +21,7 @@ import datetime
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 from daveloper.agent.conversations import Conversations, now
@@ -29,10 +29,11 @@ from daveloper.agent.llm.passages import format_passages
 from daveloper.agent.model import ChatModel, Message, ModelDone, TextDelta, ToolCallRequest, ToolSpec
 from daveloper.agent.tools import Toolbox
 from daveloper.documents.tokens import count_tokens
-from daveloper.errors import Cancelled, DaveloperError, ResourceExhausted, to_failure
+from daveloper.errors import Cancelled, DaveloperError, NotFound, ResourceExhausted, Unavailable, to_failure
 from daveloper.eventlog import EventLog
 from daveloper.jobs import BackgroundJobs
 from daveloper.leases import LeaseSet
+from daveloper.ownership import WorkLeases
 from generated.daveloper.v1 import (
     ChatEvent,
     ChatOptions,
@@ -104,8 +105,11 @@ class Agent:
     """Starts turns and runs them to completion in the background."""
 
     def __init__(self, *, events: EventLog, conversations: Conversations, model: ChatModel, tools: Toolbox,
-                 jobs: BackgroundJobs, settings: AgentSettings, leases: LeaseSet | None = None) -> None:
+                 jobs: BackgroundJobs, settings: AgentSettings, leases: LeaseSet | None = None,
+                 work: WorkLeases | None = None) -> None:
         self._events = events
+        #: Leases on running turns, so another instance fails them if this one dies.
+        self._work = work
         #: Running turns per session, for ``max_concurrent_turns``.
         self.leases = leases
         self._conversations = conversations
@@ -141,6 +145,8 @@ class Agent:
         seq = await self._emit(state, turn_started=TurnStarted(
             client_message_id=client_message_id, user_text=text, model=options.model or self._settings.model,
             owner=self._settings.owner))
+        if self._work is not None:
+            await self._work.claim("turn", turn.id, session=session_id, conversation=conversation_id, seq=str(seq))
         self._jobs.spawn(self._run(state), name=f"turn {turn.id}")
         return turn, seq, False
 
@@ -179,7 +185,36 @@ class Agent:
             await asyncio.shield(self._release(turn.session_id, turn.record.id))
         await self._finish(turn, finish, failure)
 
+    async def fail_orphan(self, fields: Mapping[str, str]) -> None:
+        """Fail a turn whose instance stopped (its lease lapsed), keeping the text it had streamed."""
+        session_id, conversation_id, turn_id = fields["session"], fields["conversation"], fields["id"]
+        try:
+            record = await self._conversations.turn(session_id, conversation_id, turn_id)
+        except NotFound:
+            return  # the session was deleted meanwhile
+        await self._release(session_id, turn_id)
+        if record.state is not TurnState.RUNNING:
+            return
+        scope = conversation_scope(session_id, conversation_id)
+        text: list[str] = []
+        async for entry in self._events.read(scope, max(0, int(fields.get("seq", "1")) - 1), follow=False):
+            event = ChatEvent.parse(entry.payload)
+            if event.turn_id == turn_id and event.token_delta is not None:
+                text.append(event.token_delta.text)
+        state = _Turn(session_id, conversation_id, record, ChatOptions(), text=text)
+        lost = Unavailable("the server running this turn stopped; send the message again",
+                           reason="OWNER_LOST", retry_after=0, metadata={"owner": fields.get("owner", "")})
+        await self._finish(state, FinishReason.UNSPECIFIED, lost)
+        log.warning("turn of a lost instance failed", extra={"turn_id": turn_id, "owner": fields.get("owner")})
+
     async def _finish(self, turn: _Turn, finish: FinishReason, failure: BaseException | None) -> None:
+        try:
+            await self._record_finish(turn, finish, failure)
+        finally:
+            if self._work is not None:
+                await self._work.release("turn", turn.record.id)
+
+    async def _record_finish(self, turn: _Turn, finish: FinishReason, failure: BaseException | None) -> None:
         text = "".join(turn.text)
         record = turn.record
         record.assistant_text, record.complete_time = text, now()

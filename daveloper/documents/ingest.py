@@ -16,7 +16,7 @@ import datetime
 import hashlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,7 @@ from daveloper.documents.store import ChunkStore
 from daveloper.errors import DaveloperError, Unavailable, to_failure
 from daveloper.eventlog import EventLog
 from daveloper.jobs import BackgroundJobs
+from daveloper.ownership import WorkLeases
 from generated.daveloper.v1 import (
     Document,
     Failure,
@@ -88,8 +89,11 @@ class Ingestor:
         jobs: BackgroundJobs,
         parse: Parse,
         chunk: Chunk,
+        work: WorkLeases | None = None,
     ) -> None:
         self._events = events
+        #: Leases on ingestions in progress, so another instance fails them if this one dies.
+        self._work = work
         self._catalog = catalog
         self._store = store
         self._embedder = embedder
@@ -102,6 +106,8 @@ class Ingestor:
     async def _emit(self, ingestion: Ingestion, *, final: bool = False, **kind: Any) -> None:
         event = IngestEvent(ingestion_id=ingestion.id, create_time=_now(), **kind)
         await self._events.append(ingestion.scope, bytes(event), final=final)
+        if final and self._work is not None:
+            await self._work.release("ingestion", ingestion.id)
 
     async def _progress(self, ingestion: Ingestion, stage: IngestStage, done: int, total: int) -> None:
         await self._emit(ingestion, progress=IngestProgress(stage=stage, done=done, total=total))
@@ -119,6 +125,8 @@ class Ingestor:
         """Record the ingestion (so its session may watch and cancel it) and announce it."""
         ingestion.id = ingestion.id or "ing_" + secrets.token_hex(12)
         await self._catalog.start_ingestion(ingestion.id, ingestion.session_id, ingestion.file_name)
+        if self._work is not None:
+            await self._work.claim("ingestion", ingestion.id, session=ingestion.session_id)
         await self._emit(ingestion, started=IngestStarted(file_name=ingestion.file_name,
                                                           media_type=ingestion.media_type))
 
@@ -138,6 +146,16 @@ class Ingestor:
 
     async def fail(self, ingestion: Ingestion, error: BaseException) -> Failure:
         return await self._fail(ingestion, error)
+
+    async def fail_orphan(self, fields: Mapping[str, str]) -> None:
+        """Fail an ingestion whose instance stopped (its lease lapsed), removing the chunks it stored."""
+        ingestion = Ingestion(id=fields["id"], session_id=fields["session"], file_name="", media_type="")
+        if await self._events.finished(ingestion.scope):
+            return  # it ended just before its owner could drop the lease
+        await self._store.delete_ingestion(ingestion.session_id, ingestion.id)
+        lost = Unavailable("the server processing this upload stopped; upload it again", reason="OWNER_LOST",
+                           retry_after=0, metadata={"owner": fields.get("owner", "")})
+        await self._fail(ingestion, lost)
 
     async def _fail(self, ingestion: Ingestion, error: BaseException) -> Failure:
         failure = to_failure(error)

@@ -139,6 +139,10 @@ class EventLog:
         """The seq of the scope's last event; 0 if it has none (or was deleted or expired)."""
         return (await self._state(self._keys(scope)))[0]
 
+    async def finished(self, scope: str) -> bool:
+        """Whether the scope's final event has been written."""
+        return (await self._state(self._keys(scope)))[1] is not None
+
     async def delete(self, scope: str) -> bool:
         """Remove the scope's log, its state and any cancel request; True if anything existed.
 

@@ -19,7 +19,7 @@ import datetime
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from daveloper.eventlog import EventLog
 from daveloper.infra.redis import reply_text
 from daveloper.jobs import BackgroundJobs
 from daveloper.leases import LeaseSet
+from daveloper.ownership import WorkLeases
 from daveloper.paging import next_page_token, page_offset
 from generated.daveloper.v1 import (
     Failure,
@@ -221,8 +222,11 @@ Work = Callable[[JobRun], Coroutine[Any, Any, None]]
 class JobRunner:
     """Starts jobs and owns their life cycle."""
 
-    def __init__(self, *, events: EventLog, store: JobStore, jobs: BackgroundJobs, limits: JobLimits) -> None:
+    def __init__(self, *, events: EventLog, store: JobStore, jobs: BackgroundJobs, limits: JobLimits,
+                 work: WorkLeases | None = None) -> None:
         self._events = events
+        #: Leases on running jobs, so another instance fails them if this one dies.
+        self._work = work
         self._store = store
         self._jobs = jobs
         self.limits = limits
@@ -238,6 +242,8 @@ class JobRunner:
         try:
             await self._store.save(session_id, job)
             job.last_seq = await run.emit(queued=JobQueued(job=job))
+            if self._work is not None:
+                await self._work.claim("job", job.id, session=session_id)
             self._jobs.spawn(self._run(run, work), name=f"job {job.id}")
         except BaseException:
             await self._store.release(session_id, job.id)
@@ -297,8 +303,26 @@ class JobRunner:
             await run.emit(final=True, finished=JobFinished(state=state, stats=run.stats, failure=failure))
         finally:
             await self._store.release(run.session_id, run.job.id)
+            if self._work is not None:
+                await self._work.release("job", run.job.id)
         log.info("job finished", extra={"job_id": run.job.id, "state": state.name,
                                         "pages": run.stats.pages_fetched})
+
+    async def fail_orphan(self, fields: Mapping[str, str]) -> None:
+        """Fail a job whose instance stopped (its lease lapsed); its pages so far stay ingested."""
+        session_id, job_id = fields["session"], fields["id"]
+        try:
+            job = await self._store.get(session_id, job_id)
+        except NotFound:
+            return  # the session was deleted meanwhile
+        if job.state in (JobState.QUEUED, JobState.RUNNING):
+            run = JobRun(job, session_id, self._events, self._store, self.limits)
+            run.stats = job.stats or JobStats()
+            lost = Unavailable("the server running this job stopped; start it again", reason="OWNER_LOST",
+                               retry_after=0, metadata={"owner": fields.get("owner", "")})
+            await self._finish(run, JobState.FAILED, to_failure(lost))
+        else:
+            await self._store.release(session_id, job_id)
 
     async def _save(self, run: JobRun) -> None:
         run.job.update_time = _now()

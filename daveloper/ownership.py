@@ -1,0 +1,134 @@
+"""Work owned by an instance, leased in Redis, so the work of an instance that died is finished by another.
+
+A chat turn, a scraper job or an ingestion runs in the background of the
+instance that started it, and its watchers wait for its final event. If that
+instance dies (SIGKILL, a lost machine), nothing would ever write that event.
+So each piece of work holds a lease: a member of one sorted set scored by its
+expiry, with what is needed to finish it (session, ids) in a hash beside it.
+The owner renews all its leases in one call every ``ttl / 3``; every instance
+also looks for leases that lapsed and claims each one atomically (only one
+instance gets it), then hands it to the handler registered for its kind, which
+marks the work failed (reason ``OWNER_LOST``) or resumes it where that is safe.
+
+The bound: work whose owner died is finished within ``ttl`` plus one reap
+interval (``ttl / 3``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+import redis.asyncio as aioredis
+
+from daveloper.errors import DaveloperError
+from daveloper.infra.redis import redis_call, reply_text
+
+__all__ = ["OrphanHandler", "WorkLeases"]
+
+log = logging.getLogger("daveloper.ownership")
+
+OrphanHandler = Callable[[Mapping[str, str]], Awaitable[None]]
+
+# KEYS: the lease set, the data hash; ARGV: now, max. Claims (removes) up to max lapsed leases and
+# returns member, data pairs: one instance gets each lapsed lease.
+_CLAIM_LAPSED = """
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, member in ipairs(members) do
+  redis.call('ZREM', KEYS[1], member)
+  out[#out + 1] = member
+  out[#out + 1] = redis.call('HGET', KEYS[2], member) or '{}'
+  redis.call('HDEL', KEYS[2], member)
+end
+return out
+"""
+
+
+class WorkLeases:
+    """Leases on this instance's work, their renewal, and the reaping of other instances' lapsed work."""
+
+    def __init__(self, redis: aioredis.Redis, *, owner: str, ttl_seconds: float = 15.0, prefix: str = "dv:",
+                 batch: int = 100) -> None:
+        self._redis = redis
+        self._owner = owner
+        self.ttl_seconds = ttl_seconds
+        self._set = f"{prefix}work"
+        self._data = f"{prefix}work:data"
+        self._claim_lapsed = redis.register_script(_CLAIM_LAPSED)
+        self._batch = batch
+        self._owned: set[str] = set()
+        self._handlers: dict[str, OrphanHandler] = {}
+
+    def on_orphan(self, kind: str, handler: OrphanHandler) -> None:
+        """Call ``handler(fields)`` for each piece of ``kind`` work whose owner stopped renewing it."""
+        self._handlers[kind] = handler
+
+    @staticmethod
+    def _member(kind: str, work_id: str) -> str:
+        return f"{kind}:{work_id}"
+
+    async def claim(self, kind: str, work_id: str, **fields: str) -> None:
+        """Lease ``work_id`` to this instance; ``fields`` are what a handler needs to finish it."""
+        member = self._member(kind, work_id)
+        data = json.dumps({**fields, "kind": kind, "id": work_id, "owner": self._owner})
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._data, member, data)
+            pipe.zadd(self._set, {member: time.time() + self.ttl_seconds})
+            await redis_call(pipe.execute())
+        self._owned.add(member)
+
+    async def release(self, kind: str, work_id: str) -> None:
+        """The work ended (its final event is written): drop the lease."""
+        member = self._member(kind, work_id)
+        self._owned.discard(member)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self._set, member)
+            pipe.hdel(self._data, member)
+            await redis_call(pipe.execute())
+
+    @property
+    def owned(self) -> int:
+        return len(self._owned)
+
+    async def renew(self) -> None:
+        """Push every owned lease's expiry forward (leases already claimed by a reaper stay gone)."""
+        if self._owned:
+            expiry = time.time() + self.ttl_seconds
+            await redis_call(self._redis.zadd(self._set, dict.fromkeys(self._owned, expiry), xx=True))
+
+    async def reap(self) -> int:
+        """Claim lapsed leases of any instance and hand each to its kind's handler; returns how many."""
+        reply = await redis_call(self._claim_lapsed(keys=[self._set, self._data], args=[time.time(), self._batch]))
+        pairs = list(reply)
+        for member, raw in zip(pairs[::2], pairs[1::2], strict=True):
+            fields: dict[str, str] = json.loads(reply_text(raw))
+            handler = self._handlers.get(fields.get("kind", ""))
+            if handler is None:
+                log.warning("no handler for lapsed work %s", reply_text(member))
+                continue
+            log.warning("work of a lost instance", extra={"work": reply_text(member), "owner": fields.get("owner")})
+            try:
+                await handler(fields)
+            except (DaveloperError, aioredis.RedisError) as exc:
+                # Put it back to be tried again on the next round (by any instance).
+                log.warning("finishing lapsed work failed: %s", exc, extra={"work": reply_text(member)})
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.hset(self._data, member, json.dumps(fields))
+                    pipe.zadd(self._set, {member: time.time()})
+                    await redis_call(pipe.execute())
+        return len(pairs) // 2
+
+    async def run(self) -> None:
+        """Renew and reap every ``ttl / 3`` until cancelled; a failed round is logged and retried."""
+        while True:
+            await asyncio.sleep(self.ttl_seconds / 3)
+            try:
+                await self.renew()
+                while await self.reap() >= self._batch:
+                    pass
+            except (DaveloperError, aioredis.RedisError) as exc:
+                log.warning("work lease round failed: %s", exc)
