@@ -27,7 +27,7 @@ boundary with ``raise ... from exc``.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
@@ -52,8 +52,10 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "failure_error",
+    "register_translation",
     "to_failure",
     "to_grpc_error",
+    "translated",
 ]
 
 #: ``google.rpc.ErrorInfo.domain`` of every error Daveloper raises.
@@ -205,6 +207,29 @@ class Internal(DaveloperError):
     default_reason = "INTERNAL"
 
 
+_TRANSLATIONS: list[tuple[tuple[type[BaseException], ...], Callable[[BaseException], DaveloperError]]] = []
+
+
+def register_translation(kinds: tuple[type[BaseException], ...],
+                         translate: Callable[[BaseException], DaveloperError]) -> None:
+    """Make a client library's errors of ``kinds`` become ``translate(exc)`` wherever they escape.
+
+    Adapters translate at their boundary where they can; this is the net for the
+    calls they don't wrap, e.g. "Redis is unreachable" raised from any call site
+    becomes UNAVAILABLE instead of INTERNAL.
+    """
+    _TRANSLATIONS.append((kinds, translate))
+
+
+def translated(exc: BaseException) -> BaseException:
+    """``exc`` as one of our errors if a registered translation covers it, else ``exc`` itself."""
+    if not isinstance(exc, DaveloperError):
+        for kinds, translate in _TRANSLATIONS:
+            if isinstance(exc, kinds):
+                return translate(exc)
+    return exc
+
+
 def to_grpc_error(exc: BaseException, *, request_id: str = "") -> GRPCError:
     """The ``GRPCError`` a handler's exception becomes on the wire.
 
@@ -213,6 +238,7 @@ def to_grpc_error(exc: BaseException, *, request_id: str = "") -> GRPCError:
     """
     if isinstance(exc, GRPCError):
         return exc
+    exc = translated(exc)
     if not isinstance(exc, DaveloperError):
         suffix = f" (request id {request_id})" if request_id else ""
         exc = Internal(f"internal error{suffix}", metadata={"request_id": request_id} if request_id else None)
@@ -221,6 +247,7 @@ def to_grpc_error(exc: BaseException, *, request_id: str = "") -> GRPCError:
 
 def to_failure(exc: BaseException, *, request_id: str = "") -> Failure:
     """The ``Failure`` a stream event carries for ``exc`` (same status as the RPC error would be)."""
+    exc = translated(exc)
     error = to_grpc_error(exc, request_id=request_id)
     source = exc if isinstance(exc, DaveloperError) else None
     retry = getattr(source, "retry_after", None)

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from daveloper.config import Settings
-from daveloper.errors import ConfigError, Unavailable
+from daveloper.errors import ConfigError, Unavailable, register_translation
 from daveloper.infra import TimedProbe, redacted_url
 from daveloper.infra.valkey import EmbeddedValkey
 
@@ -45,6 +45,13 @@ CONNECT_TIMEOUT = 5.0
 HEALTH_CHECK_INTERVAL = 30
 
 
+def _unreachable(exc: BaseException) -> Unavailable:
+    return Unavailable(f"Redis unavailable: {exc}", retry_after=1.0)
+
+
+register_translation((RedisConnectionError, RedisTimeoutError), _unreachable)
+
+
 async def redis_call(call: Awaitable[T]) -> T:
     """Await one redis-py call: "cannot reach Redis" becomes ``Unavailable``, and no cancel is lost.
 
@@ -61,7 +68,7 @@ async def redis_call(call: Awaitable[T]) -> T:
     try:
         result = await call
     except (RedisConnectionError, RedisTimeoutError) as exc:
-        raise Unavailable(f"Redis unavailable: {exc}", retry_after=1.0) from exc
+        raise _unreachable(exc) from exc
     if task is not None and task.cancelling() > requested:
         raise asyncio.CancelledError
     return result
