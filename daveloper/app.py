@@ -32,6 +32,8 @@ from daveloper.documents.parsing import parse
 from daveloper.documents.search import DocumentSearch
 from daveloper.documents.store import ChunkStore
 from daveloper.edge import Edge, open_edge
+from daveloper.edge.bridge import upstream_probe
+from daveloper.errors import ConfigError
 from daveloper.eventlog import EventLog
 from daveloper.guard import Guard, RatePolicy
 from daveloper.health import HealthMonitor
@@ -40,7 +42,9 @@ from daveloper.infra.redis import open_redis, redis_probe
 from daveloper.jobs import BackgroundJobs
 from daveloper.leases import LeaseSet
 from daveloper.logstream import LogPublisher
+from daveloper.ownership import WorkLeases
 from daveloper.ratelimit import RateLimiter
+from daveloper.registry import InstanceRegistry
 from daveloper.rpc import Interceptor
 from daveloper.scraper.crawl import Crawler, CrawlLimits
 from daveloper.scraper.fetcher import Fetcher, FetchLimits, open_http_session
@@ -60,9 +64,11 @@ from daveloper.sweeper import Sweeper, purge_named_keys
 from daveloper.tls import grpc_context
 from generated.daveloper.v1 import Document, Quota
 
-__all__ = ["App", "open_app", "serve"]
+__all__ = ["App", "Gateway", "open_app", "open_gateway", "serve"]
 
 log = logging.getLogger("daveloper.app")
+
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +88,16 @@ class App:
     health: HealthMonitor
     interceptor: Interceptor
     server: Server
-    edge: Edge
+    #: The web edge (``None`` for role ``grpc``).
+    web: Edge | None
+    #: Keeps this instance in the registry edges discover (role ``grpc``); cancelled when draining.
+    registration: asyncio.Task[None] | None = None
+
+    @property
+    def edge(self) -> Edge:
+        if self.web is None:
+            raise RuntimeError("this instance runs no edge (role grpc)")
+        return self.web
 
     async def drain(self) -> None:
         """Stop accepting calls, let running ones finish up to the drain deadline, then end them.
@@ -93,7 +108,10 @@ class App:
         log.info("draining", extra={"inflight": self.interceptor.inflight,
                                     "drain_seconds": self.settings.drain_seconds})
         self.health.set_draining()
-        await asyncio.gather(self.edge.drain(), self._drain_grpc())
+        if self.registration is not None:  # edges stop choosing this instance before it refuses calls
+            self.registration.cancel()
+            await asyncio.wait([self.registration])
+        await asyncio.gather(*([self.web.drain()] if self.web else []), self._drain_grpc())
 
     async def _drain_grpc(self) -> None:
         # grpclib's Server.close() would cancel every handler at once; close only
@@ -153,11 +171,12 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
                           max_documents=settings.quota_documents, max_bytes=settings.quota_stored_bytes)
         jobs = BackgroundJobs()
         stack.push_async_callback(jobs.aclose)
+        work = WorkLeases(redis, owner=settings.instance_id, ttl_seconds=settings.lease_seconds)
         ingestor = Ingestor(events=events, catalog=catalog, store=chunk_store, embedder=embedder, jobs=jobs,
-                            parse=parse, chunk=chunk)
+                            parse=parse, chunk=chunk, work=work)
 
         scraper = await stack.enter_async_context(_open_scraper(settings, redis, events, jobs, ingestor, catalog,
-                                                                audit))
+                                                                audit, work))
 
         async def purge_vectors(session_id: str) -> None:
             await delete_session_vectors(qdrant, session_id, chunk_store)
@@ -170,7 +189,7 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
         conversations = Conversations(redis)
         agent = Agent(
             events=events, conversations=conversations, model=model, jobs=jobs,
-            leases=turn_leases,
+            leases=turn_leases, work=work,
             tools=Toolbox(search=search, redis=redis, web=WebTools(
                 runner=scraper.runner, crawler=scraper.crawler, github=scraper.github,
                 chunks=lambda session_id, document_id, limit: chunk_store.chunks(session_id, document_id, limit=limit),
@@ -248,16 +267,30 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
         await server.start(settings.grpc_addr.host, settings.grpc_addr.port, ssl=grpc_context(settings))
         grpc_addr = Address(settings.grpc_addr.host, _bound_port(server) or settings.grpc_addr.port)
 
+        work.on_orphan("turn", agent.fail_orphan)
+        work.on_orphan("job", scraper.runner.fail_orphan)
+        work.on_orphan("ingestion", ingestor.fail_orphan)
+
         publisher = LogPublisher(redis, instance=settings.instance_id)
         publisher.start()
         stack.push_async_callback(publisher.aclose)
         async with asyncio.TaskGroup() as tasks:
             monitor = tasks.create_task(health.run(), name="health-monitor")
             sweeping = tasks.create_task(sweeper.run(), name="session-sweeper")
+            leasing = tasks.create_task(work.run(), name="work-leases")
+            registration: asyncio.Task[None] | None = None
             try:
-                async with open_edge(settings, upstream=grpc_addr, health=health) as edge:
+                async with contextlib.AsyncExitStack() as serving:
+                    edge: Edge | None = None
+                    if settings.role == "grpc":
+                        registry = InstanceRegistry(redis, ttl_seconds=settings.lease_seconds)
+                        registration = tasks.create_task(registry.heartbeat(settings.advertise_addr or grpc_addr),
+                                                         name="registry-heartbeat")
+                    else:
+                        edge = await serving.enter_async_context(open_edge(
+                            settings, upstreams=[grpc_addr, *settings.upstreams], health=health))
                     app = App(settings, grpc_addr, redis, qdrant, events, sessions, catalog, chunk_store, search,
-                              jobs, health, interceptor, server, edge)
+                              jobs, health, interceptor, server, edge, registration)
                     try:
                         yield app
                     finally:
@@ -265,8 +298,9 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
             finally:
                 server.close()
                 await server.wait_closed()
-                monitor.cancel()
-                sweeping.cancel()
+                for task in (monitor, sweeping, leasing, registration):
+                    if task is not None:
+                        task.cancel()
                 log.info("stopped")
 
 
@@ -280,7 +314,8 @@ class _Scraper:
 
 @contextlib.asynccontextmanager
 async def _open_scraper(settings: Settings, redis: aioredis.Redis, events: EventLog, jobs: BackgroundJobs,
-                        ingestor: Ingestor, catalog: Catalog, audit: AuditLog) -> AsyncIterator[_Scraper]:
+                        ingestor: Ingestor, catalog: Catalog, audit: AuditLog,
+                        work: WorkLeases) -> AsyncIterator[_Scraper]:
     """The fetcher (its HTTP client checked by the address policy), crawl and GitHub jobs."""
     limits = FetchLimits(
         concurrency=settings.scrape_concurrency, per_host_concurrency=settings.scrape_per_host_concurrency,
@@ -310,7 +345,7 @@ async def _open_scraper(settings: Settings, redis: aioredis.Redis, events: Event
         store = JobStore(redis, ttl_seconds=settings.event_ttl_seconds)
         yield _Scraper(
             store=store,
-            runner=JobRunner(events=events, store=store, jobs=jobs, limits=JobLimits(
+            runner=JobRunner(events=events, store=store, jobs=jobs, work=work, limits=JobLimits(
                 concurrent_jobs=settings.scrape_jobs_per_session, pages_per_day=settings.scrape_pages_per_day)),
             crawler=Crawler(fetcher=fetcher, redis=redis, ingest=ingest_page, document_exists=document_exists,
                             limits=CrawlLimits(workers=settings.scrape_concurrency), on_refused=refused),
@@ -322,6 +357,47 @@ async def _open_scraper(settings: Settings, redis: aioredis.Redis, events: Event
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """A running edge-only instance (role ``edge``): the web edge in front of gRPC instances elsewhere."""
+
+    settings: Settings
+    edge: Edge
+    health: HealthMonitor
+
+    async def drain(self) -> None:
+        self.health.set_draining()
+        await self.edge.drain()
+
+
+@contextlib.asynccontextmanager
+async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
+    """Serve the edge alone, calling the gRPC instances in ``settings.upstreams`` and those registered in Redis.
+
+    Needs no Qdrant and no data directory; Redis (``settings.redis_url``) only
+    for discovery.
+    """
+    if not settings.upstreams and settings.redis_url is None:
+        raise ConfigError("role edge needs gRPC instances: set DAVELOPER_UPSTREAMS, or DAVELOPER_REDIS_URL to "
+                          "find the instances registered there")
+    async with contextlib.AsyncExitStack() as stack:
+        registry = None
+        health = HealthMonitor([])
+        if settings.redis_url is not None:
+            redis = await stack.enter_async_context(open_redis(settings))
+            registry = InstanceRegistry(redis, ttl_seconds=settings.lease_seconds)
+            health.add(redis_probe(redis))
+        edge = await stack.enter_async_context(open_edge(settings, upstreams=settings.upstreams, health=health,
+                                                         registry=registry))
+        upstream = edge.state.upstream
+        health.add(upstream_probe(upstream, edge.state.codec.methods[HEALTH_CHECK]))
+        gateway = Gateway(settings, edge, health)
+        try:
+            yield gateway
+        finally:
+            await gateway.drain()
+
+
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain and return."""
     loop = asyncio.get_running_loop()
@@ -329,11 +405,20 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with open_app(settings) as app:
-            log.info("serving", extra={"grpc": str(app.grpc_addr), "edge": app.edge.url,
-                                       "data_dir": str(settings.data_dir)})
-            print(f"daveloper: gRPC listening on {app.grpc_addr}", flush=True)
-            print(f"daveloper: web page, WebSocket (/ws) and HTTP/JSON on {app.edge.url}", flush=True)
+        async with contextlib.AsyncExitStack() as stack:
+            if settings.role == "edge":
+                gateway = await stack.enter_async_context(open_gateway(settings))
+                log.info("serving", extra={"role": "edge", "edge": gateway.edge.url,
+                                           "upstreams": [str(a) for a in settings.upstreams]})
+                print(f"daveloper: web page, WebSocket (/ws) and HTTP/JSON on {gateway.edge.url}", flush=True)
+            else:
+                app = await stack.enter_async_context(open_app(settings))
+                log.info("serving", extra={"role": settings.role, "grpc": str(app.grpc_addr),
+                                           "edge": app.web.url if app.web else None,
+                                           "data_dir": str(settings.data_dir)})
+                print(f"daveloper: gRPC listening on {app.grpc_addr}", flush=True)
+                if app.web is not None:
+                    print(f"daveloper: web page, WebSocket (/ws) and HTTP/JSON on {app.web.url}", flush=True)
             if ready is not None:
                 ready.set()
             await stop.wait()

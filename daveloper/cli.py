@@ -67,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--edge-addr", metavar="HOST:PORT", help="web page, WebSocket and HTTP/JSON listen address "
                      "(env DAVELOPER_EDGE_ADDR, default 127.0.0.1:8080)")
     run.add_argument("--data-dir", metavar="DIR", help="data directory (env DAVELOPER_DATA_DIR)")
+    run.add_argument("--role", choices=["all", "grpc", "edge"],
+                     help="all: gRPC and the edge (default); grpc: servicers only, registered in Redis; "
+                          "edge: the web edge only, in front of gRPC instances (env DAVELOPER_ROLE)")
+    run.add_argument("--upstream", metavar="HOST:PORT", action="append", dest="upstreams",
+                     help="a gRPC instance the edge calls; repeat for several (env DAVELOPER_UPSTREAMS, "
+                          "comma-separated; instances registered in Redis are found without it)")
     run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                      help="log level (env DAVELOPER_LOG_LEVEL, default INFO)")
 
@@ -105,6 +111,8 @@ def _serve(args: argparse.Namespace) -> int:
             edge_addr=Address.parse(args.edge_addr, name="--edge-addr") if args.edge_addr else None,
             data_dir=Path(args.data_dir).expanduser() if args.data_dir else None,
             log_level=args.log_level,
+            role=args.role,
+            upstreams=tuple(Address.parse(a, name="--upstream") for a in args.upstreams) if args.upstreams else None,
         )
     except DaveloperError as exc:
         print(f"daveloper: {exc.message}", file=sys.stderr)

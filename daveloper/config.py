@@ -21,9 +21,10 @@ __all__ = ["Address", "Settings", "parse_rate"]
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 EMBEDDERS = ("bm25", "openai", "minilm")
 LLM_PROVIDERS = ("offline", "openai")
+ROLES = ("all", "grpc", "edge")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class Address:
     """A TCP listen address."""
 
@@ -66,6 +67,17 @@ def parse_rate(text: str, *, name: str = "rate") -> tuple[int, float]:
 class Settings:
     """Everything configurable about one Daveloper process."""
 
+    #: What this process serves: ``all`` (gRPC and the edge), ``grpc`` (servicers only, registered in
+    #: Redis for edges to find) or ``edge`` (the web edge only, calling gRPC instances).
+    role: str = "all"
+    #: gRPC servers an ``edge`` calls; instances registered in Redis are added to them.
+    upstreams: tuple[Address, ...] = ()
+    #: The address a ``grpc`` instance registers (default: its listen address; set it when listening
+    #: on 0.0.0.0 or behind NAT).
+    advertise_addr: Address | None = None
+    #: An instance that stops renewing its leases is taken for dead after this long: it leaves the
+    #: registry, and its running turns, jobs and uploads are failed by another instance.
+    lease_seconds: float = 15.0
     grpc_addr: Address = Address("127.0.0.1", 50051)
     #: HTTP/WebSocket edge listen address (browser page, ``/ws``, HTTP/JSON).
     edge_addr: Address = Address("127.0.0.1", 8080)
@@ -186,6 +198,10 @@ class Settings:
                      "quota_documents", "quota_stored_bytes", "quota_concurrent_turns", "audit_retention_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.role not in ROLES:
+            raise ConfigError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
+        if self.lease_seconds <= 0:
+            raise ConfigError("lease_seconds must be positive")
         if self.llm_provider not in ("", *LLM_PROVIDERS):
             raise ConfigError(f"llm provider must be one of {', '.join(LLM_PROVIDERS)}, got {self.llm_provider!r}")
         if self.embedder not in EMBEDDERS:
@@ -222,6 +238,13 @@ class Settings:
             values["grpc_addr"] = Address.parse(addr, name="DAVELOPER_GRPC_ADDR")
         if (addr := get("EDGE_ADDR")) is not None:
             values["edge_addr"] = Address.parse(addr, name="DAVELOPER_EDGE_ADDR")
+        if (addr := get("ADVERTISE_ADDR")) is not None:
+            values["advertise_addr"] = Address.parse(addr, name="DAVELOPER_ADVERTISE_ADDR")
+        if (listed := get("UPSTREAMS")) is not None:
+            values["upstreams"] = tuple(Address.parse(a, name="DAVELOPER_UPSTREAMS")
+                                        for a in listed.split(",") if a.strip())
+        if (role := get("ROLE")) is not None:
+            values["role"] = role.lower()
         if (origins := get("ALLOWED_ORIGINS")) is not None:
             values["allowed_origins"] = tuple(o.strip().rstrip("/") for o in origins.split(",") if o.strip())
         for key in ("previous_secret_keys", "trusted_proxies"):
@@ -258,7 +281,8 @@ class Settings:
                           ("scrape_jobs_per_session", int), ("scrape_pages_per_day", int),
                           ("session_idle_ttl_seconds", int), ("sweep_interval_seconds", float),
                           ("rate_address_factor", float), ("quota_documents", int), ("quota_stored_bytes", int),
-                          ("quota_concurrent_turns", int), ("audit_retention_seconds", int)):
+                          ("quota_concurrent_turns", int), ("audit_retention_seconds", int),
+                          ("lease_seconds", float)):
             if (num := number(key.upper(), kind)) is not None:
                 values[key] = num
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -33,6 +33,11 @@ class HealthMonitor:
         self._serving = ServiceStatus()  # False once draining
         self._serving.set(True)
 
+    def add(self, probe: HealthProbe) -> None:
+        """Watch one more dependency (it counts towards overall health only)."""
+        self._probes.append(probe)
+        self._statuses[probe.name] = ServiceStatus()
+
     def service(self, needs: Mapping[Any, Iterable[str]]) -> Health:
         """The Health servicer: ``needs`` maps each servable to the probe names it depends on."""
         checks: dict[Any, list[ServiceStatus]] = {

@@ -126,7 +126,7 @@ def settings(settings: Settings, site: Site) -> Settings:
 
 @pytest.fixture
 async def edge(app: App) -> AsyncIterator[Edge]:
-    async with open_edge(app.settings, upstream=app.grpc_addr, health=app.health) as running:
+    async with open_edge(app.settings, upstreams=[app.grpc_addr], health=app.health) as running:
         yield running
 
 

@@ -125,7 +125,7 @@ async def test_get_session_reports_last_activity(channel: Channel) -> None:
 
 @pytest.fixture
 async def edge(app: App) -> AsyncIterator[Edge]:
-    async with open_edge(app.settings, upstream=app.grpc_addr, health=app.health) as running:
+    async with open_edge(app.settings, upstreams=[app.grpc_addr], health=app.health) as running:
         yield running
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
 
@@ -19,6 +19,7 @@ from daveloper.edge.socket import EdgeSocket
 from daveloper.edge.state import EdgeState
 from daveloper.edge.wire import wire_for
 from daveloper.health import HealthMonitor
+from daveloper.registry import InstanceRegistry
 from daveloper.tls import edge_context, loopback_client_context
 
 __all__ = ["Edge", "build_app", "open_edge"]
@@ -131,28 +132,39 @@ class Edge:
 
 
 @contextlib.asynccontextmanager
-async def open_edge(settings: Settings, *, upstream: Address, health: HealthMonitor) -> AsyncIterator[Edge]:
+async def open_edge(settings: Settings, *, upstreams: Sequence[Address], health: HealthMonitor,
+                    registry: InstanceRegistry | None = None) -> AsyncIterator[Edge]:
     """Start the edge on ``settings.edge_addr`` (port 0 = a free port) and yield it.
 
-    ``upstream`` is the gRPC server every call goes to (this process's
-    ``App.grpc_addr`` or a remote one). On exit: go-away, drain, close.
+    Calls go to the gRPC servers ``upstreams`` (this process's ``App.grpc_addr``
+    or remote ones) and, with a ``registry``, to every instance registered
+    there. On exit: go-away, drain, close.
     """
     upstream_tls = loopback_client_context() if settings.tls_cert_file else None
-    state = EdgeState(settings, MessageCodec(load_descriptor_pool()), Upstream(upstream, ssl=upstream_tls), health)
+    upstream = Upstream(upstreams, ssl=upstream_tls)
+    state = EdgeState(settings, MessageCodec(load_descriptor_pool()), upstream, health)
     runner = web.AppRunner(build_app(state), access_log=None, handle_signals=False,
                            shutdown_timeout=max(settings.drain_seconds, 0.1))
     await runner.setup()
+    discovery: asyncio.Task[None] | None = None
     try:
+        if registry is not None:
+            discovery = asyncio.create_task(registry.follow(upstream.set_addresses, static=upstreams),
+                                            name="edge-discovery")
         site = web.TCPSite(runner, settings.edge_addr.host, settings.edge_addr.port,
                            ssl_context=edge_context(settings))
         await site.start()
         port = runner.addresses[0][1] if runner.addresses else settings.edge_addr.port
         edge = Edge(state, runner, Address(settings.edge_addr.host, int(port)))
-        log.info("edge listening", extra={"edge": str(edge.addr), "upstream": str(upstream)})
+        log.info("edge listening", extra={"edge": str(edge.addr), "upstreams": [str(a) for a in upstreams],
+                                          "discovery": registry is not None})
         try:
             yield edge
         finally:
             await edge.drain()
     finally:
+        if discovery is not None:
+            discovery.cancel()
+            await asyncio.wait([discovery])
         await runner.cleanup()
-        state.upstream.close()
+        upstream.close()

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from google.protobuf import any_pb2
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 from grpclib.const import Status
 
 from daveloper.errors import DOMAIN
+
+M = TypeVar("M", bound=Message)
 
 __all__ = [
     "CONNECT_CODES",
@@ -25,6 +28,7 @@ __all__ = [
     "RpcStatus",
     "edge_status",
     "retry_delay",
+    "status_reason",
 ]
 
 #: gRPC status → Connect's lower_snake code name (note Connect's single-L ``canceled``).
@@ -114,8 +118,8 @@ def edge_status(
     return RpcStatus(code, message, proto.SerializeToString())
 
 
-def retry_delay(status: RpcStatus) -> float | None:
-    """Seconds from the status's ``google.rpc.RetryInfo`` detail, if it has one."""
+def _detail(status: RpcStatus, kind: type[M]) -> M | None:
+    """The status's first ``google.rpc`` detail of type ``kind``, if it has one."""
     if not status.details:
         return None
     try:
@@ -123,8 +127,20 @@ def retry_delay(status: RpcStatus) -> float | None:
     except DecodeError:
         return None
     for detail in details:
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            return float(info.retry_delay.ToTimedelta().total_seconds())
+        if detail.Is(kind.DESCRIPTOR):
+            found = kind()
+            detail.Unpack(found)
+            return found
     return None
+
+
+def retry_delay(status: RpcStatus) -> float | None:
+    """Seconds from the status's ``google.rpc.RetryInfo`` detail, if it has one."""
+    info = _detail(status, error_details_pb2.RetryInfo)
+    return None if info is None else float(info.retry_delay.ToTimedelta().total_seconds())
+
+
+def status_reason(status: RpcStatus) -> str | None:
+    """The ``reason`` of the status's ``google.rpc.ErrorInfo`` detail, if it has one."""
+    info = _detail(status, error_details_pb2.ErrorInfo)
+    return None if info is None else str(info.reason)

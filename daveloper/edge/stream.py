@@ -27,11 +27,11 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from h2.exceptions import H2Error
 
-from daveloper.edge.bridge import Upstream, call_status, end_sending, status_of
+from daveloper.edge.bridge import Backend, Upstream, UpstreamCall, call_status, end_sending, status_of
 from daveloper.edge.codec import MessageCodec, Method
 from daveloper.edge.metadata import expose
 from daveloper.edge.protocol import Frame, FrameType
-from daveloper.edge.status import RpcStatus, edge_status
+from daveloper.edge.status import RpcStatus, edge_status, status_reason
 from daveloper.edge.wire import Wire
 
 __all__ = ["BridgedStream", "Outbox", "StreamError"]
@@ -138,6 +138,8 @@ class BridgedStream:
         self._half_closed = False
         self._ended_by_edge: RpcStatus | None = None
         self._status: RpcStatus | None = None
+        self._responded = False  # a HEADERS frame went to the client: the call can no longer move
+        self._sent: list[tuple[bytes, bool] | None] = []
         self.task: asyncio.Task[None] | None = None
         self.closed = False
 
@@ -191,7 +193,17 @@ class BridgedStream:
         """Bridge the call and record how it ended (:meth:`finish` reports it)."""
         try:
             async with asyncio.timeout(time_limit):
-                self._status = await self._call(upstream, metadata, time_limit)
+                tried: list[Backend] = []
+                while True:
+                    self._status, backend = await self._call(upstream, metadata, time_limit, tried)
+                    if backend is None or not self._may_retry(self._status):
+                        break
+                    if status_reason(self._status) == "DRAINING":
+                        upstream.eject(backend, "draining")
+                    tried.append(backend)
+                    if upstream.pick(tried) is None:
+                        break
+                    self._resend()
         except Exception as exc:  # any failure ends this stream alone, never the socket
             self._status = status_of(exc)
             if self._status is None:
@@ -215,10 +227,32 @@ class BridgedStream:
             fields["trailers"] = expose(status.trailers)
         self._outbox.push(Frame(FrameType.CLOSE, self.id, fields))
 
+    def _may_retry(self, status: RpcStatus) -> bool:
+        """UNAVAILABLE before any response reached the client, on a call whose request can be sent again."""
+        if status.code is not Status.UNAVAILABLE or self._responded or self.method.cardinality.client_streaming:
+            return False
+        return self.method.idempotent or status_reason(status) == "DRAINING"
+
+    def _resend(self) -> None:
+        """Queue the request messages already sent, ahead of any not yet sent, for another server."""
+        pending = [self._inbox.get_nowait() for _ in range(self._inbox.qsize())]
+        for item in [*self._sent, *pending]:
+            self._inbox.put_nowait(item)
+        self._sent.clear()
+
     async def _call(self, upstream: Upstream, metadata: list[tuple[str, str | bytes]],
-                    time_limit: float | None) -> RpcStatus:
-        async with upstream.open(self.method, metadata=metadata, timeout=time_limit) as call:
-            await call.send_request()
+                    time_limit: float | None, avoid: list[Backend]) -> tuple[RpcStatus, Backend | None]:
+        opened = upstream.open(self.method, metadata=metadata, timeout=time_limit, avoid=avoid)
+        try:
+            return await self._bridge(opened), opened.backend
+        except Exception as exc:
+            status = status_of(exc)
+            if status is None:
+                raise
+            return status, opened.backend
+
+    async def _bridge(self, opened: UpstreamCall) -> RpcStatus:
+        async with opened as call:
             sender = asyncio.create_task(self._send(call), name=f"edge-send-{self.id}")
             try:
                 return await self._receive(call)
@@ -232,6 +266,7 @@ class BridgedStream:
 
     async def _receive(self, call: Stream[bytes, bytes]) -> RpcStatus:
         await call.recv_initial_metadata()
+        self._responded = True
         self._outbox.push(Frame(FrameType.HEADERS, self.id, {"metadata": expose(call.initial_metadata.items()
                                                                                    if call.initial_metadata
                                                                                    else ())}))
@@ -251,6 +286,8 @@ class BridgedStream:
     async def _send(self, call: Stream[bytes, bytes]) -> None:
         try:
             while (item := await self._inbox.get()) is not None:
+                if not self.method.cardinality.client_streaming:
+                    self._sent.append(item)  # kept to be sent again if the call moves to another server
                 data, end = item
                 await call.send_message(data, end=end)
                 if end:
@@ -261,6 +298,8 @@ class BridgedStream:
                     self._window += self._forwarded
                     self._outbox.push(Frame(FrameType.CREDIT, self.id, {"n": self._forwarded}))
                     self._forwarded = 0
+            if not self.method.cardinality.client_streaming:
+                self._sent.append(None)
             await call.end()
         except (StreamTerminatedError, ProtocolError, H2Error, ConnectionError):
             # The server ended or reset the call while we were sending; the

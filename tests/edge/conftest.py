@@ -19,7 +19,7 @@ def edge_settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 async def edge(edge_settings: Settings, app: App) -> AsyncIterator[Edge]:
-    async with open_edge(edge_settings, upstream=app.grpc_addr, health=app.health) as running:
+    async with open_edge(edge_settings, upstreams=[app.grpc_addr], health=app.health) as running:
         yield running
 
 

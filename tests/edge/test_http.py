@@ -68,7 +68,7 @@ async def test_bad_json_and_media_type(edge: Edge, http: aiohttp.ClientSession) 
 
 async def test_oversized_body_is_refused(edge_settings: Settings, app: App, http: aiohttp.ClientSession) -> None:
     small = edge_settings.replace(ws_max_frame_bytes=1024)
-    async with open_edge(small, upstream=app.grpc_addr, health=app.health) as edge:
+    async with open_edge(small, upstreams=[app.grpc_addr], health=app.health) as edge:
         url = f"{edge.url}/daveloper.v1.SessionService/CreateSession"
         body = json.dumps({"labels": {"x": "y" * 5000}}).encode()
         async with http.post(url, data=body, headers=JSON_HEADERS) as response:
@@ -136,7 +136,7 @@ async def test_readyz_is_503_when_a_dependency_is_down(edge_settings: Settings, 
     dead = Redis(host="127.0.0.1", port=1, socket_timeout=0.5, socket_connect_timeout=0.5)
     monitor = HealthMonitor([redis_probe(dead, timeout=0.5)])
     try:
-        async with open_edge(edge_settings, upstream=app.grpc_addr, health=monitor) as edge:
+        async with open_edge(edge_settings, upstreams=[app.grpc_addr], health=monitor) as edge:
             async with http.get(f"{edge.url}/readyz") as response:
                 assert response.status == 503
                 assert (await response.json())["dependencies"] == {"redis": "not_serving"}

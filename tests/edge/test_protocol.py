@@ -31,7 +31,7 @@ async def still_works(http: aiohttp.ClientSession, edge: Edge) -> None:
 
 @contextlib.asynccontextmanager
 async def custom_edge(edge_settings: Settings, app: App, **changes: Any) -> AsyncIterator[Edge]:
-    async with open_edge(edge_settings.replace(**changes), upstream=app.grpc_addr, health=app.health) as edge:
+    async with open_edge(edge_settings.replace(**changes), upstreams=[app.grpc_addr], health=app.health) as edge:
         yield edge
 
 
