@@ -151,7 +151,8 @@ function chatStream() {
     try {
       for await (const response of chat) handleEvent(response.event);
     } catch (error) {
-      if (!isConnectionLoss(error)) failCurrent(error);
+      if (serverLost(error)) resumeSoon();
+      else if (!isConnectionLoss(error)) failCurrent(error);
     }
   })();
   return chat;
@@ -209,7 +210,8 @@ async function resumeTurn() {
       if (turn.done) break; // Watch tails forever; leaving the loop cancels it
     }
   } catch (error) {
-    if (!isConnectionLoss(error)) failCurrent(error);
+    if (serverLost(error)) resumeSoon();
+    else if (!isConnectionLoss(error)) failCurrent(error);
   }
 }
 
@@ -491,6 +493,16 @@ function logLine(kind, text) {
 
 function isConnectionLoss(error) {
   return error instanceof RpcError && error.code === 'unavailable' && !state.conn;
+}
+
+/** A stream ended `unavailable` while the socket is fine: the server behind the edge went away. */
+function serverLost(error) {
+  return error instanceof RpcError && error.code === 'unavailable' && Boolean(state.conn);
+}
+
+/** Continue the running turn from the last seq seen, on whichever server the edge picks next. */
+function resumeSoon() {
+  setTimeout(() => { resumeTurn().catch(() => {}); }, 200 + Math.random() * 300);
 }
 
 function element(tag, className, text) {
