@@ -190,6 +190,20 @@ const scenarios = {
     };
   },
 
+  /** The gRPC server running the turn goes away mid-answer (the socket stays): the page resumes on another. */
+  async failover(page, seen) {
+    const socketsBefore = seen.sockets;
+    await ask(page, 'Tell me about the widget queue.');
+    await page.locator(finished).waitFor({ timeout: 30000 });
+    return {
+      turn: await lastTurn(page),
+      socketsOpened: seen.sockets - socketsBefore,
+      watchFrames: seen.sent.filter((frame) => frame.type === 'open' && frame.method === '/daveloper.v1.AgentService/Watch'),
+      token: await page.evaluate(() => window.daveloper.token),
+      conversationId: await page.evaluate(() => window.daveloper.conversationId),
+    };
+  },
+
   /** client.js on its own, imported by the page: the reference client's API and errors. */
   async client(page) {
     return page.evaluate(async () => {
