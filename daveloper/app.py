@@ -42,6 +42,7 @@ from daveloper.infra.redis import open_redis, redis_probe
 from daveloper.jobs import BackgroundJobs
 from daveloper.leases import LeaseSet
 from daveloper.logstream import LogPublisher
+from daveloper.metrics import open_metrics_server
 from daveloper.ownership import WorkLeases
 from daveloper.ratelimit import RateLimiter
 from daveloper.registry import InstanceRegistry
@@ -198,7 +199,7 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
                                    max_tool_rounds=settings.max_tool_rounds, model=settings.llm_model,
                                    coalesce_chars=settings.coalesce_chars,
                                    coalesce_seconds=settings.coalesce_ms / 1000,
-                                   owner=settings.instance_id,
+                                   owner=settings.instance_id, provider=settings.chat_provider,
                                    max_concurrent_turns=settings.quota_concurrent_turns),
         )
 
@@ -271,6 +272,8 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
         work.on_orphan("job", scraper.runner.fail_orphan)
         work.on_orphan("ingestion", ingestor.fail_orphan)
 
+        if settings.metrics_addr is not None:
+            await stack.enter_async_context(open_metrics_server(settings.metrics_addr))
         publisher = LogPublisher(redis, instance=settings.instance_id)
         publisher.start()
         stack.push_async_callback(publisher.aclose)
@@ -383,6 +386,8 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     async with contextlib.AsyncExitStack() as stack:
         registry = None
         health = HealthMonitor([])
+        if settings.metrics_addr is not None:
+            await stack.enter_async_context(open_metrics_server(settings.metrics_addr))
         if settings.redis_url is not None:
             redis = await stack.enter_async_context(open_redis(settings))
             registry = InstanceRegistry(redis, ttl_seconds=settings.lease_seconds)

@@ -78,6 +78,8 @@ class Settings:
     #: An instance that stops renewing its leases is taken for dead after this long: it leaves the
     #: registry, and its running turns, jobs and uploads are failed by another instance.
     lease_seconds: float = 15.0
+    #: Serve ``/metrics`` on this address too (the edge always serves it); for roles without an edge.
+    metrics_addr: Address | None = None
     grpc_addr: Address = Address("127.0.0.1", 50051)
     #: HTTP/WebSocket edge listen address (browser page, ``/ws``, HTTP/JSON).
     edge_addr: Address = Address("127.0.0.1", 8080)
@@ -238,6 +240,8 @@ class Settings:
             values["grpc_addr"] = Address.parse(addr, name="DAVELOPER_GRPC_ADDR")
         if (addr := get("EDGE_ADDR")) is not None:
             values["edge_addr"] = Address.parse(addr, name="DAVELOPER_EDGE_ADDR")
+        if (addr := get("METRICS_ADDR")) is not None:
+            values["metrics_addr"] = Address.parse(addr, name="DAVELOPER_METRICS_ADDR")
         if (addr := get("ADVERTISE_ADDR")) is not None:
             values["advertise_addr"] = Address.parse(addr, name="DAVELOPER_ADVERTISE_ADDR")
         if (listed := get("UPSTREAMS")) is not None:

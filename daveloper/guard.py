@@ -24,6 +24,7 @@ from typing import Any
 from daveloper.audit import AuditLog
 from daveloper.config import Settings, parse_rate
 from daveloper.errors import PermissionDenied, ResourceExhausted, Unauthenticated
+from daveloper.metrics import METRICS
 from daveloper.ratelimit import Bucket, RateLimiter
 from daveloper.rpc.call import Call, Principal
 from daveloper.rpc.context import client_address_var
@@ -125,6 +126,7 @@ class Guard:
             return
         verdict = await self._limiter.take(buckets)
         if not verdict.allowed:
+            METRICS.rate_limited.labels(method_class).inc()
             burst, period = self._policy.classes[method_class]
             await self._audit.record("rate_limited", method_class=method_class,
                                      retry_after=f"{verdict.retry_after:.3f}")

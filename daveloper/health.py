@@ -17,6 +17,7 @@ from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
 
 from daveloper.infra import HealthProbe
+from daveloper.metrics import METRICS
 
 __all__ = ["HealthMonitor"]
 
@@ -55,6 +56,7 @@ class HealthMonitor:
                 log.log(logging.INFO if ok else logging.WARNING, "dependency %s",
                         "up" if ok else "down", extra={"dependency": probe.name})
             status.set(ok)
+            METRICS.dependency_up.labels(probe.name).set(1 if ok else 0)
         return dict(zip((p.name for p in self._probes), results, strict=True))
 
     async def run(self) -> None:

@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 
 from daveloper.errors import DaveloperError
 from daveloper.infra.redis import redis_call, reply_text
+from daveloper.metrics import METRICS
 
 __all__ = ["OrphanHandler", "WorkLeases"]
 
@@ -111,6 +112,7 @@ class WorkLeases:
                 log.warning("no handler for lapsed work %s", reply_text(member))
                 continue
             log.warning("work of a lost instance", extra={"work": reply_text(member), "owner": fields.get("owner")})
+            METRICS.work_reaped.labels(fields["kind"]).inc()
             try:
                 await handler(fields)
             except (DaveloperError, aioredis.RedisError) as exc:

@@ -33,6 +33,7 @@ from daveloper.errors import Cancelled, DaveloperError, NotFound, ResourceExhaus
 from daveloper.eventlog import EventLog
 from daveloper.jobs import BackgroundJobs
 from daveloper.leases import LeaseSet
+from daveloper.metrics import METRICS
 from daveloper.ownership import WorkLeases
 from generated.daveloper.v1 import (
     ChatEvent,
@@ -79,6 +80,8 @@ class AgentSettings:
     coalesce_seconds: float = 0.015
     model: str = ""
     owner: str = ""
+    #: The chat provider's name, for metrics.
+    provider: str = ""
     #: Turns one session may run at once (0: no limit).
     max_concurrent_turns: int = 0
 
@@ -99,6 +102,22 @@ class _Turn:
     @property
     def scope(self) -> str:
         return conversation_scope(self.session_id, self.conversation_id)
+
+
+def _observe(turn: _Turn, finish: FinishReason, failure: BaseException | None) -> None:
+    """Count a turn's end: its outcome, time to first token, duration and token rate."""
+    if failure is None:
+        outcome = finish.name.lower()
+    else:
+        outcome = "owner_lost" if getattr(failure, "reason", "") == "OWNER_LOST" else "failed"
+    METRICS.chat_turns.labels(outcome).inc()
+    ended = time.perf_counter()
+    METRICS.chat_turn_seconds.observe(ended - turn.started)
+    METRICS.chat_tokens.inc(turn.completion_tokens)
+    if turn.first_token is not None:
+        METRICS.chat_ttft.observe(turn.first_token - turn.started)
+        if turn.completion_tokens and ended > turn.first_token:
+            METRICS.chat_tokens_per_second.observe(turn.completion_tokens / (ended - turn.first_token))
 
 
 class Agent:
@@ -215,6 +234,7 @@ class Agent:
                 await self._work.release("turn", turn.record.id)
 
     async def _record_finish(self, turn: _Turn, finish: FinishReason, failure: BaseException | None) -> None:
+        _observe(turn, finish, failure)
         text = "".join(turn.text)
         record = turn.record
         record.assistant_text, record.complete_time = text, now()
@@ -264,13 +284,19 @@ class Agent:
         queue: asyncio.Queue[TextDelta | ModelDone | BaseException] = asyncio.Queue()
 
         async def produce() -> None:
+            provider = self._settings.provider
+            requested, first = time.perf_counter(), True
             try:
-                async for event in self._model.stream(
-                    messages, tools=tools, model=turn.options.model or self._settings.model,
-                    temperature=turn.options.temperature, max_tokens=turn.options.max_tokens,
-                    session_id=turn.session_id,
-                ):
-                    queue.put_nowait(event)
+                with METRICS.timed("llm", provider):
+                    async for event in self._model.stream(
+                        messages, tools=tools, model=turn.options.model or self._settings.model,
+                        temperature=turn.options.temperature, max_tokens=turn.options.max_tokens,
+                        session_id=turn.session_id,
+                    ):
+                        if first:
+                            METRICS.llm_first_event.labels(provider).observe(time.perf_counter() - requested)
+                            first = False
+                        queue.put_nowait(event)
             except Exception as exc:
                 queue.put_nowait(exc)
 
@@ -311,6 +337,8 @@ class Agent:
         await self._emit(turn, tool_call=ToolCall(call_id=call.call_id, name=call.name,
                                                   arguments_json=call.arguments))
         outcome = await self._tools.call(turn.session_id, call.name, call.arguments)
+        METRICS.tool_calls.labels(call.name, "error" if outcome.is_error else "ok").inc()
+        METRICS.tool_seconds.labels(call.name).observe(outcome.seconds)
         content = outcome.content
         if outcome.hits:
             passages = []

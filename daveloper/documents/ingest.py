@@ -16,6 +16,7 @@ import datetime
 import hashlib
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from daveloper.documents.store import ChunkStore
 from daveloper.errors import DaveloperError, Unavailable, to_failure
 from daveloper.eventlog import EventLog
 from daveloper.jobs import BackgroundJobs
+from daveloper.metrics import METRICS
 from daveloper.ownership import WorkLeases
 from generated.daveloper.v1 import (
     Document,
@@ -207,6 +209,21 @@ class Ingestor:
             raise
 
     async def _pipeline(self, ingestion: Ingestion, *, report: bool = True) -> Document:
+        started, size = time.perf_counter(), len(ingestion.data)
+        try:
+            document = await self._stages(ingestion, report=report)
+        except asyncio.CancelledError:
+            METRICS.ingestions.labels("cancelled").inc()
+            raise
+        except Exception:
+            METRICS.ingestions.labels("failed").inc()
+            raise
+        METRICS.ingestions.labels("stored").inc()
+        METRICS.ingested_bytes.inc(size)
+        METRICS.ingest_seconds.observe(time.perf_counter() - started)
+        return document
+
+    async def _stages(self, ingestion: Ingestion, *, report: bool) -> Document:
         async def progress(stage: IngestStage, done: int, total: int) -> None:
             if report:
                 await self._progress(ingestion, stage, done, total)

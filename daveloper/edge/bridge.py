@@ -27,6 +27,7 @@ from daveloper.config import Address
 from daveloper.edge.codec import Method, UnrepresentableMessage
 from daveloper.edge.status import RpcStatus, edge_status, status_reason
 from daveloper.infra import TimedProbe
+from daveloper.metrics import METRICS
 
 __all__ = ["Backend", "NoUpstream", "RawCodec", "RawStatusDetailsCodec", "Upstream", "call_status", "end_sending",
            "status_of", "unary", "upstream_probe"]
@@ -224,6 +225,7 @@ class UpstreamCall:
                     await stream.__aexit__(type(exc), exc, exc.__traceback__)
                 self._upstream.eject(backend, repr(exc))
                 self._avoid.add(backend)
+                METRICS.edge_upstream_retries.labels("refused").inc()
                 continue
             except BaseException:
                 backend.give_back(pooled)
@@ -310,6 +312,7 @@ async def unary(upstream: Upstream, method: Method, request: bytes, *,
         tried.append(backend)
         if not (draining or method.idempotent) or upstream.pick(tried) is None:
             return response, status
+        METRICS.edge_upstream_retries.labels("draining" if draining else "unavailable").inc()
         log.info("retrying %s on another server", method.path, extra={"upstream": str(backend.addr)})
 
 

@@ -19,6 +19,7 @@ from daveloper.edge.socket import EdgeSocket
 from daveloper.edge.state import EdgeState
 from daveloper.edge.wire import wire_for
 from daveloper.health import HealthMonitor
+from daveloper.metrics import METRICS, metrics_response
 from daveloper.registry import InstanceRegistry
 from daveloper.tls import edge_context, loopback_client_context
 
@@ -73,10 +74,12 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     socket = EdgeSocket(ws, wire_for(chosen, state.codec), state, client_address=state.client_address(request))
     state.sockets.add(socket)
+    METRICS.edge_sockets.inc()
     try:
         await socket.serve()
     finally:
         state.sockets.discard(socket)
+        METRICS.edge_sockets.dec()
     return ws
 
 
@@ -91,6 +94,7 @@ def build_app(state: EdgeState) -> web.Application:
     app.on_response_prepare.append(_security_headers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_response)
     app.router.add_get("/ws", websocket)
     app.router.add_post(r"/{service:[A-Za-z_][A-Za-z0-9_.]*}/{method:[A-Za-z_][A-Za-z0-9_]*}", call_method)
     app.router.add_get("/", static_file)

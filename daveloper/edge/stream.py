@@ -33,6 +33,7 @@ from daveloper.edge.metadata import expose
 from daveloper.edge.protocol import Frame, FrameType
 from daveloper.edge.status import RpcStatus, edge_status, status_reason
 from daveloper.edge.wire import Wire
+from daveloper.metrics import METRICS
 
 __all__ = ["BridgedStream", "Outbox", "StreamError"]
 
@@ -191,6 +192,7 @@ class BridgedStream:
     async def run(self, upstream: Upstream, *, metadata: list[tuple[str, str | bytes]],
                   time_limit: float | None) -> None:
         """Bridge the call and record how it ended (:meth:`finish` reports it)."""
+        METRICS.edge_streams.inc()
         try:
             async with asyncio.timeout(time_limit):
                 tried: list[Backend] = []
@@ -198,17 +200,21 @@ class BridgedStream:
                     self._status, backend = await self._call(upstream, metadata, time_limit, tried)
                     if backend is None or not self._may_retry(self._status):
                         break
-                    if status_reason(self._status) == "DRAINING":
+                    draining = status_reason(self._status) == "DRAINING"
+                    if draining:
                         upstream.eject(backend, "draining")
                     tried.append(backend)
                     if upstream.pick(tried) is None:
                         break
+                    METRICS.edge_upstream_retries.labels("draining" if draining else "unavailable").inc()
                     self._resend()
         except Exception as exc:  # any failure ends this stream alone, never the socket
             self._status = status_of(exc)
             if self._status is None:
                 log.error("edge stream failed", exc_info=exc, extra={"method": self.method.path})
                 self._status = edge_status(Status.INTERNAL, "edge error", reason="EDGE_INTERNAL")
+        finally:
+            METRICS.edge_streams.dec()
 
     def finish(self) -> None:
         """Queue the ``close`` frame, once; called when the stream's task is done.

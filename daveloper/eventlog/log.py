@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import redis.asyncio as aioredis
 from daveloper.errors import Cancelled, CursorExpired, FailedPrecondition, InvalidArgument
 from daveloper.eventlog._store import ScopeKeys, redis_call, socket_timeout
 from daveloper.eventlog.control import ControlChannel
+from daveloper.metrics import METRICS
 
 __all__ = ["Entry", "EventLog"]
 
@@ -182,6 +184,7 @@ class EventLog:
         keys = self._keys(scope)
         if after_seq < 0:
             raise InvalidArgument.field("after_seq", "must not be negative")
+        METRICS.eventlog_reads.labels("resume" if after_seq else "start").inc()
         last, final = await self._state(keys)
         if last == 0 and after_seq > 0:
             raise self._expired(scope, after_seq, 1, "was deleted or expired")
@@ -255,10 +258,12 @@ class EventLog:
                 await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 stop.cancel()
+                told = time.perf_counter()
                 if not task.done():
                     task.cancel()
                 await asyncio.wait({task, stop})
         if task.cancelled():
+            METRICS.cancel_seconds.labels(scope.partition(":")[0]).observe(time.perf_counter() - told)
             raise Cancelled("cancelled on request", metadata={"scope": scope})
         return task.result()
 
@@ -272,6 +277,7 @@ class EventLog:
 
     @staticmethod
     def _expired(scope: str, after_seq: int, first_seq: int, what: str) -> CursorExpired:
+        METRICS.eventlog_expired.inc()
         return CursorExpired(
             f"event log {scope!r} {what} (after_seq {after_seq}, first available seq {first_seq})",
             metadata={"scope": scope, "after_seq": str(after_seq), "first_seq": str(first_seq)},

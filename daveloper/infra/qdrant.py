@@ -21,6 +21,7 @@ from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 from daveloper.config import Settings
 from daveloper.errors import AlreadyExists, ConfigError, Internal, NotFound, Unavailable
 from daveloper.infra import TimedProbe, redacted_url
+from daveloper.metrics import instrument_qdrant
 
 __all__ = ["open_qdrant", "qdrant_errors", "qdrant_probe"]
 
@@ -45,7 +46,7 @@ async def open_qdrant(settings: Settings) -> AsyncIterator[AsyncQdrantClient]:
     else:
         client = _open_local(settings.data_dir / "qdrant")
     try:
-        yield client
+        yield instrument_qdrant(client)
     finally:
         await client.close()
 

@@ -21,6 +21,7 @@ from daveloper.config import Settings
 from daveloper.errors import ConfigError, Unavailable, register_translation
 from daveloper.infra import TimedProbe, redacted_url
 from daveloper.infra.valkey import EmbeddedValkey
+from daveloper.metrics import instrument_redis
 
 T = TypeVar("T")
 
@@ -116,7 +117,7 @@ async def open_redis(settings: Settings) -> AsyncIterator[Redis]:
                 retry_after=1.0,
             ) from exc
         log.info("connected to Redis at %s", redacted_url(url))
-        yield client
+        yield instrument_redis(client)
 
 
 def redis_probe(client: Redis, *, name: str = "redis", timeout: float = 1.0) -> TimedProbe:

@@ -31,6 +31,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 
 from daveloper.errors import ResourceExhausted, Unavailable, to_grpc_error
+from daveloper.metrics import METRICS
 from daveloper.rpc.context import client_address_var, method_var, request_id_var, trailers_var
 
 __all__ = ["CLIENT_ADDRESS_KEY", "REQUEST_ID_KEY", "Interceptor"]
@@ -81,18 +82,24 @@ class Interceptor:
             trailers_var.set(trailers)
             self._limit_message_size(stream)
             started = time.perf_counter()
+            code = Status.OK
+            METRICS.rpc_in_flight.inc()
             try:
                 if self._draining:
                     raise Unavailable("server is shutting down", reason="DRAINING", retry_after=0)
                 await self._run(func, stream)
             except asyncio.CancelledError:
+                code = Status.CANCELLED
                 raise
             except Exception as exc:
-                await self._fail(stream, exc, method, request_id, trailers)
+                code = await self._fail(stream, exc, method, request_id, trailers)
             else:
                 if not stream._send_trailing_metadata_done:  # grpclib has no public flag for this
                     await stream.send_trailing_metadata(metadata=trailers)
             finally:
+                METRICS.rpc_in_flight.dec()
+                METRICS.rpc_requests.labels(method, code.name).inc()
+                METRICS.rpc_seconds.labels(method).observe(time.perf_counter() - started)
                 # The wrapper refers to the stream that refers to it: break the
                 # cycle so every call's buffers go at once, not at the next GC.
                 stream._stream.__dict__.pop("recv_data", None)
@@ -134,7 +141,8 @@ class Interceptor:
 
     async def _fail(
         self, stream: Stream[Any, Any], exc: Exception, method: str, request_id: str, trailers: dict[str, str]
-    ) -> None:
+    ) -> Status:
+        """Send the status ``exc`` maps to (unless one was sent); that status."""
         if isinstance(exc, TimeoutError) and self._draining:
             exc = Unavailable("server is shutting down", reason="DRAINING", retry_after=0)
         error = to_grpc_error(exc, request_id=request_id)
@@ -142,14 +150,14 @@ class Interceptor:
             log.error("rpc failed", exc_info=exc, extra={"method": method})
         else:
             log.info("rpc error", extra={"method": method, "status": error.status.name, "error": error.message})
-        if stream._send_trailing_metadata_done:  # grpclib has no public flag for this
-            return
-        await stream.send_trailing_metadata(
-            status=error.status,
-            status_message=error.message,
-            status_details=error.details,
-            metadata=trailers,
-        )
+        if not stream._send_trailing_metadata_done:  # grpclib has no public flag for this
+            await stream.send_trailing_metadata(
+                status=error.status,
+                status_message=error.message,
+                status_details=error.details,
+                metadata=trailers,
+            )
+        return error.status
 
     def _limit_message_size(self, stream: Stream[Any, Any]) -> None:
         # grpclib reads a 5-byte prefix, then exactly the announced length. We

@@ -30,6 +30,7 @@ from daveloper.eventlog import EventLog
 from daveloper.infra.redis import reply_text
 from daveloper.jobs import BackgroundJobs
 from daveloper.leases import LeaseSet
+from daveloper.metrics import METRICS
 from daveloper.ownership import WorkLeases
 from daveloper.paging import next_page_token, page_offset
 from generated.daveloper.v1 import (
@@ -192,6 +193,7 @@ class JobRun:
         await self._store.take_page(self.session_id, self._limits.pages_per_day)
 
     async def fetched(self, event: PageFetched) -> None:
+        METRICS.scrape_pages.labels("fetched").inc()
         self.stats.pages_fetched += 1
         self.stats.bytes_fetched += event.size_bytes
         if event.document_id:
@@ -200,11 +202,13 @@ class JobRun:
         await self.progress()
 
     async def skipped(self, url: str, reason: str) -> None:
+        METRICS.scrape_pages.labels("skipped").inc()
         self.stats.pages_skipped += 1
         await self.emit(page_skipped=PageSkipped(url=url, reason=reason))
         await self.progress()
 
     async def failed(self, url: str, error: BaseException, http_status: int = 0) -> None:
+        METRICS.scrape_pages.labels("failed").inc()
         self.stats.pages_failed += 1
         await self.emit(page_failed=PageFailed(url=url, failure=to_failure(error), http_status=http_status))
         await self.progress()

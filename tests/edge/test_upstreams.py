@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from daveloper.app import App, Gateway, open_app, open_gateway
 from daveloper.config import Address, Settings
 from daveloper.errors import ConfigError
+from daveloper.metrics import METRICS
 from daveloper.registry import InstanceRegistry
 from tests.edge.client import connect, status
 from tests.test_cli import free_port
@@ -78,10 +79,13 @@ async def test_calls_refused_by_a_draining_instance_move_to_another(
 ) -> None:
     a, b = pair
     async with gateway(settings, upstreams=[a.grpc_addr, b.grpc_addr], discover=False) as gw:
+        retried = METRICS.registry.get_sample_value("daveloper_edge_upstream_retries_total", {"cause": "draining"})
         await a.interceptor.drain(0)  # a now refuses every new call with UNAVAILABLE, reason DRAINING
         # CreateSession is not idempotent: it moves only because a refused it before running it.
         assert await create_sessions(http, gw, 4) == [200] * 4
         assert gw.edge.state.upstream.available == [b.grpc_addr]
+        assert METRICS.registry.get_sample_value("daveloper_edge_upstream_retries_total",
+                                                 {"cause": "draining"}) > (retried or 0)
         # The same over a WebSocket stream.
         client = await connect(http, gw.edge)
         for stream_id in (1, 3, 5):

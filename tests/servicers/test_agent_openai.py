@@ -11,6 +11,7 @@ from grpclib.const import Cardinality
 
 from daveloper.app import App, open_app
 from daveloper.config import Settings
+from daveloper.metrics import METRICS
 from generated.daveloper.v1 import (
     AgentServiceStub,
     CancelTurnRequest,
@@ -124,6 +125,7 @@ async def test_cancel_from_another_connection_closes_the_upstream_stream(
     app: App, token: str, llm: FakeOpenAI
 ) -> None:
     llm.enqueue(Script(text=["partial ", "answer "], stall=True))
+    cancels = METRICS.registry.get_sample_value("daveloper_cancel_latency_seconds_count", {"kind": "turn"}) or 0
     first, second = (Channel(app.grpc_addr.host, app.grpc_addr.port) for _ in range(2))
     try:
         chat = AgentServiceStub(first).chat([ChatRequest(send=SendMessage(conversation_id="k", text="go"))],
@@ -150,6 +152,7 @@ async def test_cancel_from_another_connection_closes_the_upstream_stream(
     assert completed.text == "partial answer "
     assert got.turns[0].state is TurnState.COMPLETED
     assert got.turns[0].assistant_text == "partial answer "
+    assert METRICS.registry.get_sample_value("daveloper_cancel_latency_seconds_count", {"kind": "turn"}) == cancels + 1
 
 
 async def test_a_turn_running_on_one_instance_is_watched_on_another(

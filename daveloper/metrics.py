@@ -1,0 +1,206 @@
+"""Prometheus metrics: one registry per process, exposed at the edge's ``/metrics`` and an optional port.
+
+Metrics describe the process, as Prometheus expects: every app opened in one
+process (tests open several) counts into the same series, so tests compare
+values before and after what they do. Label children are bound once where the
+label values are known ahead (dependencies, outcomes); per-call label lookups
+are a dict access.
+
+Instrumentation points are few on purpose: the RPC interceptor (every call),
+the edge's sockets and streams, the agent (turns, tokens, tools, cancel,
+model calls), ingestion and the crawler, the event log (resumes, expired
+cursors), the rate limiter, and thin wrappers on the Redis and Qdrant clients
+(:func:`instrument_redis`, :func:`instrument_qdrant`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    gc_collector,
+    generate_latest,
+    platform_collector,
+    process_collector,
+)
+
+from daveloper.config import Address
+
+__all__ = ["METRICS", "Metrics", "instrument_qdrant", "instrument_redis", "metrics_response", "open_metrics_server"]
+
+T = TypeVar("T")
+
+#: Seconds: from sub-millisecond Redis calls to minute-long model streams.
+_LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+_TOKENS_PER_SECOND = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+
+class Metrics:
+    """Every series Daveloper exports, on one registry."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        process_collector.ProcessCollector(registry=r)
+        platform_collector.PlatformCollector(registry=r)
+        gc_collector.GCCollector(registry=r)
+
+        # gRPC server side (every call, ours, health and reflection)
+        self.rpc_requests = Counter("daveloper_rpc_requests", "RPCs handled, by method and final status code",
+                                    ["method", "code"], registry=r)
+        self.rpc_seconds = Histogram("daveloper_rpc_duration_seconds", "RPC duration, by method", ["method"],
+                                     buckets=_LATENCY, registry=r)
+        self.rpc_in_flight = Gauge("daveloper_rpc_in_flight", "RPCs running now (streams included)", registry=r)
+
+        # the edge
+        self.edge_sockets = Gauge("daveloper_edge_sockets", "WebSockets open now", registry=r)
+        self.edge_streams = Gauge("daveloper_edge_streams", "WebSocket streams open now", registry=r)
+        self.edge_upstream_retries = Counter("daveloper_edge_upstream_retries",
+                                             "Calls the edge sent to another gRPC instance, by cause", ["cause"],
+                                             registry=r)
+
+        # the agent
+        self.chat_turns = Counter("daveloper_chat_turns", "Chat turns ended, by outcome", ["outcome"], registry=r)
+        self.chat_ttft = Histogram("daveloper_chat_time_to_first_token_seconds",
+                                   "Turn start to its first token", buckets=_LATENCY, registry=r)
+        self.chat_turn_seconds = Histogram("daveloper_chat_turn_duration_seconds", "Turn start to its end",
+                                           buckets=_LATENCY, registry=r)
+        self.chat_tokens = Counter("daveloper_chat_completion_tokens", "Completion tokens the model produced",
+                                   registry=r)
+        self.chat_tokens_per_second = Histogram("daveloper_chat_tokens_per_second",
+                                                "Completion tokens per second of a turn, first token to end",
+                                                buckets=_TOKENS_PER_SECOND, registry=r)
+        self.cancel_seconds = Histogram("daveloper_cancel_latency_seconds",
+                                        "The owner sees a cancel request to its work stopped, by kind "
+                                        "(turn, job, ingestion)", ["kind"], buckets=_LATENCY, registry=r)
+        self.tool_calls = Counter("daveloper_tool_calls", "Agent tool calls, by tool and outcome",
+                                  ["tool", "outcome"], registry=r)
+        self.tool_seconds = Histogram("daveloper_tool_duration_seconds", "Agent tool call duration, by tool",
+                                      ["tool"], buckets=_LATENCY, registry=r)
+
+        # ingestion and scraping
+        self.ingestions = Counter("daveloper_ingestions", "Uploads and fetched pages ingested, by outcome",
+                                  ["outcome"], registry=r)
+        self.ingested_bytes = Counter("daveloper_ingested_bytes", "Bytes of documents ingested", registry=r)
+        self.ingest_seconds = Histogram("daveloper_ingest_duration_seconds", "Parse, chunk, embed and store",
+                                        buckets=_LATENCY, registry=r)
+        self.scrape_pages = Counter("daveloper_scrape_pages", "Pages the scraper handled, by outcome",
+                                    ["outcome"], registry=r)
+
+        # the event log
+        self.eventlog_reads = Counter("daveloper_eventlog_reads", "Event-log reads, by kind (start or resume)",
+                                      ["kind"], registry=r)
+        self.eventlog_expired = Counter("daveloper_eventlog_expired_cursors",
+                                        "Reads refused because the cursor is no longer retained", registry=r)
+
+        # abuse control
+        self.rate_limited = Counter("daveloper_rate_limited", "Calls refused by a rate limit, by method class",
+                                    ["limit"], registry=r)
+
+        # dependencies
+        self.dependency_seconds = Histogram("daveloper_dependency_duration_seconds",
+                                            "Calls to Redis, Qdrant and the LLM, by dependency and operation",
+                                            ["dependency", "operation"], buckets=_LATENCY, registry=r)
+        self.dependency_errors = Counter("daveloper_dependency_errors", "Failed calls to a dependency",
+                                         ["dependency", "operation"], registry=r)
+        self.dependency_up = Gauge("daveloper_dependency_up", "1 if the last health probe passed",
+                                   ["dependency"], registry=r)
+        self.llm_first_event = Histogram("daveloper_llm_time_to_first_event_seconds",
+                                         "Model request to its first streamed event", ["provider"],
+                                         buckets=_LATENCY, registry=r)
+        self.circuit_state = Gauge("daveloper_circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
+                                   ["name"], registry=r)
+        self.circuit_rejections = Counter("daveloper_circuit_rejections", "Calls refused by an open circuit",
+                                          ["name"], registry=r)
+
+        # scale-out
+        self.work_reaped = Counter("daveloper_work_reaped", "Work of lost instances finished here, by kind",
+                                   ["kind"], registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    @contextlib.contextmanager
+    def timed(self, dependency: str, operation: str) -> Any:
+        """Observe a dependency call's duration; count it as an error if it raises."""
+        started = time.perf_counter()
+        try:
+            yield
+        except BaseException as exc:
+            if not isinstance(exc, GeneratorExit):
+                self.dependency_errors.labels(dependency, operation).inc()
+            raise
+        finally:
+            self.dependency_seconds.labels(dependency, operation).observe(time.perf_counter() - started)
+
+
+#: The process's metrics.
+METRICS = Metrics()
+
+
+def _timed(call: Callable[..., Awaitable[T]], dependency: str, operation: str | None = None) -> Callable[..., Any]:
+    @functools.wraps(call)
+    async def wrapper(*args: Any, **kwargs: Any) -> T:
+        name = operation or (str(args[0]).lower() if args else "?")
+        with METRICS.timed(dependency, name):
+            return await call(*args, **kwargs)
+
+    return wrapper
+
+
+def instrument_redis(client: aioredis.Redis) -> aioredis.Redis:
+    """Time every command (by name) and every pipeline (as ``pipeline``) of ``client``."""
+    client.execute_command = _timed(client.execute_command, "redis")  # type: ignore[method-assign]
+    make_pipeline = client.pipeline
+
+    def pipeline(transaction: bool = True, shard_hint: Any = None) -> Any:
+        pipe = make_pipeline(transaction, shard_hint)
+        pipe.execute = _timed(pipe.execute, "redis", "pipeline")  # type: ignore[method-assign]
+        return pipe
+
+    client.pipeline = pipeline  # type: ignore[method-assign]
+    return client
+
+
+#: The Qdrant client calls Daveloper makes.
+QDRANT_OPERATIONS = ("collection_exists", "create_collection", "create_payload_index", "get_collection",
+                     "get_collections", "delete_collection", "upsert", "delete", "count", "scroll", "query_points",
+                     "retrieve")
+
+
+def instrument_qdrant(client: T) -> T:
+    """Time the Qdrant calls in :data:`QDRANT_OPERATIONS` on this client instance."""
+    for name in QDRANT_OPERATIONS:
+        setattr(client, name, _timed(getattr(client, name), "qdrant", name))
+    return client
+
+
+async def metrics_response(request: web.Request) -> web.Response:
+    """``GET /metrics``: the Prometheus text format."""
+    return web.Response(body=METRICS.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@contextlib.asynccontextmanager
+async def open_metrics_server(addr: Address) -> AsyncIterator[Address]:
+    """Serve ``/metrics`` alone on ``addr`` (for instances without an edge); yields the bound address."""
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_response)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, addr.host, addr.port)
+        await site.start()
+        port = runner.addresses[0][1] if runner.addresses else addr.port
+        yield Address(addr.host, int(port))
+    finally:
+        await runner.cleanup()
