@@ -18,10 +18,12 @@ from qdrant_client import AsyncQdrantClient
 
 from daveloper.agent.conversations import Conversations
 from daveloper.agent.llm import make_chat_model
+from daveloper.agent.llm.guarded import GuardedChatModel
 from daveloper.agent.model import ChatModel
 from daveloper.agent.tools import Toolbox
 from daveloper.agent.turns import DEFAULT_SYSTEM_PROMPT, Agent, AgentSettings
 from daveloper.audit import AuditLog
+from daveloper.breaker import BreakerProbe, CircuitBreaker
 from daveloper.config import Address, Settings
 from daveloper.descriptors import load_descriptor_pool
 from daveloper.documents.catalog import Catalog
@@ -183,8 +185,12 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
             await delete_session_vectors(qdrant, session_id, chunk_store)
 
         turn_leases = LeaseSet(redis, "turns", ttl_seconds=600)
-        model = chat_model or make_chat_model(settings.chat_provider, base_url=settings.llm_base_url,
-                                              api_key=settings.llm_api_key, model=settings.llm_model)
+        llm_breaker = CircuitBreaker("llm", failures=settings.breaker_failures,
+                                     reset_seconds=settings.breaker_reset_seconds)
+        model = GuardedChatModel(
+            chat_model or make_chat_model(settings.chat_provider, base_url=settings.llm_base_url,
+                                          api_key=settings.llm_api_key, model=settings.llm_model),
+            llm_breaker, first_event_seconds=settings.llm_first_event_seconds)
         if (close_model := getattr(model, "aclose", None)) is not None:
             stack.push_async_callback(close_model)
         conversations = Conversations(redis)
@@ -255,10 +261,12 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
             LogsService(auth=guard, audit=audit, redis=redis),
         ]
 
-        health = HealthMonitor([redis_probe(redis), qdrant_probe(qdrant)])
+        health = HealthMonitor([redis_probe(redis), qdrant_probe(qdrant)],
+                               advisory=[BreakerProbe("llm", llm_breaker)])
         await health.check_once()
         qdrant_users = (DocumentService, VectorService, AgentService, ScraperService)
         needs = {s: ["redis", "qdrant"] if isinstance(s, qdrant_users) else ["redis"] for s in services}
+        needs = {s: [*names, "llm"] if isinstance(s, AgentService) else names for s, names in needs.items()}
         health_service = health.service(needs)
 
         interceptor = Interceptor(max_message_bytes=settings.max_message_bytes,
@@ -323,7 +331,8 @@ async def _open_scraper(settings: Settings, redis: aioredis.Redis, events: Event
     limits = FetchLimits(
         concurrency=settings.scrape_concurrency, per_host_concurrency=settings.scrape_per_host_concurrency,
         per_host_delay=settings.scrape_per_host_delay_ms / 1000, timeout_seconds=settings.scrape_timeout_seconds,
-        max_bytes=settings.scrape_max_page_bytes,
+        max_bytes=settings.scrape_max_page_bytes, host_failures=settings.breaker_failures,
+        host_reset_seconds=settings.breaker_reset_seconds,
     )
     policy = AddressPolicy.from_entries(settings.scrape_allow)
 
@@ -354,7 +363,9 @@ async def _open_scraper(settings: Settings, redis: aioredis.Redis, events: Event
                             limits=CrawlLimits(workers=settings.scrape_concurrency), on_refused=refused),
             github=GitHubIngest(
                 client=GitHubClient(github_http, redis, base_url=settings.github_api_url, token=settings.github_token,
-                                    timeout=settings.scrape_timeout_seconds),
+                                    timeout=settings.scrape_timeout_seconds,
+                                    breaker=CircuitBreaker("github", failures=settings.breaker_failures,
+                                                           reset_seconds=settings.breaker_reset_seconds)),
                 ingest=ingest_page, limits=GitHubLimits(max_file_bytes=min(settings.scrape_max_page_bytes, 1 << 20)),
             ),
         )

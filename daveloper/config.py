@@ -80,6 +80,12 @@ class Settings:
     lease_seconds: float = 15.0
     #: Serve ``/metrics`` on this address too (the edge always serves it); for roles without an edge.
     metrics_addr: Address | None = None
+    #: A model round whose first streamed event takes longer than this fails (UNAVAILABLE).
+    llm_first_event_seconds: float = 60.0
+    #: Circuit breakers (LLM endpoint, GitHub, each scraped host): open after this many failures in a
+    #: row, then refuse calls for this long before letting one probe through.
+    breaker_failures: int = 5
+    breaker_reset_seconds: float = 30.0
     grpc_addr: Address = Address("127.0.0.1", 50051)
     #: HTTP/WebSocket edge listen address (browser page, ``/ws``, HTTP/JSON).
     edge_addr: Address = Address("127.0.0.1", 8080)
@@ -202,8 +208,9 @@ class Settings:
                 raise ConfigError(f"{name} must be positive")
         if self.role not in ROLES:
             raise ConfigError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
-        if self.lease_seconds <= 0:
-            raise ConfigError("lease_seconds must be positive")
+        for name in ("lease_seconds", "llm_first_event_seconds", "breaker_failures", "breaker_reset_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
         if self.llm_provider not in ("", *LLM_PROVIDERS):
             raise ConfigError(f"llm provider must be one of {', '.join(LLM_PROVIDERS)}, got {self.llm_provider!r}")
         if self.embedder not in EMBEDDERS:
@@ -286,7 +293,8 @@ class Settings:
                           ("session_idle_ttl_seconds", int), ("sweep_interval_seconds", float),
                           ("rate_address_factor", float), ("quota_documents", int), ("quota_stored_bytes", int),
                           ("quota_concurrent_turns", int), ("audit_retention_seconds", int),
-                          ("lease_seconds", float)):
+                          ("lease_seconds", float), ("llm_first_event_seconds", float), ("breaker_failures", int),
+                          ("breaker_reset_seconds", float)):
             if (num := number(key.upper(), kind)) is not None:
                 values[key] = num
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -27,10 +27,14 @@ log = logging.getLogger("daveloper.health")
 class HealthMonitor:
     """Polls probes and drives the statuses grpclib's ``Health`` service reports."""
 
-    def __init__(self, probes: Sequence[HealthProbe], *, interval: float = 2.0) -> None:
-        self._probes = list(probes)
+    def __init__(self, probes: Sequence[HealthProbe], *, interval: float = 2.0,
+                 advisory: Sequence[HealthProbe] = ()) -> None:
+        self._probes = [*probes, *advisory]
+        #: Probes that only the services needing them follow, not overall health and /readyz
+        #: (the LLM endpoint: without it sessions, documents and search still work).
+        self.advisory = {probe.name for probe in advisory}
         self._interval = interval
-        self._statuses = {probe.name: ServiceStatus() for probe in probes}
+        self._statuses = {probe.name: ServiceStatus() for probe in self._probes}
         self._serving = ServiceStatus()  # False once draining
         self._serving.set(True)
 
@@ -45,7 +49,7 @@ class HealthMonitor:
             servable: [self._serving, *(self._statuses[name] for name in names)]
             for servable, names in needs.items()
         }
-        checks[OVERALL] = [self._serving, *self._statuses.values()]
+        checks[OVERALL] = [self._serving, *(s for n, s in self._statuses.items() if n not in self.advisory)]
         return Health(checks)
 
     async def check_once(self) -> dict[str, bool]:
@@ -64,6 +68,10 @@ class HealthMonitor:
         while True:
             await self.check_once()
             await asyncio.sleep(self._interval)
+
+    def ready(self, results: Mapping[str, bool]) -> bool:
+        """Whether probe ``results`` make the instance ready (advisory ones aside)."""
+        return all(ok for name, ok in results.items() if name not in self.advisory)
 
     def set_draining(self) -> None:
         self._serving.set(False)

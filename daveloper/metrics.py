@@ -120,6 +120,8 @@ class Metrics:
                                          buckets=_LATENCY, registry=r)
         self.circuit_state = Gauge("daveloper_circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
                                    ["name"], registry=r)
+        self.circuits_open = Gauge("daveloper_circuits_open", "Open per-host breakers of a breaker map",
+                                   ["name"], registry=r)
         self.circuit_rejections = Counter("daveloper_circuit_rejections", "Calls refused by an open circuit",
                                           ["name"], registry=r)
 

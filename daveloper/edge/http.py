@@ -178,7 +178,7 @@ async def readyz(request: web.Request) -> web.Response:
     """Readiness: 200 when every dependency probe passes and the edge is not draining, else 503."""
     state = request.app[STATE]
     results = await state.health.check_once()
-    ready = all(results.values()) and not state.draining
+    ready = state.health.ready(results) and not state.draining
     body = {
         "status": "serving" if ready else "not_serving",
         "draining": state.draining,

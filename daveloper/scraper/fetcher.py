@@ -20,6 +20,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from daveloper.breaker import BreakerMap
 from daveloper.errors import (
     DaveloperError,
     FailedPrecondition,
@@ -56,6 +57,9 @@ class FetchLimits:
     retries: int = 2
     #: A ``Retry-After`` longer than this fails the page instead of waiting.
     max_retry_after: float = 30.0
+    #: Pages of one host that fail in a row (after their retries) before the host is refused for a while.
+    host_failures: int = 5
+    host_reset_seconds: float = 30.0
     user_agent: str = USER_AGENT
 
 
@@ -153,6 +157,9 @@ class Fetcher:
         self.limits = limits
         self._slots = asyncio.Semaphore(limits.concurrency)
         self._hosts: dict[str, _HostGate] = {}
+        #: One breaker per host: a site that keeps failing is refused at once, others are not affected.
+        self.breakers = BreakerMap("scrape_hosts", failures=limits.host_failures,
+                                   reset_seconds=limits.host_reset_seconds)
 
     @property
     def policy(self) -> AddressPolicy:
@@ -213,7 +220,25 @@ class Fetcher:
         return response
 
     async def _fetch_one(self, url: URL, headers: Mapping[str, str] | None) -> Response:
+        """One hop through the host's breaker; a 5xx after the retries counts as the host failing."""
         self._policy.check_url(url)
+        breaker = self.breakers[url.host or ""]
+        breaker.check()
+        try:
+            response = await self._fetch_retrying(url, headers)
+        except Exception as exc:
+            breaker.outcome(exc)
+            raise
+        except BaseException:
+            breaker.abandon()
+            raise
+        if response.status >= 500:
+            breaker.failure()
+        else:
+            breaker.success()
+        return response
+
+    async def _fetch_retrying(self, url: URL, headers: Mapping[str, str] | None) -> Response:
         gate = self._gate(url)
         attempt = 0
         while True:

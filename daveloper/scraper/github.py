@@ -42,6 +42,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from yarl import URL
 
+from daveloper.breaker import CircuitBreaker
 from daveloper.errors import (
     ConfigError,
     DaveloperError,
@@ -189,8 +190,11 @@ class GitHubClient:
         max_wait_seconds: float = 30.0,
         timeout: float = 20.0,
         prefix: str = "dv:",
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._session = session
+        #: Opens after GitHub failed several requests in a row (each after its retries).
+        self.breaker = breaker or CircuitBreaker("github")
         self._redis = redis
         self._base = URL(base_url.rstrip("/"))
         if self._base.scheme not in ("http", "https") or not self._base.host:
@@ -306,6 +310,11 @@ class GitHubClient:
         return self._prefix + hashlib.sha256(material.encode()).hexdigest()
 
     async def _get(self, url: URL, subject: str, *, accept: str = _JSON) -> _Answer:
+        """GET ``url`` through the breaker (see :meth:`_get_retrying`)."""
+        async with self.breaker.guard():
+            return await self._get_retrying(url, subject, accept=accept)
+
+    async def _get_retrying(self, url: URL, subject: str, *, accept: str = _JSON) -> _Answer:
         """GET ``url``: conditional on the cached ETag, retried on rate limits, 5xx and connection errors."""
         key = self._cache_key(url, accept)
         cached = await self._cached(key)

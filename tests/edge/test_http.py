@@ -127,7 +127,7 @@ async def test_health_endpoints(edge: Edge, http: aiohttp.ClientSession) -> None
         assert response.status == 200
     async with http.get(f"{edge.url}/readyz") as response:
         assert response.status == 200
-        assert (await response.json())["dependencies"] == {"redis": "serving", "qdrant": "serving"}
+        assert (await response.json())["dependencies"] == {"redis": "serving", "qdrant": "serving", "llm": "serving"}
 
 
 async def test_readyz_is_503_when_a_dependency_is_down(edge_settings: Settings, app: App,
