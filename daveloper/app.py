@@ -24,7 +24,7 @@ from daveloper.agent.tools import Toolbox
 from daveloper.agent.turns import DEFAULT_SYSTEM_PROMPT, Agent, AgentSettings
 from daveloper.audit import AuditLog
 from daveloper.breaker import BreakerProbe, CircuitBreaker
-from daveloper.config import Address, Settings
+from daveloper.config import Address, Settings, parse_rate
 from daveloper.descriptors import load_descriptor_pool
 from daveloper.documents.catalog import Catalog
 from daveloper.documents.chunking import chunk
@@ -49,6 +49,7 @@ from daveloper.ownership import WorkLeases
 from daveloper.ratelimit import RateLimiter
 from daveloper.registry import InstanceRegistry
 from daveloper.rpc import Interceptor
+from daveloper.runtime import RuntimeConfig
 from daveloper.scraper.crawl import Crawler, CrawlLimits
 from daveloper.scraper.fetcher import Fetcher, FetchLimits, open_http_session
 from daveloper.scraper.github import GitHubClient
@@ -159,7 +160,16 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
         sessions = SessionStore(redis, signer, admin_token=settings.admin_token,
                                 idle_ttl_seconds=settings.session_idle_ttl_seconds)
         audit = AuditLog(redis, retention_seconds=settings.audit_retention_seconds, instance=settings.instance_id)
-        guard = Guard(sessions, RateLimiter(redis), RatePolicy.from_settings(settings), audit)
+        runtime = RuntimeConfig(redis, settings)
+        policy = RatePolicy.from_settings(settings)
+
+        def apply_rate(name: str, value: object) -> None:
+            if name.startswith("rate_"):
+                policy.classes[name.removeprefix("rate_")] = parse_rate(str(value), name=name)
+
+        runtime.on_change(apply_rate)
+        await runtime.refresh()
+        guard = Guard(sessions, RateLimiter(redis), policy, audit, switches=runtime.enabled)
 
         embedder = make_embedder(
             settings.embedder, redis=redis, openai_model=settings.embedding_model,
@@ -196,11 +206,15 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
         conversations = Conversations(redis)
         agent = Agent(
             events=events, conversations=conversations, model=model, jobs=jobs,
-            leases=turn_leases, work=work,
-            tools=Toolbox(search=search, redis=redis, web=WebTools(
-                runner=scraper.runner, crawler=scraper.crawler, github=scraper.github,
-                chunks=lambda session_id, document_id, limit: chunk_store.chunks(session_id, document_id, limit=limit),
-            )),
+            leases=turn_leases, work=work, limits=runtime.count,
+            tools=Toolbox(
+                search=search, redis=redis, enabled=lambda tool: runtime.enabled(f"tool.{tool}"),
+                web=WebTools(
+                    runner=scraper.runner, crawler=scraper.crawler, github=scraper.github,
+                    chunks=lambda session_id, document_id, limit: chunk_store.chunks(session_id, document_id,
+                                                                                     limit=limit),
+                ),
+            ),
             settings=AgentSettings(system_prompt=settings.system_prompt or DEFAULT_SYSTEM_PROMPT,
                                    max_tool_rounds=settings.max_tool_rounds, model=settings.llm_model,
                                    coalesce_chars=settings.coalesce_chars,
@@ -231,7 +245,7 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
             return [
                 Quota(name="documents", limit=settings.quota_documents, used=documents),
                 Quota(name="stored_bytes", limit=settings.quota_stored_bytes, used=stored),
-                Quota(name="concurrent_turns", limit=settings.quota_concurrent_turns,
+                Quota(name="concurrent_turns", limit=runtime.count("quota_concurrent_turns"),
                       used=await turn_leases.count(session_id)),
                 Quota(name="concurrent_jobs", limit=settings.scrape_jobs_per_session,
                       used=await scraper.store.leases.count(session_id)),
@@ -288,6 +302,7 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
         async with asyncio.TaskGroup() as tasks:
             monitor = tasks.create_task(health.run(), name="health-monitor")
             sweeping = tasks.create_task(sweeper.run(), name="session-sweeper")
+            options = tasks.create_task(runtime.run(), name="runtime-options")
             leasing = tasks.create_task(work.run(), name="work-leases")
             registration: asyncio.Task[None] | None = None
             try:
@@ -309,7 +324,7 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
             finally:
                 server.close()
                 await server.wait_closed()
-                for task in (monitor, sweeping, leasing, registration):
+                for task in (monitor, sweeping, leasing, options, registration):
                     if task is not None:
                         task.cancel()
                 log.info("stopped")

@@ -76,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                      help="log level (env DAVELOPER_LOG_LEVEL, default INFO)")
 
+    options = commands.add_parser("config", help="read or change runtime options (switches and limits) in Redis",
+                                  description="Every instance applies a change within a second. Needs the servers' "
+                                              "Redis: DAVELOPER_REDIS_URL (or the embedded Valkey's data dir).")
+    options.add_argument("action", choices=["list", "get", "set", "unset"])
+    options.add_argument("name", nargs="?", help="option name (see `daveloper config list`)")
+    options.add_argument("value", nargs="?", help="new value: on/off, a number, or a rate like 30/min")
+
     client = [_client_flags()]
     talk = commands.add_parser("chat", parents=client, help="chat with the agent, answers streamed",
                                description="With MESSAGE: one turn. Without: a turn per line of stdin. "
@@ -97,6 +104,20 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("doctor", parents=client, help="check configuration and dependencies, say what is wrong")
     return parser
+
+
+def _config(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from daveloper.client.config import config_command
+
+    if (args.action != "list" and not args.name) or (args.action == "set" and args.value is None):
+        print(f"daveloper: config {args.action} needs a NAME" + (" and a VALUE" if args.action == "set" else ""),
+              file=sys.stderr)
+        return 2
+    try:
+        return uvloop.run(config_command(args.action, args.name, args.value, env, sys.stdout))
+    except DaveloperError as exc:
+        print(f"daveloper: {exc.message}", file=sys.stderr)
+        return 1
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -171,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "config":
+        return _config(args, os.environ)
     env = dict(os.environ)
     try:
         options = _client_options(args, env)

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from daveloper.audit import AuditLog
 from daveloper.config import Settings, parse_rate
-from daveloper.errors import PermissionDenied, ResourceExhausted, Unauthenticated
+from daveloper.errors import FailedPrecondition, PermissionDenied, ResourceExhausted, Unauthenticated
 from daveloper.metrics import METRICS
 from daveloper.ratelimit import Bucket, RateLimiter
 from daveloper.rpc.call import Call, Principal
@@ -43,6 +44,8 @@ METHOD_CLASSES = {
     "/daveloper.v1.ScraperService/StartGitHubIngest": "scrapes",
     "/daveloper.v1.SessionService/CreateSession": "sessions",
 }
+#: Method classes that runtime switches turn off, and their switches.
+FEATURES = {"chat_turns": "chat", "uploads": "uploads", "scrapes": "scraping"}
 _READ_PREFIXES = ("Get", "List", "Watch", "Search", "Query", "Tail")
 #: Limited per client address only (there is no session yet).
 _ADDRESS_ONLY = frozenset({"sessions"})
@@ -85,7 +88,10 @@ class RatePolicy:
 class Guard:
     """Authenticates, scopes and rate-limits every call (see the module docstring)."""
 
-    def __init__(self, store: SessionStore, limiter: RateLimiter, policy: RatePolicy, audit: AuditLog) -> None:
+    def __init__(self, store: SessionStore, limiter: RateLimiter, policy: RatePolicy, audit: AuditLog,
+                 switches: Callable[[str], bool] = lambda feature: True) -> None:
+        #: Whether a feature (``chat``, ``uploads``, ``scraping``) is on (runtime options).
+        self._switches = switches
         self._store = store
         self._limiter = limiter
         self._policy = policy
@@ -116,7 +122,11 @@ class Guard:
         await self.charge(call, METHOD_CLASSES.get(call.method, "calls"))
 
     async def charge(self, call: Call[Any, Any], method_class: str) -> None:
-        """Take one token of ``method_class`` for the call's session and client address."""
+        """Refuse a switched-off feature; take one token of ``method_class`` for the session and client address."""
+        feature = FEATURES.get(method_class)
+        if feature is not None and not self._switches(feature):
+            raise FailedPrecondition(f"{feature} is switched off on this service for now", reason="FEATURE_DISABLED",
+                                     metadata={"feature": feature})
         principal = call.principal
         if principal is not None and principal.admin:
             return

@@ -89,7 +89,10 @@ class Toolbox:
     """The tools available to a turn, by name."""
 
     def __init__(self, *, search: DocumentSearch, redis: aioredis.Redis, web: WebTools | None = None,
-                 cache_ttl: int = 600, timeout: float = 30.0) -> None:
+                 cache_ttl: int = 600, timeout: float = 30.0,
+                 enabled: Callable[[str], bool] = lambda name: True) -> None:
+        #: Whether a tool is switched on (runtime options); a switched-off tool is neither offered nor run.
+        self._enabled = enabled
         self._search = search
         self._redis = redis
         self._web = web
@@ -103,13 +106,16 @@ class Toolbox:
 
     def specs(self, allowed: Sequence[str] = ()) -> list[ToolSpec]:
         """The tools offered to the model (all of them, or only those ``allowed``)."""
-        return [spec for name, (spec, _) in self._tools.items() if not allowed or name in allowed]
+        return [spec for name, (spec, _) in self._tools.items()
+                if (not allowed or name in allowed) and self._enabled(name)]
 
     async def call(self, session_id: str, name: str, arguments: str) -> ToolOutcome:
         started = time.perf_counter()
         try:
             if name not in self._tools:
                 raise _ToolError(f"unknown tool {name!r}")
+            if not self._enabled(name):
+                raise _ToolError(f"the tool {name} is switched off")
             try:
                 args = json.loads(arguments or "{}")
             except json.JSONDecodeError as exc:

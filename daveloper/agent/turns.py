@@ -21,7 +21,7 @@ import datetime
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 from daveloper.agent.conversations import Conversations, now
@@ -125,8 +125,10 @@ class Agent:
 
     def __init__(self, *, events: EventLog, conversations: Conversations, model: ChatModel, tools: Toolbox,
                  jobs: BackgroundJobs, settings: AgentSettings, leases: LeaseSet | None = None,
-                 work: WorkLeases | None = None) -> None:
+                 work: WorkLeases | None = None, limits: Callable[[str], int] | None = None) -> None:
         self._events = events
+        #: Limits changed at run time (``max_tool_rounds``, ``quota_concurrent_turns``), else the settings'.
+        self._limits = limits
         #: Leases on running turns, so another instance fails them if this one dies.
         self._work = work
         #: Running turns per session, for ``max_concurrent_turns``.
@@ -145,7 +147,7 @@ class Agent:
             conversation = Conversation(id=conversation_id, title=text[:80], create_time=now(), update_time=now())
         turn = Turn(id="turn_" + secrets.token_hex(10), client_message_id=client_message_id, user_text=text,
                     state=TurnState.RUNNING, create_time=now())
-        limit = self._settings.max_concurrent_turns
+        limit = self._limit("quota_concurrent_turns", self._settings.max_concurrent_turns)
         if self.leases is not None and limit and not await self.leases.acquire(session_id, turn.id, limit):
             raise ResourceExhausted(f"this session already runs {limit} turns; wait for one to finish",
                                     reason="CONCURRENT_TURNS", retry_after=1.0, metadata={"limit": str(limit)})
@@ -168,6 +170,9 @@ class Agent:
             await self._work.claim("turn", turn.id, session=session_id, conversation=conversation_id, seq=str(seq))
         self._jobs.spawn(self._run(state), name=f"turn {turn.id}")
         return turn, seq, False
+
+    def _limit(self, name: str, default: int) -> int:
+        return self._limits(name) if self._limits is not None else default
 
     async def _release(self, session_id: str, turn_id: str) -> None:
         if self.leases is not None:
@@ -270,7 +275,7 @@ class Agent:
     async def _rounds(self, turn: _Turn) -> FinishReason:
         messages = await self._history(turn)
         tools = self._tools.specs(turn.options.tools)
-        for _ in range(self._settings.max_tool_rounds + 1):
+        for _ in range(self._limit("max_tool_rounds", self._settings.max_tool_rounds) + 1):
             done = await self._stream(turn, messages, tools)
             if not done.tool_calls:
                 return FinishReason.LENGTH if done.finish_reason == "length" else FinishReason.STOP
