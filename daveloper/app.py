@@ -66,6 +66,7 @@ from daveloper.servicers.vector import VectorService, delete_session_vectors
 from daveloper.sessions import SessionStore, TokenSigner, load_secret_key
 from daveloper.sweeper import Sweeper, purge_named_keys
 from daveloper.tls import grpc_context
+from daveloper.tracing import configure_tracing
 from generated.daveloper.v1 import Document, Quota
 
 __all__ = ["App", "Gateway", "open_app", "open_gateway", "serve"]
@@ -437,6 +438,9 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         loop.add_signal_handler(signum, stop.set)
     try:
         async with contextlib.AsyncExitStack() as stack:
+            if (stop_tracing := configure_tracing(settings)) is not None:
+                # Flushing waits on the collector: off the event loop.
+                stack.push_async_callback(asyncio.to_thread, stop_tracing)
             if settings.role == "edge":
                 gateway = await stack.enter_async_context(open_gateway(settings))
                 log.info("serving", extra={"role": "edge", "edge": gateway.edge.url,

@@ -80,6 +80,9 @@ class Settings:
     lease_seconds: float = 15.0
     #: Serve ``/metrics`` on this address too (the edge always serves it); for roles without an edge.
     metrics_addr: Address | None = None
+    #: Export OpenTelemetry traces over OTLP/HTTP (needs the ``tracing`` extra; the exporter reads the
+    #: standard ``OTEL_EXPORTER_OTLP_*`` variables).
+    otel_enabled: bool = False
     #: A model round whose first streamed event takes longer than this fails (UNAVAILABLE).
     llm_first_event_seconds: float = 60.0
     #: Circuit breakers (LLM endpoint, GitHub, each scraped host): open after this many failures in a
@@ -247,6 +250,10 @@ class Settings:
             values["grpc_addr"] = Address.parse(addr, name="DAVELOPER_GRPC_ADDR")
         if (addr := get("EDGE_ADDR")) is not None:
             values["edge_addr"] = Address.parse(addr, name="DAVELOPER_EDGE_ADDR")
+        if (flag := get("OTEL_ENABLED")) is not None:
+            if flag.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                raise ConfigError(f"DAVELOPER_OTEL_ENABLED must be true or false, got {flag!r}")
+            values["otel_enabled"] = flag.lower() in ("true", "1", "yes", "on")
         if (addr := get("METRICS_ADDR")) is not None:
             values["metrics_addr"] = Address.parse(addr, name="DAVELOPER_METRICS_ADDR")
         if (addr := get("ADVERTISE_ADDR")) is not None:

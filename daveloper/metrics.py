@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from opentelemetry.trace import SpanKind
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -36,6 +37,7 @@ from prometheus_client import (
 )
 
 from daveloper.config import Address
+from daveloper.tracing import span
 
 __all__ = ["METRICS", "Metrics", "instrument_qdrant", "instrument_redis", "metrics_response", "open_metrics_server"]
 
@@ -154,7 +156,7 @@ def _timed(call: Callable[..., Awaitable[T]], dependency: str, operation: str | 
     @functools.wraps(call)
     async def wrapper(*args: Any, **kwargs: Any) -> T:
         name = operation or (str(args[0]).lower() if args else "?")
-        with METRICS.timed(dependency, name):
+        with span(f"{dependency} {name}", SpanKind.CLIENT), METRICS.timed(dependency, name):
             return await call(*args, **kwargs)
 
     return wrapper

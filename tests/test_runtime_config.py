@@ -17,7 +17,7 @@ from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from daveloper.app import App, open_app
+from daveloper.app import open_app
 from daveloper.client.config import config_command
 from daveloper.config import Settings
 from daveloper.errors import InvalidArgument
@@ -97,15 +97,13 @@ async def test_switches_and_limits_apply_on_every_instance(
     await cli(env, "set", "chat", "off")
 
     async def chat_refused() -> bool:
+        refusals = []
         for channel in pair:
             try:
                 await chat(channel, token, "off")
             except GRPCError as exc:
-                assert exc.status is Status.FAILED_PRECONDITION
-                assert reason(exc) == "FEATURE_DISABLED"
-                continue
-            return False
-        return True
+                refusals.append((exc.status, reason(exc)))
+        return refusals == [(Status.FAILED_PRECONDITION, "FEATURE_DISABLED")] * 2
 
     await until(chat_refused)
     await cli(env, "unset", "chat")
@@ -114,10 +112,13 @@ async def test_switches_and_limits_apply_on_every_instance(
     # A rate limit lowered at run time: the next turn in a minute is refused.
     await cli(env, "set", "rate_chat_turns", "1/min")
     await asyncio.sleep(2.5)  # two refresh periods
-    with pytest.raises(GRPCError) as limited:
-        for n in range(2):
+    statuses = []
+    for n in range(2):
+        try:
             await chat(pair[n], token, f"rate{n}")
-    assert limited.value.status is Status.RESOURCE_EXHAUSTED
+        except GRPCError as exc:
+            statuses.append(exc.status)
+    assert Status.RESOURCE_EXHAUSTED in statuses
 
     # Scraping off.
     await cli(env, "set", "scraping", "off")

@@ -24,6 +24,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
+from opentelemetry.trace import SpanKind
+
 from daveloper.agent.conversations import Conversations, now
 from daveloper.agent.llm.passages import format_passages
 from daveloper.agent.model import ChatModel, Message, ModelDone, TextDelta, ToolCallRequest, ToolSpec
@@ -35,6 +37,7 @@ from daveloper.jobs import BackgroundJobs
 from daveloper.leases import LeaseSet
 from daveloper.metrics import METRICS
 from daveloper.ownership import WorkLeases
+from daveloper.tracing import span
 from generated.daveloper.v1 import (
     ChatEvent,
     ChatOptions,
@@ -193,6 +196,10 @@ class Agent:
         return await self._events.append(turn.scope, bytes(event))
 
     async def _run(self, turn: _Turn) -> None:
+        with span("chat.turn", **{"daveloper.turn_id": turn.record.id}):
+            await self._run_turn(turn)
+
+    async def _run_turn(self, turn: _Turn) -> None:
         finish = FinishReason.STOP
         failure: BaseException | None = None
         try:
@@ -292,7 +299,8 @@ class Agent:
             provider = self._settings.provider
             requested, first = time.perf_counter(), True
             try:
-                with METRICS.timed("llm", provider):
+                with span("llm.stream", SpanKind.CLIENT, **{"gen_ai.system": provider}), \
+                        METRICS.timed("llm", provider):
                     async for event in self._model.stream(
                         messages, tools=tools, model=turn.options.model or self._settings.model,
                         temperature=turn.options.temperature, max_tokens=turn.options.max_tokens,
@@ -341,7 +349,8 @@ class Agent:
     async def _call_tool(self, turn: _Turn, call: ToolCallRequest) -> Message:
         await self._emit(turn, tool_call=ToolCall(call_id=call.call_id, name=call.name,
                                                   arguments_json=call.arguments))
-        outcome = await self._tools.call(turn.session_id, call.name, call.arguments)
+        with span(f"tool.{call.name}"):
+            outcome = await self._tools.call(turn.session_id, call.name, call.arguments)
         METRICS.tool_calls.labels(call.name, "error" if outcome.is_error else "ok").inc()
         METRICS.tool_seconds.labels(call.name).observe(outcome.seconds)
         content = outcome.content

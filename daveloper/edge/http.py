@@ -24,6 +24,7 @@ from daveloper.edge.codec import InvalidMessage, Method, UnrepresentableMessage
 from daveloper.edge.metadata import expose, sanitize_http
 from daveloper.edge.state import EdgeState, credentials
 from daveloper.edge.status import HTTP_STATUS, RpcStatus, edge_status, retry_delay
+from daveloper.tracing import inject, server_span
 
 __all__ = ["STATE", "STATIC_DIR", "call_method", "healthz", "readyz", "static_file"]
 
@@ -106,6 +107,13 @@ async def call_method(request: web.Request) -> web.StreamResponse:
         return _refuse(state, Status.INVALID_ARGUMENT, f"invalid {method.input.DESCRIPTOR.full_name}: {exc}",
                        "INVALID_MESSAGE", violations=[("body", str(exc))])
     metadata = [*sanitize_http(request.headers), *credentials(_token(request), state.client_address(request))]
+    with server_span(f"edge {path.lstrip('/')}", request.headers, **{"rpc.system": "http"}):
+        inject(metadata)
+        return await _call(request, state, method, data, metadata)
+
+
+async def _call(request: web.Request, state: EdgeState, method: Method, data: bytes,
+                metadata: list[tuple[str, str | bytes]]) -> web.StreamResponse:
     timeout = _timeout(request, method)
     if method.cardinality is Cardinality.UNARY_UNARY:
         assert timeout is not None

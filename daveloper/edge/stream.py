@@ -34,6 +34,7 @@ from daveloper.edge.protocol import Frame, FrameType
 from daveloper.edge.status import RpcStatus, edge_status, status_reason
 from daveloper.edge.wire import Wire
 from daveloper.metrics import METRICS
+from daveloper.tracing import inject, server_span, set_status
 
 __all__ = ["BridgedStream", "Outbox", "StreamError"]
 
@@ -192,29 +193,33 @@ class BridgedStream:
     async def run(self, upstream: Upstream, *, metadata: list[tuple[str, str | bytes]],
                   time_limit: float | None) -> None:
         """Bridge the call and record how it ended (:meth:`finish` reports it)."""
-        METRICS.edge_streams.inc()
-        try:
-            async with asyncio.timeout(time_limit):
-                tried: list[Backend] = []
-                while True:
-                    self._status, backend = await self._call(upstream, metadata, time_limit, tried)
-                    if backend is None or not self._may_retry(self._status):
-                        break
-                    draining = status_reason(self._status) == "DRAINING"
-                    if draining:
-                        upstream.eject(backend, "draining")
-                    tried.append(backend)
-                    if upstream.pick(tried) is None:
-                        break
-                    METRICS.edge_upstream_retries.labels("draining" if draining else "unavailable").inc()
-                    self._resend()
-        except Exception as exc:  # any failure ends this stream alone, never the socket
-            self._status = status_of(exc)
-            if self._status is None:
-                log.error("edge stream failed", exc_info=exc, extra={"method": self.method.path})
-                self._status = edge_status(Status.INTERNAL, "edge error", reason="EDGE_INTERNAL")
-        finally:
-            METRICS.edge_streams.dec()
+        with server_span(f"edge {self.method.path.lstrip('/')}", metadata, **{"rpc.system": "websocket"}) as current:
+            inject(metadata)
+            METRICS.edge_streams.inc()
+            try:
+                async with asyncio.timeout(time_limit):
+                    tried: list[Backend] = []
+                    while True:
+                        self._status, backend = await self._call(upstream, metadata, time_limit, tried)
+                        if backend is None or not self._may_retry(self._status):
+                            break
+                        draining = status_reason(self._status) == "DRAINING"
+                        if draining:
+                            upstream.eject(backend, "draining")
+                        tried.append(backend)
+                        if upstream.pick(tried) is None:
+                            break
+                        METRICS.edge_upstream_retries.labels("draining" if draining else "unavailable").inc()
+                        self._resend()
+            except Exception as exc:  # any failure ends this stream alone, never the socket
+                self._status = status_of(exc)
+                if self._status is None:
+                    log.error("edge stream failed", exc_info=exc, extra={"method": self.method.path})
+                    self._status = edge_status(Status.INTERNAL, "edge error", reason="EDGE_INTERNAL")
+            finally:
+                METRICS.edge_streams.dec()
+            if self._status is not None:
+                set_status(current, self._status.code.name, self._status.code.value)
 
     def finish(self) -> None:
         """Queue the ``close`` frame, once; called when the stream's task is done.

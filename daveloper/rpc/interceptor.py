@@ -18,6 +18,7 @@ health and reflection alike — with:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import time
@@ -33,6 +34,7 @@ from grpclib.server import Server, Stream
 from daveloper.errors import ResourceExhausted, Unavailable, to_grpc_error
 from daveloper.metrics import METRICS
 from daveloper.rpc.context import client_address_var, method_var, request_id_var, trailers_var
+from daveloper.tracing import server_span, set_status
 
 __all__ = ["CLIENT_ADDRESS_KEY", "REQUEST_ID_KEY", "Interceptor"]
 
@@ -42,6 +44,8 @@ REQUEST_ID_KEY = "x-request-id"
 #: Set by the edge: the address of the WebSocket or HTTP client a call is made for.
 CLIENT_ADDRESS_KEY = "x-daveloper-client-address"
 _MAX_REQUEST_ID = 128
+#: Health checks and reflection: probed every few seconds, they would fill traces with noise.
+_UNTRACED = ("/grpc.health.", "/grpc.reflection.")
 
 MethodFunc = Callable[[Stream[Any, Any]], Coroutine[Any, Any, None]]
 
@@ -84,28 +88,32 @@ class Interceptor:
             started = time.perf_counter()
             code = Status.OK
             METRICS.rpc_in_flight.inc()
-            try:
-                if self._draining:
-                    raise Unavailable("server is shutting down", reason="DRAINING", retry_after=0)
-                await self._run(func, stream)
-            except asyncio.CancelledError:
-                code = Status.CANCELLED
-                raise
-            except Exception as exc:
-                code = await self._fail(stream, exc, method, request_id, trailers)
-            else:
-                if not stream._send_trailing_metadata_done:  # grpclib has no public flag for this
-                    await stream.send_trailing_metadata(metadata=trailers)
-            finally:
-                METRICS.rpc_in_flight.dec()
-                METRICS.rpc_requests.labels(method, code.name).inc()
-                METRICS.rpc_seconds.labels(method).observe(time.perf_counter() - started)
-                # The wrapper refers to the stream that refers to it: break the
-                # cycle so every call's buffers go at once, not at the next GC.
-                stream._stream.__dict__.pop("recv_data", None)
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug("rpc done", extra={"method": method,
-                                                 "ms": round((time.perf_counter() - started) * 1000, 3)})
+            traced = not method.startswith(_UNTRACED)
+            with (server_span(method.lstrip("/"), stream.metadata, **{"rpc.system": "grpc"}) if traced
+                  else contextlib.nullcontext()) as current:
+                try:
+                    if self._draining:
+                        raise Unavailable("server is shutting down", reason="DRAINING", retry_after=0)
+                    await self._run(func, stream)
+                except asyncio.CancelledError:
+                    code = Status.CANCELLED
+                    raise
+                except Exception as exc:
+                    code = await self._fail(stream, exc, method, request_id, trailers)
+                else:
+                    if not stream._send_trailing_metadata_done:  # grpclib has no public flag for this
+                        await stream.send_trailing_metadata(metadata=trailers)
+                finally:
+                    METRICS.rpc_in_flight.dec()
+                    METRICS.rpc_requests.labels(method, code.name).inc()
+                    METRICS.rpc_seconds.labels(method).observe(time.perf_counter() - started)
+                    set_status(current, code.name, code.value)
+                    # The wrapper refers to the stream that refers to it: break the
+                    # cycle so every call's buffers go at once, not at the next GC.
+                    stream._stream.__dict__.pop("recv_data", None)
+                    if log.isEnabledFor(logging.DEBUG):
+                        log.debug("rpc done", extra={"method": method,
+                                                     "ms": round((time.perf_counter() - started) * 1000, 3)})
 
         return handle
 

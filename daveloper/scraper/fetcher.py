@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from multidict import CIMultiDictProxy
+from opentelemetry.trace import SpanKind
 from yarl import URL
 
 from daveloper.breaker import BreakerMap
@@ -30,6 +31,7 @@ from daveloper.errors import (
     Unavailable,
 )
 from daveloper.scraper.safety import AddressPolicy, GuardedResolver, Refusal, refusal_reason
+from daveloper.tracing import span
 
 __all__ = ["FetchLimits", "Fetcher", "Refusal", "Response", "http_error", "open_http_session", "retry_after_seconds"]
 
@@ -225,7 +227,8 @@ class Fetcher:
         breaker = self.breakers[url.host or ""]
         breaker.check()
         try:
-            response = await self._fetch_retrying(url, headers)
+            with span("http GET", SpanKind.CLIENT, **{"server.address": url.host or ""}):
+                response = await self._fetch_retrying(url, headers)
         except Exception as exc:
             breaker.outcome(exc)
             raise

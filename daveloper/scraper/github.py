@@ -39,6 +39,7 @@ from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
+from opentelemetry.trace import SpanKind
 from redis.exceptions import RedisError
 from yarl import URL
 
@@ -54,6 +55,7 @@ from daveloper.errors import (
     Unavailable,
 )
 from daveloper.scraper.github_models import Issue, RepoFile, Repository, Tree, TreeEntry
+from daveloper.tracing import span
 
 __all__ = ["DEFAULT_MAX_FILE_SIZE", "GitHubClient", "Issue", "RepoFile", "Repository", "Tree", "TreeEntry",
            "checked_repository"]
@@ -312,7 +314,8 @@ class GitHubClient:
     async def _get(self, url: URL, subject: str, *, accept: str = _JSON) -> _Answer:
         """GET ``url`` through the breaker (see :meth:`_get_retrying`)."""
         async with self.breaker.guard():
-            return await self._get_retrying(url, subject, accept=accept)
+            with span("github GET", SpanKind.CLIENT, **{"url.path": url.path}):
+                return await self._get_retrying(url, subject, accept=accept)
 
     async def _get_retrying(self, url: URL, subject: str, *, accept: str = _JSON) -> _Answer:
         """GET ``url``: conditional on the cached ETag, retried on rate limits, 5xx and connection errors."""
