@@ -5,7 +5,10 @@
 #   docker run --rm -p 50051:50051 -p 8080:8080 -v daveloper-data:/data daveloper
 #
 # Without DAVELOPER_REDIS_URL / DAVELOPER_QDRANT_URL the container runs its own Valkey and Qdrant
-# local mode under /data: one container per volume. See docs/operations.md, "Deployment".
+# local mode under /data: one container per volume. To scale out, one image serves every role:
+# DAVELOPER_ROLE=grpc (the servicers only, registered in Redis; set DAVELOPER_ADVERTISE_ADDR) and
+# DAVELOPER_ROLE=edge (the web edge only, in front of them). See docker-compose.yml and
+# docs/operations.md, "Deployment".
 
 # --- builder: a wheel of the project, then the project and its pinned dependencies in a venv ---
 FROM python:3.11-slim AS builder
@@ -52,11 +55,12 @@ WORKDIR /data
 USER 10001:10001
 EXPOSE 50051 8080
 
-# Liveness of the edge (/healthz); readiness (/readyz) is for load balancers, not for restarts.
-# The slim image has no curl: python's urllib, on the port DAVELOPER_EDGE_ADDR names (https when
-# DAVELOPER_TLS_CERT_FILE is set; the loopback check does not verify the certificate).
+# Liveness, whatever DAVELOPER_ROLE says: the gRPC server answers its health service (roles grpc,
+# all) and the edge /healthz (roles edge, all), on the ports DAVELOPER_GRPC_ADDR / DAVELOPER_EDGE_ADDR
+# name, over TLS when DAVELOPER_TLS_CERT_FILE is set. Readiness (`daveloper health` without --live)
+# is for load balancers and compose's depends_on, not for restarts.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-  CMD ["python", "-c", "import os, ssl, urllib.request; tls = bool(os.environ.get('DAVELOPER_TLS_CERT_FILE')); port = os.environ.get('DAVELOPER_EDGE_ADDR', ':8080').rpartition(':')[2]; urllib.request.urlopen(('https' if tls else 'http') + '://127.0.0.1:' + port + '/healthz', timeout=4, context=ssl._create_unverified_context() if tls else None)"]
+  CMD ["daveloper", "health", "--live", "--timeout", "3"]
 
 # SIGTERM drains for DAVELOPER_DRAIN_SECONDS (default 10): give `docker stop` a longer --time.
 STOPSIGNAL SIGTERM

@@ -1,4 +1,5 @@
-"""The ``daveloper`` command: ``serve``, and the client commands ``chat``, ``ingest``, ``scrape`` and ``doctor``.
+"""The ``daveloper`` command: ``serve``, ``health``, and the client commands ``chat``, ``ingest``, ``scrape``
+and ``doctor``.
 
 This is the entry point: the only place that reads the environment. The client
 commands get their server, token and terminal from here (see
@@ -19,6 +20,7 @@ import uvloop
 from daveloper.client import ClientOptions, CommandFailed, Connection, Interrupts, Terminal, open_connection
 from daveloper.client.chat import chat
 from daveloper.client.doctor import doctor
+from daveloper.client.health import DEFAULT_TIMEOUT, check_health, health_options
 from daveloper.client.ingest import ingest
 from daveloper.client.scrape import ScrapeOptions, scrape
 from daveloper.config import Address, Settings
@@ -103,6 +105,21 @@ def _parser() -> argparse.ArgumentParser:
     crawl.add_argument("--same-site", action="store_true", help="follow links on the URL's host only")
 
     commands.add_parser("doctor", parents=client, help="check configuration and dependencies, say what is wrong")
+
+    probe = commands.add_parser(
+        "health", help="check that the local instance serves (a container health check)",
+        description="Asks what the instance's role serves (DAVELOPER_ROLE and the listen addresses, as serve reads "
+                    "them): gRPC health for grpc, /readyz for edge, both for all. Prints SERVING or "
+                    "NOT_SERVING: reason; exits 0 when serving, 1 otherwise.")
+    probe.add_argument("--live", action="store_true",
+                       help="liveness only: the process answers (gRPC: any health status; edge: /healthz)")
+    probe.add_argument("--grpc", metavar="HOST:PORT", help="check this gRPC address instead of the role's")
+    probe.add_argument("--edge", metavar="URL", help="check this edge (http[s]://HOST:PORT) instead of the role's")
+    probe.add_argument("--tls", action="store_true",
+                       help="the server speaks TLS (default: when DAVELOPER_TLS_CERT_FILE is set); certificates "
+                            "are not verified")
+    probe.add_argument("--timeout", metavar="SECONDS", type=_positive, default=DEFAULT_TIMEOUT,
+                       help=f"give up after this long (default {DEFAULT_TIMEOUT:g})")
     return parser
 
 
@@ -145,6 +162,19 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"daveloper: {exc.message}", file=sys.stderr)
         return 1
     return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    # Exit codes 0 and 1 only: Docker reserves 2 in health checks.
+    try:
+        options = health_options(os.environ, grpc=args.grpc, edge=args.edge, tls=args.tls, live=args.live,
+                                 timeout=args.timeout)
+    except DaveloperError as exc:
+        print(f"NOT_SERVING: {exc.message}", flush=True)
+        return 1
+    verdict = uvloop.run(check_health(options))
+    print(verdict, flush=True)
+    return 0 if verdict.healthy else 1
 
 
 def _client_options(args: argparse.Namespace, env: Mapping[str, str]) -> ClientOptions:
@@ -194,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "config":
         return _config(args, os.environ)
+    if args.command == "health":
+        return _health(args)
     env = dict(os.environ)
     try:
         options = _client_options(args, env)

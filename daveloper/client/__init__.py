@@ -1,4 +1,4 @@
-"""The ``daveloper`` command's gRPC client: chat, ingest, scrape and doctor.
+"""The ``daveloper`` command's client side: chat, ingest, scrape, doctor and health.
 
 A small layer over the generated stubs for people at a terminal. Everything it
 needs (server address, token, terminal) arrives from :mod:`daveloper.cli`, the
