@@ -17,13 +17,13 @@ from grpclib.server import Server
 from qdrant_client import AsyncQdrantClient
 
 from daveloper.agent.conversations import Conversations
-from daveloper.agent.llm import make_chat_model
-from daveloper.agent.llm.guarded import GuardedChatModel
+from daveloper.agent.llm import OpenAIChatModel, make_chat_model
+from daveloper.agent.llm.guarded import GuardedChatModel, is_model_failure
 from daveloper.agent.model import ChatModel
 from daveloper.agent.tools import Toolbox
 from daveloper.agent.turns import DEFAULT_SYSTEM_PROMPT, Agent, AgentSettings
 from daveloper.audit import AuditLog
-from daveloper.breaker import BreakerProbe, CircuitBreaker
+from daveloper.breaker import CircuitBreaker, breaker_probe
 from daveloper.config import Address, Settings, parse_rate
 from daveloper.descriptors import load_descriptor_pool
 from daveloper.documents.catalog import Catalog
@@ -44,7 +44,7 @@ from daveloper.infra.redis import open_redis, redis_probe
 from daveloper.jobs import BackgroundJobs
 from daveloper.leases import LeaseSet
 from daveloper.logstream import LogPublisher
-from daveloper.metrics import open_metrics_server
+from daveloper.metrics import METRICS, Metrics, open_metrics_server
 from daveloper.ownership import WorkLeases
 from daveloper.ratelimit import RateLimiter
 from daveloper.registry import InstanceRegistry
@@ -97,6 +97,8 @@ class App:
     web: Edge | None
     #: Keeps this instance in the registry edges discover (role ``grpc``); cancelled when draining.
     registration: asyncio.Task[None] | None = None
+    #: What this instance counts into (its ``GET /metrics``).
+    metrics: Metrics = METRICS
 
     @property
     def edge(self) -> Edge:
@@ -144,16 +146,20 @@ def _bound_port(server: Server) -> int | None:
 
 
 @contextlib.asynccontextmanager
-async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -> AsyncIterator[App]:
+async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
+                   metrics: Metrics | None = None) -> AsyncIterator[App]:
     """Open Redis, Qdrant, the event log and the gRPC server; yield the running app.
 
+    Every component counts into ``metrics`` (default: the process's :data:`~daveloper.metrics.METRICS`).
     Leaving the context drains the server and closes everything in reverse order.
     """
+    metrics = metrics or METRICS
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
-        redis = await stack.enter_async_context(open_redis(settings))
-        qdrant = await stack.enter_async_context(open_qdrant(settings))
-        events = EventLog(redis, retention=settings.event_retention, ttl_seconds=settings.event_ttl_seconds)
+        redis = await stack.enter_async_context(open_redis(settings, metrics=metrics))
+        qdrant = await stack.enter_async_context(open_qdrant(settings, metrics=metrics))
+        events = EventLog(redis, retention=settings.event_retention, ttl_seconds=settings.event_ttl_seconds,
+                          metrics=metrics)
         stack.push_async_callback(events.aclose)
 
         signer = TokenSigner(await load_secret_key(redis, settings.secret_key),
@@ -170,7 +176,7 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
 
         runtime.on_change(apply_rate)
         await runtime.refresh()
-        guard = Guard(sessions, RateLimiter(redis), policy, audit, switches=runtime.enabled)
+        guard = Guard(sessions, RateLimiter(redis), policy, audit, switches=runtime.enabled, metrics=metrics)
 
         embedder = make_embedder(
             settings.embedder, redis=redis, openai_model=settings.embedding_model,
@@ -185,31 +191,31 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
                           max_documents=settings.quota_documents, max_bytes=settings.quota_stored_bytes)
         jobs = BackgroundJobs()
         stack.push_async_callback(jobs.aclose)
-        work = WorkLeases(redis, owner=settings.instance_id, ttl_seconds=settings.lease_seconds)
+        work = WorkLeases(redis, owner=settings.instance_id, ttl_seconds=settings.lease_seconds, metrics=metrics)
         ingestor = Ingestor(events=events, catalog=catalog, store=chunk_store, embedder=embedder, jobs=jobs,
-                            parse=parse, chunk=chunk, work=work)
+                            parse=parse, chunk=chunk, work=work, metrics=metrics)
 
         scraper = await stack.enter_async_context(_open_scraper(settings, redis, events, jobs, ingestor, catalog,
-                                                                audit, work))
+                                                                audit, work, metrics))
 
         async def purge_vectors(session_id: str) -> None:
             await delete_session_vectors(qdrant, session_id, chunk_store)
 
         turn_leases = LeaseSet(redis, "turns", ttl_seconds=600)
         llm_breaker = CircuitBreaker("llm", failures=settings.breaker_failures,
-                                     reset_seconds=settings.breaker_reset_seconds)
-        model = GuardedChatModel(
-            chat_model or make_chat_model(settings.chat_provider, base_url=settings.llm_base_url,
-                                          api_key=settings.llm_api_key, model=settings.llm_model),
-            llm_breaker, first_event_seconds=settings.llm_first_event_seconds)
+                                     reset_seconds=settings.breaker_reset_seconds, classify=is_model_failure)
+        llm = chat_model or make_chat_model(settings.chat_provider, base_url=settings.llm_base_url,
+                                            api_key=settings.llm_api_key, model=settings.llm_model)
+        model = GuardedChatModel(llm, llm_breaker, first_event_seconds=settings.llm_first_event_seconds)
+        ping = llm.ping if isinstance(llm, OpenAIChatModel) and settings.llm_probe_seconds else None
         if (close_model := getattr(model, "aclose", None)) is not None:
             stack.push_async_callback(close_model)
         conversations = Conversations(redis)
         agent = Agent(
             events=events, conversations=conversations, model=model, jobs=jobs,
-            leases=turn_leases, work=work, limits=runtime.count,
+            leases=turn_leases, work=work, limits=runtime.count, metrics=metrics,
             tools=Toolbox(
-                search=search, redis=redis, enabled=lambda tool: runtime.enabled(f"tool.{tool}"),
+                search=search, redis=redis, enabled=runtime.tool_enabled,
                 web=WebTools(
                     runner=scraper.runner, crawler=scraper.crawler, github=scraper.github,
                     chunks=lambda session_id, document_id, limit: chunk_store.chunks(session_id, document_id,
@@ -277,7 +283,8 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
         ]
 
         health = HealthMonitor([redis_probe(redis), qdrant_probe(qdrant)],
-                               advisory=[BreakerProbe("llm", llm_breaker)])
+                               advisory=[breaker_probe(llm_breaker, request=ping, every=settings.llm_probe_seconds)],
+                               metrics=metrics)
         await health.check_once()
         qdrant_users = (DocumentService, VectorService, AgentService, ScraperService)
         needs = {s: ["redis", "qdrant"] if isinstance(s, qdrant_users) else ["redis"] for s in services}
@@ -285,7 +292,7 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
         health_service = health.service(needs)
 
         interceptor = Interceptor(max_message_bytes=settings.max_message_bytes,
-                                  trusted_proxies=settings.trusted_proxies)
+                                  trusted_proxies=settings.trusted_proxies, metrics=metrics)
         server = Server(ServerReflection.extend([*services, health_service], pool=load_descriptor_pool()))
         interceptor.install(server)
         await server.start(settings.grpc_addr.host, settings.grpc_addr.port, ssl=grpc_context(settings))
@@ -296,7 +303,8 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
         work.on_orphan("ingestion", ingestor.fail_orphan)
 
         if settings.metrics_addr is not None:
-            await stack.enter_async_context(open_metrics_server(settings.metrics_addr))
+            await stack.enter_async_context(open_metrics_server(settings.metrics_addr, metrics,
+                                                                token=settings.metrics_token))
         publisher = LogPublisher(redis, instance=settings.instance_id)
         publisher.start()
         stack.push_async_callback(publisher.aclose)
@@ -315,9 +323,9 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None) -
                                                          name="registry-heartbeat")
                     else:
                         edge = await serving.enter_async_context(open_edge(
-                            settings, upstreams=[grpc_addr, *settings.upstreams], health=health))
+                            settings, upstreams=[grpc_addr, *settings.upstreams], health=health, metrics=metrics))
                     app = App(settings, grpc_addr, redis, qdrant, events, sessions, catalog, chunk_store, search,
-                              jobs, health, interceptor, server, edge, registration)
+                              jobs, health, interceptor, server, edge, registration, metrics)
                     try:
                         yield app
                     finally:
@@ -342,7 +350,7 @@ class _Scraper:
 @contextlib.asynccontextmanager
 async def _open_scraper(settings: Settings, redis: aioredis.Redis, events: EventLog, jobs: BackgroundJobs,
                         ingestor: Ingestor, catalog: Catalog, audit: AuditLog,
-                        work: WorkLeases) -> AsyncIterator[_Scraper]:
+                        work: WorkLeases, metrics: Metrics) -> AsyncIterator[_Scraper]:
     """The fetcher (its HTTP client checked by the address policy), crawl and GitHub jobs."""
     limits = FetchLimits(
         concurrency=settings.scrape_concurrency, per_host_concurrency=settings.scrape_per_host_concurrency,
@@ -373,7 +381,7 @@ async def _open_scraper(settings: Settings, redis: aioredis.Redis, events: Event
         store = JobStore(redis, ttl_seconds=settings.event_ttl_seconds)
         yield _Scraper(
             store=store,
-            runner=JobRunner(events=events, store=store, jobs=jobs, work=work, limits=JobLimits(
+            runner=JobRunner(events=events, store=store, jobs=jobs, work=work, metrics=metrics, limits=JobLimits(
                 concurrent_jobs=settings.scrape_jobs_per_session, pages_per_day=settings.scrape_pages_per_day)),
             crawler=Crawler(fetcher=fetcher, redis=redis, ingest=ingest_page, document_exists=document_exists,
                             limits=CrawlLimits(workers=settings.scrape_concurrency), on_refused=refused),
@@ -401,7 +409,7 @@ class Gateway:
 
 
 @contextlib.asynccontextmanager
-async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
+async def open_gateway(settings: Settings, *, metrics: Metrics | None = None) -> AsyncIterator[Gateway]:
     """Serve the edge alone, calling the gRPC instances in ``settings.upstreams`` and those registered in Redis.
 
     Needs no Qdrant and no data directory; Redis (``settings.redis_url``) only
@@ -410,17 +418,19 @@ async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     if not settings.upstreams and settings.redis_url is None:
         raise ConfigError("role edge needs gRPC instances: set DAVELOPER_UPSTREAMS, or DAVELOPER_REDIS_URL to "
                           "find the instances registered there")
+    metrics = metrics or METRICS
     async with contextlib.AsyncExitStack() as stack:
         registry = None
-        health = HealthMonitor([])
+        health = HealthMonitor([], metrics=metrics)
         if settings.metrics_addr is not None:
-            await stack.enter_async_context(open_metrics_server(settings.metrics_addr))
+            await stack.enter_async_context(open_metrics_server(settings.metrics_addr, metrics,
+                                                                token=settings.metrics_token))
         if settings.redis_url is not None:
-            redis = await stack.enter_async_context(open_redis(settings))
+            redis = await stack.enter_async_context(open_redis(settings, metrics=metrics))
             registry = InstanceRegistry(redis, ttl_seconds=settings.lease_seconds)
             health.add(redis_probe(redis))
         edge = await stack.enter_async_context(open_edge(settings, upstreams=settings.upstreams, health=health,
-                                                         registry=registry))
+                                                         registry=registry, metrics=metrics))
         upstream = edge.state.upstream
         health.add(upstream_probe(upstream, edge.state.codec.methods[HEALTH_CHECK]))
         gateway = Gateway(settings, edge, health)

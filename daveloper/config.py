@@ -80,6 +80,8 @@ class Settings:
     lease_seconds: float = 15.0
     #: Serve ``/metrics`` on this address too (the edge always serves it); for roles without an edge.
     metrics_addr: Address | None = None
+    #: With a token, ``GET /metrics`` (edge and ``metrics_addr``) needs ``Authorization: Bearer <token>``.
+    metrics_token: str | None = None
     #: Export OpenTelemetry traces over OTLP/HTTP (needs the ``tracing`` extra; the exporter reads the
     #: standard ``OTEL_EXPORTER_OTLP_*`` variables).
     otel_enabled: bool = False
@@ -89,6 +91,9 @@ class Settings:
     #: row, then refuse calls for this long before letting one probe through.
     breaker_failures: int = 5
     breaker_reset_seconds: float = 30.0
+    #: With the openai provider, ask the endpoint (``GET /models``) at most this often for the ``llm``
+    #: health probe; 0: the probe only follows the LLM breaker.
+    llm_probe_seconds: float = 0.0
     grpc_addr: Address = Address("127.0.0.1", 50051)
     #: HTTP/WebSocket edge listen address (browser page, ``/ws``, HTTP/JSON).
     edge_addr: Address = Address("127.0.0.1", 8080)
@@ -214,6 +219,8 @@ class Settings:
         for name in ("lease_seconds", "llm_first_event_seconds", "breaker_failures", "breaker_reset_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.llm_probe_seconds < 0:
+            raise ConfigError("llm_probe_seconds must not be negative")
         if self.llm_provider not in ("", *LLM_PROVIDERS):
             raise ConfigError(f"llm provider must be one of {', '.join(LLM_PROVIDERS)}, got {self.llm_provider!r}")
         if self.embedder not in EMBEDDERS:
@@ -275,8 +282,8 @@ class Settings:
             values["scrape_allow"] = tuple(a.strip() for a in allow.split(",") if a.strip())
         if (data_dir := get("DATA_DIR")) is not None:
             values["data_dir"] = Path(data_dir).expanduser()
-        for key in ("redis_url", "qdrant_url", "qdrant_api_key", "secret_key", "admin_token", "instance_id",
-                    "embedding_base_url", "embedding_api_key", "embedding_model",
+        for key in ("redis_url", "qdrant_url", "qdrant_api_key", "secret_key", "admin_token", "metrics_token",
+                    "instance_id", "embedding_base_url", "embedding_api_key", "embedding_model",
                     "llm_base_url", "llm_api_key", "llm_model", "system_prompt", "github_api_url", "github_token",
                     "rate_chat_turns", "rate_uploads", "rate_scrapes", "rate_calls", "rate_sessions"):
             if (value := get(key.upper())) is not None:
@@ -301,7 +308,7 @@ class Settings:
                           ("rate_address_factor", float), ("quota_documents", int), ("quota_stored_bytes", int),
                           ("quota_concurrent_turns", int), ("audit_retention_seconds", int),
                           ("lease_seconds", float), ("llm_first_event_seconds", float), ("breaker_failures", int),
-                          ("breaker_reset_seconds", float)):
+                          ("breaker_reset_seconds", float), ("llm_probe_seconds", float)):
             if (num := number(key.upper(), kind)) is not None:
                 values[key] = num
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -25,7 +25,7 @@ from typing import Any
 from daveloper.audit import AuditLog
 from daveloper.config import Settings, parse_rate
 from daveloper.errors import FailedPrecondition, PermissionDenied, ResourceExhausted, Unauthenticated
-from daveloper.metrics import METRICS
+from daveloper.metrics import METRICS, Metrics
 from daveloper.ratelimit import Bucket, RateLimiter
 from daveloper.rpc.call import Call, Principal
 from daveloper.rpc.context import client_address_var
@@ -89,9 +89,10 @@ class Guard:
     """Authenticates, scopes and rate-limits every call (see the module docstring)."""
 
     def __init__(self, store: SessionStore, limiter: RateLimiter, policy: RatePolicy, audit: AuditLog,
-                 switches: Callable[[str], bool] = lambda feature: True) -> None:
+                 switches: Callable[[str], bool] = lambda feature: True, metrics: Metrics | None = None) -> None:
         #: Whether a feature (``chat``, ``uploads``, ``scraping``) is on (runtime options).
         self._switches = switches
+        self._rate_limited = (metrics or METRICS).rate_limited
         self._store = store
         self._limiter = limiter
         self._policy = policy
@@ -136,7 +137,7 @@ class Guard:
             return
         verdict = await self._limiter.take(buckets)
         if not verdict.allowed:
-            METRICS.rate_limited.labels(method_class).inc()
+            self._rate_limited.labels(method_class).inc()
             burst, period = self._policy.classes[method_class]
             await self._audit.record("rate_limited", method_class=method_class,
                                      retry_after=f"{verdict.retry_after:.3f}")

@@ -17,7 +17,7 @@ from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
 
 from daveloper.infra import HealthProbe
-from daveloper.metrics import METRICS
+from daveloper.metrics import METRICS, Metrics
 
 __all__ = ["HealthMonitor"]
 
@@ -28,7 +28,8 @@ class HealthMonitor:
     """Polls probes and drives the statuses grpclib's ``Health`` service reports."""
 
     def __init__(self, probes: Sequence[HealthProbe], *, interval: float = 2.0,
-                 advisory: Sequence[HealthProbe] = ()) -> None:
+                 advisory: Sequence[HealthProbe] = (), metrics: Metrics | None = None) -> None:
+        self._up = (metrics or METRICS).dependency_up
         self._probes = [*probes, *advisory]
         #: Probes that only the services needing them follow, not overall health and /readyz
         #: (the LLM endpoint: without it sessions, documents and search still work).
@@ -60,7 +61,7 @@ class HealthMonitor:
                 log.log(logging.INFO if ok else logging.WARNING, "dependency %s",
                         "up" if ok else "down", extra={"dependency": probe.name})
             status.set(ok)
-            METRICS.dependency_up.labels(probe.name).set(1 if ok else 0)
+            self._up.labels(probe.name).set(1 if ok else 0)
         return dict(zip((p.name for p in self._probes), results, strict=True))
 
     async def run(self) -> None:

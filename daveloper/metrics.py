@@ -1,24 +1,32 @@
-"""Prometheus metrics: one registry per process, exposed at the edge's ``/metrics`` and an optional port.
+"""Prometheus metrics on a registry of our own, exposed at the edge's ``/metrics`` and an optional port.
 
-Metrics describe the process, as Prometheus expects: every app opened in one
-process (tests open several) counts into the same series, so tests compare
-values before and after what they do. Label children are bound once where the
-label values are known ahead (dependencies, outcomes); per-call label lookups
-are a dict access.
+An app counts into one :class:`Metrics` (its own registry, never
+prometheus-client's global one) and hands it to every component it builds:
+``serve`` uses the process's :data:`METRICS`; a caller may pass its own, as
+tests do to read one app's values while other apps run in the same process.
+A component built without one counts into :data:`METRICS`. Label children are
+bound once where the label values are known ahead (a method, a provider, an
+outcome) and cached per label value otherwise (Redis commands), so a call
+costs a dict lookup and an increment.
 
 Instrumentation points are few on purpose: the RPC interceptor (every call),
 the edge's sockets and streams, the agent (turns, tokens, tools, cancel,
 model calls), ingestion and the crawler, the event log (resumes, expired
 cursors), the rate limiter, and thin wrappers on the Redis and Qdrant clients
-(:func:`instrument_redis`, :func:`instrument_qdrant`).
+(:func:`instrument_redis`, :func:`instrument_qdrant`). A component with series
+of its own adds them to ``Metrics.registry`` (any prometheus-client collector).
+
+``GET /metrics`` needs no credentials unless a token is configured
+(``metrics_token``): operators scrape it, the public should not reach it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hmac
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -39,9 +47,11 @@ from prometheus_client import (
 from daveloper.config import Address
 from daveloper.tracing import span
 
-__all__ = ["METRICS", "Metrics", "instrument_qdrant", "instrument_redis", "metrics_response", "open_metrics_server"]
+__all__ = ["METRICS", "MethodSeries", "Metrics", "instrument_qdrant", "instrument_redis", "metrics_handler",
+           "open_metrics_server"]
 
 T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Seconds: from sub-millisecond Redis calls to minute-long model streams.
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -62,7 +72,8 @@ class Metrics:
                                     ["method", "code"], registry=r)
         self.rpc_seconds = Histogram("daveloper_rpc_duration_seconds", "RPC duration, by method", ["method"],
                                      buckets=_LATENCY, registry=r)
-        self.rpc_in_flight = Gauge("daveloper_rpc_in_flight", "RPCs running now (streams included)", registry=r)
+        self.rpc_in_flight = Gauge("daveloper_rpc_in_flight", "RPCs running now (streams included), by method",
+                                   ["method"], registry=r)
 
         # the edge
         self.edge_sockets = Gauge("daveloper_edge_sockets", "WebSockets open now", registry=r)
@@ -131,45 +142,88 @@ class Metrics:
         self.work_reaped = Counter("daveloper_work_reaped", "Work of lost instances finished here, by kind",
                                    ["kind"], registry=r)
 
+        self._methods: dict[str, MethodSeries] = {}
+        self._dependencies: dict[tuple[str, str], Histogram] = {}
+
     def exposition(self) -> bytes:
+        """Every series in the Prometheus text format."""
         return generate_latest(self.registry)
 
+    def rpc(self, method: str) -> MethodSeries:
+        """``method``'s RPC series, bound on its first call (the server's methods are a bounded set)."""
+        series = self._methods.get(method)
+        if series is None:
+            series = self._methods[method] = MethodSeries(self, method)
+        return series
+
     @contextlib.contextmanager
-    def timed(self, dependency: str, operation: str) -> Any:
-        """Observe a dependency call's duration; count it as an error if it raises."""
+    def timed(self, dependency: str, operation: str) -> Iterator[None]:
+        """Observe a dependency call's duration; count it as an error if it raises (a cancel is not one)."""
         started = time.perf_counter()
         try:
             yield
-        except BaseException as exc:
-            if not isinstance(exc, GeneratorExit):
-                self.dependency_errors.labels(dependency, operation).inc()
+        except Exception:
+            self.dependency_errors.labels(dependency, operation).inc()
             raise
         finally:
-            self.dependency_seconds.labels(dependency, operation).observe(time.perf_counter() - started)
+            key = (dependency, operation)
+            seconds = self._dependencies.get(key)
+            if seconds is None:
+                seconds = self._dependencies[key] = self.dependency_seconds.labels(dependency, operation)
+            seconds.observe(time.perf_counter() - started)
 
 
-#: The process's metrics.
+class MethodSeries:
+    """One RPC method's series, their label children bound once."""
+
+    __slots__ = ("_codes", "_method", "_requests", "duration", "in_flight")
+
+    def __init__(self, metrics: Metrics, method: str) -> None:
+        self._requests = metrics.rpc_requests
+        self._method = method
+        self._codes: dict[str, Counter] = {}
+        self.in_flight = metrics.rpc_in_flight.labels(method)
+        self.duration = metrics.rpc_seconds.labels(method)
+
+    def ended(self, code: str, seconds: float) -> None:
+        """A call that :attr:`in_flight` counted ended with status ``code`` after ``seconds``."""
+        self.in_flight.dec()
+        self.duration.observe(seconds)
+        requests = self._codes.get(code)
+        if requests is None:
+            requests = self._codes[code] = self._requests.labels(self._method, code)
+        requests.inc()
+
+
+#: The process's metrics: what ``serve`` exports, and what a component given none counts into.
 METRICS = Metrics()
 
 
-def _timed(call: Callable[..., Awaitable[T]], dependency: str, operation: str | None = None) -> Callable[..., Any]:
+def _timed(call: Callable[..., Awaitable[T]], metrics: Metrics, dependency: str,
+           operation: str | None = None) -> Callable[..., Any]:
     @functools.wraps(call)
     async def wrapper(*args: Any, **kwargs: Any) -> T:
         name = operation or (str(args[0]).lower() if args else "?")
-        with span(f"{dependency} {name}", SpanKind.CLIENT), METRICS.timed(dependency, name):
+        with span(f"{dependency} {name}", SpanKind.CLIENT), metrics.timed(dependency, name):
             return await call(*args, **kwargs)
 
     return wrapper
 
 
-def instrument_redis(client: aioredis.Redis) -> aioredis.Redis:
-    """Time every command (by name) and every pipeline (as ``pipeline``) of ``client``."""
-    client.execute_command = _timed(client.execute_command, "redis")  # type: ignore[method-assign]
+def instrument_redis(client: aioredis.Redis, metrics: Metrics | None = None) -> aioredis.Redis:
+    """Time every command (by name) and every pipeline (as ``pipeline``) of ``client``.
+
+    One wrapper on the client's ``execute_command``, which every command method
+    (scripts included) goes through, and one on each pipeline's ``execute``.
+    Pub/sub connections are not timed: their reads wait for messages.
+    """
+    metrics = metrics or METRICS
+    client.execute_command = _timed(client.execute_command, metrics, "redis")  # type: ignore[method-assign]
     make_pipeline = client.pipeline
 
     def pipeline(transaction: bool = True, shard_hint: Any = None) -> Any:
         pipe = make_pipeline(transaction, shard_hint)
-        pipe.execute = _timed(pipe.execute, "redis", "pipeline")  # type: ignore[method-assign]
+        pipe.execute = _timed(pipe.execute, metrics, "redis", "pipeline")  # type: ignore[method-assign]
         return pipe
 
     client.pipeline = pipeline  # type: ignore[method-assign]
@@ -182,23 +236,34 @@ QDRANT_OPERATIONS = ("collection_exists", "create_collection", "create_payload_i
                      "retrieve")
 
 
-def instrument_qdrant(client: T) -> T:
+def instrument_qdrant(client: T, metrics: Metrics | None = None) -> T:
     """Time the Qdrant calls in :data:`QDRANT_OPERATIONS` on this client instance."""
+    metrics = metrics or METRICS
     for name in QDRANT_OPERATIONS:
-        setattr(client, name, _timed(getattr(client, name), "qdrant", name))
+        setattr(client, name, _timed(getattr(client, name), metrics, "qdrant", name))
     return client
 
 
-async def metrics_response(request: web.Request) -> web.Response:
-    """``GET /metrics``: the Prometheus text format."""
-    return web.Response(body=METRICS.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+def metrics_handler(metrics: Metrics, *, token: str | None = None) -> Handler:
+    """``GET /metrics`` of ``metrics`` in the Prometheus text format; with ``token``, only for ``Bearer <token>``."""
+    expected = f"Bearer {token}".encode() if token else None
+
+    async def serve_metrics(request: web.Request) -> web.Response:
+        if expected is not None and not hmac.compare_digest(
+                request.headers.get("Authorization", "").encode(), expected):
+            return web.Response(status=401, text="GET /metrics needs the metrics bearer token\n",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return serve_metrics
 
 
 @contextlib.asynccontextmanager
-async def open_metrics_server(addr: Address) -> AsyncIterator[Address]:
-    """Serve ``/metrics`` alone on ``addr`` (for instances without an edge); yields the bound address."""
+async def open_metrics_server(addr: Address, metrics: Metrics | None = None, *,
+                              token: str | None = None) -> AsyncIterator[Address]:
+    """Serve ``GET /metrics`` alone on ``addr`` (for instances without an edge); yields the bound address."""
     app = web.Application()
-    app.router.add_get("/metrics", metrics_response)
+    app.router.add_get("/metrics", metrics_handler(metrics or METRICS, token=token))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 
 from daveloper.errors import DaveloperError
 from daveloper.infra.redis import redis_call, reply_text
-from daveloper.metrics import METRICS
+from daveloper.metrics import METRICS, Metrics
 
 __all__ = ["OrphanHandler", "WorkLeases"]
 
@@ -53,8 +53,9 @@ class WorkLeases:
     """Leases on this instance's work, their renewal, and the reaping of other instances' lapsed work."""
 
     def __init__(self, redis: aioredis.Redis, *, owner: str, ttl_seconds: float = 15.0, prefix: str = "dv:",
-                 batch: int = 100) -> None:
+                 batch: int = 100, metrics: Metrics | None = None) -> None:
         self._redis = redis
+        self._reaped = (metrics or METRICS).work_reaped
         self._owner = owner
         self.ttl_seconds = ttl_seconds
         self._set = f"{prefix}work"
@@ -112,7 +113,7 @@ class WorkLeases:
                 log.warning("no handler for lapsed work %s", reply_text(member))
                 continue
             log.warning("work of a lost instance", extra={"work": reply_text(member), "owner": fields.get("owner")})
-            METRICS.work_reaped.labels(fields["kind"]).inc()
+            self._reaped.labels(fields["kind"]).inc()
             try:
                 await handler(fields)
             except (DaveloperError, aioredis.RedisError) as exc:

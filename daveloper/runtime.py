@@ -7,7 +7,9 @@ validates it (so a bad value never reaches an instance) and records who changed
 what in the audit log. Every instance re-reads the hash every ``interval``
 seconds (1 s), applies what changed and logs each change, old and new value;
 so a change is in force everywhere within about a second, and one missed by an
-instance (Redis briefly down) is picked up at its next read.
+instance (Redis briefly down) is picked up at its next read. No pub/sub push on
+top: at one ``HGETALL`` of a small hash a second, it would only save that second,
+at the price of a subscriber connection per instance to keep and resubscribe.
 
 ``daveloper config list|get|set|unset`` is the operator's command.
 """
@@ -70,7 +72,7 @@ def _options(*options: Option) -> dict[str, Option]:
 OPTIONS = _options(
     Option("chat", "switch", "chat turns (off: Chat refuses new turns with FAILED_PRECONDITION, FEATURE_DISABLED)"),
     Option("uploads", "switch", "document uploads"),
-    Option("scraping", "switch", "crawl and GitHub jobs"),
+    Option("scraping", "switch", "crawl and GitHub jobs, and the agent's scrape_url and github_repo tools"),
     Option("tool.search_documents", "switch", "the agent's search_documents tool"),
     Option("tool.scrape_url", "switch", "the agent's scrape_url tool"),
     Option("tool.github_repo", "switch", "the agent's github_repo tool"),
@@ -101,6 +103,8 @@ def defaults(settings: Settings) -> dict[str, bool | int | str]:
 
 
 Listener = Callable[[str, bool | int | str], None]
+#: Agent tools that fetch from the web: off with ``scraping`` as well as with their own switch.
+_WEB_TOOLS = frozenset({"scrape_url", "github_repo"})
 
 
 class RuntimeConfig:
@@ -113,6 +117,8 @@ class RuntimeConfig:
         self._instance = settings.instance_id
         self._interval = interval
         self._listeners: list[Listener] = []
+        #: Stored values that do not parse (written around :func:`set_option`), already warned about.
+        self._invalid: dict[str, str] = {}
 
     def __getitem__(self, name: str) -> bool | int | str:
         return self._values[name]
@@ -123,6 +129,10 @@ class RuntimeConfig:
     def count(self, name: str) -> int:
         return int(self._values[name])
 
+    def tool_enabled(self, tool: str) -> bool:
+        """Whether the agent may offer and run ``tool``: its switch, and for web tools ``scraping`` too."""
+        return self.enabled(f"tool.{tool}") and (tool not in _WEB_TOOLS or self.enabled("scraping"))
+
     def on_change(self, listener: Listener) -> None:
         """Call ``listener(name, value)`` after an option's value changes (an unset one goes back to its default)."""
         self._listeners.append(listener)
@@ -131,19 +141,23 @@ class RuntimeConfig:
         """Read the overrides and apply what changed."""
         raw = await redis_call(self._redis.hgetall(CONFIG_KEY))
         overrides: dict[str, bool | int | str] = {}
+        invalid: dict[str, str] = {}
         for key, stored in raw.items():
-            name = reply_text(key)
+            name, text = reply_text(key), reply_text(stored)
             if name in OPTIONS:
                 try:
-                    overrides[name] = OPTIONS[name].parse(reply_text(stored))
+                    overrides[name] = OPTIONS[name].parse(text)
                 except InvalidArgument:
-                    log.warning("ignoring invalid runtime option %s=%r", name, reply_text(stored))
+                    invalid[name] = text
+                    if self._invalid.get(name) != text:  # once, not at every read
+                        log.warning("ignoring invalid runtime option %s=%r", name, text)
+        self._invalid = invalid
         for name, default in self._defaults.items():
             value = overrides.get(name, default)
             old = self._values[name]
             if value != old:
                 self._values[name] = value
-                log.info("runtime option %s changed from %s to %s", name, old, value,
+                log.info("runtime option %s changed from %s to %s on instance %s", name, old, value, self._instance,
                          extra={"option": name, "old": str(old), "new": str(value)})
                 for listener in self._listeners:
                     listener(name, value)

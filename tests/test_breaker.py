@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -15,10 +16,12 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from yarl import URL
 
 from daveloper.agent.llm import OpenAIChatModel
+from daveloper.agent.llm.guarded import GuardedChatModel, is_model_failure
+from daveloper.agent.model import Message, ModelDone, ModelEvent
 from daveloper.app import App, open_app
-from daveloper.breaker import BreakerMap, CircuitBreaker, CircuitState
+from daveloper.breaker import BreakerMap, CircuitBreaker, CircuitState, breaker_probe
 from daveloper.config import Settings
-from daveloper.errors import InvalidArgument, NotFound, Unavailable
+from daveloper.errors import DaveloperError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from daveloper.metrics import METRICS
 from daveloper.scraper.fetcher import Fetcher, FetchLimits, open_http_session
 from daveloper.scraper.github import GitHubClient
@@ -36,6 +39,11 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def state(breaker: CircuitBreaker) -> CircuitState:
+    """Read afresh (mypy would keep an ``assert breaker.state is ...`` narrowing across calls)."""
+    return breaker.state
 
 
 def refused(breaker: CircuitBreaker) -> Unavailable:
@@ -56,7 +64,7 @@ def test_opens_after_consecutive_failures_and_recovers_through_one_probe() -> No
     for _ in range(3):
         breaker.check()
         breaker.outcome(TimeoutError())
-    assert breaker.state is CircuitState.OPEN
+    assert state(breaker) is CircuitState.OPEN
     assert breaker.open
     assert refused(breaker).retry_after == pytest.approx(10)
     clock.now += 4
@@ -64,14 +72,14 @@ def test_opens_after_consecutive_failures_and_recovers_through_one_probe() -> No
 
     clock.now += 6
     breaker.check()  # the probe goes through ...
-    assert breaker.state is CircuitState.HALF_OPEN
+    assert state(breaker) is CircuitState.HALF_OPEN
     refused(breaker)  # ... alone
     breaker.outcome(Unavailable("still down"))
-    assert breaker.state is CircuitState.OPEN  # one failed probe re-opens at once
+    assert state(breaker) is CircuitState.OPEN  # one failed probe re-opens at once
     clock.now += 10
     breaker.check()
     breaker.outcome(None)
-    assert breaker.state is CircuitState.CLOSED
+    assert state(breaker) is CircuitState.CLOSED
     breaker.check()
 
 
@@ -80,7 +88,7 @@ def test_an_upstream_that_answers_no_is_healthy() -> None:
     for answer in (InvalidArgument("bad request"), NotFound("no such repo"), ValueError("parsing")):
         breaker.check()
         breaker.outcome(answer)
-    assert breaker.state is CircuitState.CLOSED
+    assert state(breaker) is CircuitState.CLOSED
 
 
 async def test_a_cancelled_probe_lets_the_next_one_through() -> None:
@@ -95,7 +103,69 @@ async def test_a_cancelled_probe_lets_the_next_one_through() -> None:
             raise asyncio.CancelledError
     async with breaker.guard():
         pass
-    assert breaker.state is CircuitState.CLOSED
+    assert state(breaker) is CircuitState.CLOSED
+
+
+def test_state_changes_reach_listeners_and_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    heard: list[tuple[str, str, str]] = []
+    breaker = CircuitBreaker("unit", failures=1, reset_seconds=5, clock=clock, report=False,
+                             listeners=[lambda b, old, new: heard.append((b.name, old, new))])
+    caplog.set_level(logging.INFO, logger="daveloper.breaker")
+    assert breaker.state == "closed"
+    breaker.check()
+    breaker.outcome(ConnectionError("refused"))
+    assert breaker.state == "open"
+    clock.now += 5
+    breaker.check()
+    assert breaker.state == "half_open"
+    breaker.outcome(None)
+    assert heard == [("unit", "closed", "open"), ("unit", "open", "half_open"), ("unit", "half_open", "closed")]
+    assert [CircuitState(new).level for _, _, new in heard] == [2, 1, 0]
+    logged = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "daveloper.breaker"]
+    assert logged[0][0] == logging.WARNING
+    assert logged[0][1].startswith("circuit unit open")
+    assert logged[-1] == (logging.INFO, "circuit unit closed")
+
+
+def test_a_listener_that_fails_does_not_change_the_outcome() -> None:
+    def broken(breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
+        raise RuntimeError("observer bug")
+
+    breaker = CircuitBreaker("unit", failures=1, clock=Clock(), report=False)
+    breaker.on_change(broken)
+    breaker.failure()
+    assert state(breaker) is CircuitState.OPEN
+
+
+def test_opens_when_the_failure_ratio_in_the_window_is_reached() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("unit", failures=100, failure_ratio=0.5, window_seconds=10, min_calls=4, clock=clock,
+                             report=False)
+    for failed in (True, True, True):  # too few calls to judge
+        breaker.outcome(TimeoutError() if failed else None)
+    assert state(breaker) is CircuitState.CLOSED
+    clock.now += 11  # those slide out of the window
+    for failed in (False, True, False, False, True):
+        breaker.outcome(TimeoutError() if failed else None)
+        assert state(breaker) is CircuitState.CLOSED  # at most 2 of 5
+    breaker.outcome(TimeoutError())  # 3 of 6
+    assert state(breaker) is CircuitState.OPEN
+    assert refused(breaker).metadata == {"upstream": "unit"}
+
+
+async def test_a_call_that_outlives_its_timeout_is_a_failure() -> None:
+    breaker = CircuitBreaker("unit", failures=2, reset_seconds=60, timeout=0.05, clock=Clock(), report=False)
+    with pytest.raises(Unavailable) as timed_out:
+        async with breaker.guard():
+            await asyncio.Event().wait()
+    assert timed_out.value.reason == "UPSTREAM_TIMEOUT"
+    assert timed_out.value.metadata == {"upstream": "unit"}
+    assert state(breaker) is CircuitState.CLOSED
+    with pytest.raises(TimeoutError):  # the block's own timeout passes through, and counts
+        async with breaker.guard(within=60):
+            raise TimeoutError
+    assert state(breaker) is CircuitState.OPEN
 
 
 def test_per_host_breakers_are_independent_and_bounded() -> None:
@@ -188,6 +258,109 @@ async def test_a_stalled_model_endpoint_fails_the_round_with_unavailable(
     assert failed.failure.code == 14  # UNAVAILABLE
 
 
+async def stream_once(model: GuardedChatModel) -> list[ModelEvent]:
+    return [event async for event in model.stream([Message(role="user", content="hi")])]
+
+
+@pytest.fixture
+async def guarded(llm: FakeOpenAI) -> AsyncIterator[tuple[GuardedChatModel, Clock]]:
+    clock = Clock()
+    breaker = CircuitBreaker("llm-test", failures=2, reset_seconds=30, classify=is_model_failure, clock=clock,
+                             report=False)
+    inner = OpenAIChatModel(base_url=llm.url, api_key="sk-test", default_model="m", max_retries=0)
+    yield GuardedChatModel(inner, breaker, first_event_seconds=0.3), clock
+    await inner.aclose()
+
+
+@pytest.mark.parametrize(("failing", "error"), [(Script(status=429), ResourceExhausted),
+                                                (Script(text=["late"], delay=5), Unavailable)],
+                         ids=["rate-limited", "slow"])
+async def test_a_rate_limited_or_slow_endpoint_opens_the_breaker_and_a_probe_closes_it(
+    guarded: tuple[GuardedChatModel, Clock], llm: FakeOpenAI, failing: Script, error: type[DaveloperError]
+) -> None:
+    model, clock = guarded
+    llm.fallback = failing
+    for _ in range(2):
+        with pytest.raises(error):
+            await stream_once(model)
+    assert state(model.breaker) is CircuitState.OPEN
+    asked = len(llm.requests)
+    with pytest.raises(Unavailable) as refusal:
+        await stream_once(model)
+    assert refusal.value.reason == "CIRCUIT_OPEN"
+    assert refusal.value.retry_after == pytest.approx(30)
+    assert len(llm.requests) == asked  # refused without asking the endpoint
+
+    llm.fallback = Script(text=["fine"])
+    clock.now += 30
+    events = await stream_once(model)
+    assert isinstance(events[-1], ModelDone)
+    assert len(llm.requests) == asked + 1
+    assert state(model.breaker) is CircuitState.CLOSED
+
+
+async def test_a_request_the_endpoint_rejects_does_not_open_the_breaker(
+    guarded: tuple[GuardedChatModel, Clock], llm: FakeOpenAI
+) -> None:
+    model, _ = guarded
+    llm.fallback = Script(status=400)
+    for _ in range(3):
+        with pytest.raises(InvalidArgument):
+            await stream_once(model)
+    assert state(model.breaker) is CircuitState.CLOSED
+
+
+async def test_the_reachability_probe_asks_the_endpoint_through_the_breaker(llm: FakeOpenAI) -> None:
+    inner = OpenAIChatModel(base_url=llm.url, api_key="sk-test", default_model="m", max_retries=0)
+    clock = Clock()
+    breaker = CircuitBreaker("llm-probe", failures=2, reset_seconds=30, clock=clock, report=False)
+    probe = breaker_probe(breaker, "llm", request=inner.ping, every=0)
+    try:
+        assert probe.name == "llm"
+        assert await probe.check()
+        assert llm.listings == 1
+        llm.models_status = 503
+        assert not await probe.check()
+        assert not await probe.check()
+        assert state(breaker) is CircuitState.OPEN
+        assert not await probe.check()
+        assert llm.listings == 3  # open: no request
+        llm.models_status = None
+        clock.now += 30
+        assert await probe.check()  # the half-open probe call
+        assert state(breaker) is CircuitState.CLOSED
+        cached = breaker_probe(breaker, request=inner.ping, every=3600)
+        assert await cached.check()
+        assert await cached.check()
+        assert llm.listings == 5
+    finally:
+        await inner.aclose()
+
+
+async def test_readiness_reports_an_unreachable_model_endpoint_but_stays_up(
+    settings: Settings, redis: aioredis.Redis, llm: FakeOpenAI
+) -> None:
+    model = OpenAIChatModel(base_url=llm.url, api_key="sk-test", default_model="m", max_retries=0)
+    configured = settings.replace(llm_probe_seconds=0.05, breaker_failures=1000)
+    async with open_app(configured, chat_model=model) as running, aiohttp.ClientSession() as http:
+        running.health._interval = 0.05
+        channel = Channel(running.grpc_addr.host, running.grpc_addr.port)
+        try:
+            async with http.get(f"{running.edge.url}/readyz") as response:
+                assert (await response.json())["dependencies"]["llm"] == "serving"
+            llm.models_status = 503
+            await until_health(channel, "daveloper.v1.AgentService", HealthCheckResponse.NOT_SERVING)
+            assert await health(channel, "") == HealthCheckResponse.SERVING
+            async with http.get(f"{running.edge.url}/readyz") as response:
+                assert response.status == 200
+                assert (await response.json())["dependencies"]["llm"] == "not_serving"
+            llm.models_status = None
+            await until_health(channel, "daveloper.v1.AgentService", HealthCheckResponse.SERVING)
+        finally:
+            channel.close()
+    await model.aclose()
+
+
 # ---- GitHub ----------------------------------------------------------------------------------------------------
 
 async def test_github_failing_opens_its_breaker(redis: aioredis.Redis) -> None:
@@ -202,7 +375,26 @@ async def test_github_failing_opens_its_breaker(redis: aioredis.Redis) -> None:
         with pytest.raises(Unavailable) as second:
             await client.repository("octo/hello")
         assert second.value.reason == "CIRCUIT_OPEN"
+        assert second.value.metadata == {"upstream": "github-test"}
         assert len(github.requests) == asked
+
+
+async def test_github_recovers_through_a_probe_after_the_cool_down(redis: aioredis.Redis) -> None:
+    clock = Clock()
+    async with FakeGitHub() as github, aiohttp.ClientSession() as session:
+        breaker = CircuitBreaker("github-test", failures=1, reset_seconds=60, clock=clock, report=False)
+        client = GitHubClient(session, redis, base_url=github.url, token="ghp_test", timeout=5, breaker=breaker)
+        github.fail(503, times=3)
+        with pytest.raises(Unavailable):
+            await client.repository("octo/hello")
+        clock.now += 59
+        with pytest.raises(Unavailable) as refusal:
+            await client.repository("octo/hello")
+        assert refusal.value.reason == "CIRCUIT_OPEN"
+        assert refusal.value.retry_after == pytest.approx(1)
+        clock.now += 1
+        assert (await client.repository("octo-org/hello-world")).full_name == "octo-org/hello-world"
+        assert state(breaker) is CircuitState.CLOSED
 
 
 async def test_a_dead_web_host_is_refused_fast_and_others_are_not() -> None:

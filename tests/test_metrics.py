@@ -1,5 +1,6 @@
 """``/metrics`` after real work: a chat turn over a WebSocket and over gRPC, an upload, a rate-limited call,
-a resumed and an expired event-log cursor. Values are compared before and after, as metrics are per process."""
+a resumed and an expired event-log cursor. Each app counts into a ``Metrics`` of its own, so the values read
+are that app's alone, whatever else runs in the process."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from daveloper.agent.turns import conversation_scope
 from daveloper.app import App, open_app
 from daveloper.config import Address, Settings
+from daveloper.metrics import Metrics
 from generated.daveloper.v1 import (
     AgentServiceStub,
     ChatRequest,
@@ -39,8 +41,8 @@ GUIDE = b"# Redis\n\nPoint DAVELOPER_REDIS_URL at your Redis server to share sta
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-async def scrape(http: aiohttp.ClientSession, url: str) -> Samples:
-    async with http.get(url) as response:
+async def scrape(http: aiohttp.ClientSession, url: str, *, token: str = "") -> Samples:
+    async with http.get(url, headers={"Authorization": f"Bearer {token}"} if token else None) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain")
         text = await response.text()
@@ -55,7 +57,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 @pytest.fixture
 async def app(settings: Settings, redis: aioredis.Redis) -> AsyncIterator[App]:
     # Four chat turns a minute per session: the fifth is refused.
-    async with open_app(settings.replace(rate_chat_turns="4/min")) as running:
+    async with open_app(settings.replace(rate_chat_turns="4/min"), metrics=Metrics()) as running:
         yield running
 
 
@@ -68,6 +70,8 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 async def test_metrics_count_what_the_server_did(app: App, channel: Channel, http: aiohttp.ClientSession) -> None:
     url = f"{app.edge.url}/metrics"
     before = await scrape(http, url)
+    assert value(before, "daveloper_dependency_up", dependency="redis") == 1  # the start-up health check
+    assert value(before, "daveloper_rpc_requests_total", method=CHAT, code="OK") == 0
     token = (await SessionServiceStub(channel).create_session(CreateSessionRequest())).token
 
     # An upload, then a chat turn over gRPC that searches it (a tool call) ...
@@ -90,8 +94,9 @@ async def test_metrics_count_what_the_server_did(app: App, channel: Channel, htt
         if frame["type"] == "msg" and "turnCompleted" in frame["message"]["event"]:
             break
     during = await scrape(http, url)
-    assert value(during, "daveloper_edge_sockets") - value(before, "daveloper_edge_sockets") == 1
-    assert value(during, "daveloper_edge_streams") - value(before, "daveloper_edge_streams") == 1
+    assert value(during, "daveloper_edge_sockets") == 1
+    assert value(during, "daveloper_edge_streams") == 1
+    assert value(during, "daveloper_rpc_in_flight", method=CHAT) == 1
     await client.ws.close()
 
     # A resumed Watch, then one whose cursor is no longer retained.
@@ -120,50 +125,70 @@ async def test_metrics_count_what_the_server_did(app: App, channel: Channel, htt
     assert limited.value.status is Status.RESOURCE_EXHAUSTED
     after = await scrape(http, url)
 
-    def delta(name: str, **labels: str) -> float:
-        return value(after, name, **labels) - value(before, name, **labels)
+    def got(name: str, **labels: str) -> float:
+        return value(after, name, **labels)
 
-    assert delta("daveloper_rpc_requests_total", method="/daveloper.v1.AgentService/Chat", code="OK") == 3
+    assert got("daveloper_rpc_requests_total", method=CHAT, code="OK") == 3
     # The WebSocket's Chat stream stayed open for more turns until the socket closed.
-    assert delta("daveloper_rpc_requests_total", method="/daveloper.v1.AgentService/Chat", code="CANCELLED") == 1
-    assert delta("daveloper_rpc_requests_total", method="/daveloper.v1.AgentService/Chat",
-                 code="RESOURCE_EXHAUSTED") == 1
-    assert delta("daveloper_rpc_requests_total", method="/daveloper.v1.DocumentService/Upload", code="OK") == 1
-    assert delta("daveloper_rpc_duration_seconds_count", method="/daveloper.v1.AgentService/Chat") == 5
-    assert delta("daveloper_rate_limited_total", limit="chat_turns") == 1
-    assert delta("daveloper_chat_turns_total", outcome="stop") == 4
-    assert delta("daveloper_chat_time_to_first_token_seconds_count") == 4
-    assert delta("daveloper_chat_turn_duration_seconds_count") == 4
-    assert delta("daveloper_chat_completion_tokens_total") > 0
-    assert delta("daveloper_tool_calls_total", tool="search_documents", outcome="ok") >= 1
-    assert delta("daveloper_ingestions_total", outcome="stored") == 1
-    assert delta("daveloper_ingested_bytes_total") == len(GUIDE)
-    assert delta("daveloper_eventlog_reads_total", kind="resume") >= 2  # both Watch calls
-    assert delta("daveloper_eventlog_expired_cursors_total") == 1
-    assert delta("daveloper_dependency_duration_seconds_count", dependency="redis", operation="pipeline") > 0
-    assert delta("daveloper_dependency_duration_seconds_count", dependency="redis", operation="evalsha") > 0
-    assert delta("daveloper_dependency_duration_seconds_count", dependency="qdrant", operation="upsert") >= 1
-    assert delta("daveloper_dependency_duration_seconds_count", dependency="qdrant", operation="query_points") >= 1
-    rounds = delta("daveloper_dependency_duration_seconds_count", dependency="llm", operation="offline")
+    assert got("daveloper_rpc_requests_total", method=CHAT, code="CANCELLED") == 1
+    assert got("daveloper_rpc_requests_total", method=CHAT, code="RESOURCE_EXHAUSTED") == 1
+    assert got("daveloper_rpc_requests_total", method="/daveloper.v1.DocumentService/Upload", code="OK") == 1
+    assert got("daveloper_rpc_requests_total", method="/daveloper.v1.AgentService/Watch",
+               code="FAILED_PRECONDITION") == 1
+    assert got("daveloper_rpc_duration_seconds_count", method=CHAT) == 5
+    assert got("daveloper_rpc_in_flight", method=CHAT) == 0
+    assert got("daveloper_edge_sockets") == 0
+    assert got("daveloper_edge_streams") == 0
+    assert got("daveloper_rate_limited_total", limit="chat_turns") == 1
+    assert got("daveloper_chat_turns_total", outcome="stop") == 4
+    assert got("daveloper_chat_time_to_first_token_seconds_count") == 4
+    assert got("daveloper_chat_turn_duration_seconds_count") == 4
+    assert got("daveloper_chat_completion_tokens_total") > 0
+    tools = got("daveloper_tool_calls_total", tool="search_documents", outcome="ok")
+    assert tools >= 1
+    assert got("daveloper_tool_duration_seconds_count", tool="search_documents") == tools
+    assert got("daveloper_ingestions_total", outcome="stored") == 1
+    assert got("daveloper_ingested_bytes_total") == len(GUIDE)
+    assert got("daveloper_ingest_duration_seconds_count") == 1
+    assert got("daveloper_eventlog_reads_total", kind="resume") >= 2  # both Watch calls
+    assert got("daveloper_eventlog_expired_cursors_total") == 1
+    assert got("daveloper_dependency_duration_seconds_count", dependency="redis", operation="pipeline") > 0
+    assert got("daveloper_dependency_duration_seconds_count", dependency="redis", operation="evalsha") > 0
+    assert got("daveloper_dependency_duration_seconds_count", dependency="qdrant", operation="upsert") >= 1
+    assert got("daveloper_dependency_duration_seconds_count", dependency="qdrant", operation="query_points") >= 1
+    rounds = got("daveloper_dependency_duration_seconds_count", dependency="llm", operation="offline")
     assert rounds >= 4  # a turn that calls a tool asks the model twice
-    assert delta("daveloper_llm_time_to_first_event_seconds_count", provider="offline") == rounds
+    assert got("daveloper_llm_time_to_first_event_seconds_count", provider="offline") == rounds
     assert value(after, "daveloper_dependency_up", dependency="redis") == 1
     assert value(after, "process_resident_memory_bytes") > 0
 
 
 async def test_a_grpc_only_instance_serves_metrics_on_its_own_port(
-    settings: Settings, redis: aioredis.Redis, http: aiohttp.ClientSession, tmp_path: Path
+    app: App, channel: Channel, settings: Settings, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     port = free_port()
-    grpc = settings.replace(role="grpc", metrics_addr=Address("127.0.0.1", port), data_dir=tmp_path / "g")
-    async with open_app(grpc) as app:
-        channel = Channel(app.grpc_addr.host, app.grpc_addr.port)
+    grpc = settings.replace(role="grpc", metrics_addr=Address("127.0.0.1", port), metrics_token="scrape-me",
+                            data_dir=tmp_path / "g")
+    create = "/daveloper.v1.SessionService/CreateSession"
+    async with open_app(grpc, metrics=Metrics()) as other:
+        url = f"http://127.0.0.1:{port}/metrics"
+        async with http.get(url) as refused:
+            assert refused.status == 401
+        other_channel = Channel(other.grpc_addr.host, other.grpc_addr.port)
         try:
-            before = await scrape(http, f"http://127.0.0.1:{port}/metrics")
-            await SessionServiceStub(channel).create_session(CreateSessionRequest())
-            after = await scrape(http, f"http://127.0.0.1:{port}/metrics")
+            await SessionServiceStub(other_channel).create_session(CreateSessionRequest())
         finally:
-            channel.close()
-    name, labels = "daveloper_rpc_requests_total", {"method": "/daveloper.v1.SessionService/CreateSession",
-                                                    "code": "OK"}
-    assert value(after, name, **labels) - value(before, name, **labels) == 1
+            other_channel.close()
+        for _ in range(2):  # calls to the first app are not the second's
+            await SessionServiceStub(channel).create_session(CreateSessionRequest())
+        counted = await scrape(http, url, token="scrape-me")
+        first = await scrape(http, f"{app.edge.url}/metrics")
+    assert value(counted, "daveloper_rpc_requests_total", method=create, code="OK") == 1
+    assert value(first, "daveloper_rpc_requests_total", method=create, code="OK") == 2
+
+
+def test_metrics_settings_come_from_the_environment() -> None:
+    settings = Settings.from_env({"DAVELOPER_METRICS_ADDR": "0.0.0.0:9090", "DAVELOPER_METRICS_TOKEN": "scrape-me"})
+    assert settings.metrics_addr == Address("0.0.0.0", 9090)
+    assert settings.metrics_token == "scrape-me"
+    assert Settings.from_env({}).metrics_token is None

@@ -21,7 +21,7 @@ from daveloper.app import open_app
 from daveloper.client.config import config_command
 from daveloper.config import Settings
 from daveloper.errors import InvalidArgument
-from daveloper.runtime import set_option
+from daveloper.runtime import CONFIG_KEY, RuntimeConfig, set_option
 from generated.daveloper.v1 import (
     AgentServiceStub,
     ChatEvent,
@@ -90,8 +90,10 @@ async def test_switches_and_limits_apply_on_every_instance(
         return True
 
     await until(no_tool_calls)
-    changes = [r for r in caplog.records if r.getMessage().startswith("runtime option tool.search_documents changed")]
-    assert len(changes) == 2  # logged once by each instance
+    changes = [r.getMessage() for r in caplog.records
+               if r.getMessage().startswith("runtime option tool.search_documents changed")]
+    assert sorted(changes) == [f"runtime option tool.search_documents changed from True to False on instance {n}"
+                               for n in ("a", "b")]  # logged once by each instance
 
     # Chat switched off: new turns are refused everywhere; switched on again, they work.
     await cli(env, "set", "chat", "off")
@@ -153,6 +155,31 @@ async def test_invalid_values_and_unknown_options_are_refused(redis: aioredis.Re
         with pytest.raises(InvalidArgument):
             await set_option(redis, name, value, by="test")
     assert await redis.hlen("dv:config") == 0
+
+
+async def test_scraping_off_also_switches_off_the_web_tools(redis: aioredis.Redis, settings: Settings) -> None:
+    runtime = RuntimeConfig(redis, settings)
+    await runtime.refresh()
+    assert all(runtime.tool_enabled(tool) for tool in ("search_documents", "scrape_url", "github_repo"))
+    await set_option(redis, "scraping", "off", by="test")
+    await runtime.refresh()
+    assert [runtime.tool_enabled(tool) for tool in ("search_documents", "scrape_url", "github_repo")] == [
+        True, False, False]
+    await set_option(redis, "max_tool_rounds", "3", by="test")
+    await runtime.refresh()
+    assert runtime.count("max_tool_rounds") == 3
+
+
+async def test_a_bad_value_written_around_the_command_is_ignored(
+    redis: aioredis.Redis, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime = RuntimeConfig(redis, settings)
+    await set_option(redis, "quota_concurrent_turns", "7", by="test")
+    await runtime.refresh()
+    await redis.hset(CONFIG_KEY, "quota_concurrent_turns", "-1")
+    await runtime.refresh()
+    assert runtime.count("quota_concurrent_turns") == settings.quota_concurrent_turns  # back to the default
+    assert any("ignoring invalid runtime option quota_concurrent_turns" in r.getMessage() for r in caplog.records)
 
 
 def test_the_config_command_runs(redis_url: str) -> None:

@@ -104,6 +104,11 @@ class Toolbox:
             if web.github_enabled:
                 self._tools[GITHUB_REPO.name] = (GITHUB_REPO, self._github)
 
+    @property
+    def names(self) -> frozenset[str]:
+        """Every tool this box has, switched on or not."""
+        return frozenset(self._tools)
+
     def specs(self, allowed: Sequence[str] = ()) -> list[ToolSpec]:
         """The tools offered to the model (all of them, or only those ``allowed``)."""
         return [spec for name, (spec, _) in self._tools.items()

@@ -35,7 +35,7 @@ from daveloper.errors import Cancelled, DaveloperError, NotFound, ResourceExhaus
 from daveloper.eventlog import EventLog
 from daveloper.jobs import BackgroundJobs
 from daveloper.leases import LeaseSet
-from daveloper.metrics import METRICS
+from daveloper.metrics import METRICS, Metrics
 from daveloper.ownership import WorkLeases
 from daveloper.tracing import span
 from generated.daveloper.v1 import (
@@ -107,20 +107,20 @@ class _Turn:
         return conversation_scope(self.session_id, self.conversation_id)
 
 
-def _observe(turn: _Turn, finish: FinishReason, failure: BaseException | None) -> None:
+def _observe(metrics: Metrics, turn: _Turn, finish: FinishReason, failure: BaseException | None) -> None:
     """Count a turn's end: its outcome, time to first token, duration and token rate."""
     if failure is None:
         outcome = finish.name.lower()
     else:
         outcome = "owner_lost" if getattr(failure, "reason", "") == "OWNER_LOST" else "failed"
-    METRICS.chat_turns.labels(outcome).inc()
+    metrics.chat_turns.labels(outcome).inc()
     ended = time.perf_counter()
-    METRICS.chat_turn_seconds.observe(ended - turn.started)
-    METRICS.chat_tokens.inc(turn.completion_tokens)
+    metrics.chat_turn_seconds.observe(ended - turn.started)
+    metrics.chat_tokens.inc(turn.completion_tokens)
     if turn.first_token is not None:
-        METRICS.chat_ttft.observe(turn.first_token - turn.started)
+        metrics.chat_ttft.observe(turn.first_token - turn.started)
         if turn.completion_tokens and ended > turn.first_token:
-            METRICS.chat_tokens_per_second.observe(turn.completion_tokens / (ended - turn.first_token))
+            metrics.chat_tokens_per_second.observe(turn.completion_tokens / (ended - turn.first_token))
 
 
 class Agent:
@@ -128,8 +128,11 @@ class Agent:
 
     def __init__(self, *, events: EventLog, conversations: Conversations, model: ChatModel, tools: Toolbox,
                  jobs: BackgroundJobs, settings: AgentSettings, leases: LeaseSet | None = None,
-                 work: WorkLeases | None = None, limits: Callable[[str], int] | None = None) -> None:
+                 work: WorkLeases | None = None, limits: Callable[[str], int] | None = None,
+                 metrics: Metrics | None = None) -> None:
         self._events = events
+        self._metrics = metrics = metrics or METRICS
+        self._first_event = metrics.llm_first_event.labels(settings.provider)
         #: Limits changed at run time (``max_tool_rounds``, ``quota_concurrent_turns``), else the settings'.
         self._limits = limits
         #: Leases on running turns, so another instance fails them if this one dies.
@@ -246,7 +249,7 @@ class Agent:
                 await self._work.release("turn", turn.record.id)
 
     async def _record_finish(self, turn: _Turn, finish: FinishReason, failure: BaseException | None) -> None:
-        _observe(turn, finish, failure)
+        _observe(self._metrics, turn, finish, failure)
         text = "".join(turn.text)
         record = turn.record
         record.assistant_text, record.complete_time = text, now()
@@ -300,14 +303,14 @@ class Agent:
             requested, first = time.perf_counter(), True
             try:
                 with span("llm.stream", SpanKind.CLIENT, **{"gen_ai.system": provider}), \
-                        METRICS.timed("llm", provider):
+                        self._metrics.timed("llm", provider):
                     async for event in self._model.stream(
                         messages, tools=tools, model=turn.options.model or self._settings.model,
                         temperature=turn.options.temperature, max_tokens=turn.options.max_tokens,
                         session_id=turn.session_id,
                     ):
                         if first:
-                            METRICS.llm_first_event.labels(provider).observe(time.perf_counter() - requested)
+                            self._first_event.observe(time.perf_counter() - requested)
                             first = False
                         queue.put_nowait(event)
             except Exception as exc:
@@ -351,8 +354,9 @@ class Agent:
                                                   arguments_json=call.arguments))
         with span(f"tool.{call.name}"):
             outcome = await self._tools.call(turn.session_id, call.name, call.arguments)
-        METRICS.tool_calls.labels(call.name, "error" if outcome.is_error else "ok").inc()
-        METRICS.tool_seconds.labels(call.name).observe(outcome.seconds)
+        tool = call.name if call.name in self._tools.names else "unknown"  # a model may make names up
+        self._metrics.tool_calls.labels(tool, "error" if outcome.is_error else "ok").inc()
+        self._metrics.tool_seconds.labels(tool).observe(outcome.seconds)
         content = outcome.content
         if outcome.hits:
             passages = []

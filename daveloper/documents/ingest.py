@@ -27,7 +27,7 @@ from daveloper.documents.store import ChunkStore
 from daveloper.errors import DaveloperError, Unavailable, to_failure
 from daveloper.eventlog import EventLog
 from daveloper.jobs import BackgroundJobs
-from daveloper.metrics import METRICS
+from daveloper.metrics import METRICS, Metrics
 from daveloper.ownership import WorkLeases
 from generated.daveloper.v1 import (
     Document,
@@ -92,8 +92,13 @@ class Ingestor:
         parse: Parse,
         chunk: Chunk,
         work: WorkLeases | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._events = events
+        metrics = metrics or METRICS
+        self._stored, self._failed, self._cancelled = (metrics.ingestions.labels(outcome)
+                                                       for outcome in ("stored", "failed", "cancelled"))
+        self._bytes, self._seconds = metrics.ingested_bytes, metrics.ingest_seconds
         #: Leases on ingestions in progress, so another instance fails them if this one dies.
         self._work = work
         self._catalog = catalog
@@ -213,14 +218,14 @@ class Ingestor:
         try:
             document = await self._stages(ingestion, report=report)
         except asyncio.CancelledError:
-            METRICS.ingestions.labels("cancelled").inc()
+            self._cancelled.inc()
             raise
         except Exception:
-            METRICS.ingestions.labels("failed").inc()
+            self._failed.inc()
             raise
-        METRICS.ingestions.labels("stored").inc()
-        METRICS.ingested_bytes.inc(size)
-        METRICS.ingest_seconds.observe(time.perf_counter() - started)
+        self._stored.inc()
+        self._bytes.inc(size)
+        self._seconds.observe(time.perf_counter() - started)
         return document
 
     async def _stages(self, ingestion: Ingestion, *, report: bool) -> Document:

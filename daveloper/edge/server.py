@@ -19,7 +19,7 @@ from daveloper.edge.socket import EdgeSocket
 from daveloper.edge.state import EdgeState
 from daveloper.edge.wire import wire_for
 from daveloper.health import HealthMonitor
-from daveloper.metrics import METRICS, metrics_response
+from daveloper.metrics import METRICS, Metrics, metrics_handler
 from daveloper.registry import InstanceRegistry
 from daveloper.tls import edge_context, loopback_client_context
 
@@ -74,12 +74,12 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     socket = EdgeSocket(ws, wire_for(chosen, state.codec), state, client_address=state.client_address(request))
     state.sockets.add(socket)
-    METRICS.edge_sockets.inc()
+    state.metrics.edge_sockets.inc()
     try:
         await socket.serve()
     finally:
         state.sockets.discard(socket)
-        METRICS.edge_sockets.dec()
+        state.metrics.edge_sockets.dec()
     return ws
 
 
@@ -94,7 +94,7 @@ def build_app(state: EdgeState) -> web.Application:
     app.on_response_prepare.append(_security_headers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_response)
+    app.router.add_get("/metrics", metrics_handler(state.metrics, token=state.settings.metrics_token))
     app.router.add_get("/ws", websocket)
     app.router.add_post(r"/{service:[A-Za-z_][A-Za-z0-9_.]*}/{method:[A-Za-z_][A-Za-z0-9_]*}", call_method)
     app.router.add_get("/", static_file)
@@ -137,16 +137,17 @@ class Edge:
 
 @contextlib.asynccontextmanager
 async def open_edge(settings: Settings, *, upstreams: Sequence[Address], health: HealthMonitor,
-                    registry: InstanceRegistry | None = None) -> AsyncIterator[Edge]:
+                    registry: InstanceRegistry | None = None, metrics: Metrics | None = None) -> AsyncIterator[Edge]:
     """Start the edge on ``settings.edge_addr`` (port 0 = a free port) and yield it.
 
     Calls go to the gRPC servers ``upstreams`` (this process's ``App.grpc_addr``
     or remote ones) and, with a ``registry``, to every instance registered
-    there. On exit: go-away, drain, close.
+    there. Sockets, streams and ``GET /metrics`` use ``metrics`` (default: the process's).
+    On exit: go-away, drain, close.
     """
     upstream_tls = loopback_client_context() if settings.tls_cert_file else None
     upstream = Upstream(upstreams, ssl=upstream_tls)
-    state = EdgeState(settings, MessageCodec(load_descriptor_pool()), upstream, health)
+    state = EdgeState(settings, MessageCodec(load_descriptor_pool()), upstream, health, metrics or METRICS)
     runner = web.AppRunner(build_app(state), access_log=None, handle_signals=False,
                            shutdown_timeout=max(settings.drain_seconds, 0.1))
     await runner.setup()

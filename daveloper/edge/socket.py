@@ -255,7 +255,7 @@ class EdgeSocket:
                                                violations=[("metadata", str(exc))]))
             return
         stream = BridgedStream(frame.id, method, outbox=self._outbox, wire=self._wire, codec=self._state.codec,
-                               credit=credit, send_window=SEND_WINDOW)
+                               credit=credit, send_window=SEND_WINDOW, metrics=self._state.metrics)
         try:
             if frame.message is not ABSENT:
                 stream.deliver(self._request(stream, frame.message), end=frame.end)

@@ -16,6 +16,7 @@ from daveloper.edge.bridge import Upstream, unary
 from daveloper.edge.codec import MessageCodec
 from daveloper.edge.protocol import CloseCode, ProtocolViolation
 from daveloper.health import HealthMonitor
+from daveloper.metrics import METRICS, Metrics
 from daveloper.rpc.interceptor import CLIENT_ADDRESS_KEY
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ class EdgeState:
     codec: MessageCodec
     upstream: Upstream
     health: HealthMonitor
+    metrics: Metrics = METRICS
     draining: bool = False
     sockets: set[EdgeSocket] = field(default_factory=set)
     _per_session: collections.Counter[str] = field(default_factory=collections.Counter)

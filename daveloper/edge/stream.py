@@ -33,7 +33,7 @@ from daveloper.edge.metadata import expose
 from daveloper.edge.protocol import Frame, FrameType
 from daveloper.edge.status import RpcStatus, edge_status, status_reason
 from daveloper.edge.wire import Wire
-from daveloper.metrics import METRICS
+from daveloper.metrics import METRICS, Metrics
 from daveloper.tracing import inject, server_span, set_status
 
 __all__ = ["BridgedStream", "Outbox", "StreamError"]
@@ -124,8 +124,10 @@ class BridgedStream:
         codec: MessageCodec,
         credit: int,
         send_window: int,
+        metrics: Metrics | None = None,
     ) -> None:
         self.id = stream_id
+        self._metrics = metrics or METRICS
         self.method = method
         self._outbox = outbox
         self._wire = wire
@@ -195,7 +197,7 @@ class BridgedStream:
         """Bridge the call and record how it ended (:meth:`finish` reports it)."""
         with server_span(f"edge {self.method.path.lstrip('/')}", metadata, **{"rpc.system": "websocket"}) as current:
             inject(metadata)
-            METRICS.edge_streams.inc()
+            self._metrics.edge_streams.inc()
             try:
                 async with asyncio.timeout(time_limit):
                     tried: list[Backend] = []
@@ -209,7 +211,7 @@ class BridgedStream:
                         tried.append(backend)
                         if upstream.pick(tried) is None:
                             break
-                        METRICS.edge_upstream_retries.labels("draining" if draining else "unavailable").inc()
+                        self._metrics.edge_upstream_retries.labels("draining" if draining else "unavailable").inc()
                         self._resend()
             except Exception as exc:  # any failure ends this stream alone, never the socket
                 self._status = status_of(exc)
@@ -217,7 +219,7 @@ class BridgedStream:
                     log.error("edge stream failed", exc_info=exc, extra={"method": self.method.path})
                     self._status = edge_status(Status.INTERNAL, "edge error", reason="EDGE_INTERNAL")
             finally:
-                METRICS.edge_streams.dec()
+                self._metrics.edge_streams.dec()
             if self._status is not None:
                 set_status(current, self._status.code.name, self._status.code.value)
 

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from daveloper.errors import Cancelled, CursorExpired, FailedPrecondition, InvalidArgument
 from daveloper.eventlog._store import ScopeKeys, redis_call, socket_timeout
 from daveloper.eventlog.control import ControlChannel
-from daveloper.metrics import METRICS
+from daveloper.metrics import METRICS, Metrics
 
 __all__ = ["Entry", "EventLog"]
 
@@ -74,6 +74,9 @@ class EventLog:
     that connection and returns it to the pool at once. Between entries a
     reader holds none. Cancel watches share one pub/sub connection; close it
     with :meth:`aclose` (or ``async with``).
+
+    ``metrics`` counts reads (from the start or resumed), expired cursors, and
+    cancel latency: from the owner hearing a cancel to its work's task stopped.
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class EventLog:
         ttl_seconds: int,
         block_ms: int = 2_000,
         prefix: str = "dv:",
+        metrics: Metrics | None = None,
     ) -> None:
         if retention < 1 or ttl_seconds < 1 or block_ms < 1:
             raise ValueError("retention, ttl_seconds and block_ms must be positive")
@@ -98,6 +102,10 @@ class EventLog:
         self._ttl_seconds = ttl_seconds
         self._block_ms = block_ms
         self._prefix = prefix
+        metrics = metrics or METRICS
+        self._starts, self._resumes = metrics.eventlog_reads.labels("start"), metrics.eventlog_reads.labels("resume")
+        self._expired_cursors = metrics.eventlog_expired
+        self._cancel_seconds = metrics.cancel_seconds
         self._append = redis.register_script(_APPEND)
         self._control = ControlChannel(redis, prefix=prefix, ttl_seconds=ttl_seconds)
 
@@ -184,7 +192,7 @@ class EventLog:
         keys = self._keys(scope)
         if after_seq < 0:
             raise InvalidArgument.field("after_seq", "must not be negative")
-        METRICS.eventlog_reads.labels("resume" if after_seq else "start").inc()
+        (self._resumes if after_seq else self._starts).inc()
         last, final = await self._state(keys)
         if last == 0 and after_seq > 0:
             raise self._expired(scope, after_seq, 1, "was deleted or expired")
@@ -263,7 +271,7 @@ class EventLog:
                     task.cancel()
                 await asyncio.wait({task, stop})
         if task.cancelled():
-            METRICS.cancel_seconds.labels(scope.partition(":")[0]).observe(time.perf_counter() - told)
+            self._cancel_seconds.labels(scope.partition(":")[0]).observe(time.perf_counter() - told)
             raise Cancelled("cancelled on request", metadata={"scope": scope})
         return task.result()
 
@@ -275,9 +283,8 @@ class EventLog:
         last, final = await redis_call(self._redis.hmget(keys.meta, ["last", "final"]))
         return int(last or 0), None if final is None else int(final)
 
-    @staticmethod
-    def _expired(scope: str, after_seq: int, first_seq: int, what: str) -> CursorExpired:
-        METRICS.eventlog_expired.inc()
+    def _expired(self, scope: str, after_seq: int, first_seq: int, what: str) -> CursorExpired:
+        self._expired_cursors.inc()
         return CursorExpired(
             f"event log {scope!r} {what} (after_seq {after_seq}, first available seq {first_seq})",
             metadata={"scope": scope, "after_seq": str(after_seq), "first_seq": str(first_seq)},

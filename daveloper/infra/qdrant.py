@@ -21,7 +21,7 @@ from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 from daveloper.config import Settings
 from daveloper.errors import AlreadyExists, ConfigError, Internal, NotFound, Unavailable
 from daveloper.infra import TimedProbe, redacted_url
-from daveloper.metrics import instrument_qdrant
+from daveloper.metrics import Metrics, instrument_qdrant
 
 __all__ = ["open_qdrant", "qdrant_errors", "qdrant_probe"]
 
@@ -34,7 +34,7 @@ REQUEST_TIMEOUT = 30
 
 
 @asynccontextmanager
-async def open_qdrant(settings: Settings) -> AsyncIterator[AsyncQdrantClient]:
+async def open_qdrant(settings: Settings, *, metrics: Metrics | None = None) -> AsyncIterator[AsyncQdrantClient]:
     """Yield a client for ``settings.qdrant_url``, or a local-mode one on ``data_dir/qdrant``.
 
     A server that does not answer raises :class:`~daveloper.errors.Unavailable`,
@@ -46,7 +46,7 @@ async def open_qdrant(settings: Settings) -> AsyncIterator[AsyncQdrantClient]:
     else:
         client = _open_local(settings.data_dir / "qdrant")
     try:
-        yield instrument_qdrant(client)
+        yield instrument_qdrant(client, metrics)
     finally:
         await client.close()
 

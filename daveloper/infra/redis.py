@@ -21,7 +21,7 @@ from daveloper.config import Settings
 from daveloper.errors import ConfigError, Unavailable, register_translation
 from daveloper.infra import TimedProbe, redacted_url
 from daveloper.infra.valkey import EmbeddedValkey
-from daveloper.metrics import instrument_redis
+from daveloper.metrics import Metrics, instrument_redis
 
 T = TypeVar("T")
 
@@ -81,13 +81,14 @@ def reply_text(value: object) -> str:
 
 
 @asynccontextmanager
-async def open_redis(settings: Settings) -> AsyncIterator[Redis]:
+async def open_redis(settings: Settings, *, metrics: Metrics | None = None) -> AsyncIterator[Redis]:
     """Yield a client for ``settings.redis_url``, or for an embedded Valkey when it is unset.
 
     The connection is verified with PING before it is yielded; a server that
     does not answer raises :class:`~daveloper.errors.Unavailable`. On exit the
     client is closed, then the embedded server (if any) is stopped.
     Responses are ``bytes`` (no ``decode_responses``): event payloads are protobuf.
+    Every command and pipeline is timed on ``metrics`` (default: the process's).
     """
     async with AsyncExitStack() as stack:
         if settings.redis_url:
@@ -117,7 +118,7 @@ async def open_redis(settings: Settings) -> AsyncIterator[Redis]:
                 retry_after=1.0,
             ) from exc
         log.info("connected to Redis at %s", redacted_url(url))
-        yield instrument_redis(client)
+        yield instrument_redis(client, metrics)
 
 
 def redis_probe(client: Redis, *, name: str = "redis", timeout: float = 1.0) -> TimedProbe:

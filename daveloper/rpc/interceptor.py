@@ -10,6 +10,7 @@ health and reflection alike — with:
 * the maximum message size, enforced before a message body is read;
 * the one mapping of exceptions to a status with ``google.rpc`` details, plus
   the request id in the trailers;
+* the RPC metrics: calls by method and final status, duration, calls in flight;
 * drain on shutdown: new calls are refused with UNAVAILABLE, running calls get
   until the drain deadline and then end with UNAVAILABLE (reason DRAINING), so
   clients see a proper status and resume elsewhere from the event log.
@@ -32,7 +33,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 
 from daveloper.errors import ResourceExhausted, Unavailable, to_grpc_error
-from daveloper.metrics import METRICS
+from daveloper.metrics import METRICS, Metrics
 from daveloper.rpc.context import client_address_var, method_var, request_id_var, trailers_var
 from daveloper.tracing import server_span, set_status
 
@@ -53,8 +54,10 @@ MethodFunc = Callable[[Stream[Any, Any]], Coroutine[Any, Any, None]]
 class Interceptor:
     """Wraps every handler of one grpclib ``Server``; owns its drain state."""
 
-    def __init__(self, *, max_message_bytes: int, trusted_proxies: Sequence[str] = ()) -> None:
+    def __init__(self, *, max_message_bytes: int, trusted_proxies: Sequence[str] = (),
+                 metrics: Metrics | None = None) -> None:
         self.max_message_bytes = max_message_bytes
+        self._metrics = metrics or METRICS
         self._trusted = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
         self._draining = False
         self._drain_deadline: float | None = None
@@ -87,7 +90,8 @@ class Interceptor:
             self._limit_message_size(stream)
             started = time.perf_counter()
             code = Status.OK
-            METRICS.rpc_in_flight.inc()
+            series = self._metrics.rpc(method)
+            series.in_flight.inc()
             traced = not method.startswith(_UNTRACED)
             with (server_span(method.lstrip("/"), stream.metadata, **{"rpc.system": "grpc"}) if traced
                   else contextlib.nullcontext()) as current:
@@ -104,9 +108,7 @@ class Interceptor:
                     if not stream._send_trailing_metadata_done:  # grpclib has no public flag for this
                         await stream.send_trailing_metadata(metadata=trailers)
                 finally:
-                    METRICS.rpc_in_flight.dec()
-                    METRICS.rpc_requests.labels(method, code.name).inc()
-                    METRICS.rpc_seconds.labels(method).observe(time.perf_counter() - started)
+                    series.ended(code.name, time.perf_counter() - started)
                     set_status(current, code.name, code.value)
                     # The wrapper refers to the stream that refers to it: break the
                     # cycle so every call's buffers go at once, not at the next GC.

@@ -30,7 +30,7 @@ from daveloper.eventlog import EventLog
 from daveloper.infra.redis import reply_text
 from daveloper.jobs import BackgroundJobs
 from daveloper.leases import LeaseSet
-from daveloper.metrics import METRICS
+from daveloper.metrics import METRICS, Metrics
 from daveloper.ownership import WorkLeases
 from daveloper.paging import next_page_token, page_offset
 from generated.daveloper.v1 import (
@@ -167,8 +167,10 @@ class JobStore:
 class JobRun:
     """A running job as its work sees it: counters, and methods that append its events."""
 
-    def __init__(self, job: Job, session_id: str, events: EventLog, store: JobStore, limits: JobLimits) -> None:
+    def __init__(self, job: Job, session_id: str, events: EventLog, store: JobStore, limits: JobLimits,
+                 metrics: Metrics | None = None) -> None:
         self.job = job
+        self._pages = (metrics or METRICS).scrape_pages
         self.session_id = session_id
         self.stats = JobStats()
         self._events = events
@@ -193,7 +195,7 @@ class JobRun:
         await self._store.take_page(self.session_id, self._limits.pages_per_day)
 
     async def fetched(self, event: PageFetched) -> None:
-        METRICS.scrape_pages.labels("fetched").inc()
+        self._pages.labels("fetched").inc()
         self.stats.pages_fetched += 1
         self.stats.bytes_fetched += event.size_bytes
         if event.document_id:
@@ -202,13 +204,13 @@ class JobRun:
         await self.progress()
 
     async def skipped(self, url: str, reason: str) -> None:
-        METRICS.scrape_pages.labels("skipped").inc()
+        self._pages.labels("skipped").inc()
         self.stats.pages_skipped += 1
         await self.emit(page_skipped=PageSkipped(url=url, reason=reason))
         await self.progress()
 
     async def failed(self, url: str, error: BaseException, http_status: int = 0) -> None:
-        METRICS.scrape_pages.labels("failed").inc()
+        self._pages.labels("failed").inc()
         self.stats.pages_failed += 1
         await self.emit(page_failed=PageFailed(url=url, failure=to_failure(error), http_status=http_status))
         await self.progress()
@@ -227,8 +229,9 @@ class JobRunner:
     """Starts jobs and owns their life cycle."""
 
     def __init__(self, *, events: EventLog, store: JobStore, jobs: BackgroundJobs, limits: JobLimits,
-                 work: WorkLeases | None = None) -> None:
+                 work: WorkLeases | None = None, metrics: Metrics | None = None) -> None:
         self._events = events
+        self._metrics = metrics
         #: Leases on running jobs, so another instance fails them if this one dies.
         self._work = work
         self._store = store
@@ -242,7 +245,7 @@ class JobRunner:
         job.create_time = job.update_time = _now()
         job.stats = JobStats()
         await self._store.acquire(session_id, job.id, self.limits.concurrent_jobs)
-        run = JobRun(job, session_id, self._events, self._store, self.limits)
+        run = JobRun(job, session_id, self._events, self._store, self.limits, self._metrics)
         try:
             await self._store.save(session_id, job)
             job.last_seq = await run.emit(queued=JobQueued(job=job))
@@ -320,7 +323,7 @@ class JobRunner:
         except NotFound:
             return  # the session was deleted meanwhile
         if job.state in (JobState.QUEUED, JobState.RUNNING):
-            run = JobRun(job, session_id, self._events, self._store, self.limits)
+            run = JobRun(job, session_id, self._events, self._store, self.limits, self._metrics)
             run.stats = job.stats or JobStats()
             lost = Unavailable("the server running this job stopped; start it again", reason="OWNER_LOST",
                                retry_after=0, metadata={"owner": fields.get("owner", "")})

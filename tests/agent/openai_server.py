@@ -11,7 +11,8 @@ Usage::
         await server.disconnected.wait()  # the client closed a stream before its end
 
 Each request takes the next queued :class:`Script`; when the queue is empty, :attr:`FakeOpenAI.fallback`
-answers (so ``server.fallback = Script(status=429)`` means "rate limited forever").
+answers (so ``server.fallback = Script(status=429)`` means "rate limited forever"). ``GET /v1/models``
+lists one model, or fails with :attr:`FakeOpenAI.models_status`; :attr:`FakeOpenAI.listings` counts them.
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ class FakeOpenAI:
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     #: Streams sent to the end (``data: [DONE]``).
     completed: int = 0
+    #: ``GET /v1/models`` requests, and the HTTP error they get when set.
+    listings: int = 0
+    models_status: int | None = None
     url: str = ""
 
     def __post_init__(self) -> None:
@@ -103,6 +107,7 @@ class FakeOpenAI:
     async def start(self) -> str:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_get("/v1/models", self._models)
         # Cancel the handler when its client disconnects, so a stalled stream notices at once.
         self._runner = web.AppRunner(app, handler_cancellation=True)
         await self._runner.setup()
@@ -126,6 +131,15 @@ class FakeOpenAI:
         await self.stop()
 
     # --- the endpoint -----------------------------------------------------------------------------
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self.listings += 1
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return _error(401, "Incorrect API key provided.", code="invalid_api_key")
+        if self.models_status is not None:
+            return _error(self.models_status, "scripted error")
+        model = {"id": "m", "object": "model", "created": 0, "owned_by": "fake"}
+        return web.json_response({"object": "list", "data": [model]})
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()

@@ -5,7 +5,9 @@ arrive within ``first_event_seconds`` (a stalled endpoint counts as a failure
 and the round fails with ``UNAVAILABLE``, reason ``UPSTREAM_TIMEOUT``); after
 that the stream runs as long as the model writes. While the breaker is open,
 rounds fail at once with ``UNAVAILABLE``, reason ``CIRCUIT_OPEN``, and the turn
-records that failure like any other.
+records that failure like any other. For the model endpoint, a 429 that outlived
+the SDK's retries is a failure too (:func:`is_model_failure`): more rounds would
+only be rate limited again.
 """
 
 from __future__ import annotations
@@ -15,10 +17,15 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 
 from daveloper.agent.model import ChatModel, Message, ModelEvent, ToolSpec
-from daveloper.breaker import CircuitBreaker
-from daveloper.errors import Unavailable
+from daveloper.breaker import CircuitBreaker, is_failure
+from daveloper.errors import ResourceExhausted, Unavailable
 
-__all__ = ["GuardedChatModel"]
+__all__ = ["GuardedChatModel", "is_model_failure"]
+
+
+def is_model_failure(exc: BaseException) -> bool:
+    """The LLM breaker's judgement: the endpoint could not answer, or still rate limits us after retries."""
+    return is_failure(exc) or (isinstance(exc, ResourceExhausted) and exc.reason == "LLM_RATE_LIMITED")
 
 
 class GuardedChatModel:

@@ -238,6 +238,14 @@ class OpenAIChatModel:
             completion_tokens=completion_tokens,
         )
 
+    async def ping(self) -> None:
+        """One cheap request (``GET /models``, no retries) that fails as :meth:`stream` would if the endpoint is
+        unreachable or refuses our key; for a readiness probe (which bounds its time)."""
+        try:
+            await self._client.with_options(max_retries=0).models.list()
+        except openai.OpenAIError as exc:
+            raise _translate(exc, self.default_model) from exc
+
     async def aclose(self) -> None:
         """Close the HTTP client (only if this model created it)."""
         if self._owns_client:
