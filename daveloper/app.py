@@ -34,9 +34,8 @@ from daveloper.documents.parsing import parse
 from daveloper.documents.search import DocumentSearch
 from daveloper.documents.store import ChunkStore
 from daveloper.edge import Edge, open_edge
-from daveloper.edge.bridge import upstream_probe
-from daveloper.errors import ConfigError
 from daveloper.eventlog import EventLog
+from daveloper.gateway import open_gateway
 from daveloper.guard import Guard, RatePolicy
 from daveloper.health import HealthMonitor
 from daveloper.infra.qdrant import open_qdrant, qdrant_probe
@@ -69,11 +68,9 @@ from daveloper.tls import grpc_context
 from daveloper.tracing import configure_tracing
 from generated.daveloper.v1 import Document, Quota
 
-__all__ = ["App", "Gateway", "open_app", "open_gateway", "serve"]
+__all__ = ["App", "open_app", "serve"]
 
 log = logging.getLogger("daveloper.app")
-
-HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,51 +390,6 @@ async def _open_scraper(settings: Settings, redis: aioredis.Redis, events: Event
                 ingest=ingest_page, limits=GitHubLimits(max_file_bytes=min(settings.scrape_max_page_bytes, 1 << 20)),
             ),
         )
-
-
-@dataclass(frozen=True, slots=True)
-class Gateway:
-    """A running edge-only instance (role ``edge``): the web edge in front of gRPC instances elsewhere."""
-
-    settings: Settings
-    edge: Edge
-    health: HealthMonitor
-
-    async def drain(self) -> None:
-        self.health.set_draining()
-        await self.edge.drain()
-
-
-@contextlib.asynccontextmanager
-async def open_gateway(settings: Settings, *, metrics: Metrics | None = None) -> AsyncIterator[Gateway]:
-    """Serve the edge alone, calling the gRPC instances in ``settings.upstreams`` and those registered in Redis.
-
-    Needs no Qdrant and no data directory; Redis (``settings.redis_url``) only
-    for discovery.
-    """
-    if not settings.upstreams and settings.redis_url is None:
-        raise ConfigError("role edge needs gRPC instances: set DAVELOPER_UPSTREAMS, or DAVELOPER_REDIS_URL to "
-                          "find the instances registered there")
-    metrics = metrics or METRICS
-    async with contextlib.AsyncExitStack() as stack:
-        registry = None
-        health = HealthMonitor([], metrics=metrics)
-        if settings.metrics_addr is not None:
-            await stack.enter_async_context(open_metrics_server(settings.metrics_addr, metrics,
-                                                                token=settings.metrics_token))
-        if settings.redis_url is not None:
-            redis = await stack.enter_async_context(open_redis(settings, metrics=metrics))
-            registry = InstanceRegistry(redis, ttl_seconds=settings.lease_seconds)
-            health.add(redis_probe(redis))
-        edge = await stack.enter_async_context(open_edge(settings, upstreams=settings.upstreams, health=health,
-                                                         registry=registry, metrics=metrics))
-        upstream = edge.state.upstream
-        health.add(upstream_probe(upstream, edge.state.codec.methods[HEALTH_CHECK]))
-        gateway = Gateway(settings, edge, health)
-        try:
-            yield gateway
-        finally:
-            await gateway.drain()
 
 
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:

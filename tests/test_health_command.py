@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from daveloper.app import App, Gateway, open_app, open_gateway
+from daveloper.app import App, open_app
 from daveloper.config import Address, Settings
+from daveloper.gateway import Gateway, open_gateway
 from tests.test_cli import free_port
 from tests.test_tls import self_signed
 

@@ -18,8 +18,9 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from daveloper.app import open_app, open_gateway
+from daveloper.app import open_app
 from daveloper.config import Address, Settings
+from daveloper.gateway import open_gateway
 from tests.agent.openai_server import FakeOpenAI, Script
 from tests.browser.test_page import scenario
 

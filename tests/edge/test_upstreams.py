@@ -11,9 +11,10 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from daveloper.app import App, Gateway, open_app, open_gateway
+from daveloper.app import App, open_app
 from daveloper.config import Address, Settings
 from daveloper.errors import ConfigError
+from daveloper.gateway import Gateway, open_gateway
 from daveloper.metrics import METRICS
 from daveloper.registry import InstanceRegistry
 from tests.edge.client import connect, status
