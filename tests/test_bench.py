@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("module", ["scripts.bench.rpc_overhead", "scripts.bench.codec", "scripts.bench.documents",
                                     "scripts.bench.chat", "scripts.bench.scrape", "scripts.bench.cancel",
-                                    "scripts.bench.edge", "scripts.bench.guard"])
+                                    "scripts.bench.edge", "scripts.bench.guard", "scripts.bench.load"])
 def test_benchmark_runs_and_reports_both_sides(module: str) -> None:
     done = subprocess.run([sys.executable, "-m", module, "--quick", "--json"], cwd=ROOT,
                           capture_output=True, text=True, timeout=110, check=True)
@@ -58,6 +58,19 @@ def test_benchmark_runs_and_reports_both_sides(module: str) -> None:
         assert redis["auth + rate limit"]["sent_per_call"]["evalsha"] >= 1
         assert redis["buckets_present"] == {"session": True, "address": True}
         assert redis["audit_events"] == 0  # nothing was refused or failed authentication
+    elif module.endswith("load"):
+        for side in ("cluster", "bare"):
+            run = results[side]
+            assert run["connected"] == run["sessions"] == 60
+            assert run["turns"] > 0
+            assert run["events_per_turn"] >= 2
+            assert run["errors"] == 0, run["error_samples"]
+            assert all(memory["peak"] > 0 for memory in run["memory"].values())
+        assert set(results["cluster"]["memory"]) == {"edge-1", "edge-2", "grpc-1", "grpc-2", "valkey", "client"}
+        assert set(results["cluster"]["owners"]) == {"grpc-1", "grpc-2"}
+        assert results["cluster"]["server_log_problems"] == {name: [] for name in results["cluster"]["memory"]
+                                                             if name != "client"}
+        assert results["ratios"]["cpu per turn (all servers)"] > 0
     else:
         assert results["encode (binary)"]["betterproto2"] > 0
         assert results["encode (binary)"]["protobuf upb"] > 0

@@ -76,6 +76,12 @@ class AgentService(Servicer):
         lock = asyncio.Lock()  # one writer at a time: several turns stream on this call
         forwarders: set[asyncio.Task[None]] = set()
 
+        def settled(task: asyncio.Task[None]) -> None:
+            # A long-lived stream carries many turns: forget finished forwarders (failed ones are
+            # kept, to raise their error below).
+            if task.cancelled() or task.exception() is None:
+                forwarders.discard(task)
+
         async def forward(conversation_id: str, turn_id: str, after_seq: int) -> None:
             async for event in self._agent.events(call.session_id, conversation_id, after_seq):
                 if event.turn_id != turn_id:
@@ -95,7 +101,9 @@ class AgentService(Servicer):
                         call.session_id, conversation_id, request.send.text.strip(),
                         request.send.client_message_id, request.send.options or ChatOptions())
                     after = 0 if existed else seq - 1
-                    forwarders.add(asyncio.create_task(forward(conversation_id, turn.id, after)))
+                    forwarder = asyncio.create_task(forward(conversation_id, turn.id, after))
+                    forwarders.add(forwarder)
+                    forwarder.add_done_callback(settled)
                 elif request.cancel is not None:
                     await self.CancelTurn(request.cancel, call)
                 else:
