@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from generated.daveloper.v1 import (
     CancelTurnRequest,
     ChatEvent,
     ChatRequest,
+    ChatResponse,
     CreateSessionRequest,
     DeleteConversationRequest,
     DocumentServiceStub,
@@ -213,3 +215,25 @@ async def test_many_concurrent_watchers_all_get_the_live_tail(app: App, channel:
             extra.close()
     assert {e.seq for e in seen} == {last + 1}
     assert {e.turn_id for e in seen} == {second[0].turn_id}
+
+
+async def test_a_long_lived_chat_stream_does_not_keep_its_finished_turns(channel: Channel, token: str) -> None:
+    def forwarders() -> int:
+        return sum(1 for o in gc.get_objects() if isinstance(o, asyncio.Task)
+                   and o.get_coro().__qualname__.endswith(".forward"))  # type: ignore[union-attr]
+
+    async with channel.request("/daveloper.v1.AgentService/Chat", Cardinality.STREAM_STREAM, ChatRequest,
+                               ChatResponse, timeout=60, metadata=bearer(token)) as stream:
+        for n in range(12):
+            await stream.send_message(ChatRequest(send=SendMessage(conversation_id="long", text=f"question {n}")))
+            while True:
+                response = await stream.recv_message()
+                assert response is not None
+                assert response.event is not None
+                if response.event.turn_completed is not None:
+                    break
+        await asyncio.sleep(0.05)
+        assert forwarders() <= 1  # 12 turns on one stream, their forwarders gone as each ended
+        await stream.end()
+        async for _ in stream:
+            pass
