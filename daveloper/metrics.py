@@ -45,6 +45,7 @@ from prometheus_client import (
 )
 
 from daveloper.config import Address
+from daveloper.tracing import enabled as tracing_enabled
 from daveloper.tracing import span
 
 __all__ = ["METRICS", "MethodSeries", "Metrics", "instrument_qdrant", "instrument_redis", "metrics_handler",
@@ -204,6 +205,9 @@ def _timed(call: Callable[..., Awaitable[T]], metrics: Metrics, dependency: str,
     @functools.wraps(call)
     async def wrapper(*args: Any, **kwargs: Any) -> T:
         name = operation or (str(args[0]).lower() if args else "?")
+        if not tracing_enabled():  # every Redis command passes here: no span machinery when not tracing
+            with metrics.timed(dependency, name):
+                return await call(*args, **kwargs)
         with span(f"{dependency} {name}", SpanKind.CLIENT), metrics.timed(dependency, name):
             return await call(*args, **kwargs)
 
