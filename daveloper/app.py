@@ -23,7 +23,7 @@ from daveloper.agent.model import ChatModel
 from daveloper.agent.tools import Toolbox
 from daveloper.agent.turns import DEFAULT_SYSTEM_PROMPT, Agent, AgentSettings
 from daveloper.audit import AuditLog
-from daveloper.breaker import CircuitBreaker, breaker_probe
+from daveloper.breaker import BreakerProbe, CircuitBreaker
 from daveloper.config import Address, Settings, parse_rate
 from daveloper.descriptors import load_descriptor_pool
 from daveloper.documents.catalog import Catalog
@@ -279,9 +279,8 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
             LogsService(auth=guard, audit=audit, redis=redis),
         ]
 
-        health = HealthMonitor([redis_probe(redis), qdrant_probe(qdrant)],
-                               advisory=[breaker_probe(llm_breaker, request=ping, every=settings.llm_probe_seconds)],
-                               metrics=metrics)
+        llm_probe = BreakerProbe("llm", llm_breaker, request=ping, every=settings.llm_probe_seconds)
+        health = HealthMonitor([redis_probe(redis), qdrant_probe(qdrant)], advisory=[llm_probe], metrics=metrics)
         await health.check_once()
         qdrant_users = (DocumentService, VectorService, AgentService, ScraperService)
         needs = {s: ["redis", "qdrant"] if isinstance(s, qdrant_users) else ["redis"] for s in services}

@@ -42,8 +42,7 @@ from typing import Any
 from daveloper.errors import Unavailable
 from daveloper.metrics import METRICS
 
-__all__ = ["BreakerMap", "BreakerProbe", "CircuitBreaker", "CircuitState", "Listener", "breaker_probe",
-           "is_failure", "report_state"]
+__all__ = ["BreakerMap", "BreakerProbe", "CircuitBreaker", "CircuitState", "Listener", "is_failure", "report_state"]
 
 log = logging.getLogger("daveloper.breaker")
 
@@ -266,13 +265,6 @@ class BreakerProbe:
             ok = False
         self._last = (now, breaker.state, ok)
         return ok
-
-
-def breaker_probe(breaker: CircuitBreaker, name: str | None = None, *,
-                  request: Callable[[], Awaitable[Any]] | None = None, timeout: float = 2.0,
-                  every: float = 30.0) -> BreakerProbe:
-    """A :class:`~daveloper.infra.HealthProbe` named ``name`` (default: the breaker's) for ``breaker``."""
-    return BreakerProbe(name or breaker.name, breaker, request=request, timeout=timeout, every=every)
 
 
 class BreakerMap:

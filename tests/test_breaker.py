@@ -19,7 +19,7 @@ from daveloper.agent.llm import OpenAIChatModel
 from daveloper.agent.llm.guarded import GuardedChatModel, is_model_failure
 from daveloper.agent.model import Message, ModelDone, ModelEvent
 from daveloper.app import App, open_app
-from daveloper.breaker import BreakerMap, CircuitBreaker, CircuitState, breaker_probe
+from daveloper.breaker import BreakerMap, BreakerProbe, CircuitBreaker, CircuitState
 from daveloper.config import Settings
 from daveloper.errors import DaveloperError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from daveloper.metrics import METRICS
@@ -314,7 +314,7 @@ async def test_the_reachability_probe_asks_the_endpoint_through_the_breaker(llm:
     inner = OpenAIChatModel(base_url=llm.url, api_key="sk-test", default_model="m", max_retries=0)
     clock = Clock()
     breaker = CircuitBreaker("llm-probe", failures=2, reset_seconds=30, clock=clock, report=False)
-    probe = breaker_probe(breaker, "llm", request=inner.ping, every=0)
+    probe = BreakerProbe("llm", breaker, request=inner.ping, every=0)
     try:
         assert probe.name == "llm"
         assert await probe.check()
@@ -329,7 +329,7 @@ async def test_the_reachability_probe_asks_the_endpoint_through_the_breaker(llm:
         clock.now += 30
         assert await probe.check()  # the half-open probe call
         assert state(breaker) is CircuitState.CLOSED
-        cached = breaker_probe(breaker, request=inner.ping, every=3600)
+        cached = BreakerProbe(breaker.name, breaker, request=inner.ping, every=3600)
         assert await cached.check()
         assert await cached.check()
         assert llm.listings == 5
