@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import json
 import logging
 import re
@@ -40,7 +39,6 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 from opentelemetry.trace import SpanKind
-from redis.exceptions import RedisError
 from yarl import URL
 
 from daveloper.breaker import CircuitBreaker
@@ -54,6 +52,7 @@ from daveloper.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from daveloper.scraper.github_cache import ETagCache
 from daveloper.scraper.github_models import Issue, RepoFile, Repository, Tree, TreeEntry
 from daveloper.tracing import span
 
@@ -71,8 +70,6 @@ _ATTEMPTS = 3  # per request, for 5xx answers and connection errors
 _BACKOFF = 0.25  # seconds before the 2nd attempt, doubled for each further one
 _RATE_LIMIT_RETRIES = 3
 _SECONDARY_LIMIT_WAIT = 60.0  # GitHub: without Retry-After, "wait for at least one minute"
-_CACHE_TTL = 24 * 3600
-_MAX_CACHED_BODY = 4 * 1024 * 1024  # bigger answers (huge trees, raw files) are not worth the Redis memory
 _MAX_ERROR_MESSAGE = 300
 # GitHub's rules: an owner is 1-39 alphanumerics or single inner hyphens; a repository name is
 # 1-100 of [A-Za-z0-9._-] other than "." and "..".
@@ -197,14 +194,13 @@ class GitHubClient:
         self._session = session
         #: Opens after GitHub failed several requests in a row (each after its retries).
         self.breaker = breaker or CircuitBreaker("github")
-        self._redis = redis
         self._base = URL(base_url.rstrip("/"))
         if self._base.scheme not in ("http", "https") or not self._base.host:
             raise ConfigError(f"the GitHub API URL must be an absolute http(s) URL, got {base_url!r}")
         self._token = token
         self._max_wait = max_wait_seconds
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._prefix = f"{prefix}gh:etag:"
+        self._cache = ETagCache(redis, prefix=f"{prefix}gh:etag:", token=token)
         self._headers = {"X-GitHub-Api-Version": _API_VERSION, "User-Agent": "daveloper"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
@@ -304,12 +300,7 @@ class GitHubClient:
                                      "check the GitHub base URL", reason="GITHUB_MISCONFIGURED")
         return url
 
-    # --- HTTP, retries and the ETag cache ----------------------------------------------------------
-
-    def _cache_key(self, url: URL, accept: str) -> str:
-        # The token is hashed in, never stored: GitHub's answers vary with it (private repositories).
-        material = "\n".join((accept, str(url), self._token or ""))
-        return self._prefix + hashlib.sha256(material.encode()).hexdigest()
+    # --- HTTP and retries, through the ETag cache ----------------------------------------------------------
 
     async def _get(self, url: URL, subject: str, *, accept: str = _JSON) -> _Answer:
         """GET ``url`` through the breaker (see :meth:`_get_retrying`)."""
@@ -319,8 +310,8 @@ class GitHubClient:
 
     async def _get_retrying(self, url: URL, subject: str, *, accept: str = _JSON) -> _Answer:
         """GET ``url``: conditional on the cached ETag, retried on rate limits, 5xx and connection errors."""
-        key = self._cache_key(url, accept)
-        cached = await self._cached(key)
+        key = self._cache.key(url, accept)
+        cached = await self._cache.get(key)
         headers = {**self._headers, "Accept": accept}
         if cached is not None:
             headers["If-None-Match"] = cached[0]
@@ -338,11 +329,11 @@ class GitHubClient:
                 await asyncio.sleep(_BACKOFF * 2 ** (failures - 1))
                 continue
             if status == 304 and cached is not None:
-                await self._refresh(key)
+                await self._cache.refresh(key)
                 return _Answer(cached[1], reply.get("Link") or cached[2])
             if 200 <= status < 300:
                 if etag := reply.get("ETag"):
-                    await self._store(key, etag, body, reply.get("Link", ""))
+                    await self._cache.put(key, etag, body, reply.get("Link", ""))
                 return _Answer(body, reply.get("Link", ""))
             message = _message(body)
             wait = _rate_limit_wait(status, reply, message)
@@ -364,36 +355,6 @@ class GitHubClient:
                 await asyncio.sleep(_BACKOFF * 2 ** (failures - 1))
                 continue
             raise _error(status, message, subject)
-
-    # The cache is an optimisation, never a dependency (like the embedding cache): when Redis
-    # fails, requests go out unconditionally and a warning is logged.
-
-    async def _cached(self, key: str) -> tuple[str, bytes, str] | None:
-        try:
-            etag, body, link = await self._redis.hmget(key, ["etag", "body", "link"])
-        except RedisError as exc:
-            log.warning("GitHub ETag cache unavailable: %s", exc)
-            return None
-        if not isinstance(etag, bytes) or not isinstance(body, bytes):
-            return None
-        return etag.decode(), body, link.decode() if isinstance(link, bytes) else ""
-
-    async def _store(self, key: str, etag: str, body: bytes, link: str) -> None:
-        if len(body) > _MAX_CACHED_BODY:
-            return
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping={"etag": etag, "body": body, "link": link})
-                pipe.expire(key, _CACHE_TTL)
-                await pipe.execute()
-        except RedisError as exc:
-            log.warning("could not write the GitHub ETag cache: %s", exc)
-
-    async def _refresh(self, key: str) -> None:
-        try:
-            await self._redis.expire(key, _CACHE_TTL)
-        except RedisError as exc:
-            log.warning("could not refresh the GitHub ETag cache: %s", exc)
 
 
 def _repo_file(data: Mapping[str, Any], raw: bytes) -> RepoFile:
