@@ -16,7 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
                                     "scripts.bench.edge", "scripts.bench.guard", "scripts.bench.load"])
 def test_benchmark_runs_and_reports_both_sides(module: str) -> None:
     done = subprocess.run([sys.executable, "-m", module, "--quick", "--json"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=110, check=True)
+                          capture_output=True, text=True, timeout=110)
+    # A failing benchmark shows why: its exit status alone says nothing.
+    assert done.returncode == 0, (f"{module} exited {done.returncode}\n"
+                                  f"--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}")
     results = json.loads(done.stdout)
     if module.endswith("rpc_overhead"):
         assert set(results) == {"unary c=1", "unary c=8", "bidi ping-pong", "bidi pipelined"}
