@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
+from grpclib.encoding.proto import ProtoStatusDetailsCodec
 from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server
 from qdrant_client import AsyncQdrantClient
@@ -48,6 +49,7 @@ from daveloper.ownership import WorkLeases
 from daveloper.ratelimit import RateLimiter
 from daveloper.registry import InstanceRegistry
 from daveloper.rpc import Interceptor
+from daveloper.rpc.encoded import PassThroughCodec
 from daveloper.runtime import RuntimeConfig
 from daveloper.scraper.crawl import Crawler, CrawlLimits
 from daveloper.scraper.fetcher import Fetcher, FetchLimits, open_http_session
@@ -289,7 +291,10 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
 
         interceptor = Interceptor(max_message_bytes=settings.max_message_bytes,
                                   trusted_proxies=settings.trusted_proxies, metrics=metrics)
-        server = Server(ServerReflection.extend([*services, health_service], pool=load_descriptor_pool()))
+        # Stored events go out as stored (daveloper.rpc.encoded); a given codec drops grpclib's default
+        # status-details codec, so name it too.
+        server = Server(ServerReflection.extend([*services, health_service], pool=load_descriptor_pool()),
+                        codec=PassThroughCodec(), status_details_codec=ProtoStatusDetailsCodec())
         interceptor.install(server)
         await server.start(settings.grpc_addr.host, settings.grpc_addr.port, ssl=grpc_context(settings))
         grpc_addr = Address(settings.grpc_addr.host, _bound_port(server) or settings.grpc_addr.port)
