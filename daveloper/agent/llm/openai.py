@@ -19,10 +19,15 @@ SDK error (after the SDK's retries)    Daveloper error (reason)
 from __future__ import annotations
 
 import email.utils
+import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import anyio
+import httpx2
 import openai
 from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
 
@@ -134,6 +139,84 @@ class _PartialCall:
     arguments: list[str] = field(default_factory=list)
 
 
+async def _sse_data(response: httpx2.Response) -> AsyncIterator[str]:
+    """The ``data`` of each server-sent event (several ``data:`` lines joined by newlines).
+
+    Transport failures become the SDK's own exceptions, as its typed stream would raise them.
+    """
+    data: list[str] = []
+    try:
+        async for line in response.aiter_lines():
+            if line.startswith("data:"):
+                data.append(line[6:] if line.startswith("data: ") else line[5:])
+            elif not line and data:
+                yield "\n".join(data)
+                data = []
+        if data:
+            yield "\n".join(data)
+    except httpx2.TimeoutException as exc:
+        raise openai.APITimeoutError(request=response.request) from exc
+    except (httpx2.RequestError, ssl.SSLError, anyio.EndOfStream) as exc:
+        raise openai.APIConnectionError(request=response.request) from exc
+
+
+class _ChunkFold:
+    """Folds ``chat.completion.chunk`` objects (plain JSON) into text deltas and one :class:`ModelDone`."""
+
+    def __init__(self) -> None:
+        self.calls: dict[int, _PartialCall] = {}
+        self.finish_reason = ""
+        self.prompt_tokens = self.completion_tokens = 0
+
+    def feed(self, data: str, request: httpx2.Request) -> str:
+        """Take one chunk's JSON; returns its text (may be empty). An error event raises ``openai.APIError``."""
+        try:
+            chunk: Any = json.loads(data)
+        except ValueError:
+            chunk = data
+        if not isinstance(chunk, dict):
+            raise openai.APIError(f"unexpected stream chunk: {_truncate(repr(chunk))}", request=request, body=chunk)
+        if error := chunk.get("error"):
+            message = error.get("message") if isinstance(error, dict) else None
+            raise openai.APIError(message if isinstance(message, str) and message
+                                  else "An error occurred during streaming", request=request, body=error)
+        if usage := chunk.get("usage"):
+            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+        text = ""
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue  # we never ask for n > 1
+            if reason := choice.get("finish_reason"):
+                self.finish_reason = reason
+            delta = choice.get("delta") or {}
+            for piece in delta.get("tool_calls") or ():
+                call = self.calls.setdefault(int(piece.get("index", 0)), _PartialCall())
+                if piece.get("id"):
+                    call.call_id = piece["id"]
+                if function := piece.get("function"):
+                    if function.get("name"):
+                        call.name += function["name"]
+                    if function.get("arguments"):
+                        call.arguments.append(function["arguments"])
+            if content := delta.get("content"):
+                text += content
+        return text
+
+    def done(self) -> ModelDone:
+        tool_calls = tuple(
+            ToolCallRequest(call_id=call.call_id or f"call_{index}", name=call.name,
+                            arguments="".join(call.arguments) or "{}")
+            for index, call in sorted(self.calls.items())
+        )
+        finish_reason = self.finish_reason
+        if tool_calls and finish_reason in ("", "stop", "function_call"):
+            # Some compatible servers (older Ollama, llama.cpp) say "stop" after tool calls.
+            finish_reason = "tool_calls"
+        return ModelDone(finish_reason=finish_reason or "stop", tool_calls=tool_calls,
+                         prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
+
+
 class OpenAIChatModel:
     """A :class:`~daveloper.agent.model.ChatModel` over an OpenAI-compatible ``/chat/completions`` endpoint.
 
@@ -175,68 +258,33 @@ class OpenAIChatModel:
     ) -> AsyncIterator[ModelEvent]:
         """Stream one completion: :class:`TextDelta`s, then one :class:`ModelDone`."""
         model = model or self.default_model
+        request = self._client.chat.completions.with_streaming_response.create(
+            model=model,
+            messages=to_openai_messages(messages),
+            stream=True,
+            stream_options={"include_usage": True},
+            tools=to_openai_tools(tools) if tools else openai.omit,
+            temperature=temperature if temperature is not None else openai.omit,
+            # ``max_tokens`` rather than ``max_completion_tokens``: every compatible server knows it.
+            max_tokens=max_tokens if max_tokens > 0 else openai.omit,
+            # Lets the provider group a conversation's requests (abuse monitoring, caching).
+            user=session_id or openai.omit,
+        )
+        fold = _ChunkFold()
         try:
-            stream = await self._client.chat.completions.create(
-                model=model,
-                messages=to_openai_messages(messages),
-                stream=True,
-                stream_options={"include_usage": True},
-                tools=to_openai_tools(tools) if tools else openai.omit,
-                temperature=temperature if temperature is not None else openai.omit,
-                # ``max_tokens`` rather than ``max_completion_tokens``: every compatible server knows it.
-                max_tokens=max_tokens if max_tokens > 0 else openai.omit,
-                # Lets the provider group a conversation's requests (abuse monitoring, caching).
-                user=session_id or openai.omit,
-            )
+            # The raw response rather than the SDK's typed stream: building a pydantic model per chunk
+            # cost more CPU than everything else on the token path. Leaving the block (end, error,
+            # ``aclose()``, cancellation) closes the upstream response, so the endpoint stops generating.
+            async with request as response:
+                async for data in _sse_data(response.http_response):
+                    if data.startswith("[DONE]"):
+                        break
+                    text = fold.feed(data, response.http_response.request)
+                    if text:
+                        yield TextDelta(text)
         except openai.OpenAIError as exc:
             raise _translate(exc, model) from exc
-
-        calls: dict[int, _PartialCall] = {}
-        finish_reason = ""
-        prompt_tokens = completion_tokens = 0
-        try:
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    prompt_tokens = chunk.usage.prompt_tokens
-                    completion_tokens = chunk.usage.completion_tokens
-                for choice in chunk.choices:
-                    if choice.index != 0:
-                        continue  # we never ask for n > 1
-                    if choice.finish_reason:
-                        finish_reason = choice.finish_reason
-                    delta = choice.delta
-                    for piece in delta.tool_calls or ():
-                        call = calls.setdefault(piece.index, _PartialCall())
-                        if piece.id:
-                            call.call_id = piece.id
-                        if piece.function is not None:
-                            if piece.function.name:
-                                call.name += piece.function.name
-                            if piece.function.arguments:
-                                call.arguments.append(piece.function.arguments)
-                    if delta.content:
-                        yield TextDelta(delta.content)
-        except openai.OpenAIError as exc:
-            raise _translate(exc, model) from exc
-        finally:
-            # Runs on normal end, on errors, on ``aclose()`` (GeneratorExit) and on cancellation:
-            # the upstream must stop generating an answer nobody reads. ``close()`` is idempotent.
-            await stream.close()
-
-        tool_calls = tuple(
-            ToolCallRequest(call_id=call.call_id or f"call_{index}", name=call.name,
-                            arguments="".join(call.arguments) or "{}")
-            for index, call in sorted(calls.items())
-        )
-        if tool_calls and finish_reason in ("", "stop", "function_call"):
-            # Some compatible servers (older Ollama, llama.cpp) say "stop" after tool calls.
-            finish_reason = "tool_calls"
-        yield ModelDone(
-            finish_reason=finish_reason or "stop",
-            tool_calls=tool_calls,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-        )
+        yield fold.done()
 
     async def ping(self) -> None:
         """One cheap request (``GET /models``, no retries) that fails as :meth:`stream` would if the endpoint is
