@@ -68,6 +68,7 @@ from daveloper.sessions import SessionStore, TokenSigner, load_secret_key
 from daveloper.sweeper import Sweeper, purge_named_keys
 from daveloper.tls import grpc_context
 from daveloper.tracing import configure_tracing
+from daveloper.usage import SessionUsage, count_leases, counter, hash_fields
 from generated.daveloper.v1 import Document, Quota
 
 __all__ = ["App", "open_app", "serve"]
@@ -246,18 +247,14 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
 
         purgers = [purge_chats, purge_event_logs, catalog.purge_session, purge_vectors, scraper.store.purge_session,
                    purge_session_keys]
-        async def quotas(session_id: str) -> list[Quota]:
-            documents, stored = await catalog.usage(session_id)
-            return [
-                Quota(name="documents", limit=settings.quota_documents, used=documents),
-                Quota(name="stored_bytes", limit=settings.quota_stored_bytes, used=stored),
-                Quota(name="concurrent_turns", limit=runtime.count("quota_concurrent_turns"),
-                      used=await turn_leases.count(session_id)),
-                Quota(name="concurrent_jobs", limit=settings.scrape_jobs_per_session,
-                      used=await scraper.store.leases.count(session_id)),
-                Quota(name="scrape_pages_today", limit=settings.scrape_pages_per_day,
-                      used=await scraper.store.pages_today(session_id)),
-            ]
+        usage = SessionUsage(sessions.pipeline, [
+            hash_fields(catalog.usage_key, ["documents", "bytes"], lambda used: [
+                Quota(name="documents", limit=settings.quota_documents, used=used[0]),
+                Quota(name="stored_bytes", limit=settings.quota_stored_bytes, used=used[1])]),
+            count_leases(turn_leases.key, "concurrent_turns", lambda: runtime.count("quota_concurrent_turns")),
+            count_leases(scraper.store.leases.key, "concurrent_jobs", lambda: settings.scrape_jobs_per_session),
+            counter(scraper.store.pages_key, "scrape_pages_today", lambda: settings.scrape_pages_per_day),
+        ], guard.queue_rate_limits, guard.rate_limits)
 
         session_service = SessionService(
             store=sessions, auth=guard,
@@ -265,8 +262,7 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
             max_ttl=settings.session_max_ttl_seconds,
             purgers=purgers,
             audit=audit,
-            quotas=quotas,
-            rate_limits=guard.rate_limits,
+            usage=usage,
         )
         sweeper = Sweeper(redis, sessions, purgers, settings.sweep_interval_seconds, audit=audit)
         documents = DocumentService(auth=guard, ingestor=ingestor, catalog=catalog, chunks=chunk_store,

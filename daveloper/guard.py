@@ -16,6 +16,7 @@ The :class:`Guard` is the ``auth`` every servicer is given. For each call it
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import math
 from collections.abc import Callable
@@ -26,9 +27,9 @@ from daveloper.audit import AuditLog
 from daveloper.config import Settings, parse_rate
 from daveloper.errors import FailedPrecondition, PermissionDenied, ResourceExhausted, Unauthenticated
 from daveloper.metrics import METRICS, Metrics
-from daveloper.ratelimit import Bucket, RateLimiter
+from daveloper.ratelimit import Bucket, RateLimiter, Verdict
 from daveloper.rpc.call import Call, Principal
-from daveloper.rpc.context import client_address_var
+from daveloper.rpc.context import client_address_var, method_var
 from daveloper.sessions import SessionStore
 from generated.daveloper.v1 import RateLimit
 
@@ -74,15 +75,41 @@ class RatePolicy:
             address_factor=settings.rate_address_factor,
         )
 
+    def _keep(self, address_only: bool) -> float:
+        """How long an owner's hash of buckets must last after a charge: its slowest bucket's refill, plus a second."""
+        return 1.0 + max(period for name, (_, period) in self.classes.items()
+                         if address_only or name not in _ADDRESS_ONLY)
+
+    def session_buckets(self, session_id: str) -> list[Bucket]:
+        """Every bucket of a session (one Redis hash), in class order; not the address-only classes."""
+        keep = self._keep(False)
+        return [Bucket(f"dv:rl:s:{session_id}", name, burst, period, keep)
+                for name, (burst, period) in self.classes.items() if name not in _ADDRESS_ONLY]
+
     def buckets(self, method_class: str, session_id: str, address: str) -> list[Bucket]:
+        """The buckets one call of ``method_class`` is charged to: the session's, then the client address's."""
         burst, period = self.classes[method_class]
         buckets = []
         if session_id and method_class not in _ADDRESS_ONLY:
-            buckets.append(Bucket(f"dv:rl:s:{session_id}:{method_class}", burst, period))
+            buckets.append(Bucket(f"dv:rl:s:{session_id}", method_class, burst, period, self._keep(False)))
         if address and not _is_loopback(address):
             factor = 1.0 if method_class in _ADDRESS_ONLY else self.address_factor
-            buckets.append(Bucket(f"dv:rl:a:{address}:{method_class}", math.ceil(burst * factor), period))
+            buckets.append(Bucket(f"dv:rl:a:{address}", method_class, math.ceil(burst * factor), period,
+                                  self._keep(True)))
         return buckets
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepaid:
+    """A charge made together with the call's authentication (one Redis round trip for both)."""
+
+    method: str
+    method_class: str
+    verdict: Verdict
+
+
+#: Set by :meth:`Guard.authenticate`, consumed by :meth:`Guard.admit` of the same call.
+_prepaid: contextvars.ContextVar[_Prepaid | None] = contextvars.ContextVar("daveloper_prepaid", default=None)
 
 
 class Guard:
@@ -99,8 +126,17 @@ class Guard:
         self._audit = audit
 
     async def authenticate(self, metadata: Any) -> Principal:
+        """The caller; inside an RPC its rate-limit charge rides in the same Redis round trip as the record read.
+
+        The token's signature and expiry are checked first, without I/O, so only a
+        genuine session's buckets can be charged; the charge is then settled by
+        :meth:`admit` (a call whose session turns out gone is refused, and its
+        charge is moot: that session can make no call).
+        """
         try:
-            principal = await self._store.authenticate(metadata)
+            principal = self._store.check_token(metadata)
+            if not principal.admin:
+                await self._confirm(principal.session_id)
         except Unauthenticated as exc:
             await self._audit.record("auth.failed", session_id="", reason=exc.reason)
             raise
@@ -108,6 +144,23 @@ class Guard:
         if isinstance(target, str) and target:
             return Principal(session_id=target, admin=True)
         return principal
+
+    async def _confirm(self, session_id: str) -> None:
+        method = method_var.get()
+        method_class = METHOD_CLASSES.get(method, "calls")
+        feature = FEATURES.get(method_class)
+        buckets = self._policy.buckets(method_class, session_id, client_address_var.get()) if method else []
+        if not buckets or (feature is not None and not self._switches(feature)):
+            # Outside an RPC, nothing to charge, or a switched-off feature (admit refuses it): the record alone.
+            await self._store.authenticate_session(session_id)
+            return
+        async with self._store.pipeline() as pipe:
+            self._store.queue_lookup(pipe, session_id)
+            self._limiter.queue_take(pipe, buckets)
+            record, taken = await pipe.execute(raise_on_error=False)
+        await self._store.confirm(session_id, record)
+        verdict = await self._limiter.settle(taken, buckets)
+        _prepaid.set(_Prepaid(method, method_class, verdict))
 
     async def admit(self, call: Call[Any, Any]) -> None:
         """Refuse the call if the caller may not make it now."""
@@ -120,7 +173,13 @@ class Guard:
                                            reason="ADMIN_READ_ONLY")
                 await self._audit.record("admin.read", session_id=principal.session_id)
             return  # the operator is not rate-limited
-        await self.charge(call, METHOD_CLASSES.get(call.method, "calls"))
+        method_class = METHOD_CLASSES.get(call.method, "calls")
+        prepaid = _prepaid.get()
+        if prepaid is not None and prepaid.method == call.method:
+            _prepaid.set(None)
+            await self._settle(prepaid.verdict, method_class)
+            return
+        await self.charge(call, method_class)
 
     async def charge(self, call: Call[Any, Any], method_class: str) -> None:
         """Refuse a switched-off feature; take one token of ``method_class`` for the session and client address."""
@@ -135,7 +194,9 @@ class Guard:
         buckets = self._policy.buckets(method_class, session_id, client_address_var.get())
         if not buckets:
             return
-        verdict = await self._limiter.take(buckets)
+        await self._settle(await self._limiter.take(buckets), method_class)
+
+    async def _settle(self, verdict: Verdict, method_class: str) -> None:
         if not verdict.allowed:
             self._rate_limited.labels(method_class).inc()
             burst, period = self._policy.classes[method_class]
@@ -148,13 +209,15 @@ class Guard:
                 metadata={"method_class": method_class, "limit": str(burst), "period_seconds": f"{period:g}"},
             )
 
-    async def rate_limits(self, session_id: str) -> list[RateLimit]:
-        """The session's buckets with what is available now (for GetSession)."""
-        limits = []
-        for method_class, (burst, period) in self._policy.classes.items():
-            if method_class in _ADDRESS_ONLY:
-                continue
-            bucket = Bucket(f"dv:rl:s:{session_id}:{method_class}", burst, period)
-            limits.append(RateLimit(method_class=method_class, burst=burst, per_minute=burst * 60 / period,
-                                    available=await self._limiter.level(bucket)))
-        return limits
+    def queue_rate_limits(self, pipe: Any, session_id: str) -> None:
+        """Queue the one read :meth:`rate_limits` needs (all of a session's buckets are one hash)."""
+        pipe.hgetall(f"dv:rl:s:{session_id}")
+
+    def rate_limits(self, session_id: str, reply: Any) -> list[RateLimit]:
+        """The session's buckets with what is available now (for GetSession), from the queued read's reply."""
+        if isinstance(reply, BaseException):
+            raise reply
+        buckets = self._policy.session_buckets(session_id)
+        return [RateLimit(method_class=bucket.field, burst=bucket.burst,
+                          per_minute=bucket.burst * 60 / bucket.period_seconds, available=level)
+                for bucket, level in zip(buckets, self._limiter.levels(reply, buckets), strict=True)]

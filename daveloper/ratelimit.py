@@ -5,54 +5,89 @@ per ``period``. One call takes one token from every bucket it is charged to
 (the session's and the client address's) or from none: a single Lua script
 checks and takes them together, with Redis's own clock, so instances with
 skewed clocks still share one budget.
+
+All buckets of one owner (a session, a client address) are fields of one hash
+(``<class>:t`` tokens, ``<class>:ts`` last update), so a session's every limit
+is read with one ``HGETALL``. The hash must outlive a full refill of its slowest
+bucket; it records how long it will live (``until``) and the script extends its
+expiry only when that runs short, not on every call. A refused call writes nothing.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from daveloper.infra.redis import reply_text
 
 __all__ = ["Bucket", "RateLimiter", "Verdict"]
 
-# KEYS: one hash per bucket. ARGV: cost, then (burst, refill per second) per key.
+# KEYS: one hash per owner. ARGV: cost, then (field, burst, refill per second, keep seconds) per key.
 # Returns {allowed, seconds until allowed (when refused), tokens left in the first bucket}.
 _TAKE = """
 local now = redis.call('TIME')
 now = tonumber(now[1]) + tonumber(now[2]) / 1000000
 local cost = tonumber(ARGV[1])
-local levels, wait = {}, 0
+local levels, kept, wait = {}, {}, 0
 for i, key in ipairs(KEYS) do
-  local burst, rate = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  local state = redis.call('HMGET', key, 't', 'ts')
+  local at = 4 * i - 2
+  local field, burst, rate = ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+  local state = redis.call('HMGET', key, field .. ':t', field .. ':ts', 'until')
   local tokens = tonumber(state[1]) or burst
   local ts = tonumber(state[2]) or now
   tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
   levels[i] = tokens
+  kept[i] = tonumber(state[3]) or 0
   if tokens < cost then wait = math.max(wait, (cost - tokens) / rate) end
 end
-local allowed = wait == 0 and 1 or 0
-for i, key in ipairs(KEYS) do
-  local burst, rate = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  if allowed == 1 then levels[i] = levels[i] - cost end
-  redis.call('HSET', key, 't', levels[i], 'ts', now)
-  redis.call('EXPIRE', key, math.ceil(burst / rate) + 1)
+if wait > 0 or cost == 0 then
+  return {wait == 0 and 1 or 0, tostring(wait), tostring(levels[1] or 0)}
 end
-return {allowed, tostring(wait), tostring(levels[1] or 0)}
+for i, key in ipairs(KEYS) do
+  local at = 4 * i - 2
+  local field, keep = ARGV[at], tonumber(ARGV[at + 3])
+  levels[i] = levels[i] - cost
+  if kept[i] < now + keep then
+    local expiry = now + 2 * keep
+    redis.call('HSET', key, field .. ':t', levels[i], field .. ':ts', now, 'until', expiry)
+    redis.call('PEXPIREAT', key, math.ceil(expiry * 1000))
+  else
+    redis.call('HSET', key, field .. ':t', levels[i], field .. ':ts', now)
+  end
+end
+return {1, '0', tostring(levels[1])}
 """
 
 
 @dataclass(frozen=True, slots=True)
 class Bucket:
-    """One token bucket: a Redis key, its size and its refill rate."""
+    """One token bucket: a field of its owner's Redis hash, its size, its refill rate.
+
+    ``keep_seconds`` is how long the owner's hash must last after a charge: the
+    longest period of any bucket in it, plus a second.
+    """
 
     key: str
+    field: str
     burst: int
     period_seconds: float
+    keep_seconds: float
 
     @property
     def per_second(self) -> float:
         return self.burst / self.period_seconds
+
+    def level(self, state: Mapping[str, str], now: float) -> float:
+        """Tokens available at ``now`` (unix seconds) in a hash read with ``HGETALL`` (decoded)."""
+        tokens, ts = state.get(f"{self.field}:t"), state.get(f"{self.field}:ts")
+        if tokens is None or ts is None:
+            return float(self.burst)
+        return min(float(self.burst), float(tokens) + max(0.0, now - float(ts)) * self.per_second)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,19 +100,56 @@ class Verdict:
 
 
 class RateLimiter:
-    """Charges calls to token buckets in Redis."""
+    """Charges calls to token buckets in Redis, alone or in a pipeline with other commands."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self._take = redis.register_script(_TAKE)
 
-    async def take(self, buckets: list[Bucket], cost: float = 1.0) -> Verdict:
-        """Take ``cost`` tokens from every bucket, or from none if any lacks them."""
-        args: list[float] = [cost]
+    @staticmethod
+    def _args(buckets: Sequence[Bucket], cost: float) -> list[Any]:
+        args: list[Any] = [b.key for b in buckets]
+        args.append(cost)
         for bucket in buckets:
-            args += [bucket.burst, bucket.per_second]
-        allowed, wait, remaining = await self._take(keys=[b.key for b in buckets], args=args)
+            args += [bucket.field, bucket.burst, bucket.per_second, bucket.keep_seconds]
+        return args
+
+    @staticmethod
+    def _verdict(reply: Sequence[Any]) -> Verdict:
+        allowed, wait, remaining = reply
         return Verdict(bool(int(allowed)), float(wait), float(remaining))
 
+    async def take(self, buckets: Sequence[Bucket], cost: float = 1.0) -> Verdict:
+        """Take ``cost`` tokens from every bucket, or from none if any lacks them."""
+        args = self._args(buckets, cost)
+        return self._verdict(await self._take(keys=args[:len(buckets)], args=args[len(buckets):]))
+
+    def queue_take(self, pipe: Any, buckets: Sequence[Bucket], cost: float = 1.0) -> None:
+        """Queue :meth:`take` on a pipeline (non-transactional, executed with ``raise_on_error=False``).
+
+        ``EVALSHA`` is queued directly: a script registered on a redis-py pipeline
+        costs an extra ``SCRIPT EXISTS`` round trip on every execute.
+        """
+        pipe.evalsha(self._take.sha, len(buckets), *self._args(buckets, cost))
+
+    async def settle(self, reply: Any, buckets: Sequence[Bucket], cost: float = 1.0) -> Verdict:
+        """The verdict of a queued take; after a Redis restart (script not loaded) the take runs again, loading it."""
+        if isinstance(reply, NoScriptError):
+            return await self.take(buckets, cost)
+        if isinstance(reply, BaseException):
+            raise reply
+        return self._verdict(reply)
+
     async def level(self, bucket: Bucket) -> float:
-        """Tokens available in ``bucket`` now, taking none."""
+        """Tokens available in ``bucket`` now, taking none (and writing nothing)."""
         return (await self.take([bucket], cost=0)).remaining
+
+    @staticmethod
+    def levels(reply: Mapping[Any, Any], buckets: Sequence[Bucket], now: float | None = None) -> list[float]:
+        """Tokens available in each of ``buckets`` (fields of one hash) from its ``HGETALL`` reply.
+
+        Read-only and by this machine's clock (the take script uses Redis's): a
+        figure for display, not for admission.
+        """
+        state = {reply_text(k): reply_text(v) for k, v in reply.items()}
+        when = time.time() if now is None else now
+        return [bucket.level(state, when) for bucket in buckets]

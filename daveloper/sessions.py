@@ -23,6 +23,7 @@ round trip a minute, not one per call.
 from __future__ import annotations
 
 import base64
+import contextvars
 import datetime
 import hashlib
 import hmac
@@ -45,6 +46,12 @@ _TOKEN_VERSION = "v1"
 _SECRET_KEY = "dv:secret:session-signing"
 #: Last activity is written at most this often per session.
 _TOUCH_SECONDS = 60.0
+#: What authentication reads of a record: the first two decide, the rest serve GetSession without a second read.
+_RECORD_FIELDS = ["last_active", "expires_at", "created_at", "labels"]
+#: The record the current call's authentication read: (session id, last active, expires_at, created_at, labels).
+#: Each RPC runs in its own task, so this never outlives the call that set it.
+_authenticated: contextvars.ContextVar[tuple[str, float, Any, Any, Any] | None] = contextvars.ContextVar(
+    "daveloper_authenticated_record", default=None)
 
 # KEYS: record, index. ARGV: now, deadline (unix seconds, float), member.
 # Only a live record is touched: a session that ended meanwhile must not come back as a partial hash.
@@ -203,7 +210,13 @@ class SessionStore:
             deleted, _ = await pipe.execute()
         return bool(deleted)
 
-    async def authenticate(self, metadata: Any) -> Principal:
+    def check_token(self, metadata: Any) -> Principal:
+        """The caller named by the request's bearer token, checked without I/O (signature, expiry, admin token).
+
+        A session principal still needs its record: queue :meth:`queue_lookup`
+        and pass the reply to :meth:`confirm` (or call :meth:`authenticate`,
+        which does both).
+        """
         header = metadata.get("authorization") if metadata else None
         if not isinstance(header, str) or not header.startswith("Bearer "):
             raise Unauthenticated(
@@ -213,15 +226,53 @@ class SessionStore:
         token = header.removeprefix("Bearer ").strip()
         if self._admin_token and hmac.compare_digest(token, self._admin_token):
             return Principal(session_id="", admin=True)
-        session_id = self._signer.verify(token)
-        key = self._key(session_id)
-        last_active, expires_at = await self._redis.hmget(key, ["last_active", "expires_at"])
+        return Principal(session_id=self._signer.verify(token))
+
+    def queue_lookup(self, pipe: Any, session_id: str) -> None:
+        """Queue the one read :meth:`confirm` needs on a pipeline (or any client with ``hmget``)."""
+        pipe.hmget(self._key(session_id), _RECORD_FIELDS)
+
+    async def confirm(self, session_id: str, reply: Sequence[Any]) -> None:
+        """Refuse a session whose record (the :meth:`queue_lookup` reply) is gone or past its deadline.
+
+        Records the session's activity when due, and keeps the record for
+        :meth:`authenticated_record` for the rest of the call.
+        """
+        if isinstance(reply, BaseException):
+            raise reply
+        last_active, expires_at, created_at, labels = reply
         now = time.time()
         # The record expires at its idle deadline; the explicit check covers Redis's expiry granularity.
         if (last_active is None or expires_at is None
                 or now >= self._deadline(int(reply_text(expires_at)), float(reply_text(last_active)))):
             raise Unauthenticated("session was deleted or has expired", reason="SESSION_NOT_FOUND")
-        if now - float(reply_text(last_active)) >= self.touch_interval:
+        active = float(reply_text(last_active))
+        if now - active >= self.touch_interval:
             deadline = self._deadline(int(reply_text(expires_at)), now)
-            await self._touch(keys=[key, self.index_key], args=[repr(now), repr(deadline), session_id])
-        return Principal(session_id=session_id)
+            await self._touch(keys=[self._key(session_id), self.index_key],
+                              args=[repr(now), repr(deadline), session_id])
+            active = now
+        _authenticated.set((session_id, active, expires_at, created_at, labels))
+
+    def authenticated_record(self, session_id: str) -> SessionRecord | None:
+        """The record this call's authentication read, if it was ``session_id``'s: no second read for GetSession."""
+        seen = _authenticated.get()
+        if seen is None or seen[0] != session_id or seen[3] is None:
+            return None
+        _, active, expires_at, created_at, labels = seen
+        return SessionRecord(session_id, float(reply_text(created_at)), int(reply_text(expires_at)),
+                             json.loads(reply_text(labels)) if labels is not None else {}, active)
+
+    def pipeline(self) -> Any:
+        """A non-transactional pipeline on the sessions' Redis: a lookup plus other commands in one round trip."""
+        return self._redis.pipeline(transaction=False)
+
+    async def authenticate_session(self, session_id: str) -> None:
+        """:meth:`confirm` a session whose token checked out, reading its record on its own."""
+        await self.confirm(session_id, await self._redis.hmget(self._key(session_id), _RECORD_FIELDS))
+
+    async def authenticate(self, metadata: Any) -> Principal:
+        principal = self.check_token(metadata)
+        if not principal.admin:
+            await self.authenticate_session(principal.session_id)
+        return principal

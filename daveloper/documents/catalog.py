@@ -52,6 +52,10 @@ class Catalog:
     def _usage(self, session_id: str) -> str:
         return f"{self._prefix}docusage:{session_id}"
 
+    def usage_key(self, session_id: str) -> str:
+        """The hash of the session's usage (fields ``documents`` and ``bytes``) :meth:`usage` reads."""
+        return self._usage(session_id)
+
     async def usage(self, session_id: str) -> tuple[int, int]:
         """(documents, stored bytes) of a session."""
         documents, size = await self._redis.hmget(self._usage(session_id), ["documents", "bytes"])

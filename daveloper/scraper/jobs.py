@@ -107,6 +107,10 @@ class JobStore:
     def _pages(self, session_id: str) -> str:
         return f"{self._prefix}scrapepages:{session_id}:{datetime.datetime.now(datetime.UTC):%Y%m%d}"
 
+    def pages_key(self, session_id: str) -> str:
+        """The counter of the session's pages fetched today (a Redis string; absent is 0)."""
+        return self._pages(session_id)
+
     async def save(self, session_id: str, job: Job) -> None:
         assert job.create_time is not None
         async with self._redis.pipeline(transaction=True) as pipe:

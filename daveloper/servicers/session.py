@@ -1,4 +1,13 @@
-"""``daveloper.v1.SessionService``."""
+"""``daveloper.v1.SessionService``.
+
+``GetSession`` is a read: its session record is the one the call's
+authentication already read, and its quotas and rate limits come from one
+pipelined round trip (:class:`~daveloper.usage.SessionUsage`). A caller that
+needs only some fields names them in the ``x-goog-fieldmask`` metadata (Google's
+response field mask, top-level fields: ``session``, ``quotas``, ``rate_limits``
+or ``rateLimits``); the edge's WebSocket handshake asks for ``session`` only,
+so checking a token costs authentication and nothing else.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +18,7 @@ from daveloper.audit import AuditLog
 from daveloper.errors import InvalidArgument
 from daveloper.rpc import Authenticator, Call, Servicer, public
 from daveloper.sessions import SessionRecord, SessionStore
+from daveloper.usage import SessionUsage
 from generated.daveloper.v1 import (
     CreateSessionRequest,
     CreateSessionResponse,
@@ -16,13 +26,16 @@ from generated.daveloper.v1 import (
     DeleteSessionResponse,
     GetSessionRequest,
     GetSessionResponse,
-    Quota,
-    RateLimit,
     Session,
     SessionServiceBase,
 )
 
-__all__ = ["SessionService"]
+__all__ = ["FIELD_MASK_KEY", "SessionService"]
+
+#: Metadata naming the response fields a caller wants (comma-separated), as Google APIs' ``X-Goog-FieldMask``.
+FIELD_MASK_KEY = "x-goog-fieldmask"
+_FIELDS = {"session": "session", "quotas": "quotas", "rate_limits": "rate_limits", "rateLimits": "rate_limits"}
+_ALL_FIELDS = frozenset(_FIELDS.values())
 
 _MAX_LABELS = 16
 _MAX_LABEL_CHARS = 256
@@ -33,6 +46,17 @@ def _session_message(record: SessionRecord) -> Session:
         id=record.id, create_time=record.create_time(), expire_time=record.expire_time(), labels=record.labels,
         last_active_time=record.last_active_time(),
     )
+
+
+def _requested_fields(metadata: Any) -> frozenset[str]:
+    mask = metadata.get(FIELD_MASK_KEY) if metadata else None
+    if not isinstance(mask, str) or not mask.strip() or mask.strip() == "*":
+        return _ALL_FIELDS
+    fields = frozenset(_FIELDS.get(name.strip().split(".", 1)[0], "") for name in mask.split(","))
+    unknown = fields - _ALL_FIELDS
+    if unknown:
+        raise InvalidArgument.field(FIELD_MASK_KEY, f"unknown field in mask {mask!r}; known: {', '.join(_FIELDS)}")
+    return fields
 
 
 class SessionService(Servicer):
@@ -46,15 +70,13 @@ class SessionService(Servicer):
         default_ttl: int,
         max_ttl: int,
         purgers: Sequence[Callable[[str], Awaitable[object]]] = (),
-        quotas: Callable[[str], Awaitable[list[Quota]]] | None = None,
-        rate_limits: Callable[[str], Awaitable[list[RateLimit]]] | None = None,
+        usage: SessionUsage | None = None,
         audit: AuditLog | None = None,
     ) -> None:
         super().__init__(auth=auth or store)  # the Guard in the app: rate limits, audit
         self._store = store
         #: The session's quotas with their use, and its rate limits with what is left (for GetSession).
-        self._quotas = quotas
-        self._rate_limits = rate_limits
+        self._usage = usage
         self._audit = audit
         #: Each removes one kind of data a session owns (documents, points, ...).
         self._purgers = list(purgers)
@@ -84,10 +106,15 @@ class SessionService(Servicer):
         return CreateSessionResponse(session=_session_message(record), token=token)
 
     async def GetSession(self, request: GetSessionRequest, call: Call[Any, Any]) -> GetSessionResponse:
-        session = _session_message(await self._store.get(call.session_id))
-        quotas = await self._quotas(call.session_id) if self._quotas is not None else []
-        limits = await self._rate_limits(call.session_id) if self._rate_limits is not None else []
-        return GetSessionResponse(session=session, quotas=quotas, rate_limits=limits)
+        fields = _requested_fields(call.metadata)
+        # The admin token reading a session has read no record while authenticating: read it now.
+        record = self._store.authenticated_record(call.session_id) or await self._store.get(call.session_id)
+        response = GetSessionResponse(session=_session_message(record) if "session" in fields else None)
+        if self._usage is not None and fields & {"quotas", "rate_limits"}:
+            quotas, limits = await self._usage.read(call.session_id)
+            response.quotas = quotas if "quotas" in fields else []
+            response.rate_limits = limits if "rate_limits" in fields else []
+        return response
 
     async def DeleteSession(self, request: DeleteSessionRequest, call: Call[Any, Any]) -> DeleteSessionResponse:
         # Data first, record last: if a purge fails the token still works and the call can be retried.

@@ -97,17 +97,30 @@ class FixedPrincipal:
 
 
 class CommandCounter:
-    """Counts every command a ``redis.asyncio.Redis`` instance sends (one round trip each; no pipelines here)."""
+    """Counts the round trips a ``redis.asyncio.Redis`` instance makes, by command (a pipeline by what it carries)."""
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.counts: Counter[str] = Counter()
-        send = client.execute_command
+        send, pipeline = client.execute_command, client.pipeline
 
         async def execute_command(*args: Any, **options: Any) -> Any:
             self.counts[str(args[0]).lower()] += 1
             return await send(*args, **options)
 
+        def counting_pipeline(*args: Any, **options: Any) -> Any:
+            pipe = pipeline(*args, **options)
+            execute = pipe.execute
+
+            async def counted_execute(*a: Any, **kw: Any) -> Any:
+                carried = "+".join(str(command[0][0]).lower() for command in pipe.command_stack)
+                self.counts[f"pipeline({carried})"] += 1
+                return await execute(*a, **kw)
+
+            pipe.execute = counted_execute  # type: ignore[method-assign]
+            return pipe
+
         client.execute_command = execute_command  # type: ignore[method-assign]
+        client.pipeline = counting_pipeline  # type: ignore[method-assign]
 
     def snapshot(self) -> Counter[str]:
         return Counter(self.counts)
@@ -278,8 +291,8 @@ async def redis_summary(results: dict[str, Any], stats: ValkeyStats, session_id:
         }
     client = stats._client
     summary["buckets_present"] = {
-        "session": bool(await client.exists(f"dv:rl:s:{session_id}:calls")),
-        "address": bool(await client.exists(f"dv:rl:a:{CLIENT_ADDRESS}:calls")),
+        "session": bool(await client.hexists(f"dv:rl:s:{session_id}", "calls:t")),
+        "address": bool(await client.hexists(f"dv:rl:a:{CLIENT_ADDRESS}", "calls:t")),
     }
     summary["audit_events"] = int(await client.xlen("dv:audit"))  # a refusal or auth failure would add one
     return summary
