@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -69,7 +69,7 @@ ModelEvent = TextDelta | ModelDone
 
 
 class ChatModel(Protocol):
-    """A language model that streams. Cancelling the iteration must close the upstream request."""
+    """A language model that streams. Closing or cancelling the generator must close the upstream request."""
 
     name: str
 
@@ -82,4 +82,4 @@ class ChatModel(Protocol):
         temperature: float | None = None,
         max_tokens: int = 0,
         session_id: str = "",
-    ) -> AsyncIterator[ModelEvent]: ...
+    ) -> AsyncGenerator[ModelEvent, None]: ...

@@ -9,8 +9,10 @@ stream (which closes the upstream HTTP request), keeps the partial answer and
 completes the turn with finish reason ``cancelled``.
 
 Token deltas are coalesced: text is buffered until ``coalesce_chars`` have
-arrived or ``coalesce_seconds`` have passed, so the event rate stays bounded
-however fast the model streams; the concatenated text is unchanged.
+arrived or ``coalesce_seconds`` have passed since the oldest pending piece (loop
+time), so the event rate stays bounded however fast the model streams and
+however busy the server is; a turn's first text goes out at once. The
+concatenated text is unchanged.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 
 from opentelemetry.trace import SpanKind
 
+from daveloper.agent.coalesce import TextCoalescer
 from daveloper.agent.conversations import Conversations, now
 from daveloper.agent.llm.passages import format_passages
 from daveloper.agent.model import ChatModel, Message, ModelDone, TextDelta, ToolCallRequest, ToolSpec
@@ -295,59 +298,42 @@ class Agent:
         return FinishReason.TOOL_LIMIT
 
     async def _stream(self, turn: _Turn, messages: list[Message], tools: list[ToolSpec]) -> ModelDone:
-        """One model round; text deltas are coalesced onto the log."""
-        queue: asyncio.Queue[TextDelta | ModelDone | BaseException] = asyncio.Queue()
+        """One model round; text deltas are coalesced onto the log (see :mod:`daveloper.agent.coalesce`)."""
+        provider = self._settings.provider
+        requested, done = time.perf_counter(), None
 
-        async def produce() -> None:
-            provider = self._settings.provider
-            requested, first = time.perf_counter(), True
-            try:
-                with span("llm.stream", SpanKind.CLIENT, **{"gen_ai.system": provider}), \
-                        self._metrics.timed("llm", provider):
-                    async for event in self._model.stream(
-                        messages, tools=tools, model=turn.options.model or self._settings.model,
-                        temperature=turn.options.temperature, max_tokens=turn.options.max_tokens,
-                        session_id=turn.session_id,
-                    ):
-                        if first:
+        async def emit_text(text: str) -> int:
+            return await self._emit(turn, token_delta=TokenDelta(text=text))
+
+        async with TextCoalescer(emit_text, chars=self._settings.coalesce_chars,
+                                 seconds=self._settings.coalesce_seconds,
+                                 immediate_first=turn.first_token is None) as coalescer:
+            with span("llm.stream", SpanKind.CLIENT, **{"gen_ai.system": provider}), \
+                    self._metrics.timed("llm", provider):
+                # aclosing: leaving early (an error, a cancel) closes the model stream and its upstream request.
+                async with contextlib.aclosing(self._model.stream(
+                    messages, tools=tools, model=turn.options.model or self._settings.model,
+                    temperature=turn.options.temperature, max_tokens=turn.options.max_tokens,
+                    session_id=turn.session_id,
+                )) as events:
+                    async for event in events:
+                        if requested:
                             self._first_event.observe(time.perf_counter() - requested)
-                            first = False
-                        queue.put_nowait(event)
-            except Exception as exc:
-                queue.put_nowait(exc)
-
-        producer = asyncio.create_task(produce())
-        buffer: list[str] = []
-        size, deadline = 0, None
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                timeout = None if deadline is None else max(0.0, deadline - loop.time())
-                try:
-                    event = await asyncio.wait_for(queue.get(), timeout)
-                except TimeoutError:
-                    event = None
-                if isinstance(event, TextDelta):
-                    if turn.first_token is None:
-                        turn.first_token = time.perf_counter()
-                    buffer.append(event.text)
-                    turn.text.append(event.text)
-                    size += len(event.text)
-                    deadline = deadline or loop.time() + self._settings.coalesce_seconds
-                if buffer and (event is None or not isinstance(event, TextDelta)
-                               or size >= self._settings.coalesce_chars):
-                    await self._emit(turn, token_delta=TokenDelta(text="".join(buffer)))
-                    buffer, size, deadline = [], 0, None
-                if isinstance(event, BaseException):
-                    raise event
-                if isinstance(event, ModelDone):
-                    turn.prompt_tokens += event.prompt_tokens
-                    turn.completion_tokens += event.completion_tokens
-                    return event
-        finally:
-            producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await producer
+                            requested = 0.0
+                        if isinstance(event, TextDelta):
+                            if turn.first_token is None:
+                                turn.first_token = time.perf_counter()
+                            turn.text.append(event.text)
+                            coalescer.add(event.text)
+                        else:
+                            done = event
+            await coalescer.drain()
+        if done is None:
+            raise Unavailable("the language model stream ended without finishing", reason="LLM_UNAVAILABLE",
+                              retry_after=1.0)
+        turn.prompt_tokens += done.prompt_tokens
+        turn.completion_tokens += done.completion_tokens
+        return done
 
     async def _call_tool(self, turn: _Turn, call: ToolCallRequest) -> Message:
         await self._emit(turn, tool_call=ToolCall(call_id=call.call_id, name=call.name,

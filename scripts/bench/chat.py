@@ -1,13 +1,24 @@
-"""Concurrent chat turns: tokens delivered to gRPC clients, added latency per token, CPU per 1k tokens.
+"""Chat at scale: many concurrent turns through the app against an OpenAI-wire fake LLM in its own process.
 
-The app runs on its embedded defaults (Valkey event log, Qdrant local mode) with a
-local provider that emits tokens as fast as it can, each carrying the time it was
-emitted. N clients each open a ``Chat`` stream and start one turn at the same time.
-Latency per token is provider emit → client receive (through the turn, the
-conversation's event log in Redis, and gRPC). Runs with token coalescing (the
-default: 48 characters or 15 ms) and without it (one event per model delta).
+Three processes: the fake LLM (``POST /v1/chat/completions``, real SSE chunks, each content piece
+``<CLOCK_MONOTONIC ns>`` of its emission; the model name ``bench:<tokens>:<interval ms>`` says how many
+and how fast), the app on its embedded defaults (Valkey, Qdrant local mode) with the ``openai``
+provider pointed at it, and this driver (the gRPC clients). Phases, in one run:
 
-    .venv/bin/python -m scripts.bench.chat [--quick] [--turns 200] [--tokens 100] [--json]
+* **baseline**: the same streams read straight from the fake LLM with bare aiohttp (SSE lines, stdlib
+  json): tokens/s.
+* **full speed**: ``--turns`` concurrent ``Chat`` turns of ``--tokens`` tokens each, as fast as the
+  LLM emits: tokens/s, app + Valkey CPU per 1k tokens, first token p50/p99 (send → first
+  ``token_delta``), LLM emit → client p50/p99.
+* **turn start**: ``--turns`` one-token turns at once: app + Valkey CPU per turn, turns/s, Redis
+  commands per turn.
+* **paced**: ``--turns`` turns at ``--paced-interval-ms`` per token (2,000 ms: 0.5 token/s each):
+  LLM emit → client p50/p99, delivered tokens/s, CPU per 1k tokens.
+
+CPU is the app process's (``/proc``) plus Valkey's (``INFO cpu``), read before and after each phase.
+
+    .venv/bin/python -m scripts.bench.chat [--quick] [--turns 1000] [--tokens 50] [--json]
+        [--profile {full,start}]   # cProfile of the app during that phase, top 40 by own time
 """
 
 from __future__ import annotations
@@ -21,106 +32,310 @@ if not __package__:  # run as a file: make the repository root importable
 import argparse
 import asyncio
 import json
+import os
 import re
-import resource
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import aiohttp
 import uvloop
+from aiohttp import web
 from grpclib.client import Channel
+from grpclib.exceptions import GRPCError
 
-from daveloper.agent.model import Message, ModelDone, ModelEvent, TextDelta, ToolSpec
-from daveloper.app import open_app
-from generated.daveloper.v1 import AgentServiceStub, ChatRequest, CreateSessionRequest, SendMessage, SessionServiceStub
-from scripts.bench._app import bench_settings
-from scripts.bench._stats import summary_us, table
+from daveloper.infra.process import die_with_parent
+from generated.daveloper.v1 import (
+    AgentServiceStub,
+    ChatOptions,
+    ChatRequest,
+    CreateSessionRequest,
+    SendMessage,
+    SessionServiceStub,
+)
+from scripts.bench._stats import percentile, table
 
+ROOT = Path(__file__).resolve().parents[2]
 STAMP = re.compile(r"<(\d+)>")
+STREAMS_PER_CHANNEL = 50  # below HTTP/2's usual 100 concurrent streams per connection
 
 
-class StampedModel:
-    """A local provider: ``tokens`` deltas, each ``<emit time in ns>``, as fast as the loop allows."""
-
-    name = "stamped"
-
-    def __init__(self, tokens: int) -> None:
-        self.tokens = tokens
-
-    async def stream(self, messages: Sequence[Message], *, tools: Sequence[ToolSpec] = (), model: str = "",
-                     temperature: float | None = None, max_tokens: int = 0,
-                     session_id: str = "") -> AsyncIterator[ModelEvent]:
-        for _ in range(self.tokens):
-            yield TextDelta(f"<{time.perf_counter_ns()}>")
-            await asyncio.sleep(0)
-        yield ModelDone("stop", prompt_tokens=1, completion_tokens=self.tokens)
+def _now_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # one clock for every process on the machine
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+# -- the fake LLM, in its own process ---------------------------------------------------------------------
+
+def serve_llm() -> None:
+    """Stream ``tokens`` stamped chunks ``interval`` ms apart, then finish reason and usage."""
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        _, tokens, interval = body["model"].split(":")
+        count, pause = int(tokens), int(interval) / 1000
+        base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": body["model"], "system_fingerprint": None, "usage": None}
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return f"data: {json.dumps({**base, 'choices': [choice]})}\n\n".encode()
+
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        await response.write(chunk({"role": "assistant", "content": ""}))
+        for _ in range(count):
+            if pause:
+                await asyncio.sleep(pause)
+            await response.write(chunk({"content": f"<{_now_ns()}>"}))
+        await response.write(chunk({}, "stop"))
+        usage = {"prompt_tokens": 1, "completion_tokens": count, "total_tokens": count + 1}
+        await response.write(f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\ndata: [DONE]\n\n"
+                             .encode())
+        await response.write_eof()
+        return response
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", completions)
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
+        await site.start()
+        print(site._server.sockets[0].getsockname()[1], flush=True)  # type: ignore[union-attr]
+        await asyncio.Event().wait()
+
+    uvloop.run(main())
 
 
-async def run_once(turns: int, tokens: int, coalesce_chars: int, data_dir: Path) -> dict[str, Any]:
-    settings = bench_settings(data_dir, coalesce_chars=coalesce_chars)
-    async with open_app(settings, chat_model=StampedModel(tokens)) as app:
-        channels = [Channel(app.grpc_addr.host, app.grpc_addr.port) for _ in range(8)]
+# -- the app, in its own process ----------------------------------------------------------------------------
+
+def serve_app(llm_url: str, data_dir: str, max_running: int) -> None:
+    """Run the app; print its port; answer ``cpu`` / ``profile`` / ``report`` lines on stdin with JSON."""
+    import cProfile
+    import io
+    import pstats
+    import resource
+
+    from daveloper.app import open_app
+    from scripts.bench._app import bench_settings
+
+    async def main() -> None:
+        overrides: dict[str, object] = {"llm_provider": "openai", "llm_base_url": llm_url, "llm_api_key": "x",
+                                        "llm_model": "bench:1:0"}
+        if max_running:
+            overrides["max_running_turns"] = max_running
+        async with open_app(bench_settings(Path(data_dir), **overrides)) as app:
+            print(app.grpc_addr.port, flush=True)
+            reader = asyncio.StreamReader()
+            await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                               sys.stdin)
+            profile: cProfile.Profile | None = None
+            while line := (await reader.readline()).decode().strip():
+                if line == "cpu":
+                    usage = resource.getrusage(resource.RUSAGE_SELF)
+                    valkey = await app.redis.info("cpu")
+                    stats = await app.redis.info("commandstats")
+                    print(json.dumps({"app": usage.ru_utime + usage.ru_stime,
+                                      "valkey": valkey["used_cpu_sys"] + valkey["used_cpu_user"],
+                                      "commands": sum(v["calls"] for v in stats.values())}), flush=True)
+                elif line == "profile":
+                    profile = cProfile.Profile()
+                    profile.enable()
+                    print("{}", flush=True)
+                elif line == "report" and profile is not None:
+                    profile.disable()
+                    out = io.StringIO()
+                    pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(40)
+                    print(json.dumps({"profile": out.getvalue()}), flush=True)
+
+    uvloop.run(main())
+
+
+class Child:
+    """A child process speaking one line at a time."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls, *args: str) -> tuple[Child, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "scripts.bench.chat", *args, cwd=ROOT, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, preexec_fn=die_with_parent(), limit=2**24)
+        child = cls(process)
+        return child, await child.line(wait=60)
+
+    async def line(self, wait: float = 30) -> str:
+        assert self.process.stdout is not None
+        line = (await asyncio.wait_for(self.process.stdout.readline(), wait)).decode().strip()
+        if not line:
+            raise RuntimeError("child process ended")
+        return line
+
+    async def ask(self, command: str) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command.encode() + b"\n")
+        await self.process.stdin.drain()
+        result: dict[str, Any] = json.loads(await self.line())
+        return result
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            self.process.terminate()
+        await self.process.wait()
+
+
+# -- the phases ----------------------------------------------------------------------------------------------
+
+async def baseline(llm_url: str, turns: int, tokens: int) -> dict[str, Any]:
+    """The same streams read straight from the LLM: aiohttp, SSE lines, stdlib json."""
+    received = 0
+    body = {"messages": [{"role": "user", "content": "hi"}], "stream": True, "model": f"bench:{tokens}:0"}
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        async def one() -> None:
+            nonlocal received
+            async with http.post(f"{llm_url}/chat/completions", json=body) as response:
+                async for line in response.content:
+                    if line.startswith(b"data: {"):
+                        for choice in json.loads(line[6:])["choices"]:
+                            received += len(STAMP.findall(choice["delta"].get("content") or ""))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(turns)))
+        elapsed = time.perf_counter() - started
+    return {"tokens": received, "seconds": elapsed, "tokens_per_s": received / elapsed}
+
+
+async def chats(app: Child, port: int, token: str, turns: int, model: str) -> dict[str, Any]:
+    """``turns`` concurrent turns; tokens, latencies and the app's and Valkey's CPU over the phase."""
+    channels = [Channel("127.0.0.1", port) for _ in range(max(1, turns // STREAMS_PER_CHANNEL))]
+    latencies: list[float] = []
+    first: list[float] = []
+    received = events = refused = 0
+    metadata = {"authorization": f"Bearer {token}"}
+
+    async def client(i: int) -> None:
+        nonlocal received, events, refused
+        stub = AgentServiceStub(channels[i % len(channels)])
+        sent = time.perf_counter()
+        request = ChatRequest(send=SendMessage(text=f"turn {i}", options=ChatOptions(model=model)))
         try:
-            token = (await SessionServiceStub(channels[0]).create_session(CreateSessionRequest(), timeout=10)).token
-            latencies: list[float] = []
-            received = events = 0
+            async for response in stub.chat([request], timeout=600, metadata=metadata):
+                delta = response.event.token_delta
+                if delta is not None:
+                    now = _now_ns()
+                    stamps = STAMP.findall(delta.text)
+                    latencies.extend((now - int(s)) / 1e9 for s in stamps)
+                    received += len(stamps)
+                    events += 1
+                    if sent:
+                        first.append(time.perf_counter() - sent)
+                        sent = 0
+                if response.event.turn_failed is not None:
+                    raise RuntimeError(f"turn failed: {response.event.turn_failed.failure}")
+        except GRPCError:
+            refused += 1
 
-            async def client(i: int) -> None:
-                nonlocal received, events
-                stub = AgentServiceStub(channels[i % len(channels)])
-                async for response in stub.chat([ChatRequest(send=SendMessage(text=f"turn {i}"))], timeout=300,
-                                                metadata={"authorization": f"Bearer {token}"}):
-                    if response.event.token_delta is not None:
-                        now = time.perf_counter_ns()
-                        stamps = STAMP.findall(response.event.token_delta.text)
-                        latencies.extend((now - int(s)) / 1e9 for s in stamps)
-                        received += len(stamps)
-                        events += 1
+    try:
+        before = await app.ask("cpu")
+        started = time.perf_counter()
+        await asyncio.gather(*(client(i) for i in range(turns)))
+        elapsed = time.perf_counter() - started
+        after = await app.ask("cpu")
+    finally:
+        for channel in channels:
+            channel.close()
+    cpu = after["app"] - before["app"] + after["valkey"] - before["valkey"]
+    return {"turns": turns - refused, "refused": refused, "tokens": received, "events": events, "seconds": elapsed,
+            "tokens_per_s": received / elapsed, "turns_per_s": (turns - refused) / elapsed,
+            "app_cpu_s": after["app"] - before["app"], "valkey_cpu_s": after["valkey"] - before["valkey"],
+            "cpu_ms_per_1k_tokens": cpu / max(received, 1) * 1e6,
+            "cpu_ms_per_turn": cpu / max(turns - refused, 1) * 1e3,
+            "redis_commands_per_turn": (after["commands"] - before["commands"]) / max(turns - refused, 1),
+            "latency_ms": _ms(latencies), "first_token_ms": _ms(first)}
 
-            cpu, started = cpu_seconds(), time.perf_counter()
-            await asyncio.gather(*(client(i) for i in range(turns)))
-            elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu
-        finally:
-            for channel in channels:
+
+def _ms(samples: list[float]) -> dict[str, float]:
+    return {f"p{q}": percentile(samples, q) * 1000 for q in (50, 99)} if samples else {}
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    llm, port = await Child.start("--serve-llm")
+    llm_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            app, port = await Child.start("--serve-app", llm_url, tmp, str(args.max_running))
+            try:
+                channel = Channel("127.0.0.1", int(port))
+                token = (await SessionServiceStub(channel).create_session(CreateSessionRequest(), timeout=10)).token
                 channel.close()
-    assert received == turns * tokens, (received, turns * tokens)
-    return {"tokens": received, "events": events, "seconds": elapsed, "tokens_per_s": received / elapsed,
-            "cpu_ms_per_1k_tokens": cpu / received * 1e6, **summary_us(latencies)}
+                results: dict[str, Any] = {}
+                await chats(app, int(port), token, 20, "bench:2:0")  # warm up: connections, caches
+                phases = [("baseline", None), ("full speed", f"bench:{args.tokens}:0"), ("turn start", "bench:1:0"),
+                          ("paced", f"bench:{args.paced_tokens}:{args.paced_interval_ms}")]
+                for name, model in phases:
+                    if model is None:
+                        results[name] = await baseline(llm_url, args.turns, args.tokens)
+                        continue
+                    profiling = args.profile and name.startswith(args.profile)
+                    if profiling:
+                        await app.ask("profile")
+                    results[name] = await chats(app, int(port), token, args.turns, model)
+                    if profiling:
+                        results["profile"] = (await app.ask("report"))["profile"]
+                return results
+            finally:
+                await app.stop()
+    finally:
+        await llm.stop()
 
 
-async def run(turns: int, tokens: int) -> dict[str, Any]:
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, chars in (("coalesced (48 chars / 15 ms)", 48), ("one event per delta", 0)):
-            results[name] = await run_once(turns, tokens, chars, Path(tmp) / name.split()[0])
-    return results
+def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
+    base, full, start, paced = r["baseline"], r["full speed"], r["turn start"], r["paced"]
+    lines = [f"{args.turns} concurrent turns; app, fake LLM and clients in 3 processes; uvloop; "
+             f"{os.cpu_count()} cores", ""]
+    lines.append(table(["phase", "tokens/s", "vs straight from LLM", "app+Valkey CPU ms / 1k tokens",
+                        "first token p50 / p99 ms", "LLM emit → client p50 / p99 ms", "events"], [
+        ["straight from the LLM (aiohttp)", f"{base['tokens_per_s']:,.0f}", "1.00", "", "", "", ""],
+        *[[f"{name} ({res['tokens'] // max(res['turns'], 1)} tokens/turn)", f"{res['tokens_per_s']:,.0f}",
+           f"{res['tokens_per_s'] / base['tokens_per_s']:.3f}", f"{res['cpu_ms_per_1k_tokens']:.0f}",
+           f"{res['first_token_ms'].get('p50', 0):.0f} / {res['first_token_ms'].get('p99', 0):.0f}",
+           f"{res['latency_ms'].get('p50', 0):.1f} / {res['latency_ms'].get('p99', 0):.1f}", f"{res['events']:,}"]
+          for name, res in (("full speed", full), ("paced", paced))],
+    ]))
+    lines.append("")
+    lines.append(table(["turn start (1-token turns)", "turns/s", "app+Valkey CPU ms / turn", "app / Valkey s",
+                        "Redis commands / turn", "refused"], [
+        ["", f"{start['turns_per_s']:,.0f}", f"{start['cpu_ms_per_turn']:.2f}",
+         f"{start['app_cpu_s']:.2f} / {start['valkey_cpu_s']:.2f}", f"{start['redis_commands_per_turn']:.1f}",
+         str(start["refused"])]]))
+    if "profile" in r:
+        lines += ["", r["profile"]]
+    return "\n".join(lines)
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--serve-llm"]:
+        serve_llm()
+        return
+    if sys.argv[1:2] == ["--serve-app"]:
+        serve_app(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--turns", type=int, default=200, help="concurrent turns (one Chat stream each)")
-    parser.add_argument("--tokens", type=int, default=100, help="tokens per turn")
+    parser.add_argument("--turns", type=int, default=1000, help="concurrent turns (one Chat stream each)")
+    parser.add_argument("--tokens", type=int, default=50, help="tokens per turn at full speed")
+    parser.add_argument("--paced-tokens", type=int, default=5, help="tokens per paced turn")
+    parser.add_argument("--paced-interval-ms", type=int, default=2000, help="LLM pause before each paced token")
+    parser.add_argument("--max-running", type=int, default=0, help="the app's max_running_turns (0: its default)")
+    parser.add_argument("--profile", choices=["full", "turn"], help="cProfile the app during a phase")
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     parser.add_argument("--json", action="store_true", help="print raw results as JSON")
     args = parser.parse_args()
     if args.quick:
-        args.turns, args.tokens = 10, 20
-    results = uvloop.run(run(args.turns, args.tokens))
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return
-    print(f"{args.turns} concurrent turns x {args.tokens} tokens, one process (server and clients), uvloop")
-    print(table(["delivery", "tokens/s", "events", "p50 / p90 / p99 ms per token", "CPU ms per 1k tokens"], [
-        [name, f"{r['tokens_per_s']:,.0f}", f"{r['events']:,}",
-         f"{r['p50'] / 1000:.0f} / {r['p90'] / 1000:.0f} / {r['p99'] / 1000:.0f}", f"{r['cpu_ms_per_1k_tokens']:.0f}"]
-        for name, r in results.items()
-    ]))
+        args.turns, args.tokens, args.paced_tokens, args.paced_interval_ms = 20, 10, 2, 200
+    results = uvloop.run(run(args))
+    print(json.dumps(results, indent=2) if args.json else report(args, results))
 
 
 if __name__ == "__main__":

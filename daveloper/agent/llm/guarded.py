@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from daveloper.agent.model import ChatModel, Message, ModelEvent, ToolSpec
 from daveloper.breaker import CircuitBreaker, is_failure
@@ -46,7 +46,7 @@ class GuardedChatModel:
         temperature: float | None = None,
         max_tokens: int = 0,
         session_id: str = "",
-    ) -> AsyncIterator[ModelEvent]:
+    ) -> AsyncGenerator[ModelEvent, None]:
         self.breaker.check()
         events = self.inner.stream(messages, tools=tools, model=model, temperature=temperature,
                                    max_tokens=max_tokens, session_id=session_id)

@@ -14,7 +14,7 @@ import asyncio
 import functools
 import json
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 
 from daveloper.agent.llm.passages import NO_PASSAGES, Passage, parse_passages
 from daveloper.agent.model import Message, ModelDone, ModelEvent, TextDelta, ToolCallRequest, ToolSpec
@@ -179,7 +179,7 @@ class OfflineChatModel:
         temperature: float | None = None,
         max_tokens: int = 0,
         session_id: str = "",
-    ) -> AsyncIterator[ModelEvent]:
+    ) -> AsyncGenerator[ModelEvent, None]:
         """Ask for one tool on a user turn; answer from the tool results on the next."""
         prompt_tokens = _prompt_tokens(messages, tools)
         question = next((m.content for m in reversed(messages) if m.role == "user"), "")

@@ -22,7 +22,7 @@ import email.utils
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -255,7 +255,7 @@ class OpenAIChatModel:
         temperature: float | None = None,
         max_tokens: int = 0,
         session_id: str = "",
-    ) -> AsyncIterator[ModelEvent]:
+    ) -> AsyncGenerator[ModelEvent, None]:
         """Stream one completion: :class:`TextDelta`s, then one :class:`ModelDone`."""
         model = model or self.default_model
         request = self._client.chat.completions.with_streaming_response.create(

@@ -1,0 +1,87 @@
+"""TextCoalescer: text unchanged, few events when the writer is slow, the first text at once, errors surface."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from daveloper.agent.coalesce import TextCoalescer
+
+
+class Writer:
+    """Records what is emitted; a write can be held open to play a slow (busy) event log."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.open = asyncio.Event()
+        self.open.set()
+        self.writing = asyncio.Event()
+
+    async def emit(self, text: str) -> None:
+        self.writing.set()
+        await self.open.wait()
+        self.events.append(text)
+
+
+async def test_text_is_unchanged_and_drain_writes_the_rest() -> None:
+    writer = Writer()
+    async with TextCoalescer(writer.emit, chars=1000, seconds=60) as coalescer:
+        for piece in ["a", "bc", "", "def"]:
+            coalescer.add(piece)
+        await coalescer.drain()
+    assert writer.events == ["abcdef"]  # a long window: one event, written by drain
+
+
+async def test_text_arriving_during_a_slow_write_goes_out_in_one_event() -> None:
+    writer = Writer()
+    async with TextCoalescer(writer.emit, chars=4, seconds=60) as coalescer:
+        writer.open.clear()
+        coalescer.add("abcd")  # reaches the size: flushes at once ...
+        await writer.writing.wait()  # ... and the write hangs, like a busy log
+        for _ in range(100):
+            coalescer.add("x")
+        writer.open.set()
+        await coalescer.drain()
+    assert writer.events == ["abcd", "x" * 100]
+
+
+async def test_the_first_text_goes_out_at_once_then_the_window_applies() -> None:
+    writer = Writer()
+    async with TextCoalescer(writer.emit, chars=1000, seconds=60, immediate_first=True) as coalescer:
+        coalescer.add("first")
+        await writer.writing.wait()
+        await asyncio.sleep(0)
+        assert writer.events == ["first"]
+        coalescer.add("second")
+        coalescer.add("third")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert writer.events == ["first"]  # waiting for the window (or the size)
+        await coalescer.drain()
+    assert writer.events == ["first", "secondthird"]
+
+
+async def test_the_window_flushes_without_more_text() -> None:
+    writer = Writer()
+    async with TextCoalescer(writer.emit, chars=1000, seconds=0.001) as coalescer:
+        coalescer.add("alone")
+        await asyncio.wait_for(writer.writing.wait(), 5)
+        await asyncio.sleep(0)
+        assert writer.events == ["alone"]
+        await coalescer.drain()
+    assert writer.events == ["alone"]
+
+
+async def test_a_failed_write_surfaces_in_add_and_drain() -> None:
+    async def broken(text: str) -> None:
+        raise ConnectionError("log down")
+
+    async with TextCoalescer(broken, chars=1, seconds=60) as coalescer:
+        coalescer.add("a")
+        with pytest.raises(ConnectionError):
+            for _ in range(10):
+                await asyncio.sleep(0)
+                coalescer.add("b")
+        with pytest.raises(ConnectionError):
+            await coalescer.drain()
