@@ -15,7 +15,6 @@ import redis.asyncio as aioredis
 from grpclib.encoding.proto import ProtoStatusDetailsCodec
 from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server
-from qdrant_client import AsyncQdrantClient
 
 from daveloper.agent.conversations import Conversations
 from daveloper.agent.llm import OpenAIChatModel, make_chat_model
@@ -69,6 +68,7 @@ from daveloper.sweeper import Sweeper, purge_named_keys
 from daveloper.tls import grpc_context
 from daveloper.tracing import configure_tracing
 from daveloper.usage import SessionUsage, count_leases, counter, hash_fields
+from daveloper.vectors import VectorEngine
 from generated.daveloper.v1 import Document, Quota
 
 __all__ = ["App", "open_app", "serve"]
@@ -83,7 +83,7 @@ class App:
     settings: Settings
     grpc_addr: Address
     redis: aioredis.Redis
-    qdrant: AsyncQdrantClient
+    qdrant: VectorEngine
     events: EventLog
     sessions: SessionStore
     catalog: Catalog

@@ -234,14 +234,13 @@ def instrument_redis(client: aioredis.Redis, metrics: Metrics | None = None) -> 
     return client
 
 
-#: The Qdrant client calls Daveloper makes.
-QDRANT_OPERATIONS = ("collection_exists", "create_collection", "create_payload_index", "get_collection",
-                     "get_collections", "delete_collection", "upsert", "delete", "count", "scroll", "query_points",
-                     "retrieve")
+#: The vector engine calls Daveloper makes (``daveloper.vectors.VectorEngine``; ``ping`` is the health probe's).
+QDRANT_OPERATIONS = ("list_collections", "describe", "create_collection", "create_index", "drop_collection",
+                     "upsert", "delete_points", "delete_where", "count", "scroll", "retrieve", "query_points")
 
 
 def instrument_qdrant(client: T, metrics: Metrics | None = None) -> T:
-    """Time the Qdrant calls in :data:`QDRANT_OPERATIONS` on this client instance."""
+    """Time the vector engine calls in :data:`QDRANT_OPERATIONS` on this engine instance."""
     metrics = metrics or METRICS
     for name in QDRANT_OPERATIONS:
         setattr(client, name, _timed(getattr(client, name), metrics, "qdrant", name))

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from grpclib.client import Channel
-from qdrant_client import AsyncQdrantClient
 
 from daveloper.agent.conversations import Conversations
 from daveloper.app import App
@@ -21,6 +20,7 @@ from daveloper.servicers.agent import purge_conversations
 from daveloper.servicers.vector import delete_session_vectors, session_collection_prefix
 from daveloper.sessions import SessionStore, TokenSigner
 from daveloper.sweeper import Sweeper
+from daveloper.vectors import PointId, VectorEngine
 from generated.daveloper.v1 import (
     AgentServiceStub,
     ChatRequest,
@@ -147,18 +147,18 @@ async def redis_traces(redis: aioredis.Redis, needles: list[str]) -> list[str]:
     return found
 
 
-async def qdrant_traces(qdrant: AsyncQdrantClient, session_id: str) -> list[str]:
+async def qdrant_traces(qdrant: VectorEngine, session_id: str) -> list[str]:
     """Collections of the session, and points in any collection whose payload names the session."""
     found = []
     prefix = session_collection_prefix(session_id)
-    for described in (await qdrant.get_collections()).collections:
-        if described.name.startswith(prefix):
-            found.append(described.name)
+    for name in await qdrant.list_collections():
+        if name.startswith(prefix):
+            found.append(name)
             continue
-        offset = None
+        offset: PointId | None = None
         while True:
-            points, offset = await qdrant.scroll(described.name, limit=256, offset=offset, with_payload=True)
-            found += [f"{described.name}/{p.id}" for p in points if session_id in str(p.payload)]
+            points, offset = await qdrant.scroll(name, limit=256, offset=offset)
+            found += [f"{name}/{p.id}" for p in points if session_id in str(p.payload)]
             if offset is None:
                 break
     return found

@@ -1,29 +1,30 @@
-"""The Qdrant client: a configured server, or qdrant-client local mode under the data dir.
+"""The vector engine: Qdrant Edge in process under the data dir, or a configured Qdrant server.
 
-Local mode keeps every collection in memory and in SQLite files under
-``<data_dir>/qdrant``; it is synchronous work behind an async facade (loading
-at open and each query run on the event loop), fine for the single-machine
-sizes it is meant for. Past that, set ``DAVELOPER_QDRANT_URL``.
+With no ``DAVELOPER_QDRANT_URL``, vectors live in Qdrant Edge shards under
+``<data_dir>/qdrant-edge`` (:class:`~daveloper.vectors.edge.EdgeEngine`); a
+data dir from an earlier version (qdrant-client local mode under
+``<data_dir>/qdrant``) is migrated on the first start. With a URL, a
+qdrant-client ``AsyncQdrantClient`` talks to the server
+(:class:`~daveloper.vectors.remote.RemoteEngine`); qdrant-client is imported
+only then, so the embedded default starts without it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from pathlib import Path
-
-from qdrant_client import AsyncQdrantClient
-from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from daveloper.config import Settings
-from daveloper.errors import AlreadyExists, ConfigError, Internal, NotFound, Unavailable
+from daveloper.errors import ConfigError, Unavailable
 from daveloper.infra import TimedProbe, redacted_url
 from daveloper.metrics import Metrics, instrument_qdrant
+from daveloper.vectors.edge import EdgeEngine
+from daveloper.vectors.migrate import migrate_local_mode
+from daveloper.vectors.model import VectorEngine
 
-__all__ = ["open_qdrant", "qdrant_errors", "qdrant_probe"]
+__all__ = ["EDGE_DIR", "open_qdrant", "qdrant_probe"]
 
 log = logging.getLogger(__name__)
 
@@ -31,27 +32,38 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 5.0
 #: Seconds qdrant-client waits for a REST reply (its default, 5, is short for large upserts).
 REQUEST_TIMEOUT = 30
+#: The Edge engine's directory under the data dir.
+EDGE_DIR = "qdrant-edge"
 
 
 @asynccontextmanager
-async def open_qdrant(settings: Settings, *, metrics: Metrics | None = None) -> AsyncIterator[AsyncQdrantClient]:
-    """Yield a client for ``settings.qdrant_url``, or a local-mode one on ``data_dir/qdrant``.
+async def open_qdrant(settings: Settings, *, metrics: Metrics | None = None) -> AsyncIterator[VectorEngine]:
+    """Yield the vector engine for ``settings``: a server's for ``qdrant_url``, else Qdrant Edge on ``data_dir``.
 
     A server that does not answer raises :class:`~daveloper.errors.Unavailable`,
-    one that rejects the API key :class:`~daveloper.errors.ConfigError`; a local
-    store another process has open raises ``ConfigError``. The client is closed on exit.
+    one that rejects the API key :class:`~daveloper.errors.ConfigError`; an
+    Edge store another process has open raises ``ConfigError``. The engine is
+    closed (Edge: flushed) on exit.
     """
+    engine: VectorEngine
     if settings.qdrant_url:
-        client = await _connect(settings.qdrant_url, settings.qdrant_api_key)
+        engine = await _connect(settings.qdrant_url, settings.qdrant_api_key)
     else:
-        client = _open_local(settings.data_dir / "qdrant")
+        engine = EdgeEngine.open(settings.data_dir / EDGE_DIR)
     try:
-        yield instrument_qdrant(client, metrics)
+        if isinstance(engine, EdgeEngine):
+            await migrate_local_mode(settings.data_dir / "qdrant", engine)
+        yield instrument_qdrant(engine, metrics)
     finally:
-        await client.close()
+        await engine.close()
 
 
-async def _connect(url: str, api_key: str | None) -> AsyncQdrantClient:
+async def _connect(url: str, api_key: str | None) -> VectorEngine:
+    from qdrant_client import AsyncQdrantClient
+    from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
+
+    from daveloper.vectors.remote import RemoteEngine
+
     # check_compatibility would fetch the server version from a background
     # thread and only warn; the listing below fails loudly instead, and also
     # proves the API key.
@@ -75,59 +87,9 @@ async def _connect(url: str, api_key: str | None) -> AsyncQdrantClient:
             ) from exc
         raise
     log.info("connected to Qdrant at %s", shown)
-    return client
+    return RemoteEngine(client)
 
 
-def _open_local(path: Path) -> AsyncQdrantClient:
-    path.mkdir(parents=True, exist_ok=True)
-    # Local mode holds an exclusive flock on <path>/.lock for the client's
-    # lifetime, but takes it only after loading every collection, and then
-    # fails with a bare RuntimeError that leaks what it loaded. Probe the same
-    # lock first to fail early and clearly. (Two processes starting at the very
-    # same moment can still get qdrant-client's own error.)
-    with open(path / ".lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(
-                f"Qdrant local storage {path} is in use by another process; give each Daveloper "
-                "process its own data dir, or share a Qdrant server with DAVELOPER_QDRANT_URL"
-            ) from None
-        fcntl.flock(lock, fcntl.LOCK_UN)
-    return AsyncQdrantClient(path=str(path))
-
-
-def qdrant_probe(client: AsyncQdrantClient, *, name: str = "qdrant", timeout: float = 1.0) -> TimedProbe:
-    """Health probe for Qdrant: a collection listing within ``timeout``."""
-    return TimedProbe(name, client.get_collections, timeout=timeout)
-
-
-@contextmanager
-def qdrant_errors(what: str) -> Iterator[None]:
-    """Translate qdrant-client exceptions raised inside the block into Daveloper's error tree.
-
-    A server answers with HTTP statuses; local mode raises ``ValueError`` with
-    a message, which is matched for the two cases callers act on (missing and
-    existing collections). Anything else is a bug on our side and stays as is.
-    """
-    try:
-        yield
-    except UnexpectedResponse as exc:
-        status = exc.status_code or 0
-        body = exc.content.decode(errors="replace")[:200]
-        if status == 404:
-            raise NotFound(f"{what}: not found", reason="COLLECTION_NOT_FOUND") from exc
-        if status == 409 or (status == 400 and "already exists" in body):
-            raise AlreadyExists(f"{what}: already exists", reason="COLLECTION_EXISTS") from exc
-        if status == 429 or status >= 500:
-            raise Unavailable(f"{what}: Qdrant answered HTTP {status}", retry_after=1.0) from exc
-        raise Internal(f"{what}: Qdrant refused the request (HTTP {status}): {body}") from exc
-    except (ApiException, OSError, TimeoutError) as exc:
-        raise Unavailable(f"{what}: Qdrant does not answer: {exc or type(exc).__name__}", retry_after=1.0) from exc
-    except ValueError as exc:
-        message = str(exc)
-        if message.startswith("Collection ") and message.endswith(" not found"):
-            raise NotFound(f"{what}: not found", reason="COLLECTION_NOT_FOUND") from exc
-        if message.startswith("Collection ") and message.endswith(" already exists"):
-            raise AlreadyExists(f"{what}: already exists", reason="COLLECTION_EXISTS") from exc
-        raise
+def qdrant_probe(engine: VectorEngine, *, name: str = "qdrant", timeout: float = 1.0) -> TimedProbe:
+    """Health probe for the vector engine: a round trip (Edge: through its worker thread) within ``timeout``."""
+    return TimedProbe(name, engine.ping, timeout=timeout)

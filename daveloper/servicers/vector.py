@@ -19,12 +19,23 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from qdrant_client import AsyncQdrantClient, models
-
 from daveloper.documents.store import ChunkStore
 from daveloper.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
-from daveloper.infra.qdrant import qdrant_errors
 from daveloper.rpc import Authenticator, Call, Servicer
+from daveloper.vectors import (
+    CollectionSpec,
+    DenseParams,
+    Match,
+    Nearest,
+    PointData,
+    PointId,
+    PointQuery,
+    Record,
+    Sparse,
+    SparseParams,
+    VectorEngine,
+)
+from daveloper.vectors import Distance as EngineDistance
 from generated.daveloper.v1 import (
     Collection,
     CreateCollectionRequest,
@@ -64,10 +75,10 @@ _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _DENSE = "dense"
 _SPARSE = "sparse"
 _DISTANCES = {
-    Distance.UNSPECIFIED: models.Distance.COSINE,
-    Distance.COSINE: models.Distance.COSINE,
-    Distance.DOT: models.Distance.DOT,
-    Distance.EUCLID: models.Distance.EUCLID,
+    Distance.UNSPECIFIED: EngineDistance.COSINE,
+    Distance.COSINE: EngineDistance.COSINE,
+    Distance.DOT: EngineDistance.DOT,
+    Distance.EUCLID: EngineDistance.EUCLID,
 }
 _PROTO_DISTANCES = {v: k for k, v in _DISTANCES.items() if k is not Distance.UNSPECIFIED}
 
@@ -77,14 +88,12 @@ def session_collection_prefix(session_id: str) -> str:
     return f"dv_v_{hashlib.sha256(session_id.encode()).hexdigest()[:16]}_"
 
 
-async def delete_session_vectors(client: AsyncQdrantClient, session_id: str, chunks: ChunkStore | None = None) -> None:
+async def delete_session_vectors(engine: VectorEngine, session_id: str, chunks: ChunkStore | None = None) -> None:
     """Drop all of a session's vector collections and (given the store) its document chunks."""
     prefix = session_collection_prefix(session_id)
-    with qdrant_errors("deleting session collections"):
-        listing = await client.get_collections()
-        for described in listing.collections:
-            if described.name.startswith(prefix):
-                await client.delete_collection(described.name)
+    for name in await engine.list_collections():
+        if name.startswith(prefix):
+            await engine.drop_collection(name)
     if chunks is not None:
         await chunks.delete_session(session_id)
 
@@ -115,7 +124,7 @@ def _check_name(name: str, field: str, errors: _Violations) -> None:
         errors.add(field, "must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'")
 
 
-def _point_id(text: str) -> int | str | None:
+def _point_id(text: str) -> PointId | None:
     """A Qdrant point id from its text form (unsigned integer or UUID), or ``None`` if it is neither."""
     if text.isascii() and text.isdigit():
         value = int(text)
@@ -155,8 +164,8 @@ def _sparse(vector: SparseVector | None) -> SparseVector | None:
     return vector if vector is not None and (vector.indices or vector.values) else None
 
 
-def _to_qdrant_sparse(vector: SparseVector) -> models.SparseVector:
-    return models.SparseVector(indices=list(vector.indices), values=list(vector.values))
+def _to_engine_sparse(vector: SparseVector) -> Sparse:
+    return Sparse(tuple(vector.indices), tuple(vector.values))
 
 
 class VectorService(Servicer):
@@ -164,7 +173,7 @@ class VectorService(Servicer):
 
     base = VectorServiceBase
 
-    def __init__(self, *, auth: Authenticator, qdrant: AsyncQdrantClient) -> None:
+    def __init__(self, *, auth: Authenticator, qdrant: VectorEngine) -> None:
         super().__init__(auth=auth)
         self._qdrant = qdrant
 
@@ -175,23 +184,22 @@ class VectorService(Servicer):
         return session_collection_prefix(call.session_id)
 
     async def _describe(self, qdrant_name: str, name: str) -> Collection:
-        with qdrant_errors(f"collection {name!r}"):
-            info = await self._qdrant.get_collection(qdrant_name)
-        vectors = info.config.params.vectors
-        dense = vectors.get(_DENSE) if isinstance(vectors, dict) else None
+        try:
+            info = await self._qdrant.describe(qdrant_name)
+        except NotFound:
+            raise NotFound(f"collection {name!r} not found", reason="COLLECTION_NOT_FOUND") from None
+        dense = info.dense.get(_DENSE)
         return Collection(
             name=name,
             dimension=dense.size if dense else 0,
             distance=_PROTO_DISTANCES.get(dense.distance, Distance.UNSPECIFIED) if dense
             else Distance.UNSPECIFIED,
-            sparse=bool(info.config.params.sparse_vectors and _SPARSE in info.config.params.sparse_vectors),
-            point_count=info.points_count or 0,
+            sparse=_SPARSE in info.sparse,
+            point_count=info.points,
         )
 
     async def _own_names(self, prefix: str) -> list[str]:
-        with qdrant_errors("listing collections"):
-            listing = await self._qdrant.get_collections()
-        return sorted(c.name.removeprefix(prefix) for c in listing.collections if c.name.startswith(prefix))
+        return sorted(n.removeprefix(prefix) for n in await self._qdrant.list_collections() if n.startswith(prefix))
 
     async def CreateCollection(
         self, request: CreateCollectionRequest, call: Call[Any, Any]
@@ -215,12 +223,12 @@ class VectorService(Servicer):
         if len(existing) >= MAX_COLLECTIONS:
             raise ResourceExhausted(f"a session may have at most {MAX_COLLECTIONS} collections",
                                     reason="COLLECTION_LIMIT", metadata={"limit": str(MAX_COLLECTIONS)})
-        vectors = ({_DENSE: models.VectorParams(size=spec.dimension, distance=_DISTANCES[spec.distance])}
-                   if spec.dimension else {})
-        sparse = {_SPARSE: models.SparseVectorParams()} if spec.sparse else None
-        with qdrant_errors(f"collection {spec.name!r}"):
-            await self._qdrant.create_collection(prefix + spec.name, vectors_config=vectors,
-                                                 sparse_vectors_config=sparse)
+        dense = {_DENSE: DenseParams(spec.dimension, _DISTANCES[spec.distance])} if spec.dimension else {}
+        sparse = {_SPARSE: SparseParams()} if spec.sparse else {}
+        try:
+            await self._qdrant.create_collection(prefix + spec.name, CollectionSpec(dense=dense, sparse=sparse))
+        except AlreadyExists:
+            raise AlreadyExists(f"collection {spec.name!r} already exists", reason="COLLECTION_EXISTS") from None
         return CreateCollectionResponse(collection=await self._describe(prefix + spec.name, spec.name))
 
     async def ListCollections(
@@ -242,8 +250,7 @@ class VectorService(Servicer):
         errors = _Violations()
         _check_name(request.name, "name", errors)
         errors.raise_if_any()
-        with qdrant_errors(f"collection {request.name!r}"):
-            deleted = await self._qdrant.delete_collection(prefix + request.name)
+        deleted = await self._qdrant.drop_collection(prefix + request.name)
         if not deleted:
             raise NotFound(f"collection {request.name!r} not found", reason="COLLECTION_NOT_FOUND")
         return DeleteCollectionResponse()
@@ -261,8 +268,8 @@ class VectorService(Servicer):
             raise InvalidArgument.field("points", f"must hold 1 to {MAX_POINTS_PER_UPSERT} points")
         qdrant_name, spec = await self._collection(call, request.collection)
         errors = _Violations()
-        structs: list[models.PointStruct] = []
-        seen: set[models.ExtendedPointId] = set()
+        structs: list[PointData] = []
+        seen: set[PointId] = set()
         for i, point in enumerate(request.points):
             field = f"points[{i}]"
             point_id = _point_id(point.id)
@@ -275,19 +282,18 @@ class VectorService(Servicer):
             sparse = _sparse(point.sparse)
             if not point.dense and sparse is None:
                 errors.add(field, "needs a dense or a sparse vector")
-            named: dict[str, Any] = {}
+            named: dict[str, Sequence[float] | Sparse] = {}
             if point.dense:
                 _check_dense(point.dense, spec.dimension, spec.distance, f"{field}.dense", errors)
                 named[_DENSE] = list(point.dense)
             if sparse is not None:
                 _check_sparse(sparse, spec.sparse, f"{field}.sparse", errors)
-                named[_SPARSE] = _to_qdrant_sparse(sparse)
+                named[_SPARSE] = _to_engine_sparse(sparse)
             if point_id is not None and not errors.items:
                 payload = point.payload.to_dict() if point.payload is not None else {}
-                structs.append(models.PointStruct(id=point_id, vector=named, payload=payload))
+                structs.append(PointData(point_id, named, payload))
         errors.raise_if_any()
-        with qdrant_errors(f"collection {request.collection!r}"):
-            await self._qdrant.upsert(qdrant_name, structs, wait=True)
+        await self._qdrant.upsert(qdrant_name, structs)
         return UpsertPointsResponse(upserted=len(structs))
 
     async def QueryPoints(self, request: QueryPointsRequest, call: Call[Any, Any]) -> QueryPointsResponse:
@@ -310,44 +316,32 @@ class VectorService(Servicer):
         errors.raise_if_any()
 
         # Quoted keys name one top-level payload key exactly, dots and all.
-        where = models.Filter(must=[
-            models.FieldCondition(key=f'"{k}"', match=models.MatchValue(value=v))
-            for k, v in request.payload_filter.items()
-        ]) if request.payload_filter else None
+        where = tuple(Match(f'"{k}"', v) for k, v in request.payload_filter.items())
         limit = request.limit or DEFAULT_LIMIT
-        dense = list(request.dense) if request.dense else None
-        sparse_query = _to_qdrant_sparse(sparse) if sparse is not None else None
-        options: dict[str, Any] = {"query_filter": where, "limit": limit, "with_payload": request.with_payload,
-                                   "with_vectors": request.with_vectors}
-        with qdrant_errors(f"collection {request.collection!r}"):
-            if dense is not None and sparse_query is not None:
-                depth = min(limit * 4, 400)
-                response = await self._qdrant.query_points(
-                    qdrant_name,
-                    prefetch=[models.Prefetch(query=dense, using=_DENSE, filter=where, limit=depth),
-                              models.Prefetch(query=sparse_query, using=_SPARSE, filter=where, limit=depth)],
-                    query=models.FusionQuery(fusion=models.Fusion.RRF), **options)
-            elif dense is not None:
-                response = await self._qdrant.query_points(qdrant_name, query=dense, using=_DENSE, **options)
-            else:
-                response = await self._qdrant.query_points(qdrant_name, query=sparse_query, using=_SPARSE,
-                                                           **options)
+        stages: list[Nearest] = []
+        if request.dense:
+            stages.append(Nearest(_DENSE, tuple(request.dense)))
+        if sparse is not None:
+            stages.append(Nearest(_SPARSE, _to_engine_sparse(sparse)))
+        records = await self._qdrant.query_points(qdrant_name, PointQuery(
+            tuple(stages), limit=limit, where=where, depth=min(limit * 4, 400),
+            with_payload=request.with_payload, with_vectors=request.with_vectors))
         return QueryPointsResponse(points=[
-            ScoredPoint(point=self._point(p, request.with_payload, request.with_vectors), score=p.score)
-            for p in response.points
+            ScoredPoint(point=self._point(r, request.with_payload, request.with_vectors), score=r.score)
+            for r in records
         ])
 
     @staticmethod
-    def _point(scored: models.ScoredPoint, with_payload: bool, with_vectors: bool) -> Point:
-        point = Point(id=str(scored.id))
+    def _point(record: Record, with_payload: bool, with_vectors: bool) -> Point:
+        point = Point(id=record.id)
         if with_payload:
-            point.payload = Struct.from_dict(scored.payload or {})
-        if with_vectors and isinstance(scored.vector, dict):
-            dense = scored.vector.get(_DENSE)
+            point.payload = Struct.from_dict(record.payload)
+        if with_vectors:
+            dense = record.vectors.get(_DENSE)
             if isinstance(dense, list):
-                point.dense = [float(x) for x in dense if isinstance(x, float | int)]
-            sparse = scored.vector.get(_SPARSE)
-            if isinstance(sparse, models.SparseVector):
+                point.dense = dense
+            sparse = record.vectors.get(_SPARSE)
+            if isinstance(sparse, Sparse):
                 point.sparse = SparseVector(indices=list(sparse.indices), values=list(sparse.values))
         return point
 
@@ -356,7 +350,7 @@ class VectorService(Servicer):
             raise InvalidArgument.field("ids", f"must hold 1 to {MAX_IDS_PER_DELETE} ids")
         qdrant_name, _ = await self._collection(call, request.collection)
         errors = _Violations()
-        ids: dict[models.ExtendedPointId, None] = {}
+        ids: dict[PointId, None] = {}
         for i, text in enumerate(request.ids):
             point_id = _point_id(text)
             if point_id is None:
@@ -365,8 +359,7 @@ class VectorService(Servicer):
                 ids[point_id] = None
         errors.raise_if_any()
         wanted = list(ids)
-        with qdrant_errors(f"collection {request.collection!r}"):
-            # Qdrant does not say how many points a delete removed; count the ones that exist first.
-            existing = await self._qdrant.retrieve(qdrant_name, ids=wanted, with_payload=False, with_vectors=False)
-            await self._qdrant.delete(qdrant_name, points_selector=models.PointIdsList(points=wanted), wait=True)
+        # Qdrant does not say how many points a delete removed; count the ones that exist first.
+        existing = await self._qdrant.retrieve(qdrant_name, wanted)
+        await self._qdrant.delete_points(qdrant_name, wanted)
         return DeletePointsResponse(deleted=len(existing))

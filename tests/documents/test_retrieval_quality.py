@@ -13,16 +13,18 @@ which the identifier check below catches instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
-from qdrant_client import AsyncQdrantClient
 
 from daveloper.documents.embeddings import BM25Embedder, HybridEmbedder
 from daveloper.documents.embeddings.minilm import minilm_available
 from daveloper.documents.model import ChunkDraft, Embedder, SearchMode
 from daveloper.documents.search import DocumentSearch
 from daveloper.documents.store import ChunkStore
+from daveloper.vectors import VectorEngine
+from daveloper.vectors.edge import EdgeEngine
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -187,9 +189,19 @@ def metrics(rankings: dict[str, list[str]]) -> tuple[float, float]:
 
 
 
-async def rank(qdrant: AsyncQdrantClient, embedder: Embedder, mode: SearchMode) -> dict[str, list[str]]:
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[VectorEngine]:
+    """The embedded default engine, Qdrant Edge (the conformance suite checks qdrant-client ranks alike)."""
+    opened = EdgeEngine.open(tmp_path / "qdrant-edge")
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def rank(engine: VectorEngine, embedder: Embedder, mode: SearchMode) -> dict[str, list[str]]:
     """Each query's ranked passage ids, from a store holding the corpus (and another session's noise)."""
-    store = ChunkStore(qdrant, dense_size=embedder.dense_size, embedder=embedder.name)
+    store = ChunkStore(engine, dense_size=embedder.dense_size, embedder=embedder.name)
     ids = list(PASSAGES)
     vectors = await embedder.embed_documents([PASSAGES[i] for i in ids])
     for pid, vector in zip(ids, vectors, strict=True):
@@ -209,9 +221,9 @@ def report(record_property: Callable[[str, object], None], label: str, recall: f
     record_property(f"{label}_mrr", round(mrr, 4))
 
 
-async def test_bm25_retrieval_quality(qdrant: AsyncQdrantClient, record_property: Callable[[str, object], None]
+async def test_bm25_retrieval_quality(engine: VectorEngine, record_property: Callable[[str, object], None]
                                       ) -> None:
-    rankings = await rank(qdrant, BM25Embedder(), SearchMode.SPARSE)
+    rankings = await rank(engine, BM25Embedder(), SearchMode.SPARSE)
     recall, mrr = metrics(rankings)
     report(record_property, "bm25", recall, mrr)
     assert recall >= 0.95
@@ -222,15 +234,15 @@ async def test_bm25_retrieval_quality(qdrant: AsyncQdrantClient, record_property
 
 
 @pytest.mark.skipif(not minilm_available(), reason="needs the minilm extra")
-async def test_hybrid_retrieval_quality(qdrant: AsyncQdrantClient, record_property: Callable[[str, object], None]
+async def test_hybrid_retrieval_quality(engine: VectorEngine, record_property: Callable[[str, object], None]
                                         ) -> None:
     from daveloper.documents.embeddings.minilm import MiniLMEmbedder
 
     embedder = HybridEmbedder(BM25Embedder(), MiniLMEmbedder())
     try:
-        recall, mrr = metrics(await rank(qdrant, embedder, SearchMode.HYBRID))
+        recall, mrr = metrics(await rank(engine, embedder, SearchMode.HYBRID))
         report(record_property, "hybrid", recall, mrr)
-        report(record_property, "dense", *metrics(await rank(qdrant, embedder, SearchMode.DENSE)))
+        report(record_property, "dense", *metrics(await rank(engine, embedder, SearchMode.DENSE)))
     finally:
         await embedder.aclose()
     assert recall >= 0.95

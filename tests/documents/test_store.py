@@ -1,4 +1,8 @@
-"""ChunkStore and DocumentSearch on real Qdrant local mode: storage, session isolation, IDF, RRF."""
+"""ChunkStore and DocumentSearch on both vector engines: storage, session isolation, IDF, RRF.
+
+Part of the store conformance suite: every test taking ``engine`` runs once on
+Qdrant Edge and once through qdrant-client (see ``tests/vectors/engines.py``).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,17 @@ import math
 from collections.abc import Sequence
 
 import pytest
-from qdrant_client import AsyncQdrantClient, models
+from qdrant_client import AsyncQdrantClient
 
 from daveloper.documents.embeddings import BM25Embedder
 from daveloper.documents.model import ChunkDraft, SearchMode, Vectors
 from daveloper.documents.search import DocumentSearch
 from daveloper.documents.store import DENSE, SPARSE, ChunkStore, chunk_id
 from daveloper.errors import ConfigError, FailedPrecondition, InvalidArgument, Unavailable
+from daveloper.vectors import DenseParams, Distance, IndexKind, SparseParams, VectorEngine
+from daveloper.vectors.edge import EdgeEngine
+from daveloper.vectors.remote import RemoteEngine
+from tests.vectors.engines import engine_fixture  # noqa: F401  (the "engine" fixture)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -42,23 +50,22 @@ async def sparse_search(store: ChunkStore, session: str, query: str, **kwargs: o
     return [h.text for h in hits]
 
 
-async def test_collection_has_idf_sparse_and_cosine_dense_vectors(qdrant: AsyncQdrantClient) -> None:
-    await ChunkStore(qdrant, dense_size=4).ensure_collection()
-    info = await qdrant.get_collection("dv_chunks")
-    assert info.config.params.sparse_vectors is not None
-    assert info.config.params.sparse_vectors[SPARSE].modifier == models.Modifier.IDF
-    vectors = info.config.params.vectors
-    assert isinstance(vectors, dict)
-    assert vectors[DENSE].size == 4
-    assert vectors[DENSE].distance == models.Distance.COSINE
+async def test_collection_has_idf_sparse_and_cosine_dense_vectors(engine: VectorEngine) -> None:
+    await ChunkStore(engine, dense_size=4).ensure_collection()
+    info = await engine.describe("dv_chunks")
+    assert info.sparse == {SPARSE: SparseParams(idf=True)}
+    assert info.dense == {DENSE: DenseParams(4, Distance.COSINE)}
+    if isinstance(engine, EdgeEngine):  # local mode keeps no payload indexes; Edge and servers do
+        assert info.indexes == {"session_id": IndexKind.TENANT, "document_id": IndexKind.KEYWORD,
+                                "ingestion_id": IndexKind.KEYWORD, "index": IndexKind.INTEGER}
     # The same collection cannot serve an embedder of another size.
     with pytest.raises(ConfigError, match="dense"):
-        await ChunkStore(qdrant, dense_size=8).ensure_collection()
-    await ChunkStore(qdrant).ensure_collection()  # sparse-only use of a dense collection is fine
+        await ChunkStore(engine, dense_size=8).ensure_collection()
+    await ChunkStore(engine).ensure_collection()  # sparse-only use of a dense collection is fine
 
 
-async def test_upsert_stores_payload_and_is_idempotent(qdrant: AsyncQdrantClient) -> None:
-    store = ChunkStore(qdrant, batch_size=2)  # several batches
+async def test_upsert_stores_payload_and_is_idempotent(engine: VectorEngine) -> None:
+    store = ChunkStore(engine)
     texts = [f"chapter {i} explains topic{i}" for i in range(5)]
     await store_texts(store, "s1", "doc_a", texts, metadata={"lang": "en"})
     await store_texts(store, "s1", "doc_a", texts, metadata={"lang": "en"})
@@ -73,14 +80,24 @@ async def test_upsert_stores_payload_and_is_idempotent(qdrant: AsyncQdrantClient
     assert (hit.document_id, hit.text, hit.token_count) == ("doc_a", texts[1], 4)
     assert (hit.heading_path, hit.start_line, hit.end_line) == (("Guide", "S1"), 11, 19)
     assert (hit.document_name, hit.source_uri, hit.metadata) == ("doc_a.md", "file:///doc_a.md", {"lang": "en"})
-    record = (await qdrant.retrieve("dv_chunks", [hit.chunk_id]))[0]
-    assert record.payload is not None
+    record = (await engine.retrieve("dv_chunks", [hit.chunk_id], with_payload=True))[0]
     assert (record.payload["session_id"], record.payload["ingestion_id"], record.payload["embedder"]) == (
         "s1", "ing-1", "bm25")
+    assert await store.chunks("s1", "doc_a", offset=4, limit=3) == [
+        h for h in await store.chunks("s1", "doc_a", offset=0, limit=10) if h.index == 4]
 
 
-async def test_sessions_never_see_or_delete_each_others_chunks(qdrant: AsyncQdrantClient) -> None:
-    store = ChunkStore(qdrant)
+async def test_many_chunks_page_in_order(engine: VectorEngine) -> None:
+    store = ChunkStore(engine)
+    texts = [f"line {i}" for i in range(600)]  # more than one engine batch
+    await store_texts(store, "s", "big", texts)
+    assert await store.count("s", "big") == 600
+    page = await store.chunks("s", "big", offset=590, limit=20)
+    assert [h.index for h in page] == list(range(590, 600))
+
+
+async def test_sessions_never_see_or_delete_each_others_chunks(engine: VectorEngine) -> None:
+    store = ChunkStore(engine)
     await store_texts(store, "alice", "doc_x", ["the secret launch code is rosebud"])
     await store_texts(store, "bob", "doc_y", ["bob's notes about launch rockets"])
     assert await sparse_search(store, "bob", "launch code rosebud") == ["bob's notes about launch rockets"]
@@ -93,8 +110,8 @@ async def test_sessions_never_see_or_delete_each_others_chunks(qdrant: AsyncQdra
     assert await sparse_search(store, "alice", "rosebud") == ["the secret launch code is rosebud"]
 
 
-async def test_delete_document_and_ingestion(qdrant: AsyncQdrantClient) -> None:
-    store = ChunkStore(qdrant)
+async def test_delete_document_and_ingestion(engine: VectorEngine) -> None:
+    store = ChunkStore(engine)
     await store_texts(store, "s", "doc_1", ["one", "two"], ingestion="ing-1")
     await store_texts(store, "s", "doc_2", ["three"], ingestion="ing-2")
     await store_texts(store, "s", "doc_3", ["four"], ingestion="ing-3")
@@ -105,8 +122,8 @@ async def test_delete_document_and_ingestion(qdrant: AsyncQdrantClient) -> None:
     assert await store.count("s") == 1
 
 
-async def test_filters_by_document_and_metadata(qdrant: AsyncQdrantClient) -> None:
-    store = ChunkStore(qdrant)
+async def test_filters_by_document_and_metadata(engine: VectorEngine) -> None:
+    store = ChunkStore(engine)
     await store_texts(store, "s", "doc_py", ["retry with exponential backoff"], metadata={"lang.code": "py"})
     await store_texts(store, "s", "doc_go", ["retry loops with backoff in go"], metadata={"lang.code": "go"})
     assert len(await sparse_search(store, "s", "retry backoff")) == 2
@@ -117,8 +134,8 @@ async def test_filters_by_document_and_metadata(qdrant: AsyncQdrantClient) -> No
         "retry with exponential backoff"]
 
 
-async def test_idf_comes_from_qdrant_and_from_the_session_only(qdrant: AsyncQdrantClient) -> None:
-    store = ChunkStore(qdrant)
+async def test_idf_comes_from_qdrant_and_from_the_session_only(engine: VectorEngine) -> None:
+    store = ChunkStore(engine)
     # "python" is in every text of this session, "tuple" in one: without IDF the thrice-repeated
     # common term would win; with it the rare term decides.
     await store_texts(store, "s", "d", ["python python python", "tuple", "python dicts", "python sets"])
@@ -134,8 +151,8 @@ async def test_idf_comes_from_qdrant_and_from_the_session_only(qdrant: AsyncQdra
     assert [h.score for h in after] == pytest.approx([h.score for h in before])
 
 
-async def test_collection_wide_idf_when_asked(qdrant: AsyncQdrantClient) -> None:
-    store = ChunkStore(qdrant, session_idf=False)
+async def test_collection_wide_idf_when_asked(engine: VectorEngine) -> None:
+    store = ChunkStore(engine, session_idf=False)
     await store_texts(store, "s", "d", ["python tuple", "python dicts"])
     query = await BM25.embed_query("tuple")
     (before,) = await store.search("s", query, top_k=1, mode=SearchMode.SPARSE)
@@ -144,8 +161,8 @@ async def test_collection_wide_idf_when_asked(qdrant: AsyncQdrantClient) -> None
     assert after.score < before.score  # "tuple" became common collection-wide
 
 
-async def test_dense_and_hybrid_rrf(qdrant: AsyncQdrantClient) -> None:
-    store = ChunkStore(qdrant, dense_size=3)
+async def test_dense_and_hybrid_rrf(engine: VectorEngine) -> None:
+    store = ChunkStore(engine, dense_size=3)
     texts = ["kubernetes pods", "docker images", "helm charts"]
     await store_texts(store, "s", "d", texts, dense=[(1, 0, 0), (0, 1, 0), (0.6, 0.8, 0)])
     query = await BM25.embed_query("docker")
@@ -165,8 +182,8 @@ async def test_dense_and_hybrid_rrf(qdrant: AsyncQdrantClient) -> None:
     assert await sparse_search(store, "s", "the of and") == []
 
 
-async def test_document_search_defaults_limits_and_errors(qdrant: AsyncQdrantClient) -> None:
-    store = ChunkStore(qdrant)
+async def test_document_search_defaults_limits_and_errors(engine: VectorEngine) -> None:
+    store = ChunkStore(engine)
     await store_texts(store, "s", "d", [f"note {i} about caching" for i in range(12)])
     search = DocumentSearch(store, BM25, default_top_k=3, max_top_k=5)
     assert search.default_mode() is SearchMode.SPARSE
@@ -187,6 +204,6 @@ async def test_qdrant_down_is_unavailable() -> None:
     client = AsyncQdrantClient(url="http://127.0.0.1:1", timeout=1, check_compatibility=False)
     try:
         with pytest.raises(Unavailable):
-            await ChunkStore(client).ensure_collection()
+            await ChunkStore(RemoteEngine(client)).ensure_collection()
     finally:
         await client.close()

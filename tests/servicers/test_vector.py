@@ -1,11 +1,10 @@
-"""VectorService through real gRPC, real session tokens (Valkey) and real Qdrant local mode."""
+"""VectorService through real gRPC and real session tokens (Valkey), on both vector engines (Edge, qdrant-client)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -14,7 +13,6 @@ from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server
-from qdrant_client import AsyncQdrantClient
 
 from daveloper.documents.embeddings import BM25Embedder
 from daveloper.documents.model import ChunkDraft
@@ -22,6 +20,7 @@ from daveloper.documents.store import ChunkStore
 from daveloper.rpc import Interceptor
 from daveloper.servicers.vector import VectorService, delete_session_vectors, session_collection_prefix
 from daveloper.sessions import SessionStore, TokenSigner
+from daveloper.vectors import VectorEngine
 from generated.daveloper.v1 import (
     Collection,
     CreateCollectionRequest,
@@ -36,6 +35,7 @@ from generated.daveloper.v1 import (
     VectorServiceStub,
 )
 from generated.google.protobuf import Struct
+from tests.vectors.engines import engine_fixture  # noqa: F401  (the "engine" fixture)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -44,7 +44,7 @@ ADMIN = "admin-token-for-tests"
 
 @dataclass
 class Env:
-    qdrant: AsyncQdrantClient
+    qdrant: VectorEngine
     stub: VectorServiceStub
     alice: dict[str, str]
     bob: dict[str, str]
@@ -53,8 +53,8 @@ class Env:
 
 
 @pytest.fixture
-async def env(redis: aioredis.Redis, tmp_path: Path) -> AsyncIterator[Env]:
-    qdrant = AsyncQdrantClient(path=str(tmp_path / "qdrant"))
+async def env(redis: aioredis.Redis, engine: VectorEngine) -> AsyncIterator[Env]:
+    qdrant = engine
     sessions = SessionStore(redis, TokenSigner(b"k" * 32), admin_token=ADMIN)
     server = Server([VectorService(auth=sessions, qdrant=qdrant)])
     Interceptor(max_message_bytes=4 * 1024 * 1024).install(server)
@@ -68,7 +68,6 @@ async def env(redis: aioredis.Redis, tmp_path: Path) -> AsyncIterator[Env]:
         channel.close()
         server.close()
         await server.wait_closed()
-        await qdrant.close()
 
 
 def violations(error: GRPCError) -> list[str]:
@@ -254,6 +253,6 @@ async def test_delete_session_vectors_drops_only_that_sessions_data(env: Env) ->
     assert await store.count(env.alice_id) == 0
     assert await store.count(env.bob_id) == 1
     # Qdrant names carry a hash of the session id, never the id itself.
-    names = [c.name for c in (await env.qdrant.get_collections()).collections]
+    names = await env.qdrant.list_collections()
     assert f"{session_collection_prefix(env.bob_id)}b1" in names
     assert not any(env.bob_id in n for n in names)

@@ -1,0 +1,47 @@
+"""Vector storage behind one interface: Qdrant Edge in process, or a Qdrant server through qdrant-client.
+
+See :mod:`daveloper.vectors.model` for the interface and its value types;
+:mod:`daveloper.infra.qdrant` opens the engine the settings ask for.
+"""
+
+from daveloper.vectors.model import (
+    CollectionInfo,
+    CollectionSpec,
+    Condition,
+    DenseParams,
+    Distance,
+    Filter,
+    IndexKind,
+    Match,
+    MatchAny,
+    Nearest,
+    PointData,
+    PointId,
+    PointQuery,
+    Range,
+    Record,
+    Sparse,
+    SparseParams,
+    VectorEngine,
+)
+
+__all__ = [
+    "CollectionInfo",
+    "CollectionSpec",
+    "Condition",
+    "DenseParams",
+    "Distance",
+    "Filter",
+    "IndexKind",
+    "Match",
+    "MatchAny",
+    "Nearest",
+    "PointData",
+    "PointId",
+    "PointQuery",
+    "Range",
+    "Record",
+    "Sparse",
+    "SparseParams",
+    "VectorEngine",
+]
