@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from grpclib.const import Status
-from redis.exceptions import MaxConnectionsError
 
 from daveloper.errors import Cancelled, CursorExpired, FailedPrecondition, InvalidArgument, Unavailable
 from daveloper.eventlog import Entry, EventLog
@@ -24,7 +23,7 @@ WORKER = Path(__file__).with_name("eventlog_worker.py")
 
 @pytest.fixture
 async def log(redis: aioredis.Redis) -> AsyncIterator[EventLog]:
-    async with EventLog(redis, retention=10_000, ttl_seconds=60, block_ms=200) as events:
+    async with EventLog(redis, retention=10_000, ttl_seconds=60) as events:
         yield events
 
 
@@ -130,6 +129,51 @@ async def test_reader_resuming_at_random_points_sees_every_entry_once(log: Event
     assert seen[-1].final
 
 
+async def test_many_watchers_of_one_scope_each_get_every_event_once_in_order(log: EventLog) -> None:
+    total = 600
+    results: dict[str, list[int]] = {}
+
+    async def watch(name: str, after_seq: int) -> None:
+        async with contextlib.aclosing(log.read("busy", after_seq)) as entries:
+            results[name] = [after_seq] + [entry.seq async for entry in entries]
+
+    async def write() -> None:
+        seq = 0
+        while seq < total - 1:
+            batch = min(1 + seq % 7, total - 1 - seq)  # single appends and batches of up to 7
+            seq = await log.append_many("busy", [b"%d" % (seq + i + 1) for i in range(batch)]) + batch - 1
+            await asyncio.sleep(0)
+        await log.append("busy", b"end", final=True)
+
+    async with asyncio.TaskGroup() as tasks:
+        for i in range(40):  # present from the start
+            tasks.create_task(watch(f"early-{i}", 0))
+        writer = tasks.create_task(write())
+        for i in range(40):  # joining mid-stream, from the start or from where they are told
+            await asyncio.sleep(0.003)
+            last = await log.last_seq("busy")
+            tasks.create_task(watch(f"late-{i}", 0 if i % 2 else last))
+        await writer
+    assert log.scopes_followed == 0  # one subscription served them all, and it is gone
+    for name, seqs in results.items():
+        assert seqs == list(range(seqs[0], total + 1)), name  # each 1..n (from its cursor), once, in order
+    assert any(seqs[0] > 0 for seqs in results.values())
+
+
+async def test_append_many_is_one_gap_free_run_and_may_finish_the_scope(log: EventLog) -> None:
+    assert await log.append("s", b"a") == 1
+    assert await log.append_many("s", [b"b", b"", b"d" * 70_000]) == 2
+    assert await log.append_many("s", [b"e", b"f"], final=True) == 5
+    with pytest.raises(FailedPrecondition):
+        await log.append_many("s", [b"g"])
+    with pytest.raises(ValueError, match="at least one"):
+        await log.append_many("t", [])
+    entries = await collect(log, "s")
+    assert [(e.seq, e.payload, e.final) for e in entries] == [
+        (1, b"a", False), (2, b"b", False), (3, b"", False), (4, b"d" * 70_000, False),
+        (5, b"e", False), (6, b"f", True)]
+
+
 async def test_final_stops_readers_and_finishes_the_scope(log: EventLog) -> None:
     readers = [asyncio.create_task(collect(log, "s")) for _ in range(2)]
     for i in range(3):
@@ -164,44 +208,44 @@ async def test_follow_false_returns_what_is_stored_when_the_read_begins(log: Eve
 
 
 async def test_cursor_behind_retention_raises_cursor_expired(redis: aioredis.Redis) -> None:
-    log = EventLog(redis, retention=10, ttl_seconds=60, block_ms=200)
-    for i in range(300):  # trimming is approximate: whole stream nodes (100 entries) go at once
-        await log.append("s", b"%d" % i)
-    ((first_id, _),) = await redis.xrange("dv:log:s", count=1)
-    first = int(first_id.split(b"-")[0])
-    assert 1 < first <= 291
+    async with EventLog(redis, retention=10, ttl_seconds=60) as log:
+        for i in range(300):  # trimming is approximate: whole stream nodes (100 entries) go at once
+            await log.append("s", b"%d" % i)
+        ((first_id, _),) = await redis.xrange("dv:log:s", count=1)
+        first = int(first_id.split(b"-")[0])
+        assert 1 < first <= 291
 
-    for follow in (True, False):
-        with pytest.raises(CursorExpired) as caught:
-            await collect(log, "s", 0, follow=follow)
-        assert caught.value.status is Status.FAILED_PRECONDITION
-        assert caught.value.reason == "CURSOR_EXPIRED"
-        assert caught.value.metadata == {"scope": "s", "after_seq": "0", "first_seq": str(first)}
-    with pytest.raises(CursorExpired):
-        await collect(log, "s", first - 2, follow=False)
-    retained = await collect(log, "s", first - 1, follow=False)
-    assert [e.seq for e in retained] == list(range(first, 301))
+        for follow in (True, False):
+            with pytest.raises(CursorExpired) as caught:
+                await collect(log, "s", 0, follow=follow)
+            assert caught.value.status is Status.FAILED_PRECONDITION
+            assert caught.value.reason == "CURSOR_EXPIRED"
+            assert caught.value.metadata == {"scope": "s", "after_seq": "0", "first_seq": str(first)}
+        with pytest.raises(CursorExpired):
+            await collect(log, "s", first - 2, follow=False)
+        retained = await collect(log, "s", first - 1, follow=False)
+        assert [e.seq for e in retained] == list(range(first, 301))
 
 
 async def test_trimming_that_overtakes_a_slow_reader_raises_cursor_expired(redis: aioredis.Redis) -> None:
-    log = EventLog(redis, retention=10, ttl_seconds=60, block_ms=200)
-    for i in range(5):
-        await log.append("s", b"%d" % i)
-    seen = []
+    async with EventLog(redis, retention=10, ttl_seconds=60) as log:
+        for i in range(5):
+            await log.append("s", b"%d" % i)
+        seen = []
 
-    async def read_slowly() -> None:
-        async with contextlib.aclosing(log.read("s")) as entries:
-            async for entry in entries:
-                seen.append(entry.seq)
-                if entry.seq == 1:
-                    for i in range(300):
-                        await log.append("s", b"%d" % i)
+        async def read_slowly() -> None:
+            async with contextlib.aclosing(log.read("s")) as entries:
+                async for entry in entries:
+                    seen.append(entry.seq)
+                    if entry.seq == 1:
+                        for i in range(300):
+                            await log.append("s", b"%d" % i)
 
-    with pytest.raises(CursorExpired) as caught:
-        await read_slowly()
-    assert seen == [1, 2, 3, 4, 5]  # already fetched; then the gap is detected, never skipped
-    assert caught.value.metadata["after_seq"] == "5"
-    assert int(caught.value.metadata["first_seq"]) > 6
+        with pytest.raises(CursorExpired) as caught:
+            await read_slowly()
+        assert seen == [1, 2, 3, 4, 5]  # already fetched; then the gap is detected, never skipped
+        assert caught.value.metadata["after_seq"] == "5"
+        assert int(caught.value.metadata["first_seq"]) > 6
 
 
 async def test_bad_cursors_are_invalid_arguments(log: EventLog) -> None:
@@ -332,27 +376,39 @@ async def test_a_follower_of_a_deleted_scope_gets_cursor_expired(log: EventLog) 
     assert caught.value.metadata["after_seq"] == "1"
 
 
-async def test_cancelling_a_blocked_reader_returns_its_connection(
+async def test_idle_followers_hold_no_connection_and_send_no_commands(
     redis: aioredis.Redis, redis_url: str
 ) -> None:
-    client = aioredis.Redis.from_url(redis_url, max_connections=1)
+    client = aioredis.Redis.from_url(redis_url)
     try:
-        log = EventLog(client, retention=100, ttl_seconds=60, block_ms=4_000)
-        reader = asyncio.create_task(collect(log, "idle"))
-        await eventually(lambda: _blocked_clients(redis, 1))
-        with pytest.raises(MaxConnectionsError):  # the reader holds the only connection
-            await client.ping()
-        reader.cancel()
-        await asyncio.wait([reader])
-        assert reader.cancelled()  # CancelledError went through, not swallowed
-        assert await asyncio.wait_for(client.ping(), 0.5)
-        await eventually(lambda: _blocked_clients(redis, 0), within=1)
+        async with EventLog(client, retention=100, ttl_seconds=60) as log:
+            await log.append("idle", b"1")
+            readers = [asyncio.create_task(collect(log, "idle")) for _ in range(50)]
+            readers += [asyncio.create_task(collect(log, f"idle-{i}")) for i in range(20)]
+            await eventually(lambda: _subscribed(log, 21))
+            await asyncio.sleep(0.3)  # the last joiners finish their replay
+            before = await redis.info("commandstats")
+            await asyncio.sleep(1.0)
+            after = await redis.info("commandstats")
+            # Nothing but our own INFO ran meanwhile: no reader polls, none blocks.
+            assert {name for name, stat in after.items() if stat != before.get(name)} == {"cmdstat_info"}
+            assert int((await redis.info("clients"))["blocked_clients"]) == 0
+            assert len(await redis.client_list(_type="pubsub")) == 1  # one subscriber for 21 scopes
+
+            await log.append("idle", b"2", final=True)
+            for reader in readers[:50]:
+                assert [e.seq for e in await asyncio.wait_for(reader, 5)] == [1, 2]
+            for reader in readers[50:]:
+                reader.cancel()
+            await asyncio.wait(readers[50:])
+            assert all(reader.cancelled() for reader in readers[50:])  # CancelledError went through
+            await eventually(lambda: _subscribed(log, 0))
     finally:
         await client.aclose()
 
 
-async def _blocked_clients(redis: aioredis.Redis, expected: int) -> bool:
-    return int((await redis.info("clients"))["blocked_clients"]) == expected
+async def _subscribed(log: EventLog, expected: int) -> bool:
+    return log.scopes_followed == expected
 
 
 async def test_an_unreachable_store_is_unavailable(tmp_path: Path) -> None:
@@ -367,11 +423,9 @@ async def test_an_unreachable_store_is_unavailable(tmp_path: Path) -> None:
         await client.aclose()
 
 
-def test_the_client_must_return_bytes_and_outwait_blocking_reads(redis_url: str) -> None:
+def test_the_client_must_return_bytes(redis_url: str) -> None:
     with pytest.raises(ValueError, match="decode_responses"):
         EventLog(aioredis.Redis.from_url(redis_url, decode_responses=True), retention=1, ttl_seconds=1)
-    with pytest.raises(ValueError, match="socket_timeout"):
-        EventLog(aioredis.Redis.from_url(redis_url, socket_timeout=1), retention=1, ttl_seconds=1)
 
 
 async def test_run_cancellable_returns_the_result_or_stops_the_work_on_cancel(log: EventLog) -> None:

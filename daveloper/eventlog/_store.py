@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import TypeVar
-
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
 from daveloper.errors import InvalidArgument
 from daveloper.infra.redis import redis_call
 
-__all__ = ["ScopeKeys", "redis_call", "socket_timeout"]
+__all__ = ["ScopeKeys", "redis_call"]
 
 T = TypeVar("T")
 
@@ -24,6 +21,7 @@ class ScopeKeys:
     meta: str
     cancel: str
     channel: bytes
+    tail: bytes
 
     @classmethod
     def of(cls, prefix: str, scope: str) -> ScopeKeys:
@@ -35,12 +33,5 @@ class ScopeKeys:
             cancel=f"{prefix}cancel:{scope}",
             # bytes, because that is how the (non-decoding) pub/sub client reports channels
             channel=f"{prefix}control:{scope}".encode(),
+            tail=f"{prefix}tail:{scope}".encode(),
         )
-
-
-def socket_timeout(pool: ConnectionPool) -> float | None:
-    """The read timeout of the pool's connections; redis-py's default (5 s) unless one was given."""
-    if "socket_timeout" in pool.connection_kwargs:
-        return pool.connection_kwargs["socket_timeout"]  # type: ignore[no-any-return]
-    default = inspect.signature(AbstractConnection.__init__).parameters["socket_timeout"].default
-    return default if isinstance(default, int | float) else None

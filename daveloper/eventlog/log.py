@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
@@ -13,8 +13,9 @@ from typing import Any, TypeVar, cast
 import redis.asyncio as aioredis
 
 from daveloper.errors import Cancelled, CursorExpired, FailedPrecondition, InvalidArgument
-from daveloper.eventlog._store import ScopeKeys, redis_call, socket_timeout
+from daveloper.eventlog._store import ScopeKeys, redis_call
 from daveloper.eventlog.control import ControlChannel
+from daveloper.eventlog.tail import GONE_NOTICE, RESYNC, Tails
 from daveloper.metrics import METRICS, Metrics
 
 __all__ = ["Entry", "EventLog"]
@@ -27,25 +28,36 @@ _BATCH = 256
 #: A stream entry as redis-py returns it: (b"<seq>-0", {b"p": payload[, b"f": b"1"]}).
 _RawEntry = tuple[bytes, dict[bytes, bytes]]
 
-# KEYS: stream, meta hash. ARGV: payload, final ("1"/"0"), retention, TTL seconds.
-# Returns the new seq, or minus the final seq if the scope is already finished.
+# KEYS: stream, meta hash. ARGV: final ("1"/"0"), retention, TTL seconds, tail channel, payload 1..n.
+# Returns the seq of the first payload, or minus the final seq if the scope is already finished.
 # One script, so that seq order is stream order even with writers in many
-# processes: the stream id *is* the seq, and XADD refuses ids out of order.
+# processes: the stream id *is* the seq, and XADD refuses ids out of order. The
+# entries are published on the scope's tail channel in the same script, so
+# followers hear them in seq order (message layout in tail.py).
 _APPEND = """
 local final = redis.call('HGET', KEYS[2], 'final')
 if final then
   return -tonumber(final)
 end
-local seq = redis.call('HINCRBY', KEYS[2], 'last', 1)
-if ARGV[2] == '1' then
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'p', ARGV[1], 'f', '1')
-  redis.call('HSET', KEYS[2], 'final', seq)
-else
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'p', ARGV[1])
+local n = #ARGV - 4
+local first = redis.call('HINCRBY', KEYS[2], 'last', n) - n + 1
+local sizes = {}
+for i = 1, n do
+  local seq = first + i - 1
+  local payload = ARGV[4 + i]
+  if i == n and ARGV[1] == '1' then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'p', payload, 'f', '1')
+    redis.call('HSET', KEYS[2], 'final', seq)
+  else
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'p', payload)
+  end
+  sizes[i] = #payload
 end
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-return seq
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+local header = first .. ' ' .. ARGV[1] .. ' ' .. table.concat(sizes, ' ')
+redis.call('PUBLISH', ARGV[4], header .. '\\n' .. table.concat(ARGV, '', 5))
+return first
 """
 
 
@@ -63,17 +75,13 @@ class EventLog:
 
     ``retention`` is how many events a scope keeps at least (trimming is
     approximate, so a few more may stay); ``ttl_seconds`` how long a scope
-    lives after its last append; ``block_ms`` how long one live read waits
-    before it re-checks that the scope still exists. ``block_ms`` must stay
-    below the client's ``socket_timeout``, which redis-py applies to blocking
-    reads too.
+    lives after its last append.
 
-    Connections: a following reader holds one connection of ``redis``'s pool
-    while it waits (``XREAD BLOCK``), so the pool must allow one per concurrent
-    reader plus the commands around them; cancelling the reader's task closes
-    that connection and returns it to the pool at once. Between entries a
-    reader holds none. Cancel watches share one pub/sub connection; close it
-    with :meth:`aclose` (or ``async with``).
+    Connections: readers hold none while they wait. Each append publishes its
+    entries on the scope's tail channel; one pub/sub connection per
+    ``EventLog`` subscribes once per followed scope and hands the entries to
+    every local reader of that scope (see ``tail.py``), and cancel watches share
+    another. Close both with :meth:`aclose` (or ``async with``).
 
     ``metrics`` counts reads (from the start or resumed), expired cursors, and
     cancel latency: from the owner hearing a cancel to its work's task stopped.
@@ -85,22 +93,16 @@ class EventLog:
         *,
         retention: int,
         ttl_seconds: int,
-        block_ms: int = 2_000,
         prefix: str = "dv:",
         metrics: Metrics | None = None,
     ) -> None:
-        if retention < 1 or ttl_seconds < 1 or block_ms < 1:
-            raise ValueError("retention, ttl_seconds and block_ms must be positive")
-        pool = redis.connection_pool
-        if pool.connection_kwargs.get("decode_responses"):
+        if retention < 1 or ttl_seconds < 1:
+            raise ValueError("retention and ttl_seconds must be positive")
+        if redis.connection_pool.connection_kwargs.get("decode_responses"):
             raise ValueError("the event log needs a client without decode_responses (payloads are bytes)")
-        timeout = socket_timeout(pool)
-        if timeout is not None and block_ms >= timeout * 1000:
-            raise ValueError(f"block_ms ({block_ms}) must be below the client's socket_timeout ({timeout} s)")
         self._redis = redis
         self._retention = retention
         self._ttl_seconds = ttl_seconds
-        self._block_ms = block_ms
         self._prefix = prefix
         metrics = metrics or METRICS
         self._starts, self._resumes = metrics.eventlog_reads.labels("start"), metrics.eventlog_reads.labels("resume")
@@ -108,6 +110,7 @@ class EventLog:
         self._cancel_seconds = metrics.cancel_seconds
         self._append = redis.register_script(_APPEND)
         self._control = ControlChannel(redis, prefix=prefix, ttl_seconds=ttl_seconds)
+        self._tails = Tails(redis)
 
     async def __aenter__(self) -> EventLog:
         return self
@@ -118,8 +121,16 @@ class EventLog:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Release the shared pub/sub connection and stop its dispatcher task."""
-        await self._control.aclose()
+        """Release the shared pub/sub connections and stop their dispatcher tasks."""
+        try:
+            await self._tails.aclose()
+        finally:
+            await self._control.aclose()
+
+    @property
+    def scopes_followed(self) -> int:
+        """Scopes this instance currently subscribes to for its live readers (one each, however many readers)."""
+        return self._tails.scopes_followed
 
     async def append(self, scope: str, payload: bytes, *, final: bool = False) -> int:
         """Append ``payload`` to ``scope``'s log and return its seq (1, 2, 3, ...).
@@ -132,18 +143,30 @@ class EventLog:
         time (under the next seq), so the sequence stays gap-free but payloads
         are at-least-once.
         """
+        return await self.append_many(scope, (payload,), final=final)
+
+    async def append_many(self, scope: str, payloads: Sequence[bytes], *, final: bool = False) -> int:
+        """Append ``payloads`` in order, in one round trip; the seq of the first (the rest follow it).
+
+        The same guarantees as :meth:`append`, for the whole batch at once:
+        gap-free consecutive seqs, no other writer's entry in between,
+        ``final`` marks the last payload, and a retry after a connection failure
+        may store the batch twice. An empty batch is an error.
+        """
+        if not payloads:
+            raise ValueError("append_many needs at least one payload")
         keys = self._keys(scope)
-        seq = int(await redis_call(self._append(
+        first = int(await redis_call(self._append(
             keys=[keys.stream, keys.meta],
-            args=[payload, "1" if final else "0", self._retention, self._ttl_seconds],
+            args=["1" if final else "0", self._retention, self._ttl_seconds, keys.tail, *payloads],
         )))
-        if seq < 0:
+        if first < 0:
             raise FailedPrecondition(
-                f"event log {scope!r} is finished (final event {-seq})",
+                f"event log {scope!r} is finished (final event {-first})",
                 reason="EVENT_LOG_FINISHED",
-                metadata={"scope": scope, "final_seq": str(-seq)},
+                metadata={"scope": scope, "final_seq": str(-first)},
             )
-        return seq
+        return first
 
     async def last_seq(self, scope: str) -> int:
         """The seq of the scope's last event; 0 if it has none (or was deleted or expired)."""
@@ -156,14 +179,18 @@ class EventLog:
     async def delete(self, scope: str) -> bool:
         """Remove the scope's log, its state and any cancel request; True if anything existed.
 
-        Following readers that have seen events raise ``CursorExpired`` within
-        ``block_ms``; the scope's owner is not told (cancel it first if it runs).
+        Following readers that have seen events raise ``CursorExpired`` at
+        once; the scope's owner is not told (cancel it first if it runs).
         Scope names should not be reused afterwards: the seq restarts at 1.
         """
         keys = self._keys(scope)
-        return bool(await redis_call(self._redis.delete(keys.stream, keys.meta, keys.cancel)))
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.stream, keys.meta, keys.cancel)
+            pipe.publish(keys.tail, GONE_NOTICE)  # wakes followers, which then find the log gone
+            deleted, _ = await redis_call(pipe.execute())
+        return bool(deleted)
 
-    async def read(self, scope: str, after_seq: int = 0, *, follow: bool = True) -> AsyncIterator[Entry]:
+    async def read(self, scope: str, after_seq: int = 0, *, follow: bool = True) -> AsyncGenerator[Entry, None]:
         """Yield every entry of ``scope`` with seq > ``after_seq``, in order, each once.
 
         Replays what is stored, then, if ``follow``, waits for new entries
@@ -205,33 +232,63 @@ class EventLog:
             )
         if final is not None and after_seq >= final:
             return
-        cursor = after_seq
-        while True:
-            if follow:
-                batch = _stream_entries(await redis_call(self._redis.xread(
-                    {keys.stream: f"{cursor}-0"}, count=_BATCH, block=self._block_ms
-                )))
-            elif cursor < last:
-                batch = cast(list[_RawEntry], await redis_call(self._redis.xrange(
-                    keys.stream, f"{cursor + 1}-0", f"{last}-0", count=_BATCH
-                )))
-            else:
-                return
-            if not batch:
-                current = (await self._state(keys))[0]
-                if follow and current >= cursor:
-                    continue  # quiet scope: keep waiting
+        if not follow:
+            async for entry in self._stored(scope, keys, after_seq, last):
+                yield entry
+            return
+        async with self._tails.follow(keys.tail) as follower:
+            # Subscribed first, then replayed: whatever is appended after the
+            # replay's last read is already in the follower's inbox.
+            cursor, replay = after_seq, True
+            while True:
+                if replay:
+                    replay = False
+                    async for entry in self._stored(scope, keys, cursor, None):
+                        cursor = entry.seq
+                        yield entry
+                        if entry.final:
+                            return
+                item = await follower.next(self._ttl_seconds)
+                if isinstance(item, tuple):
+                    seq, payload, is_final = item
+                    if seq <= cursor:
+                        continue  # the replay already yielded it
+                    if seq > cursor + 1:
+                        replay = True  # a notice went missing: the stream has it
+                        continue
+                    cursor = seq
+                    yield Entry(seq, payload, is_final)
+                    if is_final:
+                        return
+                elif item is RESYNC:
+                    replay = True
+                else:
+                    # GONE, or quiet for a whole TTL (the scope may have expired
+                    # unnoticed): does the log still hold what follows the cursor?
+                    current = (await self._state(keys))[0]
+                    if current < cursor:
+                        raise self._expired(scope, cursor, current + 1, "was deleted or expired")
+                    replay = current > cursor
+
+    async def _stored(self, scope: str, keys: ScopeKeys, cursor: int, last: int | None) -> AsyncIterator[Entry]:
+        """The stored entries after ``cursor`` (up to ``last``, else up to the newest), checked gap-free."""
+        end = "+" if last is None else f"{last}-0"
+        while last is None or cursor < last:
+            batch = cast(list[_RawEntry], await redis_call(self._redis.xrange(
+                keys.stream, f"{cursor + 1}-0", end, count=_BATCH
+            )))
+            if not batch and last is not None:
                 # Entries we were due were never returned: the log went away.
+                current = (await self._state(keys))[0]
                 raise self._expired(scope, cursor, current + 1, "was deleted or expired")
             for entry_id, fields in batch:
                 seq = int(entry_id.split(b"-", 1)[0])
                 if seq != cursor + 1:
                     raise self._expired(scope, cursor, seq, "no longer holds the events after the cursor")
                 cursor = seq
-                entry = Entry(seq, bytes(fields[b"p"]), b"f" in fields)
-                yield entry
-                if entry.final:
-                    return
+                yield Entry(seq, fields[b"p"], b"f" in fields)
+            if len(batch) < _BATCH:
+                return
 
     async def request_cancel(self, scope: str) -> bool:
         """Ask the owner of ``scope``'s work, on whichever instance, to stop.
@@ -290,15 +347,3 @@ class EventLog:
             metadata={"scope": scope, "after_seq": str(after_seq), "first_seq": str(first_seq)},
         )
 
-
-def _stream_entries(reply: Any) -> list[_RawEntry]:
-    """The entries of a one-stream ``XREAD`` reply, as redis-py shapes it for RESP2 or RESP3."""
-    if not reply:
-        return []
-    if isinstance(reply, dict):
-        (entries,) = reply.values()
-        if entries and isinstance(entries[0], list):  # RESP3: wrapped in one more list
-            (entries,) = entries
-        return list(entries)
-    ((_, entries),) = reply
-    return list(entries)

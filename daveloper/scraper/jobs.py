@@ -19,14 +19,14 @@ import datetime
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from daveloper.errors import Cancelled, DaveloperError, Internal, NotFound, ResourceExhausted, Unavailable, to_failure
-from daveloper.eventlog import EventLog
+from daveloper.eventlog import Entry, EventLog
 from daveloper.infra.redis import reply_text
 from daveloper.jobs import BackgroundJobs
 from daveloper.leases import LeaseSet
@@ -260,6 +260,10 @@ class JobRunner:
             await self._store.release(session_id, job.id)
             raise
         return job
+
+    def entries(self, job_id: str, after_seq: int = 0) -> AsyncGenerator[Entry, None]:
+        """Replay then tail a job's stored events as the log holds them (serialized, seq beside)."""
+        return self._events.read(job_scope(job_id), after_seq)
 
     async def events(self, job_id: str, after_seq: int = 0) -> AsyncIterator[JobEvent]:
         """Replay then tail a job's events, each with its seq; ends after ``finished``."""

@@ -13,6 +13,7 @@ from daveloper.agent.turns import Agent, conversation_scope
 from daveloper.errors import InvalidArgument
 from daveloper.eventlog import EventLog
 from daveloper.rpc import Authenticator, Call, Servicer
+from daveloper.rpc.encoded import Encoded, length_delimited_fields, wrap_event
 from generated.daveloper.v1 import (
     AgentServiceBase,
     CancelTurnRequest,
@@ -29,7 +30,6 @@ from generated.daveloper.v1 import (
     SendMessage,
     TurnState,
     WatchRequest,
-    WatchResponse,
 )
 
 __all__ = ["AgentService", "purge_conversations"]
@@ -38,6 +38,9 @@ MAX_TEXT_CHARS = 32_000
 MAX_CLIENT_ID_CHARS = 128
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
+
+# ChatEvent field numbers (agent.proto) that the Chat stream reads off stored events.
+_TURN_ID, _TURN_COMPLETED, _TURN_FAILED = 3, 15, 16
 
 
 def _validate_send(send: SendMessage) -> None:
@@ -72,7 +75,7 @@ class AgentService(Servicer):
         self._conversations = conversations
         self._events = events
 
-    async def Chat(self, call: Call[ChatRequest, ChatResponse]) -> None:
+    async def Chat(self, call: Call[ChatRequest, ChatResponse | Encoded]) -> None:
         lock = asyncio.Lock()  # one writer at a time: several turns stream on this call
         forwarders: set[asyncio.Task[None]] = set()
 
@@ -83,13 +86,18 @@ class AgentService(Servicer):
                 forwarders.discard(task)
 
         async def forward(conversation_id: str, turn_id: str, after_seq: int) -> None:
-            async for event in self._agent.events(call.session_id, conversation_id, after_seq):
-                if event.turn_id != turn_id:
-                    continue
-                async with lock:
-                    await call.send(ChatResponse(event=event))
-                if event.turn_completed is not None or event.turn_failed is not None:
-                    return
+            # Stored events go out as stored: the turn id and kind are read off the wire format.
+            wanted = turn_id.encode()
+            scope = conversation_scope(call.session_id, conversation_id)
+            async with contextlib.aclosing(self._events.read(scope, after_seq)) as entries:
+                async for entry in entries:
+                    fields = length_delimited_fields(entry.payload)
+                    if fields.get(_TURN_ID) != wanted:
+                        continue
+                    async with lock:
+                        await call.send(wrap_event(entry.payload, entry.seq))
+                    if _TURN_COMPLETED in fields or _TURN_FAILED in fields:
+                        return
 
         try:
             async for request in call:
@@ -117,11 +125,13 @@ class AgentService(Servicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*forwarders, return_exceptions=True)
 
-    async def Watch(self, request: WatchRequest, call: Call[Any, Any]) -> AsyncIterator[WatchResponse]:
+    async def Watch(self, request: WatchRequest, call: Call[Any, Any]) -> AsyncIterator[Encoded]:
         validate_conversation_id(request.conversation_id)
         await self._conversations.get(call.session_id, request.conversation_id)
-        async for event in self._agent.events(call.session_id, request.conversation_id, request.after_seq):
-            yield WatchResponse(event=event)
+        scope = conversation_scope(call.session_id, request.conversation_id)
+        async with contextlib.aclosing(self._events.read(scope, request.after_seq)) as entries:
+            async for entry in entries:
+                yield wrap_event(entry.payload, entry.seq)  # a WatchResponse, from the stored bytes
 
     async def CancelTurn(self, request: CancelTurnRequest, call: Call[Any, Any]) -> CancelTurnResponse:
         validate_conversation_id(request.conversation_id)

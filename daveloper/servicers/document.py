@@ -16,6 +16,7 @@ from daveloper.documents.store import ChunkStore
 from daveloper.errors import Cancelled, DaveloperError, InvalidArgument, ResourceExhausted, failure_error
 from daveloper.eventlog import EventLog
 from daveloper.rpc import Authenticator, Call, Servicer
+from daveloper.rpc.encoded import Encoded, wrap_event
 from generated.daveloper.v1 import (
     CancelIngestionRequest,
     CancelIngestionResponse,
@@ -36,7 +37,6 @@ from generated.daveloper.v1 import (
     UploadRequest,
     UploadResponse,
     WatchIngestionRequest,
-    WatchIngestionResponse,
 )
 from generated.daveloper.v1 import SearchMode as SearchModeMessage
 
@@ -179,10 +179,12 @@ class DocumentService(Servicer):
 
     async def WatchIngestion(
         self, request: WatchIngestionRequest, call: Call[Any, Any]
-    ) -> AsyncIterator[WatchIngestionResponse]:
+    ) -> AsyncIterator[Encoded]:
         await self._catalog.check_ingestion(call.session_id, request.ingestion_id)
-        async for event in self._ingestor.events(request.ingestion_id, request.after_seq):
-            yield WatchIngestionResponse(event=event)
+        scope = ingestion_scope(request.ingestion_id)
+        async with contextlib.aclosing(self._events.read(scope, request.after_seq)) as entries:
+            async for entry in entries:
+                yield wrap_event(entry.payload, entry.seq)  # a WatchIngestionResponse, from the stored bytes
 
     async def CancelIngestion(self, request: CancelIngestionRequest, call: Call[Any, Any]) -> CancelIngestionResponse:
         await self._catalog.check_ingestion(call.session_id, request.ingestion_id)

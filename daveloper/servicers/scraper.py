@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 from daveloper.errors import FailedPrecondition
 from daveloper.rpc import Authenticator, Call, Servicer
+from daveloper.rpc.encoded import Encoded, wrap_event
 from daveloper.scraper.crawl import Crawler
 from daveloper.scraper.github_ingest import GitHubIngest
 from daveloper.scraper.jobs import JobRunner
@@ -20,7 +22,6 @@ from generated.daveloper.v1 import (
     ListJobsRequest,
     ListJobsResponse,
     ScrapeRequest,
-    ScrapeResponse,
     ScraperServiceBase,
     ScrapeSpec,
     StartGitHubIngestRequest,
@@ -28,7 +29,6 @@ from generated.daveloper.v1 import (
     StartScrapeRequest,
     StartScrapeResponse,
     WatchJobRequest,
-    WatchJobResponse,
 )
 
 __all__ = ["ScraperService"]
@@ -56,10 +56,11 @@ class ScraperService(Servicer):
     async def StartScrape(self, request: StartScrapeRequest, call: Call[Any, Any]) -> StartScrapeResponse:
         return StartScrapeResponse(job=await self._start_scrape(request, call))
 
-    async def Scrape(self, request: ScrapeRequest, call: Call[Any, Any]) -> AsyncIterator[ScrapeResponse]:
+    async def Scrape(self, request: ScrapeRequest, call: Call[Any, Any]) -> AsyncIterator[Encoded]:
         job = await self._start_scrape(request, call)
-        async for event in self._runner.events(job.id):
-            yield ScrapeResponse(event=event)
+        async with contextlib.aclosing(self._runner.entries(job.id)) as entries:
+            async for entry in entries:
+                yield wrap_event(entry.payload, entry.seq)  # a ScrapeResponse, from the stored bytes
 
     async def StartGitHubIngest(
         self, request: StartGitHubIngestRequest, call: Call[Any, Any]
@@ -70,10 +71,11 @@ class ScraperService(Servicer):
         job = Job(kind=JobKind.GITHUB_INGEST, github=spec)
         return StartGitHubIngestResponse(job=await self._runner.start(call.session_id, job, self._github.work(spec)))
 
-    async def WatchJob(self, request: WatchJobRequest, call: Call[Any, Any]) -> AsyncIterator[WatchJobResponse]:
+    async def WatchJob(self, request: WatchJobRequest, call: Call[Any, Any]) -> AsyncIterator[Encoded]:
         await self._runner.get(call.session_id, request.job_id)
-        async for event in self._runner.events(request.job_id, request.after_seq):
-            yield WatchJobResponse(event=event)
+        async with contextlib.aclosing(self._runner.entries(request.job_id, request.after_seq)) as entries:
+            async for entry in entries:
+                yield wrap_event(entry.payload, entry.seq)  # a WatchJobResponse, from the stored bytes
 
     async def CancelJob(self, request: CancelJobRequest, call: Call[Any, Any]) -> CancelJobResponse:
         return CancelJobResponse(cancelled=await self._runner.cancel(call.session_id, request.job_id))

@@ -1,0 +1,267 @@
+"""The live tail of scopes: one subscription per scope per process, fanned out to local readers.
+
+Every append publishes the entries it stored on the scope's tail channel (in
+the same script, so publish order is seq order). A process subscribes to a
+scope's channel once, however many of its streams follow that scope, and
+copies each published entry to every local follower; an idle follower costs
+no Redis command at all. The stream stays the source of truth: pub/sub is
+fire-and-forget, so a follower that sees a gap in the seqs (a notice lost
+while the connection was re-established), falls too far behind, or hears that
+its subscription was re-established re-reads the stream from its cursor.
+
+Tail message layout (see ``log.py``'s append script)::
+
+    b"<first seq> <final 0|1> <size 1> ... <size n>\\n" + payload 1 + ... + payload n
+    b"gone"                                              the scope was deleted
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from daveloper.errors import Unavailable
+from daveloper.eventlog._store import redis_call
+
+__all__ = ["GONE", "RESYNC", "Follower", "Item", "TailEntry", "Tails", "parse_tail_message"]
+
+log = logging.getLogger(__name__)
+
+#: The dispatcher reads with this timeout rather than forever so that redis-py's
+#: health check runs on an idle connection and a silently dead one is noticed.
+_READ_SECONDS = 1.0
+_RECONNECT_DELAY = 0.5
+#: Entries a follower may have waiting before it is told to re-read the stream
+#: instead: a slow stream costs a bounded amount of memory, never an event.
+MAX_PENDING = 256
+
+GONE_NOTICE = b"gone"
+
+
+class _Marker:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+#: Re-read the stream from your cursor (entries may have been missed).
+RESYNC = _Marker("RESYNC")
+#: The scope was deleted.
+GONE = _Marker("GONE")
+
+#: (seq, payload, final) of one published entry.
+TailEntry = tuple[int, bytes, bool]
+Item = TailEntry | _Marker
+
+
+def parse_tail_message(data: bytes) -> list[TailEntry] | _Marker:
+    """The entries of one tail message (or ``GONE``); raises ``ValueError`` if it is malformed."""
+    if data == GONE_NOTICE:
+        return GONE
+    header, _, body = data.partition(b"\n")
+    first, final, *sizes = header.split(b" ")
+    seq, pos = int(first), 0
+    entries: list[TailEntry] = []
+    for size in map(int, sizes):
+        entries.append((seq, body[pos:pos + size], False))
+        seq, pos = seq + 1, pos + size
+    if pos != len(body) or not entries:
+        raise ValueError("tail message sizes do not match its body")
+    if final == b"1":
+        entries[-1] = (entries[-1][0], entries[-1][1], True)
+    return entries
+
+
+class Follower:
+    """One local reader's inbox: published entries and markers, in order."""
+
+    __slots__ = ("_pending", "_wake")
+
+    def __init__(self) -> None:
+        self._pending: deque[Item] = deque()
+        self._wake = asyncio.Event()
+
+    def push(self, item: Item) -> None:
+        if len(self._pending) >= MAX_PENDING:
+            self._pending.clear()  # the stream still holds them
+            item = RESYNC
+        self._pending.append(item)
+        self._wake.set()
+
+    async def next(self, idle_seconds: float | None) -> Item | None:
+        """The next item, or ``None`` after ``idle_seconds`` without one."""
+        if not self._pending:
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(idle_seconds):
+                    await self._wake.wait()
+            except TimeoutError:
+                return None
+        return self._pending.popleft()
+
+
+@dataclass(eq=False)
+class _Feed:
+    """The followers of one scope in this process."""
+
+    followers: set[Follower] = field(default_factory=set)
+    confirmed: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Tails:
+    """One pub/sub connection per process carrying the live tail of every followed scope."""
+
+    def __init__(self, redis: aioredis.Redis, *, subscribe_timeout: float = 10.0) -> None:
+        self._pubsub = redis.pubsub()  # takes its connection at the first SUBSCRIBE
+        self._subscribe_timeout = subscribe_timeout
+        self._feeds: dict[bytes, _Feed] = {}
+        # SUBSCRIBE commands whose confirmation has not been read, per channel: a
+        # feed is confirmed by the last of them, not by an earlier feed's.
+        self._unconfirmed: dict[bytes, int] = {}
+        # Subscription changes go out in the order they were decided.
+        self._changing = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @contextlib.asynccontextmanager
+    async def follow(self, channel: bytes) -> AsyncIterator[Follower]:
+        """Receive what is published on ``channel`` while the block runs.
+
+        The block starts once the subscription is confirmed: everything
+        published from then on reaches the follower. Raises
+        :class:`~daveloper.errors.Unavailable` if Redis does not confirm it
+        within ``subscribe_timeout``.
+        """
+        if self._closed:
+            raise RuntimeError("event log tails are closed")
+        follower = Follower()
+        feed = self._feeds.get(channel)
+        if feed is None:
+            feed = self._feeds[channel] = _Feed()
+            feed.followers.add(follower)
+            try:
+                async with self._changing:
+                    self._unconfirmed[channel] = self._unconfirmed.get(channel, 0) + 1
+                    await redis_call(self._pubsub.subscribe(channel))
+                self._ensure_dispatcher()
+            except BaseException:
+                await self._leave(channel, feed, follower)
+                raise
+        else:
+            feed.followers.add(follower)
+        try:
+            try:
+                async with asyncio.timeout(self._subscribe_timeout):
+                    await asyncio.shield(feed.confirmed)
+            except TimeoutError as exc:
+                raise Unavailable("event log tail: subscription not confirmed", retry_after=1.0) from exc
+            yield follower
+        finally:
+            await self._leave(channel, feed, follower)
+
+    async def aclose(self) -> None:
+        """Stop the dispatcher and close the pub/sub connection."""
+        self._closed = True
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            await asyncio.wait([self._dispatcher])
+            self._report_crash(self._dispatcher)
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    @property
+    def scopes_followed(self) -> int:
+        """How many channels this process is subscribed to (one per followed scope)."""
+        return len(self._feeds)
+
+    async def _leave(self, channel: bytes, feed: _Feed, follower: Follower) -> None:
+        feed.followers.discard(follower)
+        if feed.followers or self._feeds.get(channel) is not feed:
+            return
+        del self._feeds[channel]
+        if self._closed:
+            return
+        async with self._changing:
+            try:
+                await redis_call(self._pubsub.unsubscribe(channel))
+            except (RedisError, Unavailable) as exc:  # harmless: messages of unfollowed channels are dropped
+                log.warning("event log tail: unsubscribe failed: %s", exc)
+
+    def _ensure_dispatcher(self) -> None:
+        if self._dispatcher is not None and not self._dispatcher.done():
+            self._wake.set()
+            return
+        if self._dispatcher is not None:
+            self._report_crash(self._dispatcher)
+        self._dispatcher = asyncio.create_task(self._dispatch(), name="eventlog-tail-dispatcher")
+
+    @staticmethod
+    def _report_crash(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("event log tail dispatcher crashed", exc_info=exc)
+
+    async def _dispatch(self) -> None:
+        """Read the shared subscription and copy each message to the followers of its scope."""
+        task = asyncio.current_task()
+        while True:
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError  # one redis-py dropped (see redis_call)
+            if not self._pubsub.subscribed:
+                # Never read without a subscription: redis-py's subscribe() then
+                # health-checks the connection with its own read (see control.py).
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                message = await self._pubsub.get_message(timeout=_READ_SECONDS)
+            except RedisError as exc:
+                # redis-py reconnects and re-subscribes on the next read; each
+                # confirmation then tells the scope's followers to re-read.
+                log.warning("event log tail: %s; reconnecting", exc)
+                await asyncio.sleep(_RECONNECT_DELAY)
+                continue
+            if message is not None:
+                self._handle(message)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind, channel = message["type"], message["channel"]
+        feed = self._feeds.get(channel)
+        if kind == "message":
+            if feed is None:
+                return
+            try:
+                parsed = parse_tail_message(message["data"])
+            except ValueError:
+                log.error("event log tail: malformed message on %r", channel)
+                parsed = RESYNC
+            for follower in feed.followers:
+                if isinstance(parsed, list):
+                    for entry in parsed:
+                        follower.push(entry)
+                else:
+                    follower.push(parsed)
+        elif kind == "subscribe":
+            waiting = self._unconfirmed.get(channel, 0)
+            if waiting > 1:
+                self._unconfirmed[channel] = waiting - 1
+                return  # an earlier SUBSCRIBE's confirmation; ours is still to come
+            self._unconfirmed.pop(channel, None)
+            if feed is None:
+                return
+            if not feed.confirmed.done():
+                feed.confirmed.set_result(None)
+            else:  # redis-py re-subscribed after a reconnect: notices may have been lost meanwhile
+                for follower in feed.followers:
+                    follower.push(RESYNC)
