@@ -74,7 +74,7 @@ class GuardedChatModel:
                 yield event
         finally:
             with contextlib.suppress(Exception):
-                await events.aclose()  # type: ignore[attr-defined]
+                await events.aclose()
 
     async def aclose(self) -> None:
         if (close := getattr(self.inner, "aclose", None)) is not None:
