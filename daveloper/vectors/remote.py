@@ -76,7 +76,8 @@ def qdrant_errors(what: str) -> Iterator[None]:
             raise NotFound(f"{what}: not found", reason="COLLECTION_NOT_FOUND") from exc
         if message.startswith("Collection ") and message.endswith(" already exists"):
             raise AlreadyExists(f"{what}: already exists", reason="COLLECTION_EXISTS") from exc
-        if "dimension" in message or "Wrong input" in message or "is not found in the collection" in message:
+        # Local mode reports a dense query of the wrong size through numpy ("shapes ... not aligned").
+        if any(m in message for m in ("dimension", "Wrong input", "is not found in the collection", "not aligned")):
             raise InvalidArgument(f"{what}: {message}") from exc
         raise
 
