@@ -35,7 +35,6 @@ import docx
 import uvloop
 from fpdf import FPDF
 from grpclib.client import Channel
-from qdrant_client import models
 
 from daveloper.app import open_app
 from daveloper.config import Settings
@@ -45,6 +44,7 @@ from daveloper.documents.model import ChunkDraft, SearchMode
 from daveloper.documents.parsing import parse
 from daveloper.documents.search import DocumentSearch
 from daveloper.documents.store import ChunkStore
+from daveloper.vectors import Nearest, PointQuery, Sparse
 from generated.daveloper.v1 import (
     CreateSessionRequest,
     DocumentServiceStub,
@@ -212,8 +212,8 @@ async def search_latency(sizes: list[int], queries: int, data_dir: Path) -> dict
                 t1 = time.perf_counter()
                 sparse = (await embedder.embed_query(query)).sparse
                 assert sparse is not None
-                await qdrant.query_points(f"bench_{size}", query=models.SparseVector(
-                    indices=list(sparse.indices), values=list(sparse.values)), using="bm25", limit=8)
+                await qdrant.query_points(f"bench_{size}", PointQuery(
+                    (Nearest("bm25", Sparse(sparse.indices, sparse.values)),), limit=8))
                 t2 = time.perf_counter()
                 ours.append(t1 - t0)
                 bare.append(t2 - t1)
