@@ -17,7 +17,7 @@ from grpclib.reflection.service import ServerReflection
 from grpclib.server import Server
 
 from daveloper.agent.conversations import Conversations
-from daveloper.agent.llm import OpenAIChatModel, make_chat_model
+from daveloper.agent.llm import make_chat_model
 from daveloper.agent.llm.guarded import GuardedChatModel, is_model_failure
 from daveloper.agent.model import ChatModel
 from daveloper.agent.tools import Toolbox
@@ -207,7 +207,8 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
         llm = chat_model or make_chat_model(settings.chat_provider, base_url=settings.llm_base_url,
                                             api_key=settings.llm_api_key, model=settings.llm_model)
         model = GuardedChatModel(llm, llm_breaker, first_event_seconds=settings.llm_first_event_seconds)
-        ping = llm.ping if isinstance(llm, OpenAIChatModel) and settings.llm_probe_seconds else None
+        # Only the OpenAI-wire model has an endpoint to probe (checked by name: its SDK loads lazily).
+        ping = getattr(llm, "ping", None) if settings.llm_probe_seconds else None
         if (close_model := getattr(model, "aclose", None)) is not None:
             stack.push_async_callback(close_model)
         conversations = Conversations(redis)

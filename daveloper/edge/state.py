@@ -90,7 +90,8 @@ class EdgeState:
     async def admit(self, token: str, client_address: str = "") -> str:
         """Check a handshake token and take a socket slot of its session; returns the session id.
 
-        The edge validates early (``SessionService/GetSession`` upstream) so a bad
+        The edge validates early (``SessionService/GetSession`` upstream, asking for the
+        session field only: no quota lookup) so a bad
         token fails the handshake instead of every stream, and so sockets can be
         counted per session. Servicers still authenticate every call. An empty
         token admits a sessionless socket (only public methods will succeed);
@@ -100,7 +101,9 @@ class EdgeState:
         if not token:
             return ""
         method = self.codec.methods[_GET_SESSION]
-        data, status = await unary(self.upstream, method, b"", metadata=credentials(token, client_address),
+        # Only the session: the token check (signature, expiry, the record) without reading quotas or rate limits.
+        data, status = await unary(self.upstream, method, b"",
+                                   metadata=[*credentials(token, client_address), ("x-goog-fieldmask", "session")],
                                    time_limit=_ADMIT_TIMEOUT)
         if status.code in (Status.UNAUTHENTICATED, Status.PERMISSION_DENIED):
             raise ProtocolViolation(CloseCode.UNAUTHENTICATED, f"token refused: {status.message}")

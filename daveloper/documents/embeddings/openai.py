@@ -9,11 +9,13 @@ into Daveloper's error tree.
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import openai
+from typing import TYPE_CHECKING
 
 from daveloper.documents.model import Vectors
 from daveloper.errors import DaveloperError, InvalidArgument, Unavailable
+
+if TYPE_CHECKING:  # the SDK takes ~0.5 s to import: loaded only when this embedder is built
+    import openai
 
 __all__ = ["KNOWN_DIMENSIONS", "OpenAIEmbedder"]
 
@@ -30,6 +32,8 @@ KNOWN_DIMENSIONS = {
 
 def _translate(exc: openai.OpenAIError, model: str) -> DaveloperError:
     """The Daveloper error for an SDK exception (after the SDK's own retries)."""
+    import openai
+
     meta = {"model": model}
     if isinstance(exc, openai.RateLimitError):
         return Unavailable("embedding endpoint is rate limiting us", reason="EMBEDDINGS_RATE_LIMITED",
@@ -71,6 +75,8 @@ class OpenAIEmbedder:
         timeout: float = 60.0,
         client: openai.AsyncOpenAI | None = None,
     ) -> None:
+        import openai
+
         size = dense_size or dimensions or KNOWN_DIMENSIONS.get(model)
         if size is None:
             raise ValueError(f"unknown vector size for embedding model {model!r}: pass dense_size")
@@ -88,6 +94,8 @@ class OpenAIEmbedder:
         )
 
     async def _embed_batch(self, texts: Sequence[str]) -> list[tuple[float, ...]]:
+        import openai
+
         try:
             response = await self._client.embeddings.create(
                 input=list(texts),

@@ -19,7 +19,6 @@ import html
 import re
 import xml.etree.ElementTree as ElementTree
 
-import trafilatura
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
@@ -158,6 +157,8 @@ def parse_html(text: str) -> tuple[list[Block], str]:
 
 
 def _extract(text: str, *, favor_recall: bool) -> str | None:
+    import trafilatura  # with lxml, ~0.1 s to import: only when HTML is parsed
+
     return trafilatura.extract(
         text, output_format="xml", favor_recall=favor_recall, include_tables=True, include_comments=False,
         include_images=False, include_links=False, include_formatting=False, with_metadata=False,

@@ -5,15 +5,16 @@ from __future__ import annotations
 import io
 import re
 import zipfile
-
-import docx
-from docx.document import Document
-from docx.table import Table
-from docx.text.paragraph import Paragraph
+from typing import TYPE_CHECKING
 
 from daveloper.documents.model import Block, BlockKind
 from daveloper.documents.parsing.limits import ParseLimits, Reason, refuse
 from daveloper.documents.parsing.outline import Outline
+
+if TYPE_CHECKING:  # python-docx (and lxml) load when a Word document is parsed, not when the server starts
+    from docx.document import Document
+    from docx.table import Table
+    from docx.text.paragraph import Paragraph
 
 __all__ = ["parse_docx"]
 
@@ -24,6 +25,8 @@ _HEADING_STYLE = re.compile(r"heading\s*([1-9])", re.IGNORECASE)
 def parse_docx(data: bytes, limits: ParseLimits) -> tuple[list[Block], str]:
     """Blocks of a DOCX body, and its title (core properties, else its Title-style paragraph)."""
     _check_container(data, limits)
+    import docx
+
     try:
         document = docx.Document(io.BytesIO(data))
         blocks, first_h1 = _read(document)
@@ -54,6 +57,8 @@ def _check_container(data: bytes, limits: ParseLimits) -> None:
 
 
 def _read(document: Document) -> tuple[list[Block], str]:
+    from docx.table import Table
+
     outline = Outline()
     blocks: list[Block] = []
     items: list[str] = []

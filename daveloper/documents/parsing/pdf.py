@@ -23,12 +23,14 @@ import statistics
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-from pypdf import PageObject, PasswordType, PdfReader
+from typing import TYPE_CHECKING
 
 from daveloper.documents.model import Block, BlockKind
 from daveloper.documents.parsing.limits import ParseLimits, Reason, refuse
 from daveloper.documents.parsing.outline import Outline
+
+if TYPE_CHECKING:  # pypdf is imported when a PDF is parsed, not when the server starts
+    from pypdf import PageObject, PdfReader
 
 __all__ = ["parse_pdf"]
 
@@ -85,6 +87,8 @@ def parse_pdf(data: bytes, limits: ParseLimits) -> tuple[list[Block], str]:
 
 
 def _open(data: bytes) -> PdfReader:
+    from pypdf import PasswordType, PdfReader
+
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
         encrypted = reader.is_encrypted
