@@ -27,10 +27,9 @@ from daveloper.breaker import BreakerProbe, CircuitBreaker
 from daveloper.config import Address, Settings, parse_rate
 from daveloper.descriptors import load_descriptor_pool
 from daveloper.documents.catalog import Catalog
-from daveloper.documents.chunking import chunk
-from daveloper.documents.embeddings import make_embedder
+from daveloper.documents.embeddings import HybridEmbedder, make_embedder
 from daveloper.documents.ingest import Ingestion, Ingestor, ingestion_scope
-from daveloper.documents.parsing import parse
+from daveloper.documents.pool import DocumentBudget, DocumentPool
 from daveloper.documents.search import DocumentSearch
 from daveloper.documents.store import ChunkStore
 from daveloper.edge import Edge, open_edge
@@ -189,11 +188,18 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
         search = DocumentSearch(chunk_store, embedder)
         catalog = Catalog(redis, ingestion_ttl_seconds=settings.event_ttl_seconds,
                           max_documents=settings.quota_documents, max_bytes=settings.quota_stored_bytes)
+        # Closed after the jobs (which are its callers): the exit stack unwinds in reverse.
+        pool = DocumentPool(workers=settings.parse_workers, budget=DocumentBudget(
+            cpu_seconds=settings.parse_cpu_seconds, memory_bytes=settings.parse_memory_mb << 20,
+            max_chunks=settings.parse_max_chunks))
+        stack.push_async_callback(pool.aclose)
+        pool.start()
         jobs = BackgroundJobs()
         stack.push_async_callback(jobs.aclose)
         work = WorkLeases(redis, owner=settings.instance_id, ttl_seconds=settings.lease_seconds, metrics=metrics)
-        ingestor = Ingestor(events=events, catalog=catalog, store=chunk_store, embedder=embedder, jobs=jobs,
-                            parse=parse, chunk=chunk, work=work, metrics=metrics)
+        ingestor = Ingestor(events=events, catalog=catalog, store=chunk_store, pool=pool, jobs=jobs,
+                            dense=embedder.dense if isinstance(embedder, HybridEmbedder) else None,
+                            work=work, metrics=metrics)
 
         scraper = await stack.enter_async_context(_open_scraper(settings, redis, events, jobs, ingestor, catalog,
                                                                 audit, work, metrics))
@@ -228,7 +234,8 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
                                    coalesce_chars=settings.coalesce_chars,
                                    coalesce_seconds=settings.coalesce_ms / 1000,
                                    owner=settings.instance_id, provider=settings.chat_provider,
-                                   max_concurrent_turns=settings.quota_concurrent_turns),
+                                   max_concurrent_turns=settings.quota_concurrent_turns,
+                                   max_running_turns=settings.max_running_turns),
         )
 
         async def purge_chats(session_id: str) -> None:

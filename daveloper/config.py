@@ -48,6 +48,10 @@ def _default_data_dir() -> Path:
     return Path(base) / "daveloper"
 
 
+def _default_parse_workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
 def _default_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
 
@@ -138,6 +142,14 @@ class Settings:
     embedding_model: str = "text-embedding-3-small"
     #: Size of the model's vectors; needed only for models the server does not know.
     embedding_size: int | None = None
+    #: Worker processes that parse, chunk and embed uploads and fetched pages.
+    parse_workers: int = field(default_factory=_default_parse_workers)
+    #: CPU seconds one document may take in its worker; over it: RESOURCE_EXHAUSTED, PARSE_BUDGET_EXCEEDED.
+    parse_cpu_seconds: float = 30.0
+    #: Address space of each parse worker, in MiB (a document needing more fails the same way).
+    parse_memory_mb: int = 1024
+    #: Chunks one document may make (the same failure past it).
+    parse_max_chunks: int = 10_000
     #: Chat model provider: ``offline`` (no network) or ``openai`` (any OpenAI-compatible endpoint);
     #: empty picks ``openai`` when an endpoint or key is configured, else ``offline``.
     llm_provider: str = ""
@@ -152,6 +164,8 @@ class Settings:
     coalesce_chars: int = 48
     #: ... or this many milliseconds have passed.
     coalesce_ms: int = 15
+    #: Chat turns this instance runs at once; past it a new turn is refused (UNAVAILABLE, TURNS_SATURATED).
+    max_running_turns: int = 500
     #: Events kept per event-log stream (older ones expire: CURSOR_EXPIRED).
     event_retention: int = 10_000
     #: Idle event-log streams are deleted after this many seconds.
@@ -211,7 +225,8 @@ class Settings:
                      "scrape_concurrency", "scrape_per_host_concurrency", "scrape_timeout_seconds",
                      "scrape_max_page_bytes", "scrape_jobs_per_session", "scrape_pages_per_day",
                      "session_idle_ttl_seconds", "sweep_interval_seconds", "rate_address_factor",
-                     "quota_documents", "quota_stored_bytes", "quota_concurrent_turns", "audit_retention_seconds"):
+                     "quota_documents", "quota_stored_bytes", "quota_concurrent_turns", "audit_retention_seconds",
+                     "max_running_turns"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.role not in ROLES:
@@ -233,6 +248,9 @@ class Settings:
             raise ConfigError("scrape_per_host_delay_ms must not be negative")
         if self.drain_seconds < 0:
             raise ConfigError("drain_seconds must not be negative")
+        for name in ("parse_workers", "parse_cpu_seconds", "parse_memory_mb", "parse_max_chunks"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -298,6 +316,7 @@ class Settings:
                           ("max_message_bytes", int), ("max_upload_bytes", int), ("drain_seconds", float),
                           ("event_retention", int), ("event_ttl_seconds", int), ("embedding_size", int),
                           ("max_tool_rounds", int), ("coalesce_chars", int), ("coalesce_ms", int),
+                          ("max_running_turns", int),
                           ("redis_max_connections", int), ("ws_max_frame_bytes", int), ("ws_max_streams", int),
                           ("ws_max_metadata_bytes", int), ("ws_idle_seconds", float),
                           ("ws_max_sockets_per_session", int), ("scrape_concurrency", int),
@@ -309,6 +328,10 @@ class Settings:
                           ("quota_concurrent_turns", int), ("audit_retention_seconds", int),
                           ("lease_seconds", float), ("llm_first_event_seconds", float), ("breaker_failures", int),
                           ("breaker_reset_seconds", float), ("llm_probe_seconds", float)):
+            if (num := number(key.upper(), kind)) is not None:
+                values[key] = num
+        for key, kind in (("parse_workers", int), ("parse_cpu_seconds", float), ("parse_memory_mb", int),
+                          ("parse_max_chunks", int)):
             if (num := number(key.upper(), kind)) is not None:
                 values[key] = num
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 __all__ = ["LeaseSet"]
 
@@ -42,6 +43,15 @@ class LeaseSet:
     async def acquire(self, session_id: str, member: str, limit: int) -> bool:
         now = time.time()
         return bool(await self._acquire(keys=[self.key(session_id)], args=[now, now + self.ttl_seconds, member, limit]))
+
+    def acquire_in(self, pipe: Pipeline, session_id: str, member: str, limit: int) -> None:
+        """Queue :meth:`acquire` on ``pipe``; its reply is 1 if the member holds a lease afterwards.
+
+        EVAL rather than EVALSHA: a pipeline holding a registered script first asks
+        ``SCRIPT EXISTS``, one more round trip; Redis caches the compiled script either way.
+        """
+        now = time.time()
+        pipe.eval(_ACQUIRE, 1, self.key(session_id), now, now + self.ttl_seconds, member, limit)
 
     async def renew(self, session_id: str, member: str) -> None:
         await self._redis.zadd(self.key(session_id), {member: time.time() + self.ttl_seconds}, xx=True)

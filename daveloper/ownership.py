@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from daveloper.errors import DaveloperError
 from daveloper.infra.redis import redis_call, reply_text
@@ -81,6 +82,16 @@ class WorkLeases:
             pipe.hset(self._data, member, data)
             pipe.zadd(self._set, {member: time.time() + self.ttl_seconds})
             await redis_call(pipe.execute())
+        self._owned.add(member)
+
+    def claim_in(self, pipe: Pipeline, kind: str, work_id: str, **fields: str) -> None:
+        """Queue :meth:`claim` on ``pipe`` (a transaction the caller runs with its own writes).
+
+        The lease counts as owned at once; if the pipeline fails, the caller calls :meth:`release`.
+        """
+        member = self._member(kind, work_id)
+        pipe.hset(self._data, member, json.dumps({**fields, "kind": kind, "id": work_id, "owner": self._owner}))
+        pipe.zadd(self._set, {member: time.time() + self.ttl_seconds})
         self._owned.add(member)
 
     async def release(self, kind: str, work_id: str) -> None:

@@ -19,13 +19,14 @@ import datetime
 import re
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from daveloper.errors import InvalidArgument, NotFound
 from daveloper.infra.redis import reply_text
 from daveloper.paging import next_page_token, page_offset
 from generated.daveloper.v1 import Conversation, Turn
 
-__all__ = ["Conversations", "validate_conversation_id"]
+__all__ = ["Conversations", "parse_conversation", "validate_conversation_id"]
 
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
@@ -95,6 +96,38 @@ class Conversations:
             await pipe.execute()
         return None
 
+    # -- a turn's start in two round trips: reads and claims, then one transaction (see Agent.start) --
+
+    def pipeline(self, *, transaction: bool) -> Pipeline:
+        """A pipeline on the records' Redis, for the ``*_in`` methods (and the caller's own commands)."""
+        return self._redis.pipeline(transaction=transaction)
+
+    def find_in(self, pipe: Pipeline, session_id: str, conversation_id: str) -> None:
+        """Queue :meth:`find`; its reply is the record's bytes or None (:func:`parse_conversation`)."""
+        pipe.get(self._conv(session_id, conversation_id))
+
+    def claim_client_id_in(self, pipe: Pipeline, session_id: str, conversation_id: str, client_message_id: str,
+                           turn_id: str) -> None:
+        """Queue the claim of a client message id for ``turn_id``; its reply is false if it was seen before."""
+        pipe.hsetnx(self._clients(session_id, conversation_id), client_message_id, turn_id)
+
+    async def forget_client_id(self, session_id: str, conversation_id: str, client_message_id: str) -> None:
+        """Drop a claim made by :meth:`claim_client_id_in` for a turn that was not started after all."""
+        await self._redis.hdel(self._clients(session_id, conversation_id), client_message_id)
+
+    async def claimed_turn(self, session_id: str, conversation_id: str, client_message_id: str) -> Turn:
+        """The turn that claimed ``client_message_id`` first."""
+        earlier = await self._redis.hget(self._clients(session_id, conversation_id), client_message_id)
+        return await self.turn(session_id, conversation_id, reply_text(earlier) if earlier is not None else "")
+
+    def add_turn_in(self, pipe: Pipeline, session_id: str, conversation: Conversation, turn: Turn) -> None:
+        """Queue the writes of a new turn and its conversation's updated record (on a transaction)."""
+        assert conversation.update_time is not None
+        pipe.set(self._turn(session_id, conversation.id, turn.id), bytes(turn))
+        pipe.rpush(self._turns(session_id, conversation.id), turn.id)
+        pipe.set(self._conv(session_id, conversation.id), bytes(conversation))
+        pipe.zadd(self._convs(session_id), {conversation.id: conversation.update_time.timestamp()})
+
     async def put_turn(self, session_id: str, conversation_id: str, turn: Turn) -> None:
         await self._redis.set(self._turn(session_id, conversation_id, turn.id), bytes(turn))
 
@@ -123,6 +156,11 @@ class Conversations:
 
     async def conversation_ids(self, session_id: str) -> list[str]:
         return [reply_text(i) for i in await self._redis.zrange(self._convs(session_id), 0, -1)]
+
+
+def parse_conversation(raw: bytes | None) -> Conversation | None:
+    """A conversation record's bytes as returned by :meth:`Conversations.find_in`'s command."""
+    return None if raw is None else Conversation.parse(raw)
 
 
 def now() -> datetime.datetime:

@@ -29,13 +29,14 @@ from dataclasses import dataclass, field
 from opentelemetry.trace import SpanKind
 
 from daveloper.agent.coalesce import TextCoalescer
-from daveloper.agent.conversations import Conversations, now
+from daveloper.agent.conversations import Conversations, now, parse_conversation
 from daveloper.agent.llm.passages import format_passages
 from daveloper.agent.model import ChatModel, Message, ModelDone, TextDelta, ToolCallRequest, ToolSpec
 from daveloper.agent.tools import Toolbox
 from daveloper.documents.tokens import count_tokens
 from daveloper.errors import Cancelled, DaveloperError, NotFound, ResourceExhausted, Unavailable, to_failure
 from daveloper.eventlog import EventLog
+from daveloper.infra.redis import redis_call
 from daveloper.jobs import BackgroundJobs
 from daveloper.leases import LeaseSet
 from daveloper.metrics import METRICS, Metrics
@@ -90,6 +91,10 @@ class AgentSettings:
     provider: str = ""
     #: Turns one session may run at once (0: no limit).
     max_concurrent_turns: int = 0
+    #: Turns this instance runs at once; past it new turns are refused (0: no limit).
+    max_running_turns: int = 0
+    #: The retry delay a refused turn is told (RetryInfo).
+    saturated_retry_seconds: float = 1.0
 
 
 @dataclass
@@ -104,6 +109,8 @@ class _Turn:
     completion_tokens: int = 0
     started: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
+    #: The conversation's first turn: no history to load.
+    fresh: bool = False
 
     @property
     def scope(self) -> str:
@@ -147,38 +154,88 @@ class Agent:
         self._tools = tools
         self._jobs = jobs
         self._settings = settings
+        self._running = 0
+
+    @property
+    def running(self) -> int:
+        """Turns this instance is starting or running now."""
+        return self._running
 
     async def start(self, session_id: str, conversation_id: str, text: str, client_message_id: str,
                     options: ChatOptions) -> tuple[Turn, int, bool]:
-        """Begin a turn; returns (turn, seq of its start event, whether it already existed)."""
-        conversation = await self._conversations.find(session_id, conversation_id)
-        if conversation is None:
-            conversation = Conversation(id=conversation_id, title=text[:80], create_time=now(), update_time=now())
+        """Begin a turn; returns (turn, seq of its start event, whether it already existed).
+
+        Refused at once (UNAVAILABLE, reason ``TURNS_SATURATED``, with a retry delay) when this
+        instance already runs ``max_running_turns``: a turn admitted past that would only wait for
+        the loop, its first token arriving long after a retry elsewhere would have answered.
+        """
+        capacity = self._settings.max_running_turns
+        if capacity and self._running >= capacity:
+            raise Unavailable(f"this server is running its limit of {capacity} chat turns; retry shortly",
+                              reason="TURNS_SATURATED", retry_after=self._settings.saturated_retry_seconds,
+                              metadata={"limit": str(capacity)})
+        self._running += 1
+        try:
+            turn, seq, existed = await self._admit(session_id, conversation_id, text, client_message_id, options)
+        except BaseException:
+            self._running -= 1
+            raise
+        if existed:
+            self._running -= 1
+        return turn, seq, existed
+
+    async def _admit(self, session_id: str, conversation_id: str, text: str, client_message_id: str,
+                     options: ChatOptions) -> tuple[Turn, int, bool]:
+        # Three round trips: (1) the conversation, the client message id and the session's turn lease,
+        # pipelined; (2) the turn, the conversation and the work lease in one transaction; (3) the start event.
         turn = Turn(id="turn_" + secrets.token_hex(10), client_message_id=client_message_id, user_text=text,
                     state=TurnState.RUNNING, create_time=now())
         limit = self._limit("quota_concurrent_turns", self._settings.max_concurrent_turns)
-        if self.leases is not None and limit and not await self.leases.acquire(session_id, turn.id, limit):
+        leased = self.leases is not None and limit > 0
+        async with self._conversations.pipeline(transaction=False) as pipe:
+            self._conversations.find_in(pipe, session_id, conversation_id)
+            if client_message_id:
+                self._conversations.claim_client_id_in(pipe, session_id, conversation_id, client_message_id, turn.id)
+            if self.leases is not None and leased:
+                self.leases.acquire_in(pipe, session_id, turn.id, limit)
+            replies = await redis_call(pipe.execute())
+        claimed = bool(replies[1]) if client_message_id else True
+        acquired = bool(replies[-1]) if leased else True
+        if not claimed:  # a retry of a message already sent: that turn, whatever the limits say now
+            if leased and acquired:
+                await self._release(session_id, turn.id)
+            return await self._conversations.claimed_turn(session_id, conversation_id, client_message_id), 0, True
+        if not acquired:
+            if client_message_id:
+                await self._conversations.forget_client_id(session_id, conversation_id, client_message_id)
             raise ResourceExhausted(f"this session already runs {limit} turns; wait for one to finish",
                                     reason="CONCURRENT_TURNS", retry_after=1.0, metadata={"limit": str(limit)})
-        try:
-            earlier = await self._conversations.add_turn(session_id, conversation_id, turn)
-        except BaseException:
-            await self._release(session_id, turn.id)
-            raise
-        if earlier is not None:
-            await self._release(session_id, turn.id)
-            return earlier, 0, True
+        conversation = parse_conversation(replies[0]) or Conversation(
+            id=conversation_id, title=text[:80], create_time=turn.create_time)
         conversation.turn_count += 1
-        conversation.update_time = now()
-        await self._conversations.save(session_id, conversation)
-        state = _Turn(session_id, conversation_id, turn, options)
-        seq = await self._emit(state, turn_started=TurnStarted(
-            client_message_id=client_message_id, user_text=text, model=options.model or self._settings.model,
-            owner=self._settings.owner))
-        if self._work is not None:
-            await self._work.claim("turn", turn.id, session=session_id, conversation=conversation_id, seq=str(seq))
+        conversation.update_time = turn.create_time
+        state = _Turn(session_id, conversation_id, turn, options, fresh=conversation.turn_count == 1)
+        try:
+            async with self._conversations.pipeline(transaction=True) as pipe:
+                self._conversations.add_turn_in(pipe, session_id, conversation, turn)
+                if self._work is not None:
+                    # Claimed before the start event: an orphan handler reads the log from its start.
+                    self._work.claim_in(pipe, "turn", turn.id, session=session_id, conversation=conversation_id)
+                await redis_call(pipe.execute())
+            seq = await self._emit(state, turn_started=TurnStarted(
+                client_message_id=client_message_id, user_text=text, model=options.model or self._settings.model,
+                owner=self._settings.owner))
+        except BaseException:
+            await asyncio.shield(self._abandon(state))
+            raise
         self._jobs.spawn(self._run(state), name=f"turn {turn.id}")
         return turn, seq, False
+
+    async def _abandon(self, turn: _Turn) -> None:
+        """Undo the claims of a turn whose start failed."""
+        await self._release(turn.session_id, turn.record.id)
+        if self._work is not None:
+            await self._work.release("turn", turn.record.id)
 
     def _limit(self, name: str, default: int) -> int:
         return self._limits(name) if self._limits is not None else default
@@ -202,8 +259,11 @@ class Agent:
         return await self._events.append(turn.scope, bytes(event))
 
     async def _run(self, turn: _Turn) -> None:
-        with span("chat.turn", **{"daveloper.turn_id": turn.record.id}):
-            await self._run_turn(turn)
+        try:
+            with span("chat.turn", **{"daveloper.turn_id": turn.record.id}):
+                await self._run_turn(turn)
+        finally:
+            self._running -= 1
 
     async def _run_turn(self, turn: _Turn) -> None:
         finish = FinishReason.STOP
@@ -275,7 +335,9 @@ class Agent:
     async def _history(self, turn: _Turn) -> list[Message]:
         budget = self._settings.history_tokens
         earlier: list[Message] = []
-        for past in reversed(await self._conversations.turns(turn.session_id, turn.conversation_id, last=50)):
+        past_turns = [] if turn.fresh else await self._conversations.turns(turn.session_id, turn.conversation_id,
+                                                                           last=50)
+        for past in reversed(past_turns):
             if past.id == turn.record.id or past.state is TurnState.RUNNING:
                 continue
             cost = count_tokens(past.user_text) + count_tokens(past.assistant_text)
