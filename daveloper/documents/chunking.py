@@ -38,7 +38,10 @@ from dataclasses import dataclass
 from daveloper.documents.model import Block, BlockKind, ChunkDraft, ParsedDocument
 from daveloper.documents.tokens import count_tokens
 
-__all__ = ["PATH_SEPARATOR", "chunk"]
+__all__ = ["MAX_TOKENS", "PATH_SEPARATOR", "chunk"]
+
+#: Default budget of one chunk, in :func:`~daveloper.documents.tokens.count_tokens` tokens.
+MAX_TOKENS = 350
 
 #: Between the headings of the prefix.
 PATH_SEPARATOR = " > "
@@ -71,7 +74,7 @@ class _Piece:
     end_line: int
 
 
-def chunk(doc: ParsedDocument, *, max_tokens: int = 350, overlap_tokens: int = 40) -> list[ChunkDraft]:
+def chunk(doc: ParsedDocument, *, max_tokens: int = MAX_TOKENS, overlap_tokens: int = 40) -> list[ChunkDraft]:
     """Cut ``doc`` into chunks of at most ``max_tokens`` (prefix included), indexed 0..n-1; deterministic."""
     if max_tokens < 8 or not 0 <= overlap_tokens <= max_tokens // 2:
         raise ValueError(f"need max_tokens >= 8 and 0 <= overlap_tokens <= max_tokens // 2, "

@@ -7,22 +7,29 @@ have arrived, the work runs in the background and survives its client leaving.
 A cancel (from any instance, through the event log's control channel) or a
 failure removes whatever points the ingestion wrote: no partial document is
 ever left behind.
+
+Parsing, chunking and sparse embedding run in the
+:class:`~daveloper.documents.pool.DocumentPool`'s worker processes, within its
+per-document budget; the event loop only receives the chunks, adds dense
+vectors when the embedder is hybrid, and stores them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import hashlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from daveloper.documents.catalog import Catalog, document_id_for
-from daveloper.documents.model import ChunkDraft, Embedder, ParsedDocument, Vectors
+from daveloper.documents.model import ChunkDraft, Embedder, Vectors
+from daveloper.documents.pool import ChunkBatch, DocumentPool, Outline, Stage
 from daveloper.documents.store import ChunkStore
 from daveloper.errors import DaveloperError, Unavailable, to_failure
 from daveloper.eventlog import EventLog
@@ -42,13 +49,13 @@ __all__ = ["Ingestion", "Ingestor", "ingestion_scope"]
 
 log = logging.getLogger("daveloper.documents")
 
-#: Texts embedded (and points upserted) per batch; also the progress granularity.
-BATCH = 64
 #: A RECEIVING progress event at most every this many bytes.
 RECEIVE_PROGRESS_BYTES = 1 << 20
+#: Larger documents are hashed in a thread.
+HASH_IN_THREAD_BYTES = 1 << 20
 
-Parse = Callable[..., ParsedDocument]
-Chunk = Callable[..., list[ChunkDraft]]
+#: The pool's stage names as the event log reports them.
+_STAGES = {"parsing": IngestStage.PARSING, "chunking": IngestStage.CHUNKING, "embedding": IngestStage.EMBEDDING}
 
 
 def ingestion_scope(ingestion_id: str) -> str:
@@ -87,10 +94,9 @@ class Ingestor:
         events: EventLog,
         catalog: Catalog,
         store: ChunkStore,
-        embedder: Embedder,
+        pool: DocumentPool,
         jobs: BackgroundJobs,
-        parse: Parse,
-        chunk: Chunk,
+        dense: Embedder | None = None,
         work: WorkLeases | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -103,10 +109,10 @@ class Ingestor:
         self._work = work
         self._catalog = catalog
         self._store = store
-        self._embedder = embedder
+        self._pool = pool
+        #: The dense half of a hybrid embedder (the pool computes the sparse half), else None.
+        self._dense = dense
         self._jobs = jobs
-        self._parse = parse
-        self._chunk = chunk
 
     # -- the event log -----------------------------------------------------------------
 
@@ -235,48 +241,68 @@ class Ingestor:
 
         data = bytes(ingestion.data)
         ingestion.data = bytearray()  # the job owns the only copy now
+        size = len(data)
         await progress(IngestStage.RECEIVING, len(data), len(data))
-        content_hash = hashlib.sha256(data).hexdigest()
+        # hashlib releases the GIL: hashing 30 MB in a thread keeps the loop serving meanwhile
+        digest = hashlib.sha256(data) if size < HASH_IN_THREAD_BYTES else await asyncio.to_thread(hashlib.sha256, data)
+        content_hash = digest.hexdigest()
         document_id = document_id_for(ingestion.session_id, content_hash)
         if (existing := await self._catalog.find(ingestion.session_id, document_id)) is not None:
             return existing  # identical content: nothing new to store
         await self._catalog.check_quota(ingestion.session_id, len(data))
 
-        parsed = await asyncio.to_thread(
-            self._parse, data, file_name=ingestion.file_name, declared_type=ingestion.media_type
-        )
-        await progress(IngestStage.PARSING, 1, 1)
-        chunks = await asyncio.to_thread(self._chunk, parsed)
-        await progress(IngestStage.CHUNKING, len(chunks), len(chunks))
-
-        vectors: list[Vectors] = []
-        for start in range(0, len(chunks), BATCH):
-            batch = chunks[start:start + BATCH]
-            vectors += await self._embedder.embed_documents([c.text for c in batch])
-            await progress(IngestStage.EMBEDDING, len(vectors), len(chunks))
-        for start in range(0, len(chunks), BATCH):
+        outline, batches = await self._process(ingestion, data, progress)
+        del data
+        stored = 0
+        for drafts, vectors in batches:
             await self._store.upsert(
-                ingestion.session_id, document_id, ingestion.id,
-                chunks[start:start + BATCH], vectors[start:start + BATCH],
+                ingestion.session_id, document_id, ingestion.id, drafts, vectors,
                 document_name=ingestion.file_name, source_uri=ingestion.source_uri, metadata=ingestion.metadata,
             )
-            await progress(IngestStage.STORING, min(start + BATCH, len(chunks)), len(chunks))
+            stored += len(drafts)
+            await progress(IngestStage.STORING, stored, outline.chunk_count)
+        chunks = [draft for drafts, _ in batches for draft in drafts]
 
         document = Document(
             id=document_id,
             name=ingestion.file_name,
-            media_type=parsed.media_type,
+            media_type=outline.media_type,
             content_hash=content_hash,
-            size_bytes=len(data),
+            size_bytes=size,
             chunk_count=len(chunks),
             token_count=sum(c.token_count for c in chunks),
             metadata=ingestion.metadata,
             source_uri=ingestion.source_uri,
-            title=parsed.title,
-            language=parsed.language,
+            title=outline.title,
+            language=outline.language,
             create_time=_now(),
             client_document_id=ingestion.client_document_id,
         )
         await self._catalog.put(ingestion.session_id, document)
         return document
 
+    async def _process(
+        self, ingestion: Ingestion, data: bytes, progress: Callable[[IngestStage, int, int], Awaitable[None]]
+    ) -> tuple[Outline, list[tuple[list[ChunkDraft], list[Vectors]]]]:
+        """Chunks and vectors of ``data`` from the pool (plus dense vectors from a hybrid embedder)."""
+        outline: Outline | None = None
+        batches: list[tuple[list[ChunkDraft], list[Vectors]]] = []
+        results = self._pool.process(data, session_id=ingestion.session_id, file_name=ingestion.file_name,
+                                     declared_type=ingestion.media_type)
+        async with contextlib.aclosing(results):
+            async for result in results:
+                if isinstance(result, Stage):
+                    await progress(_STAGES[result.name], result.done, result.total)
+                elif isinstance(result, Outline):
+                    outline = result
+                elif isinstance(result, ChunkBatch):
+                    batches.append((result.drafts, await self._vectors(result)))
+        assert outline is not None  # the pool sends it before any chunk, or fails
+        return outline, batches
+
+    async def _vectors(self, batch: ChunkBatch) -> list[Vectors]:
+        if self._dense is None:
+            return [Vectors(sparse=sparse) for sparse in batch.vectors]
+        dense = await self._dense.embed_documents([draft.text for draft in batch.drafts])
+        return [Vectors(sparse=sparse, dense=vectors.dense)
+                for sparse, vectors in zip(batch.vectors, dense, strict=True)]
