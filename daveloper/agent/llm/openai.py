@@ -41,6 +41,8 @@ _MAX_ERROR_MESSAGE = 300
 #: Retry delay suggested to our callers when the upstream gives none.
 _DEFAULT_RATE_LIMIT_DELAY = 5.0
 _DEFAULT_UNAVAILABLE_DELAY = 1.0
+#: Concurrent requests to the endpoint (one per running turn), each on a kept-alive connection.
+_MAX_CONNECTIONS = 1000
 
 
 def _truncate(text: str, limit: int = _MAX_ERROR_MESSAGE) -> str:
@@ -243,7 +245,11 @@ class OpenAIChatModel:
         self._owns_client = client is None
         # Local servers (Ollama, llama.cpp) want no key, but the SDK insists on one.
         self._client = client or openai.AsyncOpenAI(
-            base_url=base_url, api_key=api_key or "unused", timeout=timeout, max_retries=max_retries
+            base_url=base_url, api_key=api_key or "unused", timeout=timeout, max_retries=max_retries,
+            # As many idle connections kept as may be open: the SDK keeps 100, so past 100 concurrent
+            # turns every request paid a new connection (a TLS handshake against a real endpoint).
+            http_client=openai.DefaultAsyncHttpxClient(limits=httpx2.Limits(
+                max_connections=_MAX_CONNECTIONS, max_keepalive_connections=_MAX_CONNECTIONS)),
         )
 
     async def stream(
