@@ -27,9 +27,11 @@ def test_benchmark_runs_and_reports_both_sides(module: str) -> None:
             assert per_server["bare"][0]["rate"] > 0
             assert per_server["daveloper"][0]["rate"] > 0
     elif module.endswith("chat"):
-        for run in results.values():
-            assert run["tokens"] == 10 * 20
-        assert results["one event per delta"]["events"] == 200
+        assert results["baseline"]["tokens"] == results["full speed"]["tokens"] == 20 * 10
+        assert results["turn start"]["turns"] == 20
+        assert results["paced"]["tokens"] == 20 * 2
+        assert results["saturated"]["turns"] + results["saturated"]["refused"] == 20
+        assert results["saturated"]["refused"] > 0
     elif module.endswith("scrape"):
         for crawler in ("daveloper", "scrapy"):
             assert results[crawler]["pages_per_s"] > 0

@@ -14,6 +14,8 @@ provider pointed at it, and this driver (the gRPC clients). Phases, in one run:
   commands per turn.
 * **paced**: ``--turns`` turns at ``--paced-interval-ms`` per token (2,000 ms: 0.5 token/s each):
   LLM emit → client p50/p99, delivered tokens/s, CPU per 1k tokens.
+* **saturated**: the full-speed load against a second app with ``max_running_turns = --admit``:
+  turns admitted and refused (UNAVAILABLE, ``TURNS_SATURATED``, RetryInfo), admitted first token p50/p99.
 
 CPU is the app process's (``/proc``) plus Valkey's (``INFO cpu``), read before and after each phase.
 
@@ -121,9 +123,7 @@ def serve_app(llm_url: str, data_dir: str, max_running: int) -> None:
 
     async def main() -> None:
         overrides: dict[str, object] = {"llm_provider": "openai", "llm_base_url": llm_url, "llm_api_key": "x",
-                                        "llm_model": "bench:1:0"}
-        if max_running:
-            overrides["max_running_turns"] = max_running
+                                        "llm_model": "bench:1:0", "max_running_turns": max_running}
         async with open_app(bench_settings(Path(data_dir), **overrides)) as app:
             print(app.grpc_addr.port, flush=True)
             reader = asyncio.StreamReader()
@@ -145,7 +145,7 @@ def serve_app(llm_url: str, data_dir: str, max_running: int) -> None:
                 elif line == "report" and profile is not None:
                     profile.disable()
                     out = io.StringIO()
-                    pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(40)
+                    pstats.Stats(profile, stream=out).sort_stats(os.environ.get("BENCH_SORT", "tottime")).print_stats(int(os.environ.get("BENCH_TOP", "40")))
                     print(json.dumps({"profile": out.getvalue()}), flush=True)
 
     uvloop.run(main())
@@ -265,7 +265,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     llm_url = f"http://127.0.0.1:{port}/v1"
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            app, port = await Child.start("--serve-app", llm_url, tmp, str(args.max_running))
+            app, port = await Child.start("--serve-app", llm_url, tmp, str(10**6))
             try:
                 channel = Channel("127.0.0.1", int(port))
                 token = (await SessionServiceStub(channel).create_session(CreateSessionRequest(), timeout=10)).token
@@ -284,9 +284,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     results[name] = await chats(app, int(port), token, args.turns, model)
                     if profiling:
                         results["profile"] = (await app.ask("report"))["profile"]
-                return results
             finally:
                 await app.stop()
+            # Saturation: the same full-speed load on an app that runs at most ``--admit`` turns at once.
+            app, port = await Child.start("--serve-app", llm_url, tmp + "/admit", str(args.admit))
+            try:
+                channel = Channel("127.0.0.1", int(port))
+                token = (await SessionServiceStub(channel).create_session(CreateSessionRequest(), timeout=10)).token
+                channel.close()
+                await chats(app, int(port), token, 20, "bench:2:0")
+                results["saturated"] = await chats(app, int(port), token, args.turns, f"bench:{args.tokens}:0")
+            finally:
+                await app.stop()
+            return results
     finally:
         await llm.stop()
 
@@ -310,6 +320,13 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
         ["", f"{start['turns_per_s']:,.0f}", f"{start['cpu_ms_per_turn']:.2f}",
          f"{start['app_cpu_s']:.2f} / {start['valkey_cpu_s']:.2f}", f"{start['redis_commands_per_turn']:.1f}",
          str(start["refused"])]]))
+    sat = r["saturated"]
+    lines.append("")
+    lines.append(table(["saturation (max_running_turns)", "admitted", "refused (UNAVAILABLE + RetryInfo)",
+                        "admitted first token p50 / p99 ms", "tokens/s"], [
+        [str(args.admit), str(sat["turns"]), str(sat["refused"]),
+         f"{sat['first_token_ms'].get('p50', 0):.0f} / {sat['first_token_ms'].get('p99', 0):.0f}",
+         f"{sat['tokens_per_s']:,.0f}"]]))
     if "profile" in r:
         lines += ["", r["profile"]]
     return "\n".join(lines)
@@ -327,13 +344,13 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=50, help="tokens per turn at full speed")
     parser.add_argument("--paced-tokens", type=int, default=5, help="tokens per paced turn")
     parser.add_argument("--paced-interval-ms", type=int, default=2000, help="LLM pause before each paced token")
-    parser.add_argument("--max-running", type=int, default=0, help="the app's max_running_turns (0: its default)")
+    parser.add_argument("--admit", type=int, default=250, help="max_running_turns of the saturation phase's app")
     parser.add_argument("--profile", choices=["full", "turn"], help="cProfile the app during a phase")
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     parser.add_argument("--json", action="store_true", help="print raw results as JSON")
     args = parser.parse_args()
     if args.quick:
-        args.turns, args.tokens, args.paced_tokens, args.paced_interval_ms = 20, 10, 2, 200
+        args.turns, args.tokens, args.paced_tokens, args.paced_interval_ms, args.admit = 20, 10, 2, 200, 5
     results = uvloop.run(run(args))
     print(json.dumps(results, indent=2) if args.json else report(args, results))
 
