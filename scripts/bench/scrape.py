@@ -8,7 +8,8 @@ concurrency C (all requests to one host, so per-host concurrency is C too):
 
 * **daveloper**: the app on its embedded defaults (Valkey, Qdrant local mode) on
   uvloop, a ``ScraperService/Scrape`` stream over real gRPC from the same process,
-  counting ``page_fetched`` events until ``finished``; ``ingest`` is off.
+  counting ``page_fetched`` events until ``finished``; ``ingest`` is off unless
+  ``--ingest`` (then every page is also parsed, chunked, embedded and stored).
 * **scrapy**: a plain ``Spider`` following every same-site link with a
   ``LinkExtractor`` and yielding one item per page (url, status, title), run by
   ``CrawlerProcess`` on Twisted's asyncio reactor, robots.txt obeyed, no delay.
@@ -167,7 +168,7 @@ class Meter:
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra}
 
 
-async def crawl_daveloper(root: str, pages: int, concurrency: int) -> dict[str, Any]:
+async def crawl_daveloper(root: str, pages: int, concurrency: int, ingest: bool = False) -> dict[str, Any]:
     from grpclib.client import Channel
     from yarl import URL
 
@@ -191,8 +192,8 @@ async def crawl_daveloper(root: str, pages: int, concurrency: int) -> dict[str, 
             channel = Channel(app.grpc_addr.host, app.grpc_addr.port)
             try:
                 token = (await SessionServiceStub(channel).create_session(CreateSessionRequest(), timeout=10)).token
-                spec = ScrapeSpec(urls=[root], max_depth=10, max_pages=pages, same_site_only=True, ingest=False)
-                fetched = skipped = failed = 0
+                spec = ScrapeSpec(urls=[root], max_depth=10, max_pages=pages, same_site_only=True, ingest=ingest)
+                fetched = skipped = failed = ingested = 0
                 valkey_cpu = process_cpu_seconds(valkey)
                 meter.start()
                 async for response in ScraperServiceStub(channel).scrape(
@@ -200,13 +201,14 @@ async def crawl_daveloper(root: str, pages: int, concurrency: int) -> dict[str, 
                     event = response.event
                     if event.page_fetched is not None:
                         fetched += 1
+                        ingested += bool(event.page_fetched.document_id)
                     elif event.page_skipped is not None:
                         skipped += 1
                     elif event.page_failed is not None:
                         failed += 1
                     elif event.finished is not None:
                         break
-                return meter.stop(fetched, skipped=skipped, failed=failed,
+                return meter.stop(fetched, skipped=skipped, failed=failed, ingested=ingested,
                                   valkey_cpu_s=process_cpu_seconds(valkey) - valkey_cpu,
                                   valkey_peak_rss_mib=status_mib(valkey, "VmHWM"))
             finally:
@@ -272,12 +274,14 @@ def crawl_scrapy(root: str, pages: int, concurrency: int, loop: str) -> dict[str
 
 # -- the comparison -------------------------------------------------------------------------------------
 
-def run_crawler(name: str, root: str, pages: int, concurrency: int, site_pid: int, loop: str) -> dict[str, Any]:
+def run_crawler(name: str, root: str, pages: int, concurrency: int, site_pid: int, loop: str,
+                ingest: bool = False) -> dict[str, Any]:
     from daveloper.infra.process import die_with_parent
 
     site_cpu = process_cpu_seconds(site_pid)
     done = subprocess.run([sys.executable, "-m", "scripts.bench.scrape", "--crawl", name, "--site", root,
-                           "--pages", str(pages), "--concurrency", str(concurrency), "--scrapy-loop", loop],
+                           "--pages", str(pages), "--concurrency", str(concurrency), "--scrapy-loop", loop,
+                           *(["--ingest"] if ingest else [])],
                           cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
                           preexec_fn=die_with_parent())
     if done.returncode:
@@ -289,12 +293,12 @@ def run_crawler(name: str, root: str, pages: int, concurrency: int, site_pid: in
     return result
 
 
-def compare(pages: int, concurrency: int, rounds: int, loop: str) -> dict[str, Any]:
+def compare(pages: int, concurrency: int, rounds: int, loop: str, ingest: bool = False) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {"daveloper": [], "scrapy": []}
     with site_process(pages) as (root, site_pid):
         for r in range(rounds):
             for name in ("daveloper", "scrapy") if r % 2 == 0 else ("scrapy", "daveloper"):
-                runs[name].append(run_crawler(name, root, pages, concurrency, site_pid, loop))
+                runs[name].append(run_crawler(name, root, pages, concurrency, site_pid, loop, ingest))
     summary = {}
     for name, results in runs.items():
         summary[name] = {
@@ -310,7 +314,8 @@ def compare(pages: int, concurrency: int, rounds: int, loop: str) -> dict[str, A
     summary["daveloper"]["valkey_cpu_s_per_1k_pages"] = median(
         [r["valkey_cpu_s"] / r["pages"] * 1000 for r in runs["daveloper"]])
     summary["daveloper"]["valkey_peak_rss_mib"] = median([r["valkey_peak_rss_mib"] for r in runs["daveloper"]])
-    return {"pages": pages, "concurrency": concurrency, "rounds": rounds, "scrapy_loop": loop, **summary}
+    return {"pages": pages, "concurrency": concurrency, "rounds": rounds, "scrapy_loop": loop, "ingest": ingest,
+            **summary}
 
 
 def report(results: dict[str, Any]) -> str:
@@ -334,7 +339,8 @@ def report(results: dict[str, Any]) -> str:
         row("Valkey peak RSS, MiB", "valkey_peak_rss_mib", ".0f", ratio=False),
     ]
     head = (f"{results['pages']} pages, concurrency {results['concurrency']}, {results['rounds']} round(s) in "
-            f"alternating order; each crawler in its own process, the site in another")
+            f"alternating order; each crawler in its own process, the site in another"
+            + ("; daveloper ingests every page (Scrapy only extracts)" if results.get("ingest") else ""))
     return head + "\n" + table(["", "daveloper", "scrapy", "daveloper/scrapy"], rows)
 
 
@@ -345,6 +351,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs per crawler, in alternating order")
     parser.add_argument("--scrapy-loop", choices=("asyncio", "uvloop"), default="asyncio",
                         help="the asyncio loop under Scrapy's reactor (daveloper always runs on uvloop)")
+    parser.add_argument("--ingest", action="store_true", help="daveloper also ingests every page it fetches")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 200 pages, one round")
     parser.add_argument("--json", action="store_true", help="print raw results as JSON")
     parser.add_argument("--serve-site", action="store_true", help=argparse.SUPPRESS)
@@ -360,11 +367,11 @@ def main() -> None:
     elif args.crawl == "daveloper":
         import uvloop
 
-        print(json.dumps(uvloop.run(crawl_daveloper(args.site, args.pages, args.concurrency))))
+        print(json.dumps(uvloop.run(crawl_daveloper(args.site, args.pages, args.concurrency, args.ingest))))
     elif args.crawl == "scrapy":
         print(json.dumps(crawl_scrapy(args.site, args.pages, args.concurrency, args.scrapy_loop)))
     else:
-        results = compare(args.pages, args.concurrency, args.rounds, args.scrapy_loop)
+        results = compare(args.pages, args.concurrency, args.rounds, args.scrapy_loop, args.ingest)
         print(json.dumps(results, indent=2) if args.json else report(results))
 
 
