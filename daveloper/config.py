@@ -119,7 +119,7 @@ class Settings:
     redis_url: str | None = None
     #: Redis connections per process; each open event-log stream (Chat, Watch, Upload) holds one.
     redis_max_connections: int = 2000
-    #: Qdrant server URL; ``None`` uses qdrant-client local mode under ``data_dir``.
+    #: Qdrant server URL; ``None`` runs Qdrant Edge in process under ``data_dir``.
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
     #: HMAC key for session tokens; ``None`` shares one generated key through Redis.
