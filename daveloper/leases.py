@@ -56,6 +56,10 @@ class LeaseSet:
     async def renew(self, session_id: str, member: str) -> None:
         await self._redis.zadd(self.key(session_id), {member: time.time() + self.ttl_seconds}, xx=True)
 
+    def release_in(self, pipe: Pipeline, session_id: str, member: str) -> None:
+        """Queue :meth:`release` on ``pipe``."""
+        pipe.zrem(self.key(session_id), member)
+
     async def release(self, session_id: str, member: str) -> None:
         await self._redis.zrem(self.key(session_id), member)
 

@@ -103,6 +103,13 @@ class WorkLeases:
             pipe.hdel(self._data, member)
             await redis_call(pipe.execute())
 
+    def release_in(self, pipe: Pipeline, kind: str, work_id: str) -> None:
+        """Queue :meth:`release` on ``pipe`` (with the work's last writes)."""
+        member = self._member(kind, work_id)
+        self._owned.discard(member)
+        pipe.zrem(self._set, member)
+        pipe.hdel(self._data, member)
+
     @property
     def owned(self) -> int:
         return len(self._owned)

@@ -4,7 +4,9 @@ A model may stream a token every few microseconds; one event (one Redis append,
 one message per listening stream) per token would cost more than the token.
 :class:`TextCoalescer` takes text as it arrives without waiting, and a flusher
 task writes what is pending as one event once ``seconds`` have passed since the
-oldest pending piece (by the loop's clock) or ``chars`` are pending.
+oldest pending piece (by the loop's clock) or ``chars`` are pending. At the end
+of a model round, :meth:`TextCoalescer.take` hands the rest to the caller, which
+writes it in the same append as its next event.
 
 While a flush is being written, later text keeps accumulating, and the next
 flush takes all of it: when the loop is busy, events grow instead of shrinking
@@ -43,6 +45,7 @@ class TextCoalescer:
         #: Set when the window should end early: size reached, or draining.
         self._now = asyncio.Event()
         self._closing = False
+        self._taking = False
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> TextCoalescer:
@@ -81,9 +84,27 @@ class TextCoalescer:
         if self._task is not None:
             await self._task
 
+    async def take(self) -> str:
+        """Stop the flusher (after a write in flight) and return the text not yet written.
+
+        For the caller to write together with its next event, in one append: a turn's last
+        text and its ``turn_completed``, or the text before a tool call and the call.
+        """
+        self._taking = True
+        self._wake.set()
+        self._now.set()
+        if self._task is not None:
+            await self._task
+        text = "".join(self._pending)
+        self._pending.clear()
+        self._size = 0
+        return text
+
     async def _flusher(self) -> None:
         while True:
             await self._wake.wait()
+            if self._taking:
+                return
             if not self._now.is_set():
                 delay = self._since + self._seconds - self._loop.time()
                 if delay > 0:
@@ -92,6 +113,8 @@ class TextCoalescer:
                             await self._now.wait()
                     except TimeoutError:
                         pass
+            if self._taking:
+                return
             if self._pending:
                 text = "".join(self._pending)
                 self._pending.clear()

@@ -128,6 +128,10 @@ class Conversations:
         pipe.set(self._conv(session_id, conversation.id), bytes(conversation))
         pipe.zadd(self._convs(session_id), {conversation.id: conversation.update_time.timestamp()})
 
+    def put_turn_in(self, pipe: Pipeline, session_id: str, conversation_id: str, turn: Turn) -> None:
+        """Queue :meth:`put_turn` on ``pipe``."""
+        pipe.set(self._turn(session_id, conversation_id, turn.id), bytes(turn))
+
     async def put_turn(self, session_id: str, conversation_id: str, turn: Turn) -> None:
         await self._redis.set(self._turn(session_id, conversation_id, turn.id), bytes(turn))
 

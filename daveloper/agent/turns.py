@@ -111,6 +111,8 @@ class _Turn:
     first_token: float | None = None
     #: The conversation's first turn: no history to load.
     fresh: bool = False
+    #: Text a model round left unwritten: it goes out with the next event.
+    unsent: str = ""
 
     @property
     def scope(self) -> str:
@@ -254,9 +256,16 @@ class Agent:
             yield event
 
     async def _emit(self, turn: _Turn, **kind: object) -> int:
-        event = ChatEvent(conversation_id=turn.conversation_id, turn_id=turn.record.id, create_time=now(),
-                          **kind)
-        return await self._events.append(turn.scope, bytes(event))
+        """Append one event (after the text a model round left unsent, in the same round trip); its seq."""
+        created = now()
+        event = bytes(ChatEvent(conversation_id=turn.conversation_id, turn_id=turn.record.id, create_time=created,
+                                **kind))
+        if not turn.unsent:
+            return await self._events.append(turn.scope, event)
+        text, turn.unsent = turn.unsent, ""
+        delta = bytes(ChatEvent(conversation_id=turn.conversation_id, turn_id=turn.record.id, create_time=created,
+                                token_delta=TokenDelta(text=text)))
+        return await self._events.append_many(turn.scope, (delta, event)) + 1
 
     async def _run(self, turn: _Turn) -> None:
         try:
@@ -305,10 +314,18 @@ class Agent:
         log.warning("turn of a lost instance failed", extra={"turn_id": turn_id, "owner": fields.get("owner")})
 
     async def _finish(self, turn: _Turn, finish: FinishReason, failure: BaseException | None) -> None:
+        recorded = False
         try:
             await self._record_finish(turn, finish, failure)
+            # The record and the work lease's release in one round trip, after the final event.
+            async with self._conversations.pipeline(transaction=False) as pipe:
+                self._conversations.put_turn_in(pipe, turn.session_id, turn.conversation_id, turn.record)
+                if self._work is not None:
+                    self._work.release_in(pipe, "turn", turn.record.id)
+                await redis_call(pipe.execute())
+            recorded = True
         finally:
-            if self._work is not None:
+            if not recorded and self._work is not None:
                 await self._work.release("turn", turn.record.id)
 
     async def _record_finish(self, turn: _Turn, finish: FinishReason, failure: BaseException | None) -> None:
@@ -330,7 +347,6 @@ class Agent:
             await self._emit(turn, turn_completed=TurnCompleted(
                 finish_reason=finish, usage=record.usage, text=text,
                 time_to_first_token=datetime.timedelta(seconds=ttft), duration=datetime.timedelta(seconds=elapsed)))
-        await self._conversations.put_turn(turn.session_id, turn.conversation_id, record)
 
     async def _history(self, turn: _Turn) -> list[Message]:
         budget = self._settings.history_tokens
@@ -389,7 +405,8 @@ class Agent:
                             coalescer.add(event.text)
                         else:
                             done = event
-            await coalescer.drain()
+            # The rest goes out with the round's next event (a tool call, or the turn's end), in one append.
+            turn.unsent = await coalescer.take()
         if done is None:
             raise Unavailable("the language model stream ended without finishing", reason="LLM_UNAVAILABLE",
                               retry_after=1.0)

@@ -85,3 +85,18 @@ async def test_a_failed_write_surfaces_in_add_and_drain() -> None:
                 coalescer.add("b")
         with pytest.raises(ConnectionError):
             await coalescer.drain()
+
+
+async def test_take_waits_for_the_write_in_flight_and_hands_back_the_rest() -> None:
+    writer = Writer()
+    async with TextCoalescer(writer.emit, chars=3, seconds=60) as coalescer:
+        writer.open.clear()
+        coalescer.add("abc")  # a flush starts and hangs
+        await writer.writing.wait()
+        coalescer.add("de")
+        taking = asyncio.create_task(coalescer.take())
+        await asyncio.sleep(0)
+        assert not taking.done()  # the write in flight finishes first
+        writer.open.set()
+        assert await taking == "de"
+    assert writer.events == ["abc"]  # "de" is the caller's to write, with its next event
