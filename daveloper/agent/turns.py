@@ -163,6 +163,14 @@ class Agent:
         """Turns this instance is starting or running now."""
         return self._running
 
+    def check_capacity(self) -> None:
+        """Raise UNAVAILABLE (``TURNS_SATURATED``, with a retry delay) if this instance runs its limit of turns."""
+        capacity = self._settings.max_running_turns
+        if capacity and self._running >= capacity:
+            raise Unavailable(f"this server is running its limit of {capacity} chat turns; retry shortly",
+                              reason="TURNS_SATURATED", retry_after=self._settings.saturated_retry_seconds,
+                              metadata={"limit": str(capacity)})
+
     async def start(self, session_id: str, conversation_id: str, text: str, client_message_id: str,
                     options: ChatOptions) -> tuple[Turn, int, bool]:
         """Begin a turn; returns (turn, seq of its start event, whether it already existed).
@@ -171,11 +179,7 @@ class Agent:
         instance already runs ``max_running_turns``: a turn admitted past that would only wait for
         the loop, its first token arriving long after a retry elsewhere would have answered.
         """
-        capacity = self._settings.max_running_turns
-        if capacity and self._running >= capacity:
-            raise Unavailable(f"this server is running its limit of {capacity} chat turns; retry shortly",
-                              reason="TURNS_SATURATED", retry_after=self._settings.saturated_retry_seconds,
-                              metadata={"limit": str(capacity)})
+        self.check_capacity()
         self._running += 1
         try:
             turn, seq, existed = await self._admit(session_id, conversation_id, text, client_message_id, options)

@@ -103,6 +103,7 @@ class AgentService(Servicer):
             async for request in call:
                 if request.send is not None:
                     _validate_send(request.send)
+                    self._agent.check_capacity()  # before the charge: a refused turn costs no rate budget
                     await call.charge("chat_turns")
                     conversation_id = request.send.conversation_id or "conv_" + secrets.token_hex(10)
                     turn, seq, existed = await self._agent.start(
