@@ -24,7 +24,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from opentelemetry.trace import SpanKind
 
@@ -32,6 +32,7 @@ from daveloper.agent.coalesce import TextCoalescer
 from daveloper.agent.conversations import Conversations, now, parse_conversation
 from daveloper.agent.llm.passages import format_passages
 from daveloper.agent.model import ChatModel, Message, ModelDone, TextDelta, ToolCallRequest, ToolSpec
+from daveloper.agent.running import RunningTurn, conversation_scope, observe_end, turn_scope
 from daveloper.agent.tools import Toolbox
 from daveloper.documents.tokens import count_tokens
 from daveloper.errors import Cancelled, DaveloperError, NotFound, ResourceExhausted, Unavailable, to_failure
@@ -70,14 +71,6 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
-def conversation_scope(session_id: str, conversation_id: str) -> str:
-    return f"conv:{session_id}:{conversation_id}"
-
-
-def turn_scope(turn_id: str) -> str:
-    return f"turn:{turn_id}"
-
-
 @dataclass(frozen=True, slots=True)
 class AgentSettings:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
@@ -95,44 +88,6 @@ class AgentSettings:
     max_running_turns: int = 0
     #: The retry delay a refused turn is told (RetryInfo).
     saturated_retry_seconds: float = 1.0
-
-
-@dataclass
-class _Turn:
-    session_id: str
-    conversation_id: str
-    record: Turn
-    options: ChatOptions
-    text: list[str] = field(default_factory=list)
-    citations: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    started: float = field(default_factory=time.perf_counter)
-    first_token: float | None = None
-    #: The conversation's first turn: no history to load.
-    fresh: bool = False
-    #: Text a model round left unwritten: it goes out with the next event.
-    unsent: str = ""
-
-    @property
-    def scope(self) -> str:
-        return conversation_scope(self.session_id, self.conversation_id)
-
-
-def _observe(metrics: Metrics, turn: _Turn, finish: FinishReason, failure: BaseException | None) -> None:
-    """Count a turn's end: its outcome, time to first token, duration and token rate."""
-    if failure is None:
-        outcome = finish.name.lower()
-    else:
-        outcome = "owner_lost" if getattr(failure, "reason", "") == "OWNER_LOST" else "failed"
-    metrics.chat_turns.labels(outcome).inc()
-    ended = time.perf_counter()
-    metrics.chat_turn_seconds.observe(ended - turn.started)
-    metrics.chat_tokens.inc(turn.completion_tokens)
-    if turn.first_token is not None:
-        metrics.chat_ttft.observe(turn.first_token - turn.started)
-        if turn.completion_tokens and ended > turn.first_token:
-            metrics.chat_tokens_per_second.observe(turn.completion_tokens / (ended - turn.first_token))
 
 
 class Agent:
@@ -220,7 +175,7 @@ class Agent:
             id=conversation_id, title=text[:80], create_time=turn.create_time)
         conversation.turn_count += 1
         conversation.update_time = turn.create_time
-        state = _Turn(session_id, conversation_id, turn, options, fresh=conversation.turn_count == 1)
+        state = RunningTurn(session_id, conversation_id, turn, options, fresh=conversation.turn_count == 1)
         try:
             async with self._conversations.pipeline(transaction=True) as pipe:
                 self._conversations.add_turn_in(pipe, session_id, conversation, turn)
@@ -237,7 +192,7 @@ class Agent:
         self._jobs.spawn(self._run(state), name=f"turn {turn.id}")
         return turn, seq, False
 
-    async def _abandon(self, turn: _Turn) -> None:
+    async def _abandon(self, turn: RunningTurn) -> None:
         """Undo the claims of a turn whose start failed."""
         await self._release(turn.session_id, turn.record.id)
         if self._work is not None:
@@ -259,7 +214,7 @@ class Agent:
             event.seq = entry.seq
             yield event
 
-    async def _emit(self, turn: _Turn, **kind: object) -> int:
+    async def _emit(self, turn: RunningTurn, **kind: object) -> int:
         """Append one event (after the text a model round left unsent, in the same round trip); its seq."""
         created = now()
         event = bytes(ChatEvent(conversation_id=turn.conversation_id, turn_id=turn.record.id, create_time=created,
@@ -271,14 +226,14 @@ class Agent:
                                 token_delta=TokenDelta(text=text)))
         return await self._events.append_many(turn.scope, (delta, event)) + 1
 
-    async def _run(self, turn: _Turn) -> None:
+    async def _run(self, turn: RunningTurn) -> None:
         try:
             with span("chat.turn", **{"daveloper.turn_id": turn.record.id}):
                 await self._run_turn(turn)
         finally:
             self._running -= 1
 
-    async def _run_turn(self, turn: _Turn) -> None:
+    async def _run_turn(self, turn: RunningTurn) -> None:
         finish = FinishReason.STOP
         failure: BaseException | None = None
         try:
@@ -311,13 +266,13 @@ class Agent:
             event = ChatEvent.parse(entry.payload)
             if event.turn_id == turn_id and event.token_delta is not None:
                 text.append(event.token_delta.text)
-        state = _Turn(session_id, conversation_id, record, ChatOptions(), text=text)
+        state = RunningTurn(session_id, conversation_id, record, ChatOptions(), text=text)
         lost = Unavailable("the server running this turn stopped; send the message again",
                            reason="OWNER_LOST", retry_after=0, metadata={"owner": fields.get("owner", "")})
         await self._finish(state, FinishReason.UNSPECIFIED, lost)
         log.warning("turn of a lost instance failed", extra={"turn_id": turn_id, "owner": fields.get("owner")})
 
-    async def _finish(self, turn: _Turn, finish: FinishReason, failure: BaseException | None) -> None:
+    async def _finish(self, turn: RunningTurn, finish: FinishReason, failure: BaseException | None) -> None:
         recorded = False
         try:
             await self._record_finish(turn, finish, failure)
@@ -332,8 +287,8 @@ class Agent:
             if not recorded and self._work is not None:
                 await self._work.release("turn", turn.record.id)
 
-    async def _record_finish(self, turn: _Turn, finish: FinishReason, failure: BaseException | None) -> None:
-        _observe(self._metrics, turn, finish, failure)
+    async def _record_finish(self, turn: RunningTurn, finish: FinishReason, failure: BaseException | None) -> None:
+        observe_end(self._metrics, turn, finish, failure)
         text = "".join(turn.text)
         record = turn.record
         record.assistant_text, record.complete_time = text, now()
@@ -352,7 +307,7 @@ class Agent:
                 finish_reason=finish, usage=record.usage, text=text,
                 time_to_first_token=datetime.timedelta(seconds=ttft), duration=datetime.timedelta(seconds=elapsed)))
 
-    async def _history(self, turn: _Turn) -> list[Message]:
+    async def _history(self, turn: RunningTurn) -> list[Message]:
         budget = self._settings.history_tokens
         earlier: list[Message] = []
         past_turns = [] if turn.fresh else await self._conversations.turns(turn.session_id, turn.conversation_id,
@@ -367,7 +322,7 @@ class Agent:
             earlier[:0] = [Message("user", past.user_text), Message("assistant", past.assistant_text)]
         return [Message("system", self._settings.system_prompt), *earlier, Message("user", turn.record.user_text)]
 
-    async def _rounds(self, turn: _Turn) -> FinishReason:
+    async def _rounds(self, turn: RunningTurn) -> FinishReason:
         messages = await self._history(turn)
         tools = self._tools.specs(turn.options.tools)
         for _ in range(self._limit("max_tool_rounds", self._settings.max_tool_rounds) + 1):
@@ -379,7 +334,7 @@ class Agent:
                 messages.append(await self._call_tool(turn, call))
         return FinishReason.TOOL_LIMIT
 
-    async def _stream(self, turn: _Turn, messages: list[Message], tools: list[ToolSpec]) -> ModelDone:
+    async def _stream(self, turn: RunningTurn, messages: list[Message], tools: list[ToolSpec]) -> ModelDone:
         """One model round; text deltas are coalesced onto the log (see :mod:`daveloper.agent.coalesce`)."""
         provider = self._settings.provider
         requested, done = time.perf_counter(), None
@@ -418,7 +373,7 @@ class Agent:
         turn.completion_tokens += done.completion_tokens
         return done
 
-    async def _call_tool(self, turn: _Turn, call: ToolCallRequest) -> Message:
+    async def _call_tool(self, turn: RunningTurn, call: ToolCallRequest) -> Message:
         await self._emit(turn, tool_call=ToolCall(call_id=call.call_id, name=call.name,
                                                   arguments_json=call.arguments))
         with span(f"tool.{call.name}"):

@@ -1,0 +1,61 @@
+"""A running turn's state, its scopes, and the metrics counted when it ends."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from daveloper.metrics import Metrics
+from generated.daveloper.v1 import ChatOptions, FinishReason, Turn
+
+__all__ = ["RunningTurn", "conversation_scope", "observe_end", "turn_scope"]
+
+
+def conversation_scope(session_id: str, conversation_id: str) -> str:
+    """The event-log scope of a conversation (every turn's events)."""
+    return f"conv:{session_id}:{conversation_id}"
+
+
+def turn_scope(turn_id: str) -> str:
+    """The control scope of a turn (its cancel requests)."""
+    return f"turn:{turn_id}"
+
+
+@dataclass
+class RunningTurn:
+    """A turn while this instance runs it: its record, the text so far, counts and timings."""
+
+    session_id: str
+    conversation_id: str
+    record: Turn
+    options: ChatOptions
+    text: list[str] = field(default_factory=list)
+    citations: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+    #: The conversation's first turn: no history to load.
+    fresh: bool = False
+    #: Text a model round left unwritten: it goes out with the next event.
+    unsent: str = ""
+
+    @property
+    def scope(self) -> str:
+        return conversation_scope(self.session_id, self.conversation_id)
+
+
+def observe_end(metrics: Metrics, turn: RunningTurn, finish: FinishReason, failure: BaseException | None) -> None:
+    """Count a turn's end: its outcome, time to first token, duration and token rate."""
+    if failure is None:
+        outcome = finish.name.lower()
+    else:
+        outcome = "owner_lost" if getattr(failure, "reason", "") == "OWNER_LOST" else "failed"
+    metrics.chat_turns.labels(outcome).inc()
+    ended = time.perf_counter()
+    metrics.chat_turn_seconds.observe(ended - turn.started)
+    metrics.chat_tokens.inc(turn.completion_tokens)
+    if turn.first_token is not None:
+        metrics.chat_ttft.observe(turn.first_token - turn.started)
+        if turn.completion_tokens and ended > turn.first_token:
+            metrics.chat_tokens_per_second.observe(turn.completion_tokens / (ended - turn.first_token))
