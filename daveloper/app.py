@@ -98,6 +98,8 @@ class App:
     registration: asyncio.Task[None] | None = None
     #: What this instance counts into (its ``GET /metrics``).
     metrics: Metrics = METRICS
+    #: The worker processes that parse, chunk and embed documents (``None`` only in hand-built apps).
+    documents_pool: DocumentPool | None = None
 
     @property
     def edge(self) -> Edge:
@@ -192,8 +194,7 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
         pool = DocumentPool(workers=settings.parse_workers, budget=DocumentBudget(
             cpu_seconds=settings.parse_cpu_seconds, memory_bytes=settings.parse_memory_mb << 20,
             max_chunks=settings.parse_max_chunks))
-        stack.push_async_callback(pool.aclose)
-        pool.start()
+        stack.push_async_callback(pool.aclose)  # its workers start with the first document
         jobs = BackgroundJobs()
         stack.push_async_callback(jobs.aclose)
         work = WorkLeases(redis, owner=settings.instance_id, ttl_seconds=settings.lease_seconds, metrics=metrics)
@@ -330,7 +331,7 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
                         edge = await serving.enter_async_context(open_edge(
                             settings, upstreams=[grpc_addr, *settings.upstreams], health=health, metrics=metrics))
                     app = App(settings, grpc_addr, redis, qdrant, events, sessions, catalog, chunk_store, search,
-                              jobs, health, interceptor, server, edge, registration, metrics)
+                              jobs, health, interceptor, server, edge, registration, metrics, pool)
                     try:
                         yield app
                     finally:

@@ -29,16 +29,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import pickle
 import socket
+import subprocess
+import sys
 import time
 from array import array
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Coroutine
 from dataclasses import dataclass
-from multiprocessing.context import BaseContext
-from multiprocessing.process import BaseProcess
 from typing import Any, Generic, TypeVar
 
 from daveloper.documents import worker as worker_module
@@ -151,31 +150,47 @@ class FairShare(Generic[T]):
 
 
 class _Worker:
-    """One worker process and the event loop's end of its socket."""
+    """One worker process and the event loop's end of its socket.
 
-    def __init__(self, process: BaseProcess, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    A worker is a fresh interpreter running ``python -m daveloper.documents.worker``
+    with the other end of a socket pair, not a ``multiprocessing`` child: those
+    re-run the server's ``__main__`` module in every worker (in Python 3.11 even
+    under a fork server), loading the whole application into each one.
+    """
+
+    def __init__(self, process: asyncio.subprocess.Process, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
         self.process = process
         self._reader = reader
         self._writer = writer
 
     @classmethod
-    async def start(cls, context: BaseContext, memory_bytes: int) -> _Worker:
+    async def start(cls, memory_bytes: int) -> _Worker:
         ours, theirs = socket.socketpair()
         try:
-            process = context.Process(  # type: ignore[attr-defined]
-                target=worker_module.serve, args=(theirs, memory_bytes), daemon=True,
-                name="daveloper-document-worker",
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", worker_module.__name__, str(theirs.fileno()), str(memory_bytes),
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
             )
-            # Starting talks to the fork server (launching it the first time): off the loop.
-            await asyncio.to_thread(process.start)
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         reader, writer = await asyncio.open_unix_connection(sock=ours)
-        return cls(process, reader, writer)
+        worker = cls(process, reader, writer)
+        try:
+            if await worker.receive() != ("ready",):
+                raise RuntimeError("the document worker did not start as expected")
+        except BaseException:
+            worker.kill()
+            await worker.stop()
+            raise
+        return worker
 
     @property
     def pid(self) -> int:
-        return self.process.pid or 0
+        return self.process.pid
 
     async def send(self, job: Job, data: bytes) -> None:
         header = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
@@ -189,20 +204,24 @@ class _Worker:
         return message
 
     def kill(self) -> None:
-        if self.process.exitcode is None:
-            self.process.kill()
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+
+    async def exit_code(self) -> int | None:
+        """The exit code of a worker whose socket closed (it is exiting, or has exited)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.process.wait(), STOP_SECONDS)
+        return self.process.returncode
 
     async def stop(self) -> None:
         """Close the socket (the worker then exits), killing the worker if it lingers."""
         self._writer.close()
         with contextlib.suppress(ConnectionError):
             await self._writer.wait_closed()
-        await asyncio.to_thread(self.process.join, STOP_SECONDS)
-        if self.process.exitcode is None:
-            self.process.kill()
-            await asyncio.to_thread(self.process.join, STOP_SECONDS)
-        with contextlib.suppress(ValueError):  # still running after a kill: leave it to the OS
-            self.process.close()
+        if await self.exit_code() is None:
+            self.kill()
+            await self.exit_code()
 
 
 def _over_budget(limit: str, message: str, budget: DocumentBudget) -> ResourceExhausted:
@@ -215,16 +234,12 @@ def _over_budget(limit: str, message: str, budget: DocumentBudget) -> ResourceEx
 class DocumentPool:
     """Runs parse → chunk → sparse embed for documents in worker processes (see the module docstring)."""
 
-    def __init__(self, *, workers: int, budget: DocumentBudget, start_method: str = "forkserver") -> None:
+    def __init__(self, *, workers: int, budget: DocumentBudget) -> None:
         if workers < 1:
             raise ValueError("a document pool needs at least one worker")
         self.workers = workers
         self.budget = budget
-        self._context = multiprocessing.get_context(start_method)
-        if start_method == "forkserver":
-            # Workers fork from a server that has imported the parsers once, so a replacement starts in
-            # milliseconds, not the second and more that importing lxml, pypdf and docx takes.
-            self._context.set_forkserver_preload([worker_module.__name__])
+        self._started = False
         self._share: FairShare[_Worker] = FairShare()
         self._all: set[_Worker] = set()
         self._starting: set[asyncio.Task[None]] = set()
@@ -232,7 +247,14 @@ class DocumentPool:
         self._closing = asyncio.Event()
 
     def start(self) -> None:
-        """Start the workers in the background (documents wait for the first free one)."""
+        """Start the workers in the background (documents wait for the first free one).
+
+        The first document starts them if nobody did: a server that is never sent a
+        document never pays for the workers' start (about a second of CPU each).
+        """
+        if self._started:
+            return
+        self._started = True
         for _ in range(self.workers):
             self._spawn(self._add(), name="start document worker")
 
@@ -250,7 +272,7 @@ class DocumentPool:
         delay = 0.5
         while not self._closed:
             try:
-                worker = await _Worker.start(self._context, self.budget.memory_bytes)
+                worker = await _Worker.start(self.budget.memory_bytes)
             except Exception:
                 # Without workers documents would wait for ever: keep trying, and say so.
                 log.exception("could not start a document worker; retrying in %s s", delay)
@@ -310,6 +332,7 @@ class DocumentPool:
         """
         if self._closed:
             raise RuntimeError("the document pool is closed")
+        self.start()
         worker = await self._share.acquire(session_id)
         job = Job(file_name=file_name, declared_type=declared_type, max_chunks=self.budget.max_chunks)
         inbox: asyncio.Queue[tuple[Any, ...] | BaseException] = asyncio.Queue()
@@ -371,7 +394,7 @@ class DocumentPool:
                     kind == "over_budget" and message[1] == Limit.CHUNKS)
                 return
         except (asyncio.IncompleteReadError, ConnectionError):
-            exitcode = await _exit_code(worker)
+            exitcode = await worker.exit_code()
             if killed:
                 inbox.put_nowait(_over_budget(Limit.CPU, f"processing the document took more than "
                                                          f"{self.budget.cpu_seconds:g} s of CPU", self.budget))
@@ -413,8 +436,3 @@ def _batch(rows: list[tuple[Any, ...]], first: int) -> ChunkBatch:
         vectors.append(SparseVector(indices=tuple(array("I", indices)), values=tuple(array("d", values))))
     return ChunkBatch(drafts, vectors)
 
-
-async def _exit_code(worker: _Worker) -> int | None:
-    """The exit code of a worker whose socket closed (it is exiting, or has exited)."""
-    await asyncio.to_thread(worker.process.join, STOP_SECONDS)
-    return worker.process.exitcode

@@ -1,14 +1,16 @@
 """The document worker: parse → chunk → sparse-embed documents in a process of its own.
 
-A worker is started by :class:`~daveloper.documents.pool.DocumentPool` (spawn
-or forkserver) with one end of a socket pair, and serves one document at a
+A worker is started by :class:`~daveloper.documents.pool.DocumentPool` as
+``python -m daveloper.documents.worker FD MEMORY_BYTES`` with one end of a
+socket pair as file descriptor ``FD``, and serves one document at a
 time until that socket closes. It never touches Redis, Qdrant or the event
 loop: bytes come in, chunk texts and BM25 vectors go back.
 
 Wire format, both directions: frames of a 4-byte big-endian length and a
 body. A job is two frames, a pickled :class:`Job` then the document's raw
 bytes (not pickled: a 30 MB upload is not copied into a pickle). The answer
-is a stream of pickled tuples, each led by its kind:
+is a stream of pickled tuples, each led by its kind (and a worker that has
+started says ``("ready",)`` once, before its first job):
 
 * ``("stage", stage, done, total)`` — progress (``parsing``, ``chunking``, ``embedding``);
 * ``("outline", media_type, title, language, chunk_count)`` — once, after chunking;
@@ -30,6 +32,8 @@ inside C code (a regular expression, lxml) could not interrupt itself.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import math
 import os
 import pickle
@@ -37,6 +41,7 @@ import resource
 import signal
 import socket
 import struct
+import sys
 import time
 from array import array
 from collections.abc import Callable
@@ -49,8 +54,11 @@ from daveloper.documents.parsing import parse
 from daveloper.documents.tokens import count_tokens
 from daveloper.errors import InvalidArgument
 
-__all__ = ["BATCH", "HEADER", "Job", "Limit", "read_frame", "serve", "write_frame"]
+__all__ = ["BATCH", "HEADER", "Job", "Limit", "main", "read_frame", "serve", "write_frame"]
 
+#: Imported by the parsers on first use; a worker imports them as it starts instead, so that
+#: its first HTML, PDF or DOCX is not slower than the rest.
+PARSER_LIBRARIES = ("trafilatura", "pypdf", "docx")
 #: Chunks per ``chunks`` frame (also the granularity of the parent's store writes).
 BATCH = 128
 #: Length prefix of every frame.
@@ -121,6 +129,7 @@ def serve(sock: socket.socket, memory_bytes: int) -> None:
         write_frame(sock, pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
 
     with sock:
+        send("ready")
         while True:
             try:
                 if (header := read_frame(sock)) is None or (data := read_frame(sock)) is None:
@@ -193,3 +202,16 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def main(argv: list[str]) -> None:
+    """``python -m daveloper.documents.worker FD MEMORY_BYTES``: serve the pool on socket ``FD``."""
+    fd, memory_bytes = int(argv[0]), int(argv[1])
+    for library in PARSER_LIBRARIES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(library)
+    serve(socket.socket(fileno=fd), memory_bytes)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

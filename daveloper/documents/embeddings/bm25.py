@@ -46,6 +46,7 @@ _MAX_TERM_CHARS = 64
 #: Above this many characters a batch is tokenised in a worker thread so the event loop keeps serving.
 _THREAD_THRESHOLD = 20_000
 _STEM_CACHE_LIMIT = 200_000
+_WORD_CACHE_LIMIT = 200_000
 
 _STOP_WORDS_TEXT = """
 a about above after again against all am an and any are as at be because been before being below
@@ -103,21 +104,26 @@ class _Stemmer(threading.local):
         return stemmed
 
 
-def _terms(text: str, stemmer: _Stemmer) -> Iterator[str]:
-    for match in _WORD.finditer(text):
-        word = match.group()
-        if len(word) > _MAX_TERM_CHARS:
+def _word_terms(word: str, stemmer: _Stemmer) -> Iterator[str]:
+    if len(word) > _MAX_TERM_CHARS:
+        return
+    # Most words are plain (lower case, capitalised or an acronym): nothing to split.
+    plain = word.isalpha() and (word[1:].islower() or word.isupper())
+    parts = [word] if plain else _identifier_parts(word)
+    if len(parts) > 1:
+        whole = word.strip("_").lower()
+        if len(whole) > 1:
+            yield whole
+    for part in parts:
+        lowered = part.lower()
+        if len(lowered) < 2 or lowered in STOP_WORDS:
             continue
-        parts = _identifier_parts(word)
-        if len(parts) > 1:
-            whole = word.strip("_").lower()
-            if len(whole) > 1:
-                yield whole
-        for part in parts:
-            lowered = part.lower()
-            if len(lowered) < 2 or lowered in STOP_WORDS:
-                continue
-            yield stemmer.stem(lowered)
+        yield stemmer.stem(lowered)
+
+
+def _terms(text: str, stemmer: _Stemmer) -> Iterator[str]:
+    for word in _WORD.findall(text):
+        yield from _word_terms(word, stemmer)
 
 
 def tokenize(text: str) -> list[str]:
@@ -143,11 +149,22 @@ class BM25Embedder:
         self.b = b
         self.avgdl = avgdl
         self._stemmer = _Stemmer()
+        #: word → the sparse indices of its terms, in order
+        self._word_indices: dict[str, tuple[int, ...]] = {}
 
     def _counts(self, text: str) -> tuple[Counter[int], int]:
-        terms = list(_terms(text, self._stemmer))
+        indices: list[int] = []
+        known = self._word_indices
+        for word in _WORD.findall(text):
+            # Words repeat (Zipf): split, stem and hash each one once, then look it up.
+            if (found := known.get(word)) is None:
+                found = tuple(term_index(term) for term in _word_terms(word, self._stemmer))
+                if len(known) >= _WORD_CACHE_LIMIT:
+                    known.clear()
+                known[word] = found
+            indices += found
         # Two terms hashing to one index (rare at 2**32) simply count together.
-        return Counter(term_index(t) for t in terms), len(terms)
+        return Counter(indices), len(indices)
 
     def document_vector(self, text: str) -> SparseVector:
         """The saturated term frequencies of one document (IDF comes from Qdrant)."""

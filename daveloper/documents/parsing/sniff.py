@@ -13,7 +13,6 @@ import codecs
 import io
 import json
 import re
-import unicodedata
 import zipfile
 from dataclasses import dataclass
 from enum import Enum
@@ -231,14 +230,17 @@ def _try_decode(data: bytes, codec: str) -> str | None:
         return None
 
 
+#: Unicode category Cc is exactly U+0000-001F and U+007F-009F; less \t \n \v \f \r (09-0D) and ESC (1B).
+_CONTROLS = re.compile("[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f-\x9f]")
+
+
 def _looks_binary(text: str) -> bool:
     """Control characters in more than 2 % of the first 8 K characters.
 
     Whitespace controls and ESC (colour codes in captured terminal output) do not count.
     """
     sample = text[:8192]
-    controls = sum(1 for char in sample if char not in "\t\n\r\f\v\x1b" and unicodedata.category(char) == "Cc")
-    return controls > len(sample) / 50
+    return len(_CONTROLS.findall(sample)) > len(sample) / 50
 
 
 def _sniff_zip(data: bytes) -> Sniffed:
