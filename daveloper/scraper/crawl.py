@@ -29,7 +29,7 @@ from daveloper.scraper.extract import canonical_url, decode, is_html, parse_html
 from daveloper.scraper.fetcher import Fetcher, Response
 from daveloper.scraper.jobs import JobRun, Work
 from daveloper.scraper.robots import RobotsCache
-from daveloper.scraper.safety import SCHEMES, Refusal
+from daveloper.scraper.safety import SCHEMES, Refusal, normalise_url
 from generated.daveloper.v1 import Document, PageFetched, ScrapeSpec
 
 __all__ = ["CrawlLimits", "Crawler", "PageIngest", "SkipReason"]
@@ -113,6 +113,11 @@ class Crawler:
             if (url := canonical_url(raw) if raw.is_absolute() else None) is None:
                 violations[f"spec.urls[{i}]"] = "is not an absolute http(s) URL"
                 continue
+            try:
+                url = normalise_url(url)
+            except InvalidArgument as invalid:
+                violations[f"spec.urls[{i}]"] = invalid.violations[0][1] if invalid.violations else invalid.message
+                continue
             self.fetcher.policy.check_url(url)
             seeds.append(url)
         if spec.max_depth > self.limits.max_depth:
@@ -122,7 +127,9 @@ class Crawler:
         include = self._patterns(spec.include_patterns, "spec.include_patterns", violations)
         exclude = self._patterns(spec.exclude_patterns, "spec.exclude_patterns", violations)
         if violations:
-            raise InvalidArgument("the scrape spec is invalid", violations=violations)
+            # The first problem in the message too: a tool hands only the message to the model.
+            first = next(iter(violations.items()))
+            raise InvalidArgument(f"the scrape spec is invalid: {first[0]} {first[1]}", violations=violations)
         return _Plan(tuple(dict.fromkeys(seeds)), spec.max_depth, spec.max_pages or self.limits.default_max_pages,
                      include, exclude)
 
@@ -247,6 +254,14 @@ class _Crawl:
                 self._queue.task_done()
 
     async def _offer(self, url: URL, depth: int, *, seed: bool = False) -> None:
+        try:
+            # The canonical host first: 127.1 and 127.0.0.1 are one URL, seen once, refused alike.
+            url = normalise_url(url)
+        except InvalidArgument as invalid:
+            if url not in self._seen:
+                self._seen.add(url)
+                await self._run.failed(str(url)[:2048], invalid)
+            return None
         if url in self._seen:
             return None
         self._seen.add(url)

@@ -30,7 +30,7 @@ from daveloper.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from daveloper.scraper.safety import AddressPolicy, GuardedResolver, Refusal, refusal_reason
+from daveloper.scraper.safety import AddressPolicy, GuardedResolver, Refusal, normalise_url, refusal_reason
 from daveloper.tracing import span
 
 __all__ = ["FetchLimits", "Fetcher", "Refusal", "Response", "http_error", "open_http_session", "retry_after_seconds"]
@@ -169,12 +169,14 @@ class Fetcher:
 
     async def check_destination(self, url: URL) -> None:
         """Refuse ``url`` now if the policy blocks it, resolving its host as a fetch would."""
+        url = normalise_url(url)
         self._policy.check_url(url)
         assert url.host is not None
         try:
             await self._resolver.resolve(url.host, url.port or 0)
-        except OSError as exc:
-            raise InvalidArgument(f"{url.host} does not resolve: {exc.strerror or exc}", reason="UNRESOLVABLE_HOST",
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a name idna cannot encode
+            problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise InvalidArgument(f"{url.host} does not resolve: {problem}", reason="UNRESOLVABLE_HOST",
                                   violations=[("spec.urls", f"{url.host} does not resolve")]) from None
 
     async def aclose(self) -> None:
@@ -200,6 +202,9 @@ class Fetcher:
         destination and another :class:`DaveloperError` (``http_status`` in its
         metadata) for anything else that went wrong.
         """
+        # Hosts in canonical form from here on: the policy, the per-host gates and breakers and the
+        # request itself all see the one spelling (127.1 is 127.0.0.1).
+        url = normalise_url(url)
         redirects: list[URL] = []
         seen = {url}
         while True:
@@ -211,7 +216,11 @@ class Fetcher:
                 raise FailedPrecondition(f"more than {self.limits.max_redirects} redirects from {redirects[0]}",
                                          reason="TOO_MANY_REDIRECTS", metadata={"url": str(url)[:300]})
             redirects.append(url)
-            url = url.join(URL(location))
+            try:
+                url = normalise_url(url.join(URL(location)))
+            except ValueError:  # yarl's own refusal of the Location (InvalidArgument passes through)
+                raise FailedPrecondition(f"{url} redirects to an invalid URL", reason="INVALID_REDIRECT",
+                                         metadata={"url": str(url)[:300]}) from None
             if url in seen:
                 raise FailedPrecondition(f"redirect loop at {url}", reason="REDIRECT_LOOP",
                                          metadata={"url": str(url)[:300]})

@@ -10,6 +10,14 @@ that is connected to — a host cannot resolve to a public address for the check
 and to a private one for the connection. Redirects are followed by the
 fetcher one hop at a time, so each hop passes through the same check.
 
+Every policy decision is made on the host's canonical form
+(:func:`canonical_host`): the IPv4 spellings a URL parser or ``inet_aton``
+accepts besides the dotted quad (``127.1``, ``2130706433``, ``0x7f.1``,
+``017700000001``) are read as the address they name, so a redirect or a link to
+one is refused like the dotted quad (BLOCKED_ADDRESS), not left to the
+connection to fail. A host that is no DNS name (a label over 63 characters, an
+empty label, over 253 characters) is INVALID_ARGUMENT (``INVALID_HOST``).
+
 An allow-list opens specific destinations: ``host``, ``host:port`` or an
 address network in CIDR form (``10.1.0.0/16``).
 """
@@ -17,6 +25,7 @@ address network in CIDR form (``10.1.0.0/16``).
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,9 +35,9 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from daveloper.errors import PermissionDenied
+from daveloper.errors import InvalidArgument, PermissionDenied
 
-__all__ = ["AddressPolicy", "GuardedResolver", "Refusal"]
+__all__ = ["AddressPolicy", "GuardedResolver", "Refusal", "canonical_host", "normalise_url"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -38,6 +47,80 @@ SCHEMES = frozenset({"http", "https"})
 
 class Refusal(PermissionDenied):
     """A destination the policy does not allow; ``reason`` says which rule refused it."""
+
+
+#: One part of an IPv4 host as the WHATWG URL standard (and inet_aton) reads it: hex, octal or decimal.
+_IPV4_PART = re.compile(r"0[xX][0-9a-fA-F]*|0[0-7]*|[1-9][0-9]*")
+_MAX_LABEL = 63
+_MAX_NAME = 253
+
+
+def _invalid_host(host: str, problem: str) -> InvalidArgument:
+    shown = host if len(host) <= 80 else f"{host[:60]}...({len(host)} characters)"
+    return InvalidArgument(f"{shown} is not a valid host: {problem}", reason="INVALID_HOST",
+                           violations=[("url", f"the host {problem}")], metadata={"host": host[:200]})
+
+
+def _ipv4_number(host: str) -> ipaddress.IPv4Address | None:
+    """The address a numeric host names (``127.1``, ``0x7f.1``, ``2130706433``); None for a name.
+
+    A host whose parts are all numbers but that names no address (``256.1.1.1``,
+    ``4294967296``) is no host at all: INVALID_ARGUMENT.
+    """
+    parts = host.split(".")
+    if len(parts) > 1 and parts[-1] == "":
+        parts.pop()  # one trailing dot
+    if not all(_IPV4_PART.fullmatch(part) for part in parts):
+        return None
+    if len(parts) > 4:
+        raise _invalid_host(host, "has more than four numeric parts")
+    numbers = [int(p[2:] or "0", 16) if p[:2].lower() == "0x" else int(p, 8) if p[0] == "0" else int(p)
+               for p in parts]
+    *head, last = numbers
+    if any(n > 255 for n in head) or last >= 256 ** (5 - len(numbers)):
+        raise _invalid_host(host, "is a number out of the IPv4 range")
+    return ipaddress.IPv4Address(sum(n << (8 * (3 - i)) for i, n in enumerate(head)) + last)
+
+
+def canonical_host(host: str) -> str:
+    """The form of ``host`` every policy decision is made on.
+
+    Lower case, no IPv6 brackets, and an IPv4 address in dotted-quad form
+    however it was spelled. Raises INVALID_ARGUMENT (``INVALID_HOST``) for a
+    numeric host that names no address.
+    """
+    host = host.strip("[]").lower()
+    if ":" in host:
+        return host  # an IPv6 literal
+    address = _ipv4_number(host)
+    return str(address) if address is not None else host
+
+
+def _check_dns_name(host: str) -> None:
+    """Refuse a host name DNS cannot carry (what idna and the resolver would fail on later, as INTERNAL)."""
+    name = host[:-1] if host.endswith(".") else host
+    for label in name.split("."):
+        if not label:
+            raise _invalid_host(host, "has an empty label")
+        if len(label) > _MAX_LABEL:
+            raise _invalid_host(host, f"has a label longer than {_MAX_LABEL} characters")
+    if len(name) > _MAX_NAME:
+        raise _invalid_host(host, f"is longer than {_MAX_NAME} characters")
+
+
+def normalise_url(url: URL) -> URL:
+    """``url`` with its host in :func:`canonical_host` form; INVALID_ARGUMENT when the host is not a valid one.
+
+    Applied to start URLs, every redirect target and every link before the URL
+    is compared, counted per host or fetched.
+    """
+    raw = url.raw_host
+    if not raw:
+        return url
+    if ":" not in raw:
+        _check_dns_name(raw)
+    host = canonical_host(raw)
+    return url if host == raw else url.with_host(host)
 
 
 def _blocked_kind(address: IPAddress) -> str | None:
@@ -96,15 +179,16 @@ class AddressPolicy:
         if url.scheme not in SCHEMES:
             raise Refusal(f"only http and https URLs may be fetched, not {url.scheme or 'a relative'} URL",
                           reason="BLOCKED_SCHEME", metadata={"url": str(url)[:200]})
-        if not url.host:
+        if not url.raw_host:
             raise Refusal("the URL has no host", reason="BLOCKED_SCHEME", metadata={"url": str(url)[:200]})
-        if self.host_allowed(url.host, url.port):
+        host = canonical_host(normalise_url(url).raw_host or "")
+        if self.host_allowed(host, url.port):
             return
         try:
-            address = ipaddress.ip_address(url.host.strip("[]"))
+            address = ipaddress.ip_address(host)
         except ValueError:
             return
-        self.check_address(url.host, address)
+        self.check_address(host, address)
 
     def check_address(self, host: str, address: IPAddress) -> None:
         if self.address_allowed(address):

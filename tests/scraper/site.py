@@ -17,6 +17,8 @@ Layout (``sections`` times ``pages`` pages)::
     /huge                   larger than any test's page limit
     /to-loopback            redirects to ``localhost`` (a loopback name the tests do not allow)
     /pdf                    a PDF document
+    /go?to=URL              redirects to URL (hostile redirect targets)
+    /links?to=URL&to=URL    a page linking to each URL (hostile link targets)
 
 Every page carries an ETag and answers 304 to a matching If-None-Match.
 Requests are recorded (path and monotonic time) for the tests to inspect.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -97,6 +100,8 @@ class Site:
         app.router.add_get("/huge", self._huge)
         app.router.add_get("/to-loopback", self._to_loopback)
         app.router.add_get("/pdf", self._pdf)
+        app.router.add_get("/go", self._go)
+        app.router.add_get("/links", self._links)
         return app
 
     @web.middleware
@@ -189,6 +194,14 @@ class Site:
 
     async def _pdf(self, request: web.Request) -> web.Response:
         return self._reply(pdf_two_pages(), "application/pdf")
+
+    async def _go(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.query["to"])
+
+    async def _links(self, request: web.Request) -> web.Response:
+        links = "".join(f"<li><a href='{html.escape(to)}'>{html.escape(to)}</a></li>"
+                        for to in request.query.getall("to"))
+        return self._reply(self._html("Links", f"<ul>{links}</ul>"))
 
 
 @asynccontextmanager

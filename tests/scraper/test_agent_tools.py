@@ -80,3 +80,13 @@ async def test_github_repo_reads_the_readme(channel: Channel, token: str, github
     citation = next(e.citation for e in events if e.citation is not None)
     assert citation.location.url == "https://github.com/octo-org/hello-world/blob/main/README.md"
     assert "repository for tests" in events[-1].turn_completed.text
+
+
+async def test_scrape_url_reports_an_invalid_host_as_a_tool_error(channel: Channel, token: str) -> None:
+    events = await chat(channel, token, f"Summarise http://{'a' * 300}.localhost/ please")
+    call = next(e.tool_call for e in events if e.tool_call is not None)
+    assert call.name == "scrape_url"
+    result = next(e.tool_result for e in events if e.tool_result is not None)
+    assert result.is_error
+    assert "label longer than 63 characters" in result.content
+    assert events[-1].turn_completed is not None  # the turn itself did not fail
