@@ -236,7 +236,8 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
                                    coalesce_seconds=settings.coalesce_ms / 1000,
                                    owner=settings.instance_id, provider=settings.chat_provider,
                                    max_concurrent_turns=settings.quota_concurrent_turns,
-                                   max_running_turns=settings.max_running_turns),
+                                   max_running_turns=settings.max_running_turns,
+                                   max_starting_turns=settings.max_starting_turns),
         )
 
         async def purge_chats(session_id: str) -> None:

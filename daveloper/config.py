@@ -166,6 +166,8 @@ class Settings:
     coalesce_ms: int = 15
     #: Chat turns this instance runs at once; past it a new turn is refused (UNAVAILABLE, TURNS_SATURATED).
     max_running_turns: int = 500
+    #: Chat turns this instance may be starting at once (admitted, model not yet called); past it the same refusal.
+    max_starting_turns: int = 64
     #: Events kept per event-log stream (older ones expire: CURSOR_EXPIRED).
     event_retention: int = 10_000
     #: Idle event-log streams are deleted after this many seconds.
@@ -226,7 +228,7 @@ class Settings:
                      "scrape_max_page_bytes", "scrape_jobs_per_session", "scrape_pages_per_day",
                      "session_idle_ttl_seconds", "sweep_interval_seconds", "rate_address_factor",
                      "quota_documents", "quota_stored_bytes", "quota_concurrent_turns", "audit_retention_seconds",
-                     "max_running_turns"):
+                     "max_running_turns", "max_starting_turns"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.role not in ROLES:
@@ -316,7 +318,7 @@ class Settings:
                           ("max_message_bytes", int), ("max_upload_bytes", int), ("drain_seconds", float),
                           ("event_retention", int), ("event_ttl_seconds", int), ("embedding_size", int),
                           ("max_tool_rounds", int), ("coalesce_chars", int), ("coalesce_ms", int),
-                          ("max_running_turns", int),
+                          ("max_running_turns", int), ("max_starting_turns", int),
                           ("redis_max_connections", int), ("ws_max_frame_bytes", int), ("ws_max_streams", int),
                           ("ws_max_metadata_bytes", int), ("ws_idle_seconds", float),
                           ("ws_max_sockets_per_session", int), ("scrape_concurrency", int),

@@ -39,6 +39,8 @@ class RunningTurn:
     fresh: bool = False
     #: Text a model round left unwritten: it goes out with the next event.
     unsent: str = ""
+    #: Admitted, its model not yet called (counted against ``max_starting_turns``).
+    starting: bool = True
 
     @property
     def scope(self) -> str:

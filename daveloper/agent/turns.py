@@ -86,6 +86,9 @@ class AgentSettings:
     max_concurrent_turns: int = 0
     #: Turns this instance runs at once; past it new turns are refused (0: no limit).
     max_running_turns: int = 0
+    #: Turns this instance may be starting at once (admitted, model not yet called); past it new turns are
+    #: refused (0: no limit). Starting is where a turn's CPU goes: this bounds the first token's wait in a burst.
+    max_starting_turns: int = 0
     #: The retry delay a refused turn is told (RetryInfo).
     saturated_retry_seconds: float = 1.0
 
@@ -112,6 +115,7 @@ class Agent:
         self._jobs = jobs
         self._settings = settings
         self._running = 0
+        self._starting = 0
 
     @property
     def running(self) -> int:
@@ -119,30 +123,45 @@ class Agent:
         return self._running
 
     def check_capacity(self) -> None:
-        """Raise UNAVAILABLE (``TURNS_SATURATED``, with a retry delay) if this instance runs its limit of turns."""
-        capacity = self._settings.max_running_turns
-        if capacity and self._running >= capacity:
-            raise Unavailable(f"this server is running its limit of {capacity} chat turns; retry shortly",
+        """Raise UNAVAILABLE (``TURNS_SATURATED``, with a retry delay) if this instance runs or starts its limit
+        of turns."""
+        running, starting = self._settings.max_running_turns, self._settings.max_starting_turns
+        if running and self._running >= running:
+            raise Unavailable(f"this server is running its limit of {running} chat turns; retry shortly",
                               reason="TURNS_SATURATED", retry_after=self._settings.saturated_retry_seconds,
-                              metadata={"limit": str(capacity)})
+                              metadata={"limit": str(running)})
+        if starting and self._starting >= starting:
+            raise Unavailable(f"this server is starting its limit of {starting} chat turns; retry shortly",
+                              reason="TURNS_SATURATED", retry_after=self._settings.saturated_retry_seconds,
+                              metadata={"starting_limit": str(starting)})
+
+    def _started(self, turn: RunningTurn) -> None:
+        """The turn's own start is done (the model is being called): it no longer counts as starting."""
+        if turn.starting:
+            turn.starting = False
+            self._starting -= 1
 
     async def start(self, session_id: str, conversation_id: str, text: str, client_message_id: str,
                     options: ChatOptions) -> tuple[Turn, int, bool]:
         """Begin a turn; returns (turn, seq of its start event, whether it already existed).
 
         Refused at once (UNAVAILABLE, reason ``TURNS_SATURATED``, with a retry delay) when this
-        instance already runs ``max_running_turns``: a turn admitted past that would only wait for
-        the loop, its first token arriving long after a retry elsewhere would have answered.
+        instance already runs ``max_running_turns`` or is starting ``max_starting_turns``: a turn admitted
+        past that would only wait for the loop, its first token arriving long after a retry elsewhere would
+        have answered.
         """
         self.check_capacity()
         self._running += 1
+        self._starting += 1
         try:
             turn, seq, existed = await self._admit(session_id, conversation_id, text, client_message_id, options)
         except BaseException:
             self._running -= 1
+            self._starting -= 1
             raise
         if existed:
             self._running -= 1
+            self._starting -= 1
         return turn, seq, existed
 
     async def _admit(self, session_id: str, conversation_id: str, text: str, client_message_id: str,
@@ -231,6 +250,7 @@ class Agent:
             with span("chat.turn", **{"daveloper.turn_id": turn.record.id}):
                 await self._run_turn(turn)
         finally:
+            self._started(turn)
             self._running -= 1
 
     async def _run_turn(self, turn: RunningTurn) -> None:
@@ -347,6 +367,7 @@ class Agent:
                                  immediate_first=turn.first_token is None) as coalescer:
             with span("llm.stream", SpanKind.CLIENT, **{"gen_ai.system": provider}), \
                     self._metrics.timed("llm", provider):
+                self._started(turn)
                 # aclosing: leaving early (an error, a cancel) closes the model stream and its upstream request.
                 async with contextlib.aclosing(self._model.stream(
                     messages, tools=tools, model=turn.options.model or self._settings.model,

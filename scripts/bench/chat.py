@@ -13,9 +13,11 @@ provider pointed at it, and this driver (the gRPC clients). Phases, in one run:
 * **turn start**: ``--turns`` one-token turns at once: app + Valkey CPU per turn, turns/s, Redis
   commands per turn.
 * **paced**: ``--turns`` turns at ``--paced-interval-ms`` per token (2,000 ms: 0.5 token/s each):
-  LLM emit → client p50/p99, delivered tokens/s, CPU per 1k tokens.
-* **saturated**: the full-speed load against a second app with ``max_running_turns = --admit``:
-  turns admitted and refused (UNAVAILABLE, ``TURNS_SATURATED``, RetryInfo), admitted first token p50/p99.
+  LLM emit → client p50/p99 over all tokens and in the steady state (tokens emitted after every turn
+  had its first token: no turn is starting any more), delivered tokens/s, CPU per 1k tokens.
+* **saturated**: the full-speed load against a second app with the default admission limits
+  (``max_running_turns`` 500, ``max_starting_turns`` 64): turns admitted and refused (UNAVAILABLE,
+  ``TURNS_SATURATED``, RetryInfo), admitted first token p50/p99.
 
 CPU is the app process's (``/proc``) plus Valkey's (``INFO cpu``), read before and after each phase.
 
@@ -111,7 +113,7 @@ def serve_llm() -> None:
 
 # -- the app, in its own process ----------------------------------------------------------------------------
 
-def serve_app(llm_url: str, data_dir: str, max_running: int) -> None:
+def serve_app(llm_url: str, data_dir: str, limits: str) -> None:
     """Run the app; print its port; answer ``cpu`` / ``profile`` / ``report`` lines on stdin with JSON."""
     import cProfile
     import io
@@ -123,7 +125,9 @@ def serve_app(llm_url: str, data_dir: str, max_running: int) -> None:
 
     async def main() -> None:
         overrides: dict[str, object] = {"llm_provider": "openai", "llm_base_url": llm_url, "llm_api_key": "x",
-                                        "llm_model": "bench:1:0", "max_running_turns": max_running}
+                                        "llm_model": "bench:1:0"}
+        if limits == "none":  # every turn admitted: the phases measure 1,000 concurrent turns
+            overrides.update(max_running_turns=10**6, max_starting_turns=10**6)
         async with open_app(bench_settings(Path(data_dir), **overrides)) as app:
             print(app.grpc_addr.port, flush=True)
             reader = asyncio.StreamReader()
@@ -137,7 +141,9 @@ def serve_app(llm_url: str, data_dir: str, max_running: int) -> None:
                     stats = await app.redis.info("commandstats")
                     print(json.dumps({"app": usage.ru_utime + usage.ru_stime,
                                       "valkey": valkey["used_cpu_sys"] + valkey["used_cpu_user"],
-                                      "commands": sum(v["calls"] for v in stats.values())}), flush=True)
+                                      "commands": sum(v["calls"] for v in stats.values()),
+                                      "by_command": {k.removeprefix("cmdstat_"): v["calls"]
+                                                     for k, v in stats.items()}}), flush=True)
                 elif line == "profile":
                     profile = cProfile.Profile()
                     profile.enable()
@@ -145,7 +151,14 @@ def serve_app(llm_url: str, data_dir: str, max_running: int) -> None:
                 elif line == "report" and profile is not None:
                     profile.disable()
                     out = io.StringIO()
-                    pstats.Stats(profile, stream=out).sort_stats(os.environ.get("BENCH_SORT", "tottime")).print_stats(int(os.environ.get("BENCH_TOP", "40")))
+                    stats = pstats.Stats(profile, stream=out)
+                    stats.sort_stats("tottime").print_stats(40)
+                    by_file: dict[str, float] = {}
+                    for (path, _, _), (_, _, own, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+                        by_file[path] = by_file.get(path, 0.0) + own
+                    out.write("own time by file (s):\n")
+                    for path, own in sorted(by_file.items(), key=lambda item: -item[1])[:40]:
+                        out.write(f"{own:8.3f}  {path}\n")
                     print(json.dumps({"profile": out.getvalue()}), flush=True)
 
     uvloop.run(main())
@@ -211,7 +224,9 @@ async def chats(app: Child, port: int, token: str, turns: int, model: str) -> di
     """``turns`` concurrent turns; tokens, latencies and the app's and Valkey's CPU over the phase."""
     channels = [Channel("127.0.0.1", port) for _ in range(max(1, turns // STREAMS_PER_CHANNEL))]
     latencies: list[float] = []
+    emitted: list[int] = []  # the emit time of each latency sample
     first: list[float] = []
+    first_at: list[int] = []  # when each turn's first token arrived
     received = events = refused = 0
     metadata = {"authorization": f"Bearer {token}"}
 
@@ -225,12 +240,14 @@ async def chats(app: Child, port: int, token: str, turns: int, model: str) -> di
                 delta = response.event.token_delta
                 if delta is not None:
                     now = _now_ns()
-                    stamps = STAMP.findall(delta.text)
-                    latencies.extend((now - int(s)) / 1e9 for s in stamps)
+                    stamps = [int(stamp) for stamp in STAMP.findall(delta.text)]
+                    latencies.extend((now - stamp) / 1e9 for stamp in stamps)
+                    emitted.extend(stamps)
                     received += len(stamps)
                     events += 1
                     if sent:
                         first.append(time.perf_counter() - sent)
+                        first_at.append(now)
                         sent = 0
                 if response.event.turn_failed is not None:
                     raise RuntimeError(f"turn failed: {response.event.turn_failed.failure}")
@@ -253,7 +270,13 @@ async def chats(app: Child, port: int, token: str, turns: int, model: str) -> di
             "cpu_ms_per_1k_tokens": cpu / max(received, 1) * 1e6,
             "cpu_ms_per_turn": cpu / max(turns - refused, 1) * 1e3,
             "redis_commands_per_turn": (after["commands"] - before["commands"]) / max(turns - refused, 1),
-            "latency_ms": _ms(latencies), "first_token_ms": _ms(first)}
+            "redis_commands": {name: round((calls - before["by_command"].get(name, 0)) / max(turns - refused, 1), 2)
+                               for name, calls in sorted(after["by_command"].items(), key=lambda item: -item[1])
+                               if calls > before["by_command"].get(name, 0)},
+            "latency_ms": _ms(latencies), "first_token_ms": _ms(first),
+            # Tokens emitted once every turn had its first token: streaming, no turn starting any more.
+            "steady_latency_ms": _ms([latency for latency, at in zip(latencies, emitted, strict=True)
+                                      if first_at and at >= max(first_at)])}
 
 
 def _ms(samples: list[float]) -> dict[str, float]:
@@ -265,7 +288,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     llm_url = f"http://127.0.0.1:{port}/v1"
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            app, port = await Child.start("--serve-app", llm_url, tmp, str(10**6))
+            app, port = await Child.start("--serve-app", llm_url, tmp, "none")
             try:
                 channel = Channel("127.0.0.1", int(port))
                 token = (await SessionServiceStub(channel).create_session(CreateSessionRequest(), timeout=10)).token
@@ -286,8 +309,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         results["profile"] = (await app.ask("report"))["profile"]
             finally:
                 await app.stop()
-            # Saturation: the same full-speed load on an app that runs at most ``--admit`` turns at once.
-            app, port = await Child.start("--serve-app", llm_url, tmp + "/admit", str(args.admit))
+            # Saturation: the same full-speed load on an app with its default admission limits.
+            app, port = await Child.start("--serve-app", llm_url, tmp + "/admit", "default")
             try:
                 channel = Channel("127.0.0.1", int(port))
                 token = (await SessionServiceStub(channel).create_session(CreateSessionRequest(), timeout=10)).token
@@ -314,6 +337,9 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
            f"{res['latency_ms'].get('p50', 0):.1f} / {res['latency_ms'].get('p99', 0):.1f}", f"{res['events']:,}"]
           for name, res in (("full speed", full), ("paced", paced))],
     ]))
+    steady = paced["steady_latency_ms"]
+    lines.append(f"\npaced, steady state (no turn starting): LLM emit → client p50 / p99 "
+                 f"{steady.get('p50', 0):.1f} / {steady.get('p99', 0):.1f} ms")
     lines.append("")
     lines.append(table(["turn start (1-token turns)", "turns/s", "app+Valkey CPU ms / turn", "app / Valkey s",
                         "Redis commands / turn", "refused"], [
@@ -322,9 +348,9 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
          str(start["refused"])]]))
     sat = r["saturated"]
     lines.append("")
-    lines.append(table(["saturation (max_running_turns)", "admitted", "refused (UNAVAILABLE + RetryInfo)",
-                        "admitted first token p50 / p99 ms", "tokens/s"], [
-        [str(args.admit), str(sat["turns"]), str(sat["refused"]),
+    lines.append(table(["saturation (default limits: 500 running, 64 starting)", "admitted",
+                        "refused (UNAVAILABLE + RetryInfo)", "admitted first token p50 / p99 ms", "tokens/s"], [
+        ["", str(sat["turns"]), str(sat["refused"]),
          f"{sat['first_token_ms'].get('p50', 0):.0f} / {sat['first_token_ms'].get('p99', 0):.0f}",
          f"{sat['tokens_per_s']:,.0f}"]]))
     if "profile" in r:
@@ -337,20 +363,19 @@ def main() -> None:
         serve_llm()
         return
     if sys.argv[1:2] == ["--serve-app"]:
-        serve_app(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        serve_app(sys.argv[2], sys.argv[3], sys.argv[4])
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", type=int, default=1000, help="concurrent turns (one Chat stream each)")
     parser.add_argument("--tokens", type=int, default=50, help="tokens per turn at full speed")
-    parser.add_argument("--paced-tokens", type=int, default=5, help="tokens per paced turn")
+    parser.add_argument("--paced-tokens", type=int, default=15, help="tokens per paced turn")
     parser.add_argument("--paced-interval-ms", type=int, default=2000, help="LLM pause before each paced token")
-    parser.add_argument("--admit", type=int, default=250, help="max_running_turns of the saturation phase's app")
     parser.add_argument("--profile", choices=["full", "turn"], help="cProfile the app during a phase")
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     parser.add_argument("--json", action="store_true", help="print raw results as JSON")
     args = parser.parse_args()
     if args.quick:
-        args.turns, args.tokens, args.paced_tokens, args.paced_interval_ms, args.admit = 20, 10, 2, 200, 5
+        args.turns, args.tokens, args.paced_tokens, args.paced_interval_ms = 200, 10, 2, 200
     results = uvloop.run(run(args))
     print(json.dumps(results, indent=2) if args.json else report(args, results))
 
