@@ -28,6 +28,7 @@ import datetime
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -43,6 +44,9 @@ from daveloper.rpc.call import Principal
 __all__ = ["SessionRecord", "SessionStore", "TokenSigner", "load_secret_key"]
 
 _TOKEN_VERSION = "v1"
+#: Longest bearer token accepted (a session token is about 80 characters; the admin token must fit too).
+MAX_TOKEN_CHARS = 4096
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 _SECRET_KEY = "dv:secret:session-signing"
 #: Last activity is written at most this often per session.
 _TOUCH_SECONDS = 60.0
@@ -218,12 +222,18 @@ class SessionStore:
         which does both).
         """
         header = metadata.get("authorization") if metadata else None
-        if not isinstance(header, str) or not header.startswith("Bearer "):
+        # The scheme is case-insensitive (RFC 9110 §11.1), as at the edge.
+        if not isinstance(header, str) or header[:7].lower() != "bearer ":
             raise Unauthenticated(
                 "missing bearer token: send 'authorization: Bearer <token>' from CreateSession",
                 reason="TOKEN_MISSING",
             )
-        token = header.removeprefix("Bearer ").strip()
+        token = header[7:].strip(" \t")
+        # Printable ASCII only, bounded: anything else is no token of ours (and would fail
+        # hmac.compare_digest, or be echoed into a log, further on).
+        if not 0 < len(token) <= MAX_TOKEN_CHARS or not _TOKEN_CHARS.fullmatch(token):
+            raise Unauthenticated("malformed bearer token: a token is printable ASCII, as CreateSession issued it",
+                                  reason="TOKEN_MALFORMED")
         if self._admin_token and hmac.compare_digest(token, self._admin_token):
             return Principal(session_id="", admin=True)
         return Principal(session_id=self._signer.verify(token))

@@ -30,8 +30,11 @@ from generated.daveloper.v1 import (
     GetSessionRequest,
     ListDocumentsRequest,
     SessionServiceStub,
+    UploadHeader,
+    UploadRequest,
 )
 from tests.edge.client import connect, messages, status
+from tests.fuzz.raw_h2 import RawH2
 from tests.grpc_helpers import bearer, reason
 
 pytestmark = pytest.mark.timeout(30)
@@ -217,3 +220,49 @@ async def test_tokens_never_appear_in_logs(app: App, channel: Channel, edge: Edg
                if any(secret in record.getMessage() or secret in repr(vars(record)) for secret in secrets)}
     assert leaking == set(), f"loggers that logged a token: {sorted(leaking)}"
     assert not [secret for secret in secrets if secret in json_lines.getvalue()]
+
+
+#: Bearer values no token of ours can be: non-ASCII (UTF-8 and bare high bytes), control characters, DEL.
+HOSTILE_BEARERS = (b"Bearer t\xc3\xb6ken", b"Bearer \xff\xfe\xfd", b"Bearer abc\x01def", b"Bearer abc\x7f",
+                   b"Bearer \x00", b"Bearer " + b"A" * 5000)
+
+
+async def test_non_ascii_and_control_characters_in_a_token_are_unauthenticated(app: App, channel: Channel) -> None:
+    created = await SessionServiceStub(channel).create_session(CreateSessionRequest(), timeout=5)
+    raw = await RawH2.connect("127.0.0.1", app.grpc_addr.port)
+    try:
+        for value in (*HOSTILE_BEARERS, f"Bearer {created.token}\u00e9".encode("latin-1")):
+            answer = await raw.call("/daveloper.v1.SessionService/GetSession", [(b"authorization", value)])
+            assert answer.get("grpc-status") == str(Status.UNAUTHENTICATED.value), (value[:20], answer)
+        # The connection survived them all, and still serves a genuine token.
+        answer = await raw.call("/daveloper.v1.SessionService/GetSession",
+                                [(b"authorization", f"Bearer {created.token}".encode())])
+        assert answer.get("grpc-status") == "0"
+    finally:
+        await raw.aclose()
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "BeArEr"])
+async def test_the_bearer_scheme_is_case_insensitive(channel: Channel, scheme: str) -> None:
+    created = await SessionServiceStub(channel).create_session(CreateSessionRequest(), timeout=5)
+    got = await SessionServiceStub(channel).get_session(
+        GetSessionRequest(), timeout=5, metadata={"authorization": f"{scheme} {created.token}"})
+    assert got.session.id == created.session.id
+
+
+async def test_the_admin_token_without_a_session_cannot_upload(settings: Settings, redis: aioredis.Redis) -> None:
+    admin = "admin-token-for-upload-test"
+    async with open_app(settings.replace(admin_token=admin)) as admin_app:
+        channel = Channel(admin_app.grpc_addr.host, admin_app.grpc_addr.port)
+        try:
+            requests = [UploadRequest(header=UploadHeader(file_name="a.md", media_type="text/markdown")),
+                        UploadRequest(chunk=b"# nobody's document\n")]
+            with pytest.raises(GRPCError) as error:
+                [r async for r in DocumentServiceStub(channel).upload(requests, timeout=10, metadata=bearer(admin))]
+            assert error.value.status == Status.FAILED_PRECONDITION
+            assert reason(error.value) == "SESSION_REQUIRED"
+            listed = await DocumentServiceStub(channel).list_documents(ListDocumentsRequest(), timeout=5,
+                                                                       metadata=bearer(admin))
+            assert list(listed.documents) == []
+        finally:
+            channel.close()

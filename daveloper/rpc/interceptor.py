@@ -67,6 +67,10 @@ class Interceptor:
 
     def install(self, server: Server) -> None:
         listen(server, RecvRequest, self._on_request)
+        # grpclib decodes header bytes as ASCII: one byte over 0x7f in a token killed the whole
+        # HTTP/2 connection. Latin-1 takes every byte, so such a value reaches authentication and
+        # is refused there (UNAUTHENTICATED); ASCII headers decode the same. Pinned grpclib.
+        server._h2_config.header_encoding = "latin-1"
 
     @property
     def inflight(self) -> int:
@@ -80,6 +84,7 @@ class Interceptor:
             supplied = stream.metadata.get(REQUEST_ID_KEY) if stream.metadata else None
             request_id = (
                 supplied if isinstance(supplied, str) and 0 < len(supplied) <= _MAX_REQUEST_ID
+                and supplied.isascii() and supplied.isprintable()  # it goes back out in the trailers
                 else uuid.uuid4().hex
             )
             request_id_var.set(request_id)

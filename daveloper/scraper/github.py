@@ -57,7 +57,7 @@ from daveloper.scraper.github_models import Issue, RepoFile, Repository, Tree, T
 from daveloper.tracing import span
 
 __all__ = ["DEFAULT_MAX_FILE_SIZE", "GitHubClient", "Issue", "RepoFile", "Repository", "Tree", "TreeEntry",
-           "checked_repository"]
+           "checked_ref", "checked_repository"]
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,13 @@ def checked_repository(repo: str) -> tuple[str, str]:
 
 
 
-def _checked_ref(ref: str) -> str:
-    if not _REF.fullmatch(ref) or ".." in ref or ref.startswith("/") or ref.endswith("/"):
+def checked_ref(ref: str) -> str:
+    """``ref`` if git could name a branch, tag or commit so; else ``InvalidArgument`` (field ``ref``)."""
+    if (len(ref) > 255 or not _REF.fullmatch(ref) or ".." in ref or "//" in ref or "@{" in ref or ref == "@"
+            or ref.startswith(("/", ".", "-")) or ref.endswith(("/", ".", ".lock"))):
         raise InvalidArgument.field("ref", f"not a valid git ref: {ref[:120]!r}")
     return ref
+
 
 
 def _checked_path(path: str) -> str:
@@ -227,7 +230,7 @@ class GitHubClient:
         owner, name = checked_repository(repo)
         url = self._base / "repos" / owner / name / "readme"
         if ref is not None:
-            url = url.with_query(ref=_checked_ref(ref))
+            url = url.with_query(ref=checked_ref(ref))
         try:
             answer = await self._get(url, f"README of {repo}")
         except NotFound:
@@ -237,7 +240,7 @@ class GitHubClient:
     async def tree(self, repo: str, ref: str) -> Tree:
         """Every entry under ``ref`` (a branch, tag or commit sha), recursively."""
         owner, name = checked_repository(repo)
-        url = (self._base / "repos" / owner / name / "git" / "trees" / _checked_ref(ref)).with_query(recursive="1")
+        url = (self._base / "repos" / owner / name / "git" / "trees" / checked_ref(ref)).with_query(recursive="1")
         data = _json((await self._get(url, f"ref {ref!r} of {repo}")).body)
         if data.get("truncated"):
             log.warning("GitHub truncated the tree of %s at %s: some files will be missing", repo, ref)
@@ -248,7 +251,7 @@ class GitHubClient:
     async def file(self, repo: str, path: str, ref: str, *, max_size: int = DEFAULT_MAX_FILE_SIZE) -> RepoFile:
         """The file at ``path`` and ``ref``; ``ResourceExhausted`` (``GITHUB_FILE_TOO_LARGE``) above ``max_size``."""
         owner, name = checked_repository(repo)
-        url = (self._base / "repos" / owner / name / "contents" / _checked_path(path)).with_query(ref=_checked_ref(ref))
+        url = (self._base / "repos" / owner / name / "contents" / _checked_path(path)).with_query(ref=checked_ref(ref))
         subject = f"{path} at {ref!r} in {repo}"
         data = _json((await self._get(url, subject)).body)
         if not isinstance(data, dict) or data.get("type") != "file":

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from daveloper.errors import DaveloperError, InvalidArgument, ResourceExhausted
 from daveloper.scraper.crawl import PageIngest
-from daveloper.scraper.github import GitHubClient, Issue, TreeEntry, checked_repository
+from daveloper.scraper.github import GitHubClient, Issue, TreeEntry, checked_ref, checked_repository
 from daveloper.scraper.jobs import JobRun, Work
 from daveloper.scraper.paths import docs_files, select_files
 from generated.daveloper.v1 import GitHubIngestSpec, PageFetched
@@ -62,8 +62,12 @@ class GitHubIngest:
             violations["spec.max_files"] = f"must be at most {self.limits.max_files}"
         if len(spec.code_globs) > self.limits.max_globs or any(not g.strip() or len(g) > 200 for g in spec.code_globs):
             violations["spec.code_globs"] = f"at most {self.limits.max_globs} non-empty globs of ≤ 200 characters"
-        if len(spec.ref) > 255:
-            violations["spec.ref"] = "at most 255 characters"
+        if spec.ref:
+            # Checked here, before any API call spends the session's or the token's GitHub quota.
+            try:
+                checked_ref(spec.ref)
+            except InvalidArgument as invalid:
+                violations["spec.ref"] = invalid.violations[0][1]
         if violations:
             raise InvalidArgument("the GitHub ingestion spec is invalid", violations=violations)
         if not (spec.include_readme or spec.include_docs or spec.code_globs or spec.include_issues):

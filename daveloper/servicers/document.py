@@ -13,7 +13,14 @@ from daveloper.documents.ingest import Ingestion, Ingestor, ingestion_scope
 from daveloper.documents.model import Hit, SearchMode
 from daveloper.documents.search import DocumentSearch
 from daveloper.documents.store import ChunkStore
-from daveloper.errors import Cancelled, DaveloperError, InvalidArgument, ResourceExhausted, failure_error
+from daveloper.errors import (
+    Cancelled,
+    DaveloperError,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    failure_error,
+)
 from daveloper.eventlog import EventLog
 from daveloper.rpc import Authenticator, Call, Servicer
 from daveloper.rpc.encoded import Encoded, wrap_event
@@ -114,6 +121,10 @@ class DocumentService(Servicer):
         self._audit = audit
 
     async def Upload(self, call: Call[UploadRequest, UploadResponse]) -> None:
+        if not call.session_id:
+            # Only the admin token has no session; a document stored under "" would belong to nobody.
+            raise FailedPrecondition("Upload stores into a session: call it with a session token",
+                                     reason="SESSION_REQUIRED")
         first = await call.recv()
         header = first.header if first is not None else None
         if header is None:

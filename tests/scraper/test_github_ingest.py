@@ -96,3 +96,15 @@ async def test_spec_is_validated(channel: Channel, token: str) -> None:
             repository="not a repo", max_files=10**6)), timeout=5, metadata=bearer(token))
     assert error.value.status == Status.INVALID_ARGUMENT
     assert set(violations(error.value)) == {"spec.repository", "spec.max_files"}
+
+
+@pytest.mark.parametrize("ref", ["main..evil", "a b", "x~1", "-x", "x.lock", "@{0}", "a//b", "r" * 256, "é\x00"])
+async def test_an_invalid_ref_is_refused_before_any_github_call(channel: Channel, token: str, github: FakeGitHub,
+                                                                ref: str) -> None:
+    with pytest.raises(GRPCError) as error:
+        await ScraperServiceStub(channel).start_git_hub_ingest(
+            StartGitHubIngestRequest(spec=GitHubIngestSpec(repository=REPO, ref=ref)), timeout=10,
+            metadata=bearer(token))
+    assert error.value.status == Status.INVALID_ARGUMENT
+    assert "spec.ref" in violations(error.value)
+    assert github.requests == []
