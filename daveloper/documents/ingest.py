@@ -51,6 +51,8 @@ log = logging.getLogger("daveloper.documents")
 
 #: A RECEIVING progress event at most every this many bytes.
 RECEIVE_PROGRESS_BYTES = 1 << 20
+#: Progress events wait at most this long to be appended together with the ones after them.
+PROGRESS_SECONDS = 0.1
 #: Larger documents are hashed in a thread.
 HASH_IN_THREAD_BYTES = 1 << 20
 
@@ -79,6 +81,9 @@ class Ingestion:
     source_uri: str = ""
     data: bytearray = field(default_factory=bytearray)
     _reported: int = 0
+    #: Progress events not yet appended, and when the last batch was (see ``PROGRESS_SECONDS``).
+    _pending: list[bytes] = field(default_factory=list)
+    _flushed: float = 0.0
 
     @property
     def scope(self) -> str:
@@ -118,12 +123,25 @@ class Ingestor:
 
     async def _emit(self, ingestion: Ingestion, *, final: bool = False, **kind: Any) -> None:
         event = IngestEvent(ingestion_id=ingestion.id, create_time=_now(), **kind)
-        await self._events.append(ingestion.scope, bytes(event), final=final)
+        batch, ingestion._pending = [*ingestion._pending, bytes(event)], []
+        await self._events.append_many(ingestion.scope, batch, final=final)
+        ingestion._flushed = time.monotonic()
         if final and self._work is not None:
             await self._work.release("ingestion", ingestion.id)
 
     async def _progress(self, ingestion: Ingestion, stage: IngestStage, done: int, total: int) -> None:
-        await self._emit(ingestion, progress=IngestProgress(stage=stage, done=done, total=total))
+        """Record progress; appended with the next event, or within ``PROGRESS_SECONDS``.
+
+        A small document's whole progress then costs one append with its final
+        event instead of one per stage; a large one's still streams live.
+        """
+        event = IngestEvent(ingestion_id=ingestion.id, create_time=_now(),
+                            progress=IngestProgress(stage=stage, done=done, total=total))
+        ingestion._pending.append(bytes(event))
+        if time.monotonic() - ingestion._flushed >= PROGRESS_SECONDS:
+            batch, ingestion._pending = ingestion._pending, []
+            await self._events.append_many(ingestion.scope, batch)
+            ingestion._flushed = time.monotonic()
 
     async def events(self, ingestion_id: str, after_seq: int = 0) -> AsyncIterator[IngestEvent]:
         """Replay then tail an ingestion's events, each with its seq; ends after the final one."""

@@ -161,7 +161,6 @@ class _OverBudget(Exception):
 
 def run(job: Job, data: bytes, send: Callable[..., None], embedder: BM25Embedder) -> None:
     """Parse, chunk and embed one document, sending its frames (see the module docstring)."""
-    send("stage", "parsing", 0, 1)
     parsed = parse(data, file_name=job.file_name, declared_type=job.declared_type)
     del data
     send("stage", "parsing", 1, 1)
