@@ -40,6 +40,7 @@ __all__ = [
     "PointQuery",
     "Range",
     "Record",
+    "ShardStats",
     "Sparse",
     "SparseParams",
     "VectorEngine",
@@ -155,6 +156,15 @@ class Record:
     payload: dict[str, Any]
     score: float = 0.0
     vectors: dict[str, list[float] | Sparse] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ShardStats:
+    """How an embedded collection is laid out: segments, live points, vectors in optimized (indexed) form."""
+
+    segments: int
+    points: int
+    indexed_vectors: int
 
 
 @dataclass(frozen=True, slots=True)
