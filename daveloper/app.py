@@ -41,6 +41,7 @@ from daveloper.infra.qdrant import open_qdrant, qdrant_probe
 from daveloper.infra.redis import open_redis, redis_probe
 from daveloper.jobs import BackgroundJobs
 from daveloper.leases import LeaseSet
+from daveloper.logredaction import Redactor, secrets_of
 from daveloper.logstream import LogPublisher
 from daveloper.metrics import METRICS, Metrics, open_metrics_server
 from daveloper.ownership import WorkLeases
@@ -312,7 +313,8 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
         if settings.metrics_addr is not None:
             await stack.enter_async_context(open_metrics_server(settings.metrics_addr, metrics,
                                                                 token=settings.metrics_token))
-        publisher = LogPublisher(redis, instance=settings.instance_id)
+        publisher = LogPublisher(redis, instance=settings.instance_id, redactor=Redactor(
+            [*secrets_of(settings), signer.key_text]))
         publisher.start()
         stack.push_async_callback(publisher.aclose)
         async with asyncio.TaskGroup() as tasks:

@@ -142,6 +142,7 @@ def _serve(args: argparse.Namespace) -> int:
     # import, which the client commands should not pay on every run.
     from daveloper.app import serve
     from daveloper.jsonlog import configure_logging
+    from daveloper.logredaction import secrets_of
 
     try:
         settings = Settings.from_env(
@@ -155,7 +156,7 @@ def _serve(args: argparse.Namespace) -> int:
     except DaveloperError as exc:
         print(f"daveloper: {exc.message}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.instance_id)
+    configure_logging(settings.log_level, settings.instance_id, secrets=secrets_of(settings))
     try:
         uvloop.run(serve(settings))
     except DaveloperError as exc:

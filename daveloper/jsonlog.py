@@ -2,7 +2,8 @@
 
 Every record carries the request id and session of the RPC that emitted it
 (from ContextVars, so handlers never pass them around) and the instance id.
-Fields passed with ``extra=`` become top-level keys.
+Fields passed with ``extra=`` become top-level keys. Every record is redacted
+first (:mod:`daveloper.logredaction`): no secret reaches a line.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import datetime
 import json
 import logging
 import sys
+from collections.abc import Iterable
 from typing import Any, TextIO
 
+from daveloper.logredaction import RedactingFilter, Redactor
 from daveloper.rpc.context import request_id_var, session_id_var
 
 __all__ = ["JsonFormatter", "configure_logging", "extra_fields"]
@@ -48,14 +51,24 @@ class JsonFormatter(logging.Formatter):
         if session_id := session_id_var.get():
             entry["session_id"] = session_id
         entry.update(extra_fields(record))
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:  # the redacting filter leaves the traceback here, as text
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def configure_logging(level: str, instance_id: str, stream: TextIO | None = None) -> None:
-    """Route every logger to one JSON handler at ``level`` (replaces earlier handlers)."""
+def configure_logging(level: str, instance_id: str, stream: TextIO | None = None, *,
+                      secrets: Iterable[str] = ()) -> None:
+    """Route every logger to one JSON handler at ``level`` (replaces earlier handlers).
+
+    The handler redacts each record before it formats it: ``secrets`` by value
+    (see :func:`daveloper.logredaction.secrets_of`), credentials by their shape.
+    """
     handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(RedactingFilter(Redactor(secrets)))
     handler.setFormatter(JsonFormatter(instance_id))
     root = logging.getLogger()
     for old in list(root.handlers):

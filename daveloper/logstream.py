@@ -4,7 +4,8 @@
 never blocks and never does I/O: it turns the record into a ``LogRecord``
 message (with the request id and session of the RPC that logged it, from the
 ContextVars) and puts it on a bounded queue — from any thread — which one task
-publishes to the Redis channel ``dv:logs``. When the queue is full the record
+publishes to the Redis channel ``dv:logs``. Each record is redacted first
+(:mod:`daveloper.logredaction`), like the JSON log's. When the queue is full the record
 is dropped and counted, so a log storm can slow nothing. Records of the Redis
 client itself are not published (they could feed back into the publisher).
 
@@ -26,6 +27,7 @@ import redis.asyncio as aioredis
 from daveloper.errors import Unavailable
 from daveloper.infra.redis import redis_call
 from daveloper.jsonlog import extra_fields
+from daveloper.logredaction import RedactingFilter, Redactor
 from daveloper.rpc.context import request_id_var, session_id_var
 from generated.daveloper.v1 import LogLevel, LogRecord
 
@@ -44,8 +46,11 @@ def _level(levelno: int) -> LogLevel:
 class LogPublisher(logging.Handler):
     """Publishes log records to Redis (see the module docstring)."""
 
-    def __init__(self, redis: aioredis.Redis, *, instance: str, capacity: int = 10_000) -> None:
+    def __init__(self, redis: aioredis.Redis, *, instance: str, capacity: int = 10_000,
+                 redactor: Redactor | None = None) -> None:
         super().__init__()
+        # Without configured secrets, credentials are still redacted by their shape.
+        self.addFilter(RedactingFilter(redactor or Redactor()))
         self._redis = redis
         self._instance = instance
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(capacity)

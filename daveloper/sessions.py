@@ -104,6 +104,11 @@ class TokenSigner:
         self._key = key
         self._verifying = (key, *previous)
 
+    @property
+    def key_text(self) -> str:
+        """The signing key as text: for the log redactor, which must know it to mask it."""
+        return self._key.decode(errors="replace")
+
     @staticmethod
     def _sign(key: bytes, body: str) -> str:
         return _b64(hmac.new(key, body.encode(), hashlib.sha256).digest())
