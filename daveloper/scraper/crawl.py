@@ -70,6 +70,9 @@ class CrawlLimits:
     workers: int = 8
     #: Sitemaps (indexes included) read per seed site.
     max_sitemaps: int = 5
+    #: Fetched pages of one crawl being ingested at once. Ingestion runs beside the fetching (the
+    #: document pool parses while the next pages download); past this many, fetching waits.
+    ingesting: int = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +213,8 @@ class _Crawl:
         self._scheduled = 0
         self._quota_hit: ResourceExhausted | None = None
         self._budget_reported = False
+        self._ingest_slots = asyncio.Semaphore(crawler.limits.ingesting)
+        self._ingesting: asyncio.TaskGroup | None = None
 
     async def run(self) -> None:
         try:
@@ -226,7 +231,8 @@ class _Crawl:
         if self._spec.use_sitemap:
             await self._read_sitemaps()
         try:
-            async with asyncio.TaskGroup() as workers:
+            # Pages being ingested outlive the fetch that found them: the crawl ends after both.
+            async with asyncio.TaskGroup() as self._ingesting, asyncio.TaskGroup() as workers:
                 tasks = [workers.create_task(self._work()) for _ in range(self._crawler.limits.workers)]
                 await self._queue.join()
                 for task in tasks:
@@ -332,21 +338,36 @@ class _Crawl:
             body, media_type = text.encode(), "text/html; charset=utf-8"
         elif media_type not in INGESTABLE:
             return await self._run.skipped(str(final), SkipReason.UNSUPPORTED_TYPE)
-        document_id = ""
-        if self._spec.ingest and not noindex:
+        if self._spec.ingest and not noindex and self._ingesting is not None:
+            # The page is reported once ingested; meanwhile this worker fetches on.
+            await self._ingest_slots.acquire()
+            self._ingesting.create_task(self._ingest(url, final, response, depth, body, media_type, title, links))
+        else:
+            await self._fetched(url, final, response, depth, title, links, "")
+        await self._follow(links, depth)
+        return None
+
+    async def _ingest(self, url: URL, final: URL, response: Response, depth: int, body: bytes, media_type: str,
+                      title: str, links: Sequence[URL]) -> None:
+        try:
             name = title or final.name or final.host or "page"
             try:
                 document = await self._crawler.ingest(self._run.session_id, body, name, media_type, str(final))
             except DaveloperError as exc:
                 await self._run.log(f"{final}: not ingested: {exc.message}", "WARNING")
+                document_id = ""
             else:
                 document_id, title = document.id, title or document.title
+            await self._fetched(url, final, response, depth, title, links, document_id)
+        finally:
+            self._ingest_slots.release()
+
+    async def _fetched(self, url: URL, final: URL, response: Response, depth: int, title: str,
+                       links: Sequence[URL], document_id: str) -> None:
         await self._run.fetched(PageFetched(url=str(final), http_status=response.status,
                                             size_bytes=len(response.body), title=title, depth=depth,
                                             document_id=document_id))
         await self._crawler.remember(self._run.session_id, url, response, links, document_id)
-        await self._follow(links, depth)
-        return None
 
     async def _follow(self, links: Sequence[URL], depth: int) -> None:
         if depth >= self._plan.max_depth:
