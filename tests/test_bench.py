@@ -79,3 +79,17 @@ def test_benchmark_runs_and_reports_both_sides(module: str) -> None:
     else:
         assert results["encode (binary)"]["betterproto2"] > 0
         assert results["encode (binary)"]["protobuf upb"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_ingest_benchmark_runs_and_reports_both_sides() -> None:
+    done = subprocess.run([sys.executable, "-m", "scripts.bench.ingest", "--quick", "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, f"exited {done.returncode}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
+    results = json.loads(done.stdout)
+    assert results["ingestion"]["chunks"] == results["pipeline_floor"]["chunks"] > 0
+    assert results["ingestion"]["worker_peak_rss_mib"] > 0
+    health = results["health"]
+    assert health["upload"]["checks"] > 0
+    assert health["thread"]["checks"] > 0
+    assert health["idle"]["health_us"]["p99"] > 0
