@@ -161,6 +161,12 @@ class EdgeEngine:
             ) from None
         return cls(root, lock, **options)
 
+    @property
+    def pid(self) -> int | None:
+        """The engine process's id, once one runs (for operators and tests)."""
+        process = self._process
+        return process.popen.pid if process is not None else None
+
     def _roundtrip(self, method: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
         """Worker thread: send one call to the engine process (starting one if needed) and return its answer."""
         if self._process is None:
@@ -174,15 +180,16 @@ class EdgeEngine:
                               retry_after=1.0) from exc
         return answer
 
-    async def _call(self, what: str, method: str, *args: Any, maintenance: bool = False) -> Any:
+    async def _call(self, what: str, method: str, *args: Any, activity: bool = True) -> Any:
+        """Run ``method`` in the engine process; ``activity=False`` (maintenance, probes) does not defer maintenance."""
         if self._closed:
             raise Unavailable(f"{what}: the vector engine is closed", retry_after=1.0)
-        if not maintenance:
+        if activity:
             self._last_call = time.monotonic()
         try:
             answer = await asyncio.get_running_loop().run_in_executor(self._executor, self._roundtrip, method, args)
         finally:
-            if not maintenance:
+            if activity:
                 self._last_call = time.monotonic()
         match answer:
             case ("ok", value):
@@ -244,7 +251,7 @@ class EdgeEngine:
         started = time.perf_counter()
         try:
             stats: ShardStats = await self._call(f"optimizing {collection!r}", "maintain", self._checked(collection),
-                                                 maintenance=True)
+                                                 activity=False)
         finally:
             self._maintaining = False
         log.debug("optimized Qdrant Edge collection %s in %.2f s: %s", collection, time.perf_counter() - started,
@@ -258,7 +265,8 @@ class EdgeEngine:
 
     async def stats(self, collection: str) -> ShardStats:
         """Segments, live points and indexed vectors of one collection."""
-        return await self._call(f"collection {collection!r}", "stats", self._checked(collection))  # type: ignore[no-any-return]
+        return await self._call(f"collection {collection!r}", "stats",  # type: ignore[no-any-return]
+                                self._checked(collection), activity=False)
 
     async def list_collections(self) -> list[str]:
         return await self._call("listing collections", "list_collections")  # type: ignore[no-any-return]
@@ -323,7 +331,7 @@ class EdgeEngine:
         if self._maintaining and self._process is not None and self._process.popen.poll() is None:
             return  # busy with a maintenance step on purpose, and alive: not stuck
         # A round trip through the worker thread and the engine process: both answer.
-        await self._call("health check", "ping")
+        await self._call("health check", "ping", activity=False)
 
     async def close(self) -> None:
         """Stop maintenance, flush and close every shard, stop the engine process, release the lock. Idempotent."""

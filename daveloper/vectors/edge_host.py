@@ -72,6 +72,8 @@ _DISTANCE_NAMES = {"cosine": Distance.COSINE, "dot": Distance.DOT, "euclid": Dis
 INDEXING_THRESHOLD_KB = 1_000
 #: Merges stop at this much vector data per segment (KB; ~20k points of 384 dimensions), so a step stays short.
 MAX_SEGMENT_KB = 32_000
+#: Candidates taken on int8 scores per result wanted, then rescored with the float vectors.
+OVERSAMPLING = 2.0
 #: Segments kept before small ones are merged: more means fewer merges, a little more work per query.
 SEGMENTS = 24
 
@@ -114,8 +116,12 @@ def _vector(vector: Sequence[float] | Sparse) -> Any:
 
 
 def _nearest(nearest: Nearest) -> tuple[qe.Query, qe.SearchParams | None]:
-    params = (qe.SearchParams(idf=qe.IdfParams(corpus=_filter(nearest.idf_corpus)))
-              if nearest.idf_corpus is not None else None)
+    params = None
+    if nearest.idf_corpus is not None:
+        params = qe.SearchParams(idf=qe.IdfParams(corpus=_filter(nearest.idf_corpus)))
+    elif not isinstance(nearest.vector, Sparse):
+        # int8 scores pick the candidates, the stored float vectors rank them: same order as before optimization.
+        params = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING))
     return qe.Query.Nearest(_vector(nearest.vector), using=nearest.using), params
 
 
