@@ -10,7 +10,6 @@ import hypothesis  # noqa: F401  (imported early: pytest's plugin otherwise impo
 import pytest
 import redis.asyncio as aioredis
 from grpclib.client import Channel
-from qdrant_client import AsyncQdrantClient
 
 from daveloper.app import App, open_app
 from daveloper.config import Address, Settings
@@ -41,16 +40,6 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
-
-
-@pytest.fixture
-async def qdrant(tmp_path: Path) -> AsyncIterator[AsyncQdrantClient]:
-    """A Qdrant local-mode client on a fresh directory."""
-    client = AsyncQdrantClient(path=str(tmp_path / "qdrant"))
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 @pytest.fixture

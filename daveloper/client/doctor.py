@@ -151,7 +151,7 @@ async def _qdrant(url: str, api_key: str | None) -> Check:
         status, body = await _http_get(url.rstrip("/") + "/", {"api-key": api_key} if api_key else {})
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         return fail("qdrant", f"{url} is not reachable: {exc or type(exc).__name__}",
-                    "start Qdrant, fix DAVELOPER_QDRANT_URL, or unset it to use local mode")
+                    "start Qdrant, fix DAVELOPER_QDRANT_URL, or unset it to use the embedded Qdrant Edge")
     if status in (401, 403):
         return fail("qdrant", f"{url} refused the API key (HTTP {status})", "fix DAVELOPER_QDRANT_API_KEY")
     if status != 200:
