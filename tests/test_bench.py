@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("module", ["scripts.bench.rpc_overhead", "scripts.bench.codec", "scripts.bench.documents",
                                     "scripts.bench.chat", "scripts.bench.scrape", "scripts.bench.cancel",
-                                    "scripts.bench.edge", "scripts.bench.guard", "scripts.bench.load"])
+                                    "scripts.bench.edge", "scripts.bench.guard", "scripts.bench.load",
+                                    "scripts.bench.watch"])
 def test_benchmark_runs_and_reports_both_sides(module: str) -> None:
     done = subprocess.run([sys.executable, "-m", module, "--quick", "--json"], cwd=ROOT,
                           capture_output=True, text=True, timeout=110)
@@ -76,6 +77,10 @@ def test_benchmark_runs_and_reports_both_sides(module: str) -> None:
         assert results["cluster"]["server_log_problems"] == {name: [] for name in results["cluster"]["memory"]
                                                              if name != "client"}
         assert results["ratios"]["cpu per turn (all servers)"] > 0
+    elif module.endswith("watch"):
+        for server in ("bare grpclib", "daveloper"):
+            assert results[server]["replay"]["msgs_per_s"] > 0
+            assert results[server]["idle"]["server_cpu_pct"] >= 0
     else:
         assert results["encode (binary)"]["betterproto2"] > 0
         assert results["encode (binary)"]["protobuf upb"] > 0

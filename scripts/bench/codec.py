@@ -3,8 +3,10 @@
 Compares betterproto2 0.10 (the generated dataclasses every servicer uses) with
 Google's ``protobuf`` (upb, C; classes built from ``generated/descriptors.binpb``)
 on the very same message and wire bytes: construction, binary encode/decode, and
-dict/JSON conversion (what the WebSocket edge will need). Each figure is the best
-of 5 timed repeats.
+dict/JSON conversion (what the WebSocket edge will need). Then what each stream
+pays to send an event the event log stored: decode it and encode its response
+again, or wrap the stored bytes (``daveloper.rpc.encoded.wrap_event``, what the
+servicers do). Each figure is the best of 5 timed repeats.
 
 Run from the repository root (either form works)::
 
@@ -32,6 +34,7 @@ from typing import Any
 from google.protobuf import json_format, message_factory
 
 from daveloper.descriptors import load_descriptor_pool
+from daveloper.rpc.encoded import wrap_event
 from generated.daveloper.v1 import ChatEvent, ChatResponse, TokenDelta
 from scripts.bench._stats import table
 
@@ -45,6 +48,17 @@ TEXT = " the function return"  # 20 characters: one coalesced token delta
 def betterproto2_event() -> ChatResponse:
     return ChatResponse(event=ChatEvent(seq=SEQ, conversation_id=CONVERSATION_ID, turn_id=TURN_ID,
                                         create_time=CREATE_TIME, token_delta=TokenDelta(text=TEXT)))
+
+
+def _with_seq(event: ChatEvent) -> ChatEvent:
+    event.seq = SEQ
+    return event
+
+
+def _upb_response(response_class: Any, event_class: Any, stored: bytes) -> bytes:
+    event = event_class.FromString(stored)
+    event.seq = SEQ
+    return response_class(event=event).SerializeToString()  # type: ignore[no-any-return]
 
 
 def per_call_us(function: Callable[[], Any], budget: float) -> float:
@@ -69,6 +83,12 @@ def measure(budget: float) -> dict[str, dict[str, float]]:
 
     upb_message = upb_event()
     assert upb_message.SerializeToString() == wire, "both libraries must produce the same bytes"
+    upb_event_class = message_factory.GetMessageClass(
+        load_descriptor_pool().FindMessageTypeByName("daveloper.v1.ChatEvent")
+    )
+    stored = bytes(ChatEvent(conversation_id=CONVERSATION_ID, turn_id=TURN_ID, create_time=CREATE_TIME,
+                             token_delta=TokenDelta(text=TEXT)))  # as appended: no seq
+    assert wrap_event(stored, SEQ) == _upb_response(upb_class, upb_event_class, stored) == wire
     assert ChatResponse.parse(wire) == message
     as_dict = message.to_dict()
     as_json = message.to_json()
@@ -105,6 +125,13 @@ def measure(budget: float) -> dict[str, dict[str, float]]:
             "betterproto2": per_call_us(lambda: ChatResponse.from_json(as_json), budget),
             "protobuf upb": per_call_us(lambda: json_format.Parse(as_json, upb_class()), budget),
         },
+        # What each stream pays to send an event the log stored (serialized, seq beside it):
+        # decode it and encode its response again, or wrap the stored bytes (daveloper.rpc.encoded).
+        "stored event → response": {
+            "betterproto2": per_call_us(lambda: bytes(ChatResponse(event=_with_seq(ChatEvent.parse(stored)))), budget),
+            "protobuf upb": per_call_us(lambda: _upb_response(upb_class, upb_event_class, stored), budget),
+            "pass-through": per_call_us(lambda: wrap_event(stored, SEQ), budget),
+        },
         "size": {"bytes": float(len(wire)), "json bytes": float(len(as_json.encode()))},
     }
 
@@ -119,6 +146,7 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         return
     size = results.pop("size")
+    stored = results.pop("stored event → response")
     print(f"python {platform.python_version()}, betterproto2 {version('betterproto2')}, "
           f"protobuf {version('protobuf')}; best of 5 repeats")
     print(f"ChatResponse(event=ChatEvent(token_delta)): {size['bytes']:.0f} bytes on the wire, "
@@ -128,6 +156,11 @@ def main() -> None:
         for name, r in results.items()
     ]
     print(table(["operation", "betterproto2 µs", "protobuf upb µs", "ratio betterproto2/upb"], rows))
+    print("\nA stored event (serialized at append, no seq) sent on a stream, per stream:")
+    print(table(["decode + re-encode, betterproto2 µs", "decode + re-encode, upb µs", "wrap_event µs",
+                 "ratio betterproto2/wrap"],
+                [[f"{stored['betterproto2']:.2f}", f"{stored['protobuf upb']:.2f}", f"{stored['pass-through']:.2f}",
+                  f"{stored['betterproto2'] / stored['pass-through']:.0f}"]]))
 
 
 if __name__ == "__main__":
