@@ -283,6 +283,10 @@ class DocumentPool:
             raise RuntimeError("the document pool is closed")
         self.start()
         worker = await self._share.acquire(session_id)
+        while worker.process.returncode is not None:  # died while idle (the OOM killer?): not this document's fault
+            log.warning("document worker %s exited while idle (exit code %s)", worker.pid, worker.process.returncode)
+            self._replace(worker)
+            worker = await self._share.acquire(session_id)
         job = Job(file_name=file_name, declared_type=declared_type, max_chunks=self.budget.max_chunks)
         inbox: asyncio.Queue[tuple[Any, ...] | BaseException] = asyncio.Queue()
         runner = asyncio.get_running_loop().create_task(self._run(worker, job, data, inbox),

@@ -162,3 +162,12 @@ async def test_one_sessions_many_documents_do_not_starve_another_sessions_one() 
         tasks.append(asyncio.create_task(ingest("one", "one")))
         await asyncio.gather(*tasks)
     assert finished.index("one") == 2  # after the one running and the one it found waiting
+
+
+async def test_a_worker_that_died_while_idle_costs_no_document() -> None:
+    async with open_pool() as pool:
+        (idle,) = pool._all
+        os.kill(idle.pid, signal.SIGKILL)
+        await idle.process.wait()
+        assert any(isinstance(r, ChunkBatch) for r in await results(pool, b"served by its replacement"))
+        assert idle not in pool._all
