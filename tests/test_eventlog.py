@@ -160,6 +160,29 @@ async def test_many_watchers_of_one_scope_each_get_every_event_once_in_order(log
     assert any(seqs[0] > 0 for seqs in results.values())
 
 
+async def test_followers_resume_from_the_stream_when_their_subscription_is_lost(
+    log: EventLog, redis: aioredis.Redis
+) -> None:
+    readers = [asyncio.create_task(collect(log, "flaky")) for _ in range(5)]
+    await log.append("flaky", b"1")
+    await eventually(lambda: _subscribed(log, 1))
+    # Kill every pub/sub connection (tails and cancel watches) and finish the log while they
+    # reconnect: those notices are lost, and only the re-subscription (which makes the
+    # followers re-read the stream) can bring the readers to the end.
+    assert await redis.client_kill_filter(_type="pubsub") >= 1
+    await log.append_many("flaky", [b"%d" % i for i in range(2, 22)], final=True)
+    for reader in readers:
+        assert [e.seq for e in await asyncio.wait_for(reader, 10)] == list(range(1, 22))
+
+
+async def test_a_follower_notices_a_scope_that_expired_while_it_was_quiet(redis: aioredis.Redis) -> None:
+    async with EventLog(redis, retention=100, ttl_seconds=1) as log:
+        await log.append("short", b"x")
+        with pytest.raises(CursorExpired) as caught:
+            await asyncio.wait_for(collect(log, "short"), 5)
+        assert caught.value.metadata["after_seq"] == "1"
+
+
 async def test_append_many_is_one_gap_free_run_and_may_finish_the_scope(log: EventLog) -> None:
     assert await log.append("s", b"a") == 1
     assert await log.append_many("s", [b"b", b"", b"d" * 70_000]) == 2
