@@ -102,8 +102,8 @@ async def open_redis(settings: Settings, *, metrics: Metrics | None = None) -> A
                 socket_timeout=SOCKET_TIMEOUT,
                 socket_connect_timeout=CONNECT_TIMEOUT,
                 health_check_interval=HEALTH_CHECK_INTERVAL,
-                # Every live event-log reader (a Chat, Watch or Upload stream) holds one
-                # connection while it waits in XREAD BLOCK: size the pool for streams, not calls.
+                # Live event-log readers hold no connection while they wait (one pub/sub
+                # connection carries every followed scope): the pool serves calls in flight.
                 max_connections=settings.redis_max_connections,
             )
         except ValueError as exc:  # redis-py's message names the bad part, not the password
