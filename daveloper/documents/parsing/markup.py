@@ -157,13 +157,19 @@ def parse_html(text: str) -> tuple[list[Block], str]:
 
 
 def _extract(text: str, *, favor_recall: bool) -> str | None:
-    import trafilatura  # with lxml, ~0.1 s to import: only when HTML is parsed
+    # trafilatura with lxml takes ~0.1 s to import: only when HTML is parsed (document workers import it early)
+    from trafilatura import bare_extraction
+    from trafilatura.core import determine_returnstring
+    from trafilatura.settings import Extractor
 
-    return trafilatura.extract(
-        text, output_format="xml", favor_recall=favor_recall, include_tables=True, include_comments=False,
-        include_images=False, include_links=False, include_formatting=False, with_metadata=False,
-        deduplicate=False,
-    )
+    # What trafilatura.extract(output_format="xml", ...) does, less the simhash fingerprint of the text
+    # that it computes for every non-text format and we never read: that was half of a web page's cost.
+    options = Extractor(output_format="xml", recall=favor_recall, tables=True, comments=False, images=False,
+                        links=False, formatting=False, dedup=False, with_metadata=False)
+    document = bare_extraction(text, options=options, as_dict=False)
+    if document is None or isinstance(document, dict):
+        return None
+    return determine_returnstring(document, options)
 
 
 def _walk_html(element: ElementTree.Element, outline: Outline, blocks: list[Block]) -> None:
