@@ -78,11 +78,11 @@ async def test_a_failed_write_surfaces_in_add_and_drain() -> None:
         raise ConnectionError("log down")
 
     async with TextCoalescer(broken, chars=1, seconds=60) as coalescer:
-        coalescer.add("a")
+        coalescer.add("a")  # reaches the size: the flusher writes at once, and fails
+        for _ in range(3):
+            await asyncio.sleep(0)
         with pytest.raises(ConnectionError):
-            for _ in range(10):
-                await asyncio.sleep(0)
-                coalescer.add("b")
+            coalescer.add("b")
         with pytest.raises(ConnectionError):
             await coalescer.drain()
 
