@@ -18,9 +18,9 @@ thread runs them: a shard load takes ~1 s at 100k points, an ``optimize()`` of
 * **maintenance**: segments are optimized (dense vectors quantized to int8, small
   segments merged, deleted points reclaimed) in steps, after every
   :data:`MAINTAIN_EVERY` points written to a collection and once the engine has
-  been idle for :data:`IDLE_SECONDS`. A step takes a few hundred milliseconds in
-  the engine process; a search arriving meanwhile waits for it, the event loop
-  does not. See docs/operations.md, "Vector engine".
+  been idle for :data:`IDLE_SECONDS`. A step takes 0.5 to 2 s in the engine
+  process; a search arriving meanwhile waits for it, the event loop does not.
+  See docs/operations.md, "Sizing the embedded defaults".
 
 If the engine process dies, the call in flight fails ``UNAVAILABLE`` and the
 next call starts a new one (shards reopen from their WAL). Everything is
@@ -70,9 +70,10 @@ BATCH_SIZE = 256
 #: Dense values per upsert call: points with large dense vectors go in smaller batches
 #: (measured here: 256 points of 384 dimensions take ~15 ms with their conversion, 128 about half).
 DENSE_VALUES_PER_BATCH = 48 * 1024
-#: Points written to a collection after which its segments are optimized before the next batch
-#: (bounds a step: ~300 ms for 4,096 points of 384 dimensions, in the engine process).
-MAINTAIN_EVERY = 4_096
+#: Points written to a collection after which its segments are optimized before the next batch: bounds
+#: the unoptimized tail. A step takes ~0.5 s for 16k points of 384 dimensions, up to ~2 s when it also
+#: merges segments (in the engine process; measured on this 2-core machine under load).
+MAINTAIN_EVERY = 16_384
 #: Seconds without calls after which collections written since their last maintenance are optimized.
 IDLE_SECONDS = 1.0
 #: Seconds the engine process gets to flush and exit when closed.

@@ -115,7 +115,7 @@ async def test_bulk_writes_are_optimized_in_steps(tmp_path: Path) -> None:
         # Optimized after every 700 points: at most the last few hundred wait in the appendable segment.
         assert stats.points == 2_000
         assert stats.indexed_vectors >= 2 * 2_000 - 700
-        assert stats.segments >= 3
+        assert stats.segments >= 2
     finally:
         await engine.close()
 
