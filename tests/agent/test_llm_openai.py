@@ -8,9 +8,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx2
 import pytest
 
 from daveloper.agent.llm import OfflineChatModel, OpenAIChatModel, make_chat_model
+from daveloper.agent.llm.openai import _sse_data
 from daveloper.agent.model import Message, ModelDone, ModelEvent, TextDelta, ToolCallRequest, ToolSpec
 from daveloper.errors import ConfigError, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from tests.agent.openai_server import FakeOpenAI, Script, ScriptedCall
@@ -226,3 +228,15 @@ async def test_make_chat_model_by_name(server: FakeOpenAI) -> None:
         make_chat_model("llama", base_url=None, api_key=None, model="x")
     with pytest.raises(ConfigError):
         make_chat_model("openai", base_url=None, api_key=None, model="")
+
+
+async def test_sse_events_split_across_reads_with_crlf_comments_and_multiline_data() -> None:
+    raw = (b': keep-alive\r\n\r\ndata: {"a":\r\ndata:  1}\r\n\r\n'
+           b'event: x\ndata: [DONE]\n\ndata: last-without-blank-line')
+
+    async def reads() -> AsyncIterator[bytes]:
+        for i in range(0, len(raw), 7):  # boundaries inside lines, inside "\r\n"
+            yield raw[i:i + 7]
+
+    response = httpx2.Response(200, content=reads(), request=httpx2.Request("POST", "http://llm.invalid/"))
+    assert [d async for d in _sse_data(response)] == [b'{"a":\n 1}', b"[DONE]", b"last-without-blank-line"]

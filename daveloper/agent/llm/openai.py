@@ -141,21 +141,31 @@ class _PartialCall:
     arguments: list[str] = field(default_factory=list)
 
 
-async def _sse_data(response: httpx2.Response) -> AsyncIterator[str]:
-    """The ``data`` of each server-sent event (several ``data:`` lines joined by newlines).
+async def _sse_data(response: httpx2.Response) -> AsyncIterator[bytes]:
+    """The ``data`` of each server-sent event (several ``data:`` lines joined by newlines), as bytes.
 
+    Bytes, split here: SSE is UTF-8 by definition and ``json.loads`` reads UTF-8 bytes, so the
+    text decoding (and the per-response charset parsing) of ``aiter_lines`` is work for nothing.
     Transport failures become the SDK's own exceptions, as its typed stream would raise them.
     """
-    data: list[str] = []
+    data: list[bytes] = []
+    rest = b""
     try:
-        async for line in response.aiter_lines():
-            if line.startswith("data:"):
-                data.append(line[6:] if line.startswith("data: ") else line[5:])
-            elif not line and data:
-                yield "\n".join(data)
-                data = []
+        async for chunk in response.aiter_bytes():
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if line.startswith(b"data:"):
+                    data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+                elif not line and data:
+                    yield b"\n".join(data)
+                    data = []
+        if rest.startswith(b"data:"):
+            data.append(rest[6:] if rest.startswith(b"data: ") else rest[5:])
         if data:
-            yield "\n".join(data)
+            yield b"\n".join(data)
     except httpx2.TimeoutException as exc:
         raise openai.APITimeoutError(request=response.request) from exc
     except (httpx2.RequestError, ssl.SSLError, anyio.EndOfStream) as exc:
@@ -170,7 +180,7 @@ class _ChunkFold:
         self.finish_reason = ""
         self.prompt_tokens = self.completion_tokens = 0
 
-    def feed(self, data: str, request: httpx2.Request) -> str:
+    def feed(self, data: bytes, request: httpx2.Request) -> str:
         """Take one chunk's JSON; returns its text (may be empty). An error event raises ``openai.APIError``."""
         try:
             chunk: Any = json.loads(data)
@@ -289,7 +299,7 @@ class OpenAIChatModel:
             # ``aclose()``, cancellation) closes the upstream response, so the endpoint stops generating.
             async with request as response:
                 async for data in _sse_data(response.http_response):
-                    if data.startswith("[DONE]"):
+                    if data.startswith(b"[DONE]"):
                         break
                     text = fold.feed(data, response.http_response.request)
                     if text:
