@@ -256,9 +256,11 @@ class OpenAIChatModel:
         # Local servers (Ollama, llama.cpp) want no key, but the SDK insists on one.
         self._client = client or openai.AsyncOpenAI(
             base_url=base_url, api_key=api_key or "unused", timeout=timeout, max_retries=max_retries,
-            # As many idle connections kept as may be open: the SDK keeps 100, so past 100 concurrent
-            # turns every request paid a new connection (a TLS handshake against a real endpoint).
-            http_client=openai.DefaultAsyncHttpxClient(limits=httpx2.Limits(
+            # The SDK's aiohttp transport (vendored in the SDK; aiohttp is ours already): reading a stream
+            # through it costs a fraction of httpx's default anyio/httpcore/h11 stack per chunk. As many
+            # idle connections kept as may be open: the SDK keeps 100, so past 100 concurrent turns every
+            # request paid a new connection (a TLS handshake against a real endpoint).
+            http_client=openai.DefaultAioHttpClient(limits=httpx2.Limits(
                 max_connections=_MAX_CONNECTIONS, max_keepalive_connections=_MAX_CONNECTIONS)),
         )
 
