@@ -259,11 +259,6 @@ class EdgeEngine:
                   stats)
         return stats
 
-    async def optimize(self, collection: str) -> bool:
-        """Maintain ``collection`` now (see :meth:`maintain`); kept for benchmarks and tools."""
-        await self.maintain(collection)
-        return True
-
     async def stats(self, collection: str) -> ShardStats:
         """Segments, live points and indexed vectors of one collection."""
         return await self._call(f"collection {collection!r}", "stats",  # type: ignore[no-any-return]

@@ -3,8 +3,9 @@
 :class:`VectorEngine` is the interface :class:`~daveloper.documents.store.ChunkStore`
 and ``VectorService`` are written against. Two implementations:
 
-* :class:`~daveloper.vectors.edge.EdgeEngine`: Qdrant Edge, Qdrant's engine in
-  process, one shard per collection under the data dir (the embedded default);
+* :class:`~daveloper.vectors.edge.EdgeEngine`: Qdrant Edge, Qdrant's engine as a
+  library, in an engine process of the server's own, one shard per collection
+  under the data dir (the embedded default);
 * :class:`~daveloper.vectors.remote.RemoteEngine`: qdrant-client's
   ``AsyncQdrantClient`` against a Qdrant server or cluster (``DAVELOPER_QDRANT_URL``).
 

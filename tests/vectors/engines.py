@@ -1,6 +1,6 @@
 """The ``engine`` fixture: every vector-store test runs against both implementations.
 
-* ``edge``: :class:`~daveloper.vectors.edge.EdgeEngine`, Qdrant Edge in process (the embedded default);
+* ``edge``: :class:`~daveloper.vectors.edge.EdgeEngine`, Qdrant Edge in its engine process (the embedded default);
 * ``qdrant-client``: :class:`~daveloper.vectors.remote.RemoteEngine`, the implementation used for
   ``DAVELOPER_QDRANT_URL``. No Qdrant server binary can run here, so it drives qdrant-client's
   local mode (``AsyncQdrantClient(path=...)``), which offers the identical client API a server
