@@ -39,8 +39,10 @@ class RunningTurn:
     fresh: bool = False
     #: Text a model round left unwritten: it goes out with the next event.
     unsent: str = ""
-    #: Admitted, its model not yet called (counted against ``max_starting_turns``).
-    starting: bool = True
+    #: Admitted here, its model not yet called (counted against ``max_starting_turns``).
+    starting: bool = False
+    #: Admitted here and not ended (counted against ``max_running_turns``).
+    counted: bool = False
 
     @property
     def scope(self) -> str:

@@ -23,11 +23,12 @@ import datetime
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from opentelemetry.trace import SpanKind
 
+from daveloper.agent.admission import TurnAdmission
 from daveloper.agent.coalesce import TextCoalescer
 from daveloper.agent.conversations import Conversations, now, parse_conversation
 from daveloper.agent.llm.passages import format_passages
@@ -114,32 +115,19 @@ class Agent:
         self._tools = tools
         self._jobs = jobs
         self._settings = settings
-        self._running = 0
-        self._starting = 0
+        self.admission = TurnAdmission(max_running=settings.max_running_turns,
+                                       max_starting=settings.max_starting_turns,
+                                       retry_seconds=settings.saturated_retry_seconds)
 
     @property
     def running(self) -> int:
         """Turns this instance is starting or running now."""
-        return self._running
+        return self.admission.running
 
     def check_capacity(self) -> None:
-        """Raise UNAVAILABLE (``TURNS_SATURATED``, with a retry delay) if this instance runs or starts its limit
-        of turns."""
-        running, starting = self._settings.max_running_turns, self._settings.max_starting_turns
-        if running and self._running >= running:
-            raise Unavailable(f"this server is running its limit of {running} chat turns; retry shortly",
-                              reason="TURNS_SATURATED", retry_after=self._settings.saturated_retry_seconds,
-                              metadata={"limit": str(running)})
-        if starting and self._starting >= starting:
-            raise Unavailable(f"this server is starting its limit of {starting} chat turns; retry shortly",
-                              reason="TURNS_SATURATED", retry_after=self._settings.saturated_retry_seconds,
-                              metadata={"starting_limit": str(starting)})
-
-    def _started(self, turn: RunningTurn) -> None:
-        """The turn's own start is done (the model is being called): it no longer counts as starting."""
-        if turn.starting:
-            turn.starting = False
-            self._starting -= 1
+        """Raise UNAVAILABLE (``TURNS_SATURATED``, with a retry delay) if a new turn would pass this
+        instance's limits (see :mod:`daveloper.agent.admission`)."""
+        self.admission.check()
 
     async def start(self, session_id: str, conversation_id: str, text: str, client_message_id: str,
                     options: ChatOptions) -> tuple[Turn, int, bool]:
@@ -150,18 +138,14 @@ class Agent:
         past that would only wait for the loop, its first token arriving long after a retry elsewhere would
         have answered.
         """
-        self.check_capacity()
-        self._running += 1
-        self._starting += 1
+        self.admission.admit()
         try:
             turn, seq, existed = await self._admit(session_id, conversation_id, text, client_message_id, options)
         except BaseException:
-            self._running -= 1
-            self._starting -= 1
+            self.admission.withdraw()
             raise
         if existed:
-            self._running -= 1
-            self._starting -= 1
+            self.admission.withdraw()
         return turn, seq, existed
 
     async def _admit(self, session_id: str, conversation_id: str, text: str, client_message_id: str,
@@ -194,7 +178,8 @@ class Agent:
             id=conversation_id, title=text[:80], create_time=turn.create_time)
         conversation.turn_count += 1
         conversation.update_time = turn.create_time
-        state = RunningTurn(session_id, conversation_id, turn, options, fresh=conversation.turn_count == 1)
+        state = RunningTurn(session_id, conversation_id, turn, options, fresh=conversation.turn_count == 1,
+                            starting=True, counted=True)
         try:
             async with self._conversations.pipeline(transaction=True) as pipe:
                 self._conversations.add_turn_in(pipe, session_id, conversation, turn)
@@ -227,12 +212,6 @@ class Agent:
     async def cancel(self, turn_id: str) -> bool:
         return await self._events.request_cancel(turn_scope(turn_id))
 
-    async def events(self, session_id: str, conversation_id: str, after_seq: int) -> AsyncIterator[ChatEvent]:
-        async for entry in self._events.read(conversation_scope(session_id, conversation_id), after_seq):
-            event = ChatEvent.parse(entry.payload)
-            event.seq = entry.seq
-            yield event
-
     async def _emit(self, turn: RunningTurn, **kind: object) -> int:
         """Append one event (after the text a model round left unsent, in the same round trip); its seq."""
         created = now()
@@ -250,8 +229,7 @@ class Agent:
             with span("chat.turn", **{"daveloper.turn_id": turn.record.id}):
                 await self._run_turn(turn)
         finally:
-            self._started(turn)
-            self._running -= 1
+            self.admission.ended(turn)
 
     async def _run_turn(self, turn: RunningTurn) -> None:
         finish = FinishReason.STOP
@@ -293,6 +271,8 @@ class Agent:
         log.warning("turn of a lost instance failed", extra={"turn_id": turn_id, "owner": fields.get("owner")})
 
     async def _finish(self, turn: RunningTurn, finish: FinishReason, failure: BaseException | None) -> None:
+        # Freed before the final event: a client that sees the end may start its next turn at once.
+        self.admission.ended(turn)
         recorded = False
         try:
             await self._record_finish(turn, finish, failure)
@@ -367,7 +347,7 @@ class Agent:
                                  immediate_first=turn.first_token is None) as coalescer:
             with span("llm.stream", SpanKind.CLIENT, **{"gen_ai.system": provider}), \
                     self._metrics.timed("llm", provider):
-                self._started(turn)
+                self.admission.started(turn)
                 # aclosing: leaving early (an error, a cancel) closes the model stream and its upstream request.
                 async with contextlib.aclosing(self._model.stream(
                     messages, tools=tools, model=turn.options.model or self._settings.model,
