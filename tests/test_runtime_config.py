@@ -41,8 +41,11 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture
 async def pair(settings: Settings, redis: aioredis.Redis, tmp_path: Path) -> AsyncIterator[list[Channel]]:
     """Two instances on one Redis, and a channel to each."""
-    async with (open_app(settings.replace(data_dir=tmp_path / "a", instance_id="a")) as a,
-                open_app(settings.replace(data_dir=tmp_path / "b", instance_id="b")) as b):
+    # Polling a switched-off feature is charged to the session's rate limit like any call:
+    # give the polls room, so only the limit lowered at run time below refuses a turn.
+    roomy = settings.replace(rate_chat_turns="600/min")
+    async with (open_app(roomy.replace(data_dir=tmp_path / "a", instance_id="a")) as a,
+                open_app(roomy.replace(data_dir=tmp_path / "b", instance_id="b")) as b):
         channels = [Channel(app.grpc_addr.host, app.grpc_addr.port) for app in (a, b)]
         try:
             yield channels
