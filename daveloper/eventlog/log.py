@@ -110,7 +110,7 @@ class EventLog:
         self._cancel_seconds = metrics.cancel_seconds
         self._append = redis.register_script(_APPEND)
         self._control = ControlChannel(redis, prefix=prefix, ttl_seconds=ttl_seconds)
-        self._tails = Tails(redis)
+        self._tails = Tails(redis, quiet_seconds=ttl_seconds)
 
     async def __aenter__(self) -> EventLog:
         return self
@@ -248,7 +248,7 @@ class EventLog:
                         yield entry
                         if entry.final:
                             return
-                item = await follower.next(self._ttl_seconds)
+                item = await follower.next()
                 if isinstance(item, tuple):
                     seq, payload, is_final = item
                     if seq <= cursor:
@@ -263,8 +263,8 @@ class EventLog:
                 elif item is RESYNC:
                     replay = True
                 else:
-                    # GONE, or quiet for a whole TTL (the scope may have expired
-                    # unnoticed): does the log still hold what follows the cursor?
+                    # VERIFY: deleted, or quiet for a whole TTL (the scope may have
+                    # expired unnoticed): does the log still hold what follows the cursor?
                     current = (await self._state(keys))[0]
                     if current < cursor:
                         raise self._expired(scope, cursor, current + 1, "was deleted or expired")

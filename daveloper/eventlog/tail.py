@@ -13,6 +13,10 @@ Tail message layout (see ``log.py``'s append script)::
 
     b"<first seq> <final 0|1> <size 1> ... <size n>\\n" + payload 1 + ... + payload n
     b"gone"                                              the scope was deleted
+
+Readers wait without a timer each: the dispatcher asks the followers of a
+scope that has been quiet for ``quiet_seconds`` (the log's TTL, after which it
+may have expired unnoticed) to check it still exists.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from redis.exceptions import RedisError
 from daveloper.errors import Unavailable
 from daveloper.eventlog._store import redis_call
 
-__all__ = ["GONE", "RESYNC", "Follower", "Item", "TailEntry", "Tails", "parse_tail_message"]
+__all__ = ["RESYNC", "VERIFY", "Follower", "Item", "TailEntry", "Tails", "parse_tail_message"]
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +62,8 @@ class _Marker:
 
 #: Re-read the stream from your cursor (entries may have been missed).
 RESYNC = _Marker("RESYNC")
-#: The scope was deleted.
-GONE = _Marker("GONE")
+#: Check the scope still exists: it was deleted, or has been quiet long enough to have expired.
+VERIFY = _Marker("VERIFY")
 
 #: (seq, payload, final) of one published entry.
 TailEntry = tuple[int, bytes, bool]
@@ -67,9 +71,9 @@ Item = TailEntry | _Marker
 
 
 def parse_tail_message(data: bytes) -> list[TailEntry] | _Marker:
-    """The entries of one tail message (or ``GONE``); raises ``ValueError`` if it is malformed."""
+    """The entries of one tail message (``VERIFY`` for a deletion); raises ``ValueError`` if it is malformed."""
     if data == GONE_NOTICE:
-        return GONE
+        return VERIFY
     header, _, body = data.partition(b"\n")
     first, final, *sizes = header.split(b" ")
     seq, pos = int(first), 0
@@ -100,15 +104,11 @@ class Follower:
         self._pending.append(item)
         self._wake.set()
 
-    async def next(self, idle_seconds: float | None) -> Item | None:
-        """The next item, or ``None`` after ``idle_seconds`` without one."""
+    async def next(self) -> Item:
+        """The next item, once there is one."""
         if not self._pending:
             self._wake.clear()
-            try:
-                async with asyncio.timeout(idle_seconds):
-                    await self._wake.wait()
-            except TimeoutError:
-                return None
+            await self._wake.wait()
         return self._pending.popleft()
 
 
@@ -118,13 +118,17 @@ class _Feed:
 
     followers: set[Follower] = field(default_factory=set)
     confirmed: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    #: Loop time of the last message (or of the subscription).
+    active: float = field(default_factory=lambda: asyncio.get_running_loop().time())
 
 
 class Tails:
     """One pub/sub connection per process carrying the live tail of every followed scope."""
 
-    def __init__(self, redis: aioredis.Redis, *, subscribe_timeout: float = 10.0) -> None:
+    def __init__(self, redis: aioredis.Redis, *, quiet_seconds: float, subscribe_timeout: float = 10.0) -> None:
         self._pubsub = redis.pubsub()  # takes its connection at the first SUBSCRIBE
+        self._quiet_seconds = quiet_seconds
+        self._next_sweep = 0.0
         self._subscribe_timeout = subscribe_timeout
         self._feeds: dict[bytes, _Feed] = {}
         # SUBSCRIBE commands whose confirmation has not been read, per channel: a
@@ -234,6 +238,19 @@ class Tails:
                 continue
             if message is not None:
                 self._handle(message)
+            now = asyncio.get_running_loop().time()
+            if now >= self._next_sweep:
+                self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        """Ask the followers of scopes quiet for ``quiet_seconds`` to check theirs still exists."""
+        for feed in self._feeds.values():
+            if now - feed.active >= self._quiet_seconds:
+                feed.active = now
+                for follower in feed.followers:
+                    follower.push(VERIFY)
+        # A quiet scope is noticed within a quarter of quiet_seconds (at most a minute) more.
+        self._next_sweep = now + min(max(self._quiet_seconds / 4, _READ_SECONDS), 60.0)
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind, channel = message["type"], message["channel"]
@@ -241,6 +258,7 @@ class Tails:
         if kind == "message":
             if feed is None:
                 return
+            feed.active = asyncio.get_running_loop().time()
             try:
                 parsed = parse_tail_message(message["data"])
             except ValueError:
