@@ -65,7 +65,7 @@ BATCH = 128
 HEADER = struct.Struct("!I")
 #: A ``stage`` frame at most this often while embedding (seconds).
 PROGRESS_INTERVAL = 0.2
-#: A worker whose peak RSS passed this share of its memory budget exits after the job
+#: A worker still holding this share of its memory budget after a job exits
 #: (Python keeps freed memory in its arenas; a fresh worker starts small).
 RECYCLE_SHARE = 0.5
 
@@ -146,8 +146,7 @@ def serve(sock: socket.socket, memory_bytes: int) -> None:
             except Exception as exc:  # reported to the parent, which logs it; the worker stays usable
                 send("error", f"{type(exc).__name__}: {exc}")
             else:
-                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-                recycle = bool(memory_bytes) and peak > memory_bytes * RECYCLE_SHARE
+                recycle = bool(memory_bytes) and resident_bytes() > memory_bytes * RECYCLE_SHARE
                 send("done", recycle)
                 if recycle:
                     return
@@ -187,6 +186,19 @@ def run(job: Job, data: bytes, send: Callable[..., None], embedder: BM25Embedder
         if time.monotonic() - reported >= PROGRESS_INTERVAL or done == len(drafts):
             reported = time.monotonic()
             send("stage", "embedding", done, len(drafts))
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now.
+
+    Not ``ru_maxrss``: Linux carries a process's peak across ``exec``, so a worker
+    started from a large server would inherit the server's peak as its own.
+    """
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def cpu_seconds(pid: int) -> float | None:
