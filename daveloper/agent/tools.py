@@ -2,7 +2,14 @@
 
 A tool never fails a turn: bad arguments, a failing dependency or a timeout
 become a tool result the model reads (``is_error``), and the turn goes on.
-Results are cached in Redis per session, tool and arguments, with a TTL.
+
+Results are cached in Redis per session, tool, arguments and document filter, with
+a TTL, and each cached result carries the session's document version (a counter
+the catalog bumps on every store and delete) it was computed against: it is reused
+only while that version is current, so an answer never quotes a deleted document
+or misses a new one. The version and the cached result are read in one round trip;
+a result is stored with the version read *before* it was computed, so a change
+made meanwhile makes it stale at once.
 """
 
 from __future__ import annotations
@@ -82,19 +89,23 @@ class ToolOutcome:
     seconds: float = 0.0
 
 
-Tool = Callable[[str, dict[str, Any]], Awaitable[ToolOutcome]]
+#: A tool: (session id, arguments, allowed document ids) -> outcome.
+Tool = Callable[[str, dict[str, Any], Sequence[str]], Awaitable[ToolOutcome]]
 
 
 class Toolbox:
     """The tools available to a turn, by name."""
 
-    def __init__(self, *, search: DocumentSearch, redis: aioredis.Redis, web: WebTools | None = None,
-                 cache_ttl: int = 600, timeout: float = 30.0,
-                 enabled: Callable[[str], bool] = lambda name: True) -> None:
+    def __init__(self, *, search: DocumentSearch, redis: aioredis.Redis, document_version: Callable[[str], str],
+                 web: WebTools | None = None, cache_ttl: int = 600, timeout: float = 30.0,
+                 enabled: Callable[[str], bool] = lambda name: True, prefix: str = "dv:") -> None:
         #: Whether a tool is switched on (runtime options); a switched-off tool is neither offered nor run.
         self._enabled = enabled
         self._search = search
         self._redis = redis
+        #: The key of a session's document version counter (:meth:`daveloper.documents.catalog.Catalog.version_key`).
+        self._document_version = document_version
+        self._prefix = prefix
         self._web = web
         self._cache_ttl = cache_ttl
         self._timeout = timeout
@@ -114,7 +125,12 @@ class Toolbox:
         return [spec for name, (spec, _) in self._tools.items()
                 if (not allowed or name in allowed) and self._enabled(name)]
 
-    async def call(self, session_id: str, name: str, arguments: str) -> ToolOutcome:
+    async def call(self, session_id: str, name: str, arguments: str, *,
+                   document_ids: Sequence[str] = ()) -> ToolOutcome:
+        """Run one tool call (or reuse its cached result); never raises for the call's own problems.
+
+        ``document_ids``, when given, restricts ``search_documents`` to those documents.
+        """
         started = time.perf_counter()
         try:
             if name not in self._tools:
@@ -127,13 +143,18 @@ class Toolbox:
                 raise _ToolError(f"arguments are not valid JSON: {exc.msg}") from exc
             if not isinstance(args, dict):
                 raise _ToolError("arguments must be a JSON object")
-            key = self._cache_key(session_id, name, args)
-            if (cached := await self._redis.get(key)) is not None:
-                outcome = _decode(cached)
-            else:
+            scope = tuple(dict.fromkeys(document_ids)) if name == SEARCH_DOCUMENTS.name else ()
+            key = self._cache_key(session_id, name, args, scope)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(self._document_version(session_id))
+                pipe.get(key)
+                raw_version, cached = await pipe.execute()
+            version = int(raw_version or 0)
+            outcome = _decode(cached, version) if cached is not None else None
+            if outcome is None:
                 async with asyncio.timeout(self._timeout):
-                    outcome = await self._tools[name][1](session_id, args)
-                await self._redis.set(key, _encode(outcome), ex=self._cache_ttl)
+                    outcome = await self._tools[name][1](session_id, args, scope)
+                await self._redis.set(key, _encode(outcome, version), ex=self._cache_ttl)
         except _ToolError as exc:
             outcome = ToolOutcome(f"error: {exc}", is_error=True)
         except DaveloperError as exc:
@@ -143,18 +164,18 @@ class Toolbox:
         outcome.seconds = time.perf_counter() - started
         return outcome
 
-    async def _documents(self, session_id: str, args: dict[str, Any]) -> ToolOutcome:
+    async def _documents(self, session_id: str, args: dict[str, Any], document_ids: Sequence[str]) -> ToolOutcome:
         query = args.get("query")
         if not isinstance(query, str) or not query.strip():
             raise _ToolError("'query' must be a non-empty string")
         top_k = args.get("top_k", 5)
         if not isinstance(top_k, int) or not 1 <= top_k <= 20:
             raise _ToolError("'top_k' must be an integer from 1 to 20")
-        hits = await self._search.search(session_id, query[:2000], top_k=top_k)
+        hits = await self._search.search(session_id, query[:2000], top_k=top_k, document_ids=document_ids)
         # Numbered and formatted by the turn, which knows the citations made before.
         return ToolOutcome(content=NO_PASSAGES, hits=hits)
 
-    async def _scrape(self, session_id: str, args: dict[str, Any]) -> ToolOutcome:
+    async def _scrape(self, session_id: str, args: dict[str, Any], _: Sequence[str]) -> ToolOutcome:
         url = args.get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2048:
             raise _ToolError("'url' must be an absolute http(s) URL")
@@ -162,7 +183,7 @@ class Toolbox:
         hits = await self._web.scrape_url(session_id, url)
         return ToolOutcome(content="the page has no readable text", hits=hits)
 
-    async def _github(self, session_id: str, args: dict[str, Any]) -> ToolOutcome:
+    async def _github(self, session_id: str, args: dict[str, Any], _: Sequence[str]) -> ToolOutcome:
         repository = args.get("repository")
         if not isinstance(repository, str) or repository.count("/") != 1:
             raise _ToolError("'repository' must be owner/name")
@@ -170,22 +191,25 @@ class Toolbox:
         hits = await self._web.github_repo(session_id, repository.strip())
         return ToolOutcome(content="the repository has no README", hits=hits)
 
-    def _cache_key(self, session_id: str, name: str, args: dict[str, Any]) -> str:
-        digest = hashlib.sha256(json.dumps([name, args], sort_keys=True).encode()).hexdigest()[:32]
-        return f"dv:toolcache:{session_id}:{digest}"
+    def _cache_key(self, session_id: str, name: str, args: dict[str, Any], document_ids: Sequence[str]) -> str:
+        digest = hashlib.sha256(json.dumps([name, args, sorted(document_ids)], sort_keys=True).encode()).hexdigest()
+        return f"{self._prefix}toolcache:{session_id}:{digest[:32]}"
 
 
 class _ToolError(Exception):
     """A problem with a tool call that the model should read and fix."""
 
 
-def _encode(outcome: ToolOutcome) -> bytes:
-    return json.dumps({"content": outcome.content, "is_error": outcome.is_error,
+def _encode(outcome: ToolOutcome, version: int) -> bytes:
+    return json.dumps({"version": version, "content": outcome.content, "is_error": outcome.is_error,
                        "hits": [_hit_dict(h) for h in outcome.hits]}).encode()
 
 
-def _decode(raw: bytes | str) -> ToolOutcome:
+def _decode(raw: bytes | str, version: int) -> ToolOutcome | None:
+    """The cached outcome, or None if it was computed against other documents than ``version``'s."""
     data = json.loads(raw)
+    if data.get("version") != version:
+        return None
     hits = [Hit(**{**h, "heading_path": tuple(h["heading_path"])}) for h in data["hits"]]
     return ToolOutcome(content=data["content"], is_error=data["is_error"], hits=hits)
 

@@ -378,7 +378,8 @@ class Agent:
         await self._emit(turn, tool_call=ToolCall(call_id=call.call_id, name=call.name,
                                                   arguments_json=call.arguments))
         with span(f"tool.{call.name}"):
-            outcome = await self._tools.call(turn.session_id, call.name, call.arguments)
+            outcome = await self._tools.call(turn.session_id, call.name, call.arguments,
+                                             document_ids=turn.options.document_ids)
         tool = call.name if call.name in self._tools.names else "unknown"  # a model may make names up
         self._metrics.tool_calls.labels(tool, "error" if outcome.is_error else "ok").inc()
         self._metrics.tool_seconds.labels(tool).observe(outcome.seconds)

@@ -12,6 +12,8 @@ Keys (``dv:`` prefix)::
     dv:docclient:<session>         hash client_document_id -> document id
     dv:ingestion:<id>              hash session, document name (who may watch or cancel it)
     dv:ingestions:<session>        set of the session's ingestion ids (to purge them with the session)
+    dv:docversion:<session>        counter bumped by every store and delete (what a cached search result
+                                   was computed against; see :meth:`Catalog.version_key`)
 """
 
 from __future__ import annotations
@@ -73,6 +75,12 @@ class Catalog:
                 f"({stored} used); delete documents to make room",
                 reason="QUOTA_STORED_BYTES", metadata={"limit": str(self.max_bytes), "used": str(stored)})
 
+    def version_key(self, session_id: str) -> str:
+        """The counter of the session's document changes: bumped in the same transaction as every
+        :meth:`put` and :meth:`delete` (both run after the chunks are written or removed), so a result
+        computed while it held a value reflects the documents as they were at that value."""
+        return f"{self._prefix}docversion:{session_id}"
+
     def _doc(self, session_id: str, document_id: str) -> str:
         return f"{self._prefix}doc:{session_id}:{document_id}"
 
@@ -101,6 +109,7 @@ class Catalog:
             pipe.hincrby(self._usage(session_id), "bytes", document.size_bytes)
             if document.client_document_id:
                 pipe.hset(self._clients(session_id), document.client_document_id, document.id)
+            pipe.incr(self.version_key(session_id))
             await pipe.execute()
 
     async def find(self, session_id: str, document_id: str) -> Document | None:
@@ -136,6 +145,7 @@ class Catalog:
             pipe.hincrby(self._usage(session_id), "bytes", -document.size_bytes)
             if document.client_document_id:
                 pipe.hdel(self._clients(session_id), document.client_document_id)
+            pipe.incr(self.version_key(session_id))
             await pipe.execute()
 
     async def document_ids(self, session_id: str) -> list[str]:
@@ -145,7 +155,8 @@ class Catalog:
         """Remove every document record of a session (its points are removed by the store)."""
         ids = await self.document_ids(session_id)
         keys = [self._doc(session_id, i) for i in ids] + [self._docs(session_id), self._clients(session_id),
-                                                           self._usage(session_id), self._ingestions(session_id)]
+                                                           self._usage(session_id), self._ingestions(session_id),
+                                                           self.version_key(session_id)]
         keys += [self._ingestion(i) for i in await self.ingestion_ids(session_id)]
         await self._redis.delete(*keys)
 
