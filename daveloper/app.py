@@ -224,7 +224,7 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
             events=events, conversations=conversations, model=model, jobs=jobs,
             leases=turn_leases, work=work, limits=runtime.count, metrics=metrics,
             tools=Toolbox(
-                search=search, redis=redis, enabled=runtime.tool_enabled,
+                search=search, redis=redis, enabled=runtime.tool_enabled, document_version=catalog.version_key,
                 web=WebTools(
                     runner=scraper.runner, crawler=scraper.crawler, github=scraper.github,
                     chunks=lambda session_id, document_id, limit: chunk_store.chunks(session_id, document_id,
