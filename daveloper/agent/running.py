@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from daveloper.agent.queue import QueuePlace
 from daveloper.metrics import Metrics
-from generated.daveloper.v1 import ChatOptions, FinishReason, Turn
+from generated.daveloper.v1 import ChatOptions, Citation, FinishReason, Turn
 
 __all__ = ["RunningTurn", "conversation_scope", "observe_end", "turn_scope"]
 
@@ -30,7 +31,12 @@ class RunningTurn:
     record: Turn
     options: ChatOptions
     text: list[str] = field(default_factory=list)
+    #: The last passage number given out (numbers go on across the conversation's turns).
     citations: int = 0
+    #: This turn's passages by number: a Citation event goes out for those its answer cites.
+    passages: dict[int, Citation] = field(default_factory=dict)
+    #: The passages earlier turns cited, which a follow-up may cite again.
+    earlier_citations: dict[int, Citation] = field(default_factory=dict)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     started: float = field(default_factory=time.perf_counter)
@@ -43,6 +49,10 @@ class RunningTurn:
     starting: bool = False
     #: Admitted here and not ended (counted against ``max_running_turns``).
     counted: bool = False
+    #: Its place in the conversation's queue (:mod:`daveloper.agent.queue`).
+    place: QueuePlace | None = None
+    #: Its start event is on the log.
+    announced: bool = False
 
     @property
     def scope(self) -> str:

@@ -31,11 +31,12 @@ from opentelemetry.trace import SpanKind
 from daveloper.agent.admission import TurnAdmission
 from daveloper.agent.coalesce import TextCoalescer
 from daveloper.agent.conversations import Conversations, now, parse_conversation
+from daveloper.agent.history import carried_history, cited_passages, last_passage_number
 from daveloper.agent.llm.passages import format_passages
 from daveloper.agent.model import ChatModel, Message, ModelDone, TextDelta, ToolCallRequest, ToolSpec
+from daveloper.agent.queue import ConversationQueue
 from daveloper.agent.running import RunningTurn, conversation_scope, observe_end, turn_scope
 from daveloper.agent.tools import Toolbox
-from daveloper.documents.tokens import count_tokens
 from daveloper.errors import Cancelled, DaveloperError, NotFound, ResourceExhausted, Unavailable, to_failure
 from daveloper.eventlog import EventLog
 from daveloper.infra.redis import redis_call
@@ -115,6 +116,8 @@ class Agent:
         self._tools = tools
         self._jobs = jobs
         self._settings = settings
+        #: Turns of a conversation run one at a time, in arrival order.
+        self.queue = ConversationQueue()
         self.admission = TurnAdmission(max_running=settings.max_running_turns,
                                        max_starting=settings.max_starting_turns,
                                        retry_seconds=settings.saturated_retry_seconds)
@@ -131,7 +134,10 @@ class Agent:
 
     async def start(self, session_id: str, conversation_id: str, text: str, client_message_id: str,
                     options: ChatOptions) -> tuple[Turn, int, bool]:
-        """Begin a turn; returns (turn, seq of its start event, whether it already existed).
+        """Begin a turn; returns (turn, a seq no later than its start event's, whether it already existed).
+
+        The turn runs after the conversation's turns admitted before it here (:mod:`daveloper.agent.queue`);
+        its events all have seqs from the one returned on.
 
         Refused at once (UNAVAILABLE, reason ``TURNS_SATURATED``, with a retry delay) when this
         instance already runs ``max_running_turns`` or is starting ``max_starting_turns``: a turn admitted
@@ -187,17 +193,32 @@ class Agent:
                     # Claimed before the start event: an orphan handler reads the log from its start.
                     self._work.claim_in(pipe, "turn", turn.id, session=session_id, conversation=conversation_id)
                 await redis_call(pipe.execute())
-            seq = await self._emit(state, turn_started=TurnStarted(
-                client_message_id=client_message_id, user_text=text, model=options.model or self._settings.model,
-                owner=self._settings.owner))
+            state.place = place = self.queue.join(state.scope)
+            if place.ahead is None:
+                await self._announce(state)
+            else:
+                self.admission.started(state)  # waiting costs no CPU: it does not hold a starting slot
         except BaseException:
             await asyncio.shield(self._abandon(state))
             raise
         self._jobs.spawn(self._run(state), name=f"turn {turn.id}")
-        return turn, seq, False
+        return turn, place.after_seq + 1, False
+
+    async def _announce(self, turn: RunningTurn) -> None:
+        """Put the turn's start event on the log (once); from its seq on are the turn's events."""
+        if turn.announced:
+            return
+        seq = await self._emit(turn, turn_started=TurnStarted(
+            client_message_id=turn.record.client_message_id, user_text=turn.record.user_text,
+            model=turn.options.model or self._settings.model, owner=self._settings.owner))
+        turn.announced = True
+        if turn.place is not None:
+            turn.place.after_seq = seq - 1
 
     async def _abandon(self, turn: RunningTurn) -> None:
         """Undo the claims of a turn whose start failed."""
+        if turn.place is not None:
+            self.queue.leave(turn.place)
         await self._release(turn.session_id, turn.record.id)
         if self._work is not None:
             await self._work.release("turn", turn.record.id)
@@ -230,13 +251,15 @@ class Agent:
                 await self._run_turn(turn)
         finally:
             self.admission.ended(turn)
+            if turn.place is not None:  # after the record is written: the next turn reads it as history
+                self.queue.leave(turn.place)
 
     async def _run_turn(self, turn: RunningTurn) -> None:
         finish = FinishReason.STOP
         failure: BaseException | None = None
         try:
             # Cancelling the rounds closes the model stream, and with it the upstream request.
-            finish = await self._events.run_cancellable(turn_scope(turn.record.id), self._rounds(turn))
+            finish = await self._events.run_cancellable(turn_scope(turn.record.id), self._queued_rounds(turn))
         except Cancelled:
             finish = FinishReason.CANCELLED
         except asyncio.CancelledError:
@@ -289,8 +312,13 @@ class Agent:
 
     async def _record_finish(self, turn: RunningTurn, finish: FinishReason, failure: BaseException | None) -> None:
         observe_end(self._metrics, turn, finish, failure)
+        if turn.record.state is TurnState.RUNNING and turn.place is not None:
+            await self._announce(turn)  # cancelled or failed while it waited: it still starts before it ends
         text = "".join(turn.text)
         record = turn.record
+        for citation in cited_passages(text, turn.passages, turn.earlier_citations):
+            record.citations.append(citation)
+            await self._emit(turn, citation=citation)
         record.assistant_text, record.complete_time = text, now()
         record.usage = Usage(prompt_tokens=turn.prompt_tokens, completion_tokens=turn.completion_tokens,
                              total_tokens=turn.prompt_tokens + turn.completion_tokens)
@@ -308,19 +336,20 @@ class Agent:
                 time_to_first_token=datetime.timedelta(seconds=ttft), duration=datetime.timedelta(seconds=elapsed)))
 
     async def _history(self, turn: RunningTurn) -> list[Message]:
-        budget = self._settings.history_tokens
-        earlier: list[Message] = []
         past_turns = [] if turn.fresh else await self._conversations.turns(turn.session_id, turn.conversation_id,
                                                                            last=50)
-        for past in reversed(past_turns):
-            if past.id == turn.record.id or past.state is TurnState.RUNNING:
-                continue
-            cost = count_tokens(past.user_text) + count_tokens(past.assistant_text)
-            if cost > budget:
-                break
-            budget -= cost
-            earlier[:0] = [Message("user", past.user_text), Message("assistant", past.assistant_text)]
+        earlier = carried_history([p for p in past_turns if p.id != turn.record.id], self._settings.history_tokens)
+        # Citation numbers go on from the carried passages', so a follow-up's [n] names one passage.
+        turn.citations = last_passage_number(past_turns)
+        turn.earlier_citations = {c.index: c for p in past_turns for c in p.citations}
         return [Message("system", self._settings.system_prompt), *earlier, Message("user", turn.record.user_text)]
+
+    async def _queued_rounds(self, turn: RunningTurn) -> FinishReason:
+        """The turn's rounds, once the turns ahead of it in its conversation have ended."""
+        if turn.place is not None and turn.place.ahead is not None:
+            await self.queue.wait(turn.place)
+            await self._announce(turn)
+        return await self._rounds(turn)
 
     async def _rounds(self, turn: RunningTurn) -> FinishReason:
         messages = await self._history(turn)
@@ -397,8 +426,7 @@ class Agent:
                                             url=hit.source_uri if hit.source_uri.startswith(("http://", "https://"))
                                             else ""),
                     snippet=hit.text[:300], score=hit.score)
-                turn.record.citations.append(citation)
-                await self._emit(turn, citation=citation)
+                turn.passages[citation.index] = citation
             content = format_passages(passages)
         result = ToolResult(call_id=call.call_id, name=call.name, content=content, is_error=outcome.is_error,
                             duration=datetime.timedelta(seconds=outcome.seconds))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -78,6 +79,8 @@ class AgentService(Servicer):
     async def Chat(self, call: Call[ChatRequest, ChatResponse | Encoded]) -> None:
         lock = asyncio.Lock()  # one writer at a time: several turns stream on this call
         forwarders: set[asyncio.Task[None]] = set()
+        # The latest forwarder of each conversation: the next one sends after it, so seqs only increase.
+        latest: dict[str, asyncio.Task[None]] = {}
 
         def settled(task: asyncio.Task[None]) -> None:
             # A long-lived stream carries many turns: forget finished forwarders (failed ones are
@@ -85,7 +88,14 @@ class AgentService(Servicer):
             if task.cancelled() or task.exception() is None:
                 forwarders.discard(task)
 
-        async def forward(conversation_id: str, turn_id: str, after_seq: int) -> None:
+        def forget_latest(conversation_id: str, task: asyncio.Task[None]) -> None:
+            if latest.get(conversation_id) is task:
+                del latest[conversation_id]
+
+        async def forward(conversation_id: str, turn_id: str, after_seq: int,
+                          ahead: asyncio.Task[None] | None) -> None:
+            if ahead is not None:  # the conversation's earlier turn on this stream goes out first
+                await asyncio.wait([ahead])
             # Stored events go out as stored: the turn id and kind are read off the wire format.
             wanted = turn_id.encode()
             scope = conversation_scope(call.session_id, conversation_id)
@@ -110,9 +120,13 @@ class AgentService(Servicer):
                         call.session_id, conversation_id, request.send.text.strip(),
                         request.send.client_message_id, request.send.options or ChatOptions())
                     after = 0 if existed else seq - 1
-                    forwarder = asyncio.create_task(forward(conversation_id, turn.id, after))
+                    ahead = latest.get(conversation_id)
+                    forwarder = asyncio.create_task(forward(conversation_id, turn.id, after,
+                                                            ahead if ahead is not None and not ahead.done() else None))
+                    latest[conversation_id] = forwarder
                     forwarders.add(forwarder)
                     forwarder.add_done_callback(settled)
+                    forwarder.add_done_callback(functools.partial(forget_latest, conversation_id))
                 elif request.cancel is not None:
                     await self.CancelTurn(request.cancel, call)
                 else:

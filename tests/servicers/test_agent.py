@@ -79,7 +79,9 @@ async def test_offline_turn_answers_from_documents_with_citations(channel: Chann
     order = kinds(events)
     assert order[0] == "turn_started"
     assert order[-1] == "turn_completed"
-    assert order.index("tool_call") < order.index("citation") < order.index("tool_result") < order.index("token_delta")
+    # Citations follow the answer: one per passage its [n] markers name, not one per search hit.
+    assert order.index("tool_call") < order.index("tool_result") < order.index("token_delta") < order.index("citation")
+    assert order.index("citation") > max(i for i, kind in enumerate(order) if kind == "token_delta")
     call = next(e.tool_call for e in events if e.tool_call is not None)
     assert call.name == "search_documents"
     citation = next(e.citation for e in events if e.citation is not None)
