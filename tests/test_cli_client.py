@@ -208,6 +208,28 @@ async def test_ingest_reports_a_bad_file_and_stores_the_good_one(tmp_path: Path,
     assert "missing.txt: no such file or directory" in ran.err
 
 
+async def test_ingest_waits_out_the_upload_rate_limit(settings: Settings, redis: aioredis.Redis,
+                                                     user_env: dict[str, str], tmp_path: Path) -> None:
+    # 40 files against a budget of 5 uploads a second: without honouring RetryInfo most are refused.
+    docs = tmp_path / "many"
+    docs.mkdir()
+    for number in range(40):
+        (docs / f"note{number:02}.md").write_text(f"# Note {number}\n\nNote {number} is about topic {number}.\n")
+    async with open_app(settings.replace(rate_uploads="5/s")) as app:
+        ran = await run(user_env | {"DAVELOPER_GRPC_ADDR": str(app.grpc_addr)}, "ingest", str(docs), within=50)
+        (token,) = cached_tokens(user_env).values()
+        channel = Channel(app.grpc_addr.host, app.grpc_addr.port)
+        try:
+            listed = await DocumentServiceStub(channel).list_documents(ListDocumentsRequest(page_size=100), timeout=5,
+                                                                       metadata=bearer(token))
+        finally:
+            channel.close()
+    assert ran.code == 0, ran.err
+    assert "40 stored, 0 failed" in ran.err
+    assert "retrying in" in ran.err  # the limit was reached, and waited out
+    assert sorted(d.name for d in listed.documents) == [f"note{number:02}.md" for number in range(40)]
+
+
 async def test_a_refused_cached_token_is_replaced(env: dict[str, str], app: App, channel: Channel,
                                                  tmp_path: Path) -> None:
     cache = Path(env["XDG_CONFIG_HOME"]) / "daveloper" / "tokens.json"

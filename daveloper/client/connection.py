@@ -16,7 +16,7 @@ import os
 import ssl
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.rpc import error_details_pb2
@@ -25,6 +25,7 @@ from grpclib.config import Configuration
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
+from daveloper.client.retry import MayRetry, RetryPolicy, retrying
 from daveloper.config import Address
 from generated.daveloper.v1 import (
     CreateSessionRequest,
@@ -33,20 +34,24 @@ from generated.daveloper.v1 import (
     SessionServiceStub,
 )
 
-__all__ = ["CALL_TIMEOUT", "ClientOptions", "CommandFailed", "Connection", "TokenCache", "Unreachable",
-           "describe_error", "describe_failure", "open_channel", "open_connection", "translate_errors"]
+__all__ = ["CALL_TIMEOUT", "RETRYABLE_STATUSES", "ClientOptions", "CommandFailed", "Connection", "TokenCache",
+           "Unreachable", "describe_error", "describe_failure", "open_channel", "open_connection", "retry_delay",
+           "translate_errors"]
 
 #: Deadline of unary calls (sessions, cancels, health).
 CALL_TIMEOUT = 10.0
 #: Keepalive pings notice a dead connection on a quiet stream long before its deadline.
 _KEEPALIVE = Configuration(_keepalive_time=10.0, _keepalive_timeout=5.0)
+#: Statuses that may carry a "try again in …" (a rate limit, a saturated or restarting server).
+RETRYABLE_STATUSES = frozenset({Status.RESOURCE_EXHAUSTED, Status.UNAVAILABLE})
 
 
-class CommandFailed(Exception):
+class CommandFailed(MayRetry):
     """A command could not do its work; ``message`` says why, for humans."""
 
-    def __init__(self, message: str, *, exit_code: int = 1, detail: str = "") -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, exit_code: int = 1, detail: str = "",
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
         self.message = message
         self.exit_code = exit_code
         #: The cause alone, without what was being done.
@@ -71,6 +76,8 @@ class ClientOptions:
     tls: bool = False
     #: Deadline of long calls: a chat turn, an upload, a crawl.
     timeout: float = 600.0
+    #: How calls the server refused for now (``RetryInfo``) are resent.
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if self.tls_ca is None and not self.tls:
@@ -126,6 +133,16 @@ def _reason(error: GRPCError) -> str:
     return ""
 
 
+def retry_delay(error: GRPCError) -> float | None:
+    """Seconds the server asks to wait before resending, or ``None`` when it does not ask for a retry."""
+    if error.status not in RETRYABLE_STATUSES:
+        return None
+    for detail in error.details or ():
+        if isinstance(detail, error_details_pb2.RetryInfo):
+            return max(0.0, float(detail.retry_delay.ToTimedelta().total_seconds()))
+    return None
+
+
 def describe_error(error: GRPCError) -> str:
     """``message (STATUS, REASON)`` for a gRPC error."""
     reason = _reason(error)
@@ -150,7 +167,7 @@ def translate_errors(server: Address, what: str) -> Iterator[None]:
         yield
     except GRPCError as exc:
         detail = describe_error(exc)
-        raise CommandFailed(f"{what} failed: {detail}", detail=detail) from exc
+        raise CommandFailed(f"{what} failed: {detail}", detail=detail, retry_after=retry_delay(exc)) from exc
     except StreamTerminatedError as exc:
         detail = f"the connection to {server} was lost ({exc})"
         raise CommandFailed(f"{what} failed: {detail}", detail=detail) from exc
@@ -176,6 +193,10 @@ class Connection:
     @property
     def timeout(self) -> float:
         return self.options.timeout
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self.options.retry
 
 
 def open_channel(options: ClientOptions) -> Channel:
@@ -209,9 +230,14 @@ async def _session_token(channel: Channel, options: ClientOptions) -> str:
 async def open_connection(options: ClientOptions) -> AsyncIterator[Connection]:
     """An authenticated connection; the channel closes on exit."""
     channel = open_channel(options)
-    try:
+
+    async def authenticate() -> str:
         with translate_errors(options.server, "authenticating"):
-            token = await _session_token(channel, options)
+            return await _session_token(channel, options)
+
+    try:
+        # Safe to resend: a refused creation created nothing, and an unused session just expires.
+        token = await retrying(authenticate, options.retry)
         yield Connection(channel, options, token)
     finally:
         channel.close()

@@ -3,8 +3,11 @@
 Each file is one ``DocumentService/Upload`` stream: a header, then the content
 in 64 KiB chunks, far below any sensible server message limit (the default is
 4 MiB; the server refuses oversized messages with ``MESSAGE_TOO_LARGE``, which
-is reported as the file's failure). Files go one after another, so the
-progress and the output read in order.
+is reported as the file's failure). A few files go at once (``CONCURRENT_FILES``):
+enough to overlap the server's parsing of one with the transfer of the next,
+few enough not to spend a session's upload rate in one burst. An upload the
+server refuses for now (a rate limit, a saturated server: ``RetryInfo``) is sent
+again from its first byte after the delay it asks for (see :mod:`.retry`).
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daveloper.client.connection import CommandFailed, Connection, Unreachable, describe_failure, translate_errors
+from daveloper.client.retry import MayRetry, Throttle, retrying
 from daveloper.client.terminal import ProgressBar, Terminal
 from generated.daveloper.v1 import Document, DocumentServiceStub, IngestStage, UploadHeader, UploadRequest
 
-__all__ = ["CHUNK_BYTES", "collect_files", "ingest"]
+__all__ = ["CHUNK_BYTES", "CONCURRENT_FILES", "collect_files", "ingest"]
 
 CHUNK_BYTES = 64 * 1024
+#: Uploads in flight at once.
+CONCURRENT_FILES = 4
 _MAX_NAME_CHARS = 255
 _MAX_SOURCE_URI_CHARS = 2048
 
@@ -68,7 +74,7 @@ async def _chunks(path: Path, bar: ProgressBar, size: int) -> AsyncIterator[Uplo
         file.close()
 
 
-async def _upload(connection: Connection, terminal: Terminal, path: Path) -> Document:
+async def _upload_once(connection: Connection, terminal: Terminal, path: Path) -> Document:
     """Upload one file; its stored document, or :class:`CommandFailed` with the reason."""
     try:
         size = (await asyncio.to_thread(path.stat)).st_size
@@ -94,10 +100,19 @@ async def _upload(connection: Connection, terminal: Terminal, path: Path) -> Doc
         raise
     except CommandFailed as exc:
         # The failed event says it better than the status (same failure, with its reason).
-        raise CommandFailed(failure or exc.detail) from exc
+        raise CommandFailed(failure or exc.detail, retry_after=exc.retry_after) from exc
     finally:
         bar.close()
     raise CommandFailed(failure or "the server ended the upload without storing the document")
+
+
+async def _upload(connection: Connection, terminal: Terminal, path: Path, throttle: Throttle) -> Document:
+    """Upload one file, resent from the start while the server asks to retry later."""
+    def waiting(exc: MayRetry, seconds: float) -> None:
+        terminal.note(f"{path}: {exc}; retrying in {seconds:.1f}s", dim=True)
+
+    return await retrying(lambda: _upload_once(connection, terminal, path), connection.retry, waiting,
+                          throttle=throttle)
 
 
 async def ingest(connection: Connection, terminal: Terminal, paths: list[Path], *, glob: str | None = None) -> int:
@@ -107,18 +122,30 @@ async def ingest(connection: Connection, terminal: Terminal, paths: list[Path], 
     if not found.files and not failures:
         raise CommandFailed("no files to upload" + (f" match {glob!r}" if glob else ""))
     stored = 0
-    for path in found.files:
-        try:
-            document = await _upload(connection, terminal, path)
-        except Unreachable:
-            raise  # every other file would fail the same way
-        except CommandFailed as exc:
-            failures.append((str(path), exc.message))
-            terminal.note(f"{path}: FAILED: {exc.message}")
-            continue
+    slots = asyncio.Semaphore(CONCURRENT_FILES)
+    throttle = Throttle()  # the files share the session's upload rate
+
+    async def one(path: Path) -> None:
+        nonlocal stored
+        async with slots:
+            try:
+                document = await _upload(connection, terminal, path, throttle)
+            except Unreachable:
+                raise  # every other file would fail the same way: the task group stops them all
+            except CommandFailed as exc:
+                failures.append((str(path), exc.message))
+                terminal.note(f"{path}: FAILED: {exc.message}")
+                return
         stored += 1
         chunks = "1 chunk" if document.chunk_count == 1 else f"{document.chunk_count} chunks"
         terminal.line(f"{path}: stored {document.id} {document.name!r} ({chunks}, {document.media_type})")
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for path in found.files:
+                group.create_task(one(path))
+    except* Unreachable as group_error:
+        raise group_error.exceptions[0] from None
     terminal.note(f"{stored} stored, {len(failures)} failed")
     for name, reason in failures:
         terminal.note(f"  {name}: {reason}")
