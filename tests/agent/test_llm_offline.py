@@ -128,7 +128,7 @@ async def test_a_tool_error_is_said_plainly() -> None:
 async def test_other_tools_are_summarised_from_their_first_lines() -> None:
     result = format_passages([(1, "vmagamedov/grpclib", "Pure-Python gRPC for asyncio.\nStars: 900\nMIT\nmore")])
     answer, _ = await run(after_tool("vmagamedov/grpclib", "github_repo", result))
-    assert answer == "From github_repo: Pure-Python gRPC for asyncio. Stars: 900 MIT [1]"
+    assert answer == "From github_repo: Pure-Python gRPC for asyncio. [1]"  # whole sentences, not label lines
 
 
 async def test_answers_are_deterministic() -> None:
@@ -171,3 +171,26 @@ def test_passages_round_trip_and_fold_blank_lines() -> None:
     assert format_passages([]) == NO_PASSAGES
     assert parse_passages(NO_PASSAGES) == []
     assert parse_passages("") == []
+
+
+async def test_answers_quote_whole_sentences_never_heading_paths_or_fragments() -> None:
+    chunk = ("Flux capacitor notes > Speed\n\n"
+             "The flux capacitor engages at eighty-eight\nmiles per hour on a dry road.\n\n"
+             "### Speed limits\n\n"
+             "- Speed is capped by the flux capacitor at ninety.\n\n"
+             "and a speed fragment cut where the flux capacitor")
+    result = format_passages([(2, "flux.md > Speed", chunk)])
+    answer, _ = await run(after_tool("What speed does the flux capacitor need?", "search_documents", result))
+    assert "The flux capacitor engages at eighty-eight miles per hour on a dry road. [2]" in answer
+    assert "Speed is capped by the flux capacitor at ninety. [2]" in answer
+    assert ">" not in answer
+    assert "Speed limits" not in answer
+    assert "fragment" not in answer
+
+
+async def test_a_passage_of_headings_only_is_named_in_a_sentence_not_dangled() -> None:
+    result = format_passages([(2, "flux.md > Speed", "Flux capacitor notes > Speed")])
+    answer, _ = await run(after_tool("unrelated words", "search_documents", result))
+    assert answer.endswith(".")
+    assert not answer.endswith("Speed [2]")
+    assert "[2]" in answer

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
 import re
 from collections.abc import AsyncGenerator, Iterator, Sequence
@@ -29,7 +30,8 @@ TOOL_ERROR_PREFIX = "error:"
 #: Words per streamed delta; control goes back to the event loop after every delta.
 _WORDS_PER_DELTA = 3
 _MAX_SENTENCES = 4
-_MAX_SENTENCE_CHARS = 300
+#: A longer sentence is left out rather than cut.
+_MAX_SENTENCE_CHARS = 600
 _SUMMARY_LINES = 3
 
 OFFLINE_NOTICE = (
@@ -56,7 +58,11 @@ _PATH_OWNERS = frozenset({
 })
 _FILE_SUFFIX = re.compile(r"\.(py|md|rst|txt|json|ya?ml|toml|cfg|ini|lock|sh|ts|tsx|rs|go|c|h|cpp|java|html|css)$",
                           re.IGNORECASE)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(`*_A-Z0-9])")
+#: Starts like a sentence (a capital, a digit, a quote or markup) and ends like one.
+_WHOLE_SENTENCE = re.compile(r"[\"'(`*_A-Z0-9].*[.!?][\"')`*_]*", re.DOTALL)
+#: A line that starts a block of its own: a heading, a list item, a quote.
+_BLOCK_START = re.compile(r"(#{1,6}|[-*+]|\d{1,3}[.)]|>)\s+")
 _WORD = re.compile(r"\S+\s*")
 
 
@@ -90,12 +96,52 @@ def find_repository(text: str) -> str | None:
 
 
 def _sentences(text: str) -> Iterator[str]:
-    for piece in _SENTENCE_END.split(text):
-        sentence = " ".join(piece.split())
-        if len(sentence) > _MAX_SENTENCE_CHARS:
-            sentence = sentence[: _MAX_SENTENCE_CHARS - 1].rstrip() + "…"
-        if sentence:
-            yield sentence
+    """The whole sentences of a passage, in order.
+
+    A passage is a chunk: it opens with its heading path, may carry headings of merged
+    sections, lists and code, and may start or end mid-sentence where a long section was
+    split. Lines of one paragraph are joined (a line break is not a sentence end); then
+    only pieces that read as sentences are kept: starting like one, ending in ``.``, ``!``
+    or ``?``, and not too long to quote whole. Headings, labels and fragments are not.
+    """
+    for paragraph in _paragraphs(text):
+        for piece in _SENTENCE_END.split(paragraph):
+            sentence = piece.strip()
+            if (_WHOLE_SENTENCE.fullmatch(sentence) and len(sentence) <= _MAX_SENTENCE_CHARS
+                    and len(sentence.split()) >= 3):
+                yield sentence
+
+
+def _paragraphs(text: str) -> Iterator[str]:
+    """Blocks of prose: a line joins the one before when it continues it (that one has no sentence end,
+    and it starts in lower case); headings, list items and code fences start blocks of their own.
+
+    Tool results fold a passage's blank lines (:func:`~daveloper.agent.llm.passages.format_passages`),
+    so paragraph breaks cannot be told from line breaks; a heading line (no sentence end) followed by
+    a capitalised sentence still ends up a block of its own, which is no sentence and is left out.
+    """
+    lines: list[str] = []
+    fenced = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith(("```", "~~~")):
+            fenced = not fenced
+            continue
+        item = _BLOCK_START.match(line)
+        continues = bool(lines) and not lines[-1].endswith((".", "!", "?")) and line[:1].islower()
+        if fenced or not line or item is not None or not continues:
+            if lines:
+                yield " ".join(lines)
+            lines = []
+            if fenced or not line:
+                continue
+            if item is not None:
+                if item.group(1).startswith("#") or not line[item.end():]:
+                    continue  # a heading is no prose
+                line = line[item.end():]  # a list item is prose of its own
+        lines.append(line)
+    if lines:
+        yield " ".join(lines)
 
 
 def _cited(sentence: str, number: int) -> str:
@@ -119,9 +165,12 @@ def extract_answer(question: str, passages: Sequence[Passage]) -> str:
                 scored.append((overlap / (1 + 0.25 * rank), rank, position, sentence, passage.number))
     if not scored:
         # No shared words: quote the passage the search ranked first rather than pretend a match.
+        for passage in passages:
+            if (opening := next(_sentences(passage.text), None)) is not None:
+                return f"The closest passage in your documents says: {_cited(opening, passage.number)}"
         first = passages[0]
-        opening = next(_sentences(first.text), first.title)
-        return f"The closest passage in your documents says: {_cited(opening, first.number)}"
+        return (f"The closest passage in your documents, under “{first.title}”, has no sentence to quote "
+                f"[{first.number}].")
     scored.sort(key=lambda item: (-item[0], item[1], item[2]))
     best = scored[0][0]
     chosen: list[str] = []
@@ -138,14 +187,16 @@ def summarise(tool: str, result: str) -> str:
     """The opening lines of a non-search tool's result, cited when it comes as numbered passages."""
     passages = parse_passages(result)
     if passages:
+        for passage in passages:
+            sentences = list(itertools.islice(_sentences(passage.text), _SUMMARY_LINES))
+            if sentences:
+                return f"From {tool}: " + " ".join(_cited(sentence, passage.number) for sentence in sentences)
         first = passages[0]
-        lines = [" ".join(line.split()) for line in first.text.splitlines() if line.strip()][:_SUMMARY_LINES]
-        body = " ".join(lines) or first.title
-        return f"From {tool}: {_cited(body, first.number)}"
-    lines = [" ".join(line.split()) for line in result.splitlines() if line.strip()][:_SUMMARY_LINES]
-    if not lines:
-        return f"{tool} returned nothing."
-    return f"From {tool}: " + " ".join(lines)
+        return f"{tool} stored “{first.title}”, which has no sentence to quote [{first.number}]."
+    sentences = list(itertools.islice(_sentences(result), _SUMMARY_LINES))
+    if not sentences:
+        return f"{tool} returned nothing to quote."
+    return f"From {tool}: " + " ".join(sentences)
 
 
 def _tool_answer(question: str, message: Message) -> str:
