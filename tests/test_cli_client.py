@@ -230,6 +230,17 @@ async def test_ingest_waits_out_the_upload_rate_limit(settings: Settings, redis:
     assert sorted(d.name for d in listed.documents) == [f"note{number:02}.md" for number in range(40)]
 
 
+async def test_chat_resends_a_message_refused_by_the_turn_rate(settings: Settings, redis: aioredis.Redis,
+                                                                user_env: dict[str, str]) -> None:
+    async with open_app(settings.replace(rate_chat_turns="1/s")) as app:
+        ran = await run(user_env | {"DAVELOPER_GRPC_ADDR": str(app.grpc_addr)}, "chat",
+                        stdin="What is compost?\nWhat is mulch?\nWhat is soil?\n")
+    assert ran.code == 0, ran.err
+    assert "RATE_LIMITED); retrying in" in ran.err
+    assert ran.out.count("Nothing in this session's documents matches your question.") == 3
+    assert ran.err.count("(conversation conv_") == 1
+
+
 async def test_a_refused_cached_token_is_replaced(env: dict[str, str], app: App, channel: Channel,
                                                  tmp_path: Path) -> None:
     cache = Path(env["XDG_CONFIG_HOME"]) / "daveloper" / "tokens.json"

@@ -4,7 +4,9 @@ Each turn is one ``AgentService/Chat`` stream with a deadline: the message
 goes out, token deltas are written as they arrive, tool calls are noted on
 stderr, citations are listed when the turn completes. Ctrl-C sends a cancel
 over the same stream and waits for the turn to end (the server keeps the
-partial answer); a second Ctrl-C quits.
+partial answer); a second Ctrl-C quits. A message the server refuses before the
+turn starts (rate limit, saturated server: ``RetryInfo``) is sent again after the
+delay it asks for, with the same ``client_message_id``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from daveloper.client.connection import CommandFailed, Connection, describe_failure, translate_errors
+from daveloper.client.retry import MayRetry, retrying
 from daveloper.client.terminal import Interrupts, StdinLines, Terminal
 from generated.daveloper.v1 import (
     AgentServiceStub,
@@ -118,9 +121,21 @@ class _TurnView:
 
 async def _turn(connection: Connection, terminal: Terminal, interrupts: Interrupts,
                 conversation_id: str, text: str) -> _Turn:
+    """One turn; a message refused for now is sent again with the same ``client_message_id``."""
+    message_id = uuid.uuid4().hex
+
+    def waiting(exc: MayRetry, seconds: float) -> None:
+        terminal.note(f"{exc}; retrying in {seconds:.1f}s", dim=True)
+
+    return await retrying(lambda: _send(connection, terminal, interrupts, conversation_id, text, message_id),
+                          connection.retry, waiting)
+
+
+async def _send(connection: Connection, terminal: Terminal, interrupts: Interrupts,
+                conversation_id: str, text: str, message_id: str) -> _Turn:
     requests: asyncio.Queue[ChatRequest | None] = asyncio.Queue()
     requests.put_nowait(ChatRequest(send=SendMessage(conversation_id=conversation_id, text=text,
-                                                     client_message_id=uuid.uuid4().hex)))
+                                                     client_message_id=message_id)))
 
     async def outgoing() -> AsyncIterator[ChatRequest]:
         while (request := await requests.get()) is not None:
@@ -128,13 +143,23 @@ async def _turn(connection: Connection, terminal: Terminal, interrupts: Interrup
 
     view = _TurnView(terminal, _Turn(conversation_id), requests)
     stub = AgentServiceStub(connection.channel)
-    with interrupts.handling(lambda: view.interrupt(interrupts)), translate_errors(connection.options.server, "chat"):
-        try:
-            async for response in stub.chat(outgoing(), timeout=connection.timeout, metadata=connection.metadata):
-                if response.event is not None and view.show(response.event):
-                    requests.put_nowait(None)  # half-close: the server then ends the stream
-        finally:
-            view.finish()
+    seen = False
+    try:
+        with interrupts.handling(lambda: view.interrupt(interrupts)), \
+                translate_errors(connection.options.server, "chat"):
+            try:
+                async for response in stub.chat(outgoing(), timeout=connection.timeout, metadata=connection.metadata):
+                    seen = True
+                    if response.event is not None and view.show(response.event):
+                        requests.put_nowait(None)  # half-close: the server then ends the stream
+            finally:
+                view.finish()
+    except CommandFailed as exc:
+        # Refused before any event: the turn was not admitted, and the resend (same client message
+        # id) is idempotent. After an event, a resend would replay what the terminal already shows.
+        if seen or view.turn.cancel_requested:
+            exc.final()
+        raise
     if view.turn.finish is None and not view.turn.failure:
         raise CommandFailed("chat failed: the stream ended before the turn did")
     return view.turn

@@ -4,6 +4,8 @@
 fetched, skipped or failed is a line on stderr, the counts are a status line
 redrawn on a terminal, and a summary goes to stdout at the end. Ctrl-C sends
 ``CancelJob`` and waits for the job to finish as cancelled; a second Ctrl-C quits.
+A crawl refused at admission (the scrape rate: ``RetryInfo``) is asked again after
+the delay the server gives.
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
 from daveloper.client.connection import CALL_TIMEOUT, CommandFailed, Connection, describe_failure, translate_errors
+from daveloper.client.retry import MayRetry, retrying
 from daveloper.client.terminal import Interrupts, Terminal, human_bytes
 from generated.daveloper.v1 import (
     CancelJobRequest,
@@ -98,12 +104,28 @@ async def scrape(connection: Connection, terminal: Terminal, interrupts: Interru
         terminal.note("^C cancelling the job (Ctrl-C again to quit)", dim=True)
         cancels.add(asyncio.create_task(cancel(view.job_id)))
 
+    async def run() -> None:
+        seen = False
+        try:
+            with interrupts.handling(interrupt), translate_errors(connection.options.server, "scrape"):
+                async for response in stub.scrape(ScrapeRequest(spec=options.spec()), timeout=connection.timeout,
+                                                  metadata=connection.metadata):
+                    seen = True
+                    if response.event is not None:
+                        view.show(response.event)
+        except CommandFailed as exc:
+            # A request has no idempotency key: only a refusal at admission (RESOURCE_EXHAUSTED before
+            # any event, no job created) is safe to resend; an UNAVAILABLE call may have queued a job.
+            if seen or not isinstance(exc.__cause__, GRPCError) \
+                    or exc.__cause__.status is not Status.RESOURCE_EXHAUSTED:
+                exc.final()
+            raise
+
+    def waiting(exc: MayRetry, seconds: float) -> None:
+        terminal.note(f"{exc}; retrying in {seconds:.1f}s", dim=True)
+
     try:
-        with interrupts.handling(interrupt), translate_errors(connection.options.server, "scrape"):
-            async for response in stub.scrape(ScrapeRequest(spec=options.spec()), timeout=connection.timeout,
-                                              metadata=connection.metadata):
-                if response.event is not None:
-                    view.show(response.event)
+        await retrying(run, connection.retry, waiting)
     finally:
         terminal.clear_status()
         for task in cancels:  # owned here: awaited, so a failed cancel is reported
