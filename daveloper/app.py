@@ -303,7 +303,8 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
         server = Server(ServerReflection.extend([*services, health_service], pool=load_descriptor_pool()),
                         codec=PassThroughCodec(), status_details_codec=ProtoStatusDetailsCodec())
         interceptor.install(server)
-        await server.start(settings.grpc_addr.host, settings.grpc_addr.port, ssl=grpc_context(settings))
+        await server.start(settings.grpc_addr.host, settings.grpc_addr.port, ssl=grpc_context(settings),
+                           backlog=settings.listen_backlog)
         grpc_addr = Address(settings.grpc_addr.host, _bound_port(server) or settings.grpc_addr.port)
 
         work.on_orphan("turn", agent.fail_orphan)

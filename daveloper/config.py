@@ -101,6 +101,9 @@ class Settings:
     grpc_addr: Address = Address("127.0.0.1", 50051)
     #: HTTP/WebSocket edge listen address (browser page, ``/ws``, HTTP/JSON).
     edge_addr: Address = Address("127.0.0.1", 8080)
+    #: Connections the kernel queues for the gRPC and edge listeners before they are accepted (capped
+    #: by net.core.somaxconn); the OS default of 100 drops part of a burst of new clients.
+    listen_backlog: int = 2048
     #: Origins (``scheme://host[:port]``) whose pages may open the WebSocket; the edge's own origin
     #: is always allowed, and clients that send no Origin (non-browsers) are not affected.
     allowed_origins: tuple[str, ...] = ()
@@ -250,7 +253,7 @@ class Settings:
             raise ConfigError("scrape_per_host_delay_ms must not be negative")
         if self.drain_seconds < 0:
             raise ConfigError("drain_seconds must not be negative")
-        for name in ("parse_workers", "parse_cpu_seconds", "parse_memory_mb", "parse_max_chunks"):
+        for name in ("parse_workers", "parse_cpu_seconds", "parse_memory_mb", "parse_max_chunks", "listen_backlog"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
 
@@ -333,7 +336,7 @@ class Settings:
             if (num := number(key.upper(), kind)) is not None:
                 values[key] = num
         for key, kind in (("parse_workers", int), ("parse_cpu_seconds", float), ("parse_memory_mb", int),
-                          ("parse_max_chunks", int)):
+                          ("parse_max_chunks", int), ("listen_backlog", int)):
             if (num := number(key.upper(), kind)) is not None:
                 values[key] = num
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -157,7 +157,7 @@ async def open_edge(settings: Settings, *, upstreams: Sequence[Address], health:
             discovery = asyncio.create_task(registry.follow(upstream.set_addresses, static=upstreams),
                                             name="edge-discovery")
         site = web.TCPSite(runner, settings.edge_addr.host, settings.edge_addr.port,
-                           ssl_context=edge_context(settings))
+                           ssl_context=edge_context(settings), backlog=settings.listen_backlog)
         await site.start()
         port = runner.addresses[0][1] if runner.addresses else settings.edge_addr.port
         edge = Edge(state, runner, Address(settings.edge_addr.host, int(port)))
