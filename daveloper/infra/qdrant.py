@@ -52,6 +52,8 @@ async def open_qdrant(settings: Settings, *, metrics: Metrics | None = None) -> 
         engine = EdgeEngine.open(settings.data_dir / EDGE_DIR)
     try:
         if isinstance(engine, EdgeEngine):
+            # Start the engine process now: the first health check and search must not pay for it.
+            await engine.ping()
             await migrate_local_mode(settings.data_dir / "qdrant", engine)
         yield instrument_qdrant(engine, metrics)
     finally:
@@ -91,5 +93,5 @@ async def _connect(url: str, api_key: str | None) -> VectorEngine:
 
 
 def qdrant_probe(engine: VectorEngine, *, name: str = "qdrant", timeout: float = 1.0) -> TimedProbe:
-    """Health probe for the vector engine: a round trip (Edge: through its worker thread) within ``timeout``."""
+    """Health probe for the vector engine: a round trip (Edge: through its worker thread to the engine process) within ``timeout``."""
     return TimedProbe(name, engine.ping, timeout=timeout)

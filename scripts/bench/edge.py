@@ -6,7 +6,7 @@ with no cap on sockets per session (all clients share one session), plus, on one
 loop, a **bare aiohttp WebSocket echo** server (same heartbeat and frame limit as
 the edge's sockets, no protocol on top) and a ``/stats`` route that reports the
 process's RSS, CPU and tracemalloc figures. The chat provider is the local
-``StampedModel`` of ``scripts/bench/chat.py``: tokens as fast as the loop allows,
+``StampedModel`` below: tokens as fast as the loop allows,
 each carrying its emit time. The **client process** (this one) drives three
 workloads, on loopback:
 
@@ -59,7 +59,7 @@ import statistics
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -69,13 +69,13 @@ from google.protobuf import message_factory
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 
+from daveloper.agent.model import Message, ModelDone, ModelEvent, TextDelta, ToolSpec
 from daveloper.app import open_app
 from daveloper.descriptors import load_descriptor_pool
 from daveloper.edge.bridge import RawCodec
 from generated.daveloper.v1 import ChatRequest, CreateSessionRequest, SendMessage, SessionServiceStub
 from scripts.bench._app import bench_settings
 from scripts.bench._stats import summary_us, table
-from scripts.bench.chat import StampedModel
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBPROTOCOL = "daveloper.v1.json"
@@ -88,6 +88,23 @@ STREAMS_PER_CHANNEL = 50
 CONNECT_CONCURRENCY = 50  # handshakes in flight while opening many sockets (listen backlog is 128)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 KINDS = ("bare websocket", "edge", "native gRPC")
+
+
+class StampedModel:
+    """A local provider: ``tokens`` deltas, each ``<emit time in ns>``, as fast as the loop allows."""
+
+    name = "stamped"
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+
+    async def stream(self, messages: Sequence[Message], *, tools: Sequence[ToolSpec] = (), model: str = "",
+                     temperature: float | None = None, max_tokens: int = 0,
+                     session_id: str = "") -> AsyncGenerator[ModelEvent, None]:
+        for _ in range(self.tokens):
+            yield TextDelta(f"<{time.perf_counter_ns()}>")
+            await asyncio.sleep(0)
+        yield ModelDone("stop", prompt_tokens=1, completion_tokens=self.tokens)
 
 
 def raise_fd_limit() -> int:
