@@ -93,5 +93,8 @@ async def _connect(url: str, api_key: str | None) -> VectorEngine:
 
 
 def qdrant_probe(engine: VectorEngine, *, name: str = "qdrant", timeout: float = 1.0) -> TimedProbe:
-    """Health probe for the vector engine: a round trip (Edge: through its worker thread to the engine process) within ``timeout``."""
+    """Health probe for the vector engine: a round trip within ``timeout``.
+
+    For Edge the round trip goes through its worker thread to the engine process.
+    """
     return TimedProbe(name, engine.ping, timeout=timeout)
