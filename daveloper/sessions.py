@@ -41,12 +41,21 @@ from daveloper.errors import NotFound, Unauthenticated
 from daveloper.infra.redis import reply_text
 from daveloper.rpc.call import Principal
 
-__all__ = ["SessionRecord", "SessionStore", "TokenSigner", "load_secret_key"]
+__all__ = ["SessionRecord", "SessionStore", "TokenSigner", "load_secret_key", "well_formed_token"]
 
 _TOKEN_VERSION = "v1"
 #: Longest bearer token accepted (a session token is about 80 characters; the admin token must fit too).
 MAX_TOKEN_CHARS = 4096
 _TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
+
+
+def well_formed_token(token: str) -> bool:
+    """Whether ``token`` could be a bearer token of ours: printable ASCII, at most ``MAX_TOKEN_CHARS``.
+
+    A cheap check for every place a client-supplied token enters: anything else
+    is refused before it reaches HMAC, HPACK or a log line.
+    """
+    return 0 < len(token) <= MAX_TOKEN_CHARS and _TOKEN_CHARS.fullmatch(token) is not None
 _SECRET_KEY = "dv:secret:session-signing"
 #: Last activity is written at most this often per session.
 _TOUCH_SECONDS = 60.0
@@ -236,7 +245,7 @@ class SessionStore:
         token = header[7:].strip(" \t")
         # Printable ASCII only, bounded: anything else is no token of ours (and would fail
         # hmac.compare_digest, or be echoed into a log, further on).
-        if not 0 < len(token) <= MAX_TOKEN_CHARS or not _TOKEN_CHARS.fullmatch(token):
+        if not well_formed_token(token):
             raise Unauthenticated("malformed bearer token: a token is printable ASCII, as CreateSession issued it",
                                   reason="TOKEN_MALFORMED")
         if self._admin_token and hmac.compare_digest(token, self._admin_token):

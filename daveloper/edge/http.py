@@ -24,6 +24,7 @@ from daveloper.edge.codec import InvalidMessage, Method, UnrepresentableMessage
 from daveloper.edge.metadata import expose, sanitize_http
 from daveloper.edge.state import EdgeState, credentials
 from daveloper.edge.status import HTTP_STATUS, RpcStatus, edge_status, retry_delay
+from daveloper.sessions import MAX_TOKEN_CHARS, well_formed_token
 from daveloper.tracing import inject, server_span
 
 __all__ = ["STATE", "STATIC_DIR", "call_method", "healthz", "readyz", "static_file"]
@@ -106,7 +107,12 @@ async def call_method(request: web.Request) -> web.StreamResponse:
     except (ValueError, RecursionError, InvalidMessage) as exc:
         return _refuse(state, Status.INVALID_ARGUMENT, f"invalid {method.input.DESCRIPTOR.full_name}: {exc}",
                        "INVALID_MESSAGE", violations=[("body", str(exc))])
-    metadata = [*sanitize_http(request.headers), *credentials(_token(request), state.client_address(request))]
+    token = _token(request)
+    if token and not well_formed_token(token):
+        return _refuse(state, Status.UNAUTHENTICATED,
+                       f"malformed bearer token: a token is printable ASCII of at most {MAX_TOKEN_CHARS} characters",
+                       "TOKEN_MALFORMED")
+    metadata = [*sanitize_http(request.headers), *credentials(token, state.client_address(request))]
     with server_span(f"edge {path.lstrip('/')}", request.headers, **{"rpc.system": "http"}):
         inject(metadata)
         return await _call(request, state, method, data, metadata)

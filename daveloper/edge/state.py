@@ -18,6 +18,7 @@ from daveloper.edge.protocol import CloseCode, ProtocolViolation
 from daveloper.health import HealthMonitor
 from daveloper.metrics import METRICS, Metrics
 from daveloper.rpc.interceptor import CLIENT_ADDRESS_KEY
+from daveloper.sessions import MAX_TOKEN_CHARS, well_formed_token
 
 if TYPE_CHECKING:
     from daveloper.edge.socket import EdgeSocket
@@ -100,6 +101,12 @@ class EdgeState:
         """
         if not token:
             return ""
+        if not well_formed_token(token):
+            # Refused here, before it is encoded into upstream metadata (HPACK cost grows
+            # faster than the header) or shown anywhere.
+            raise ProtocolViolation(CloseCode.UNAUTHENTICATED,
+                                    f"token refused: a token is printable ASCII of at most {MAX_TOKEN_CHARS} "
+                                    "characters, as CreateSession issued it")
         method = self.codec.methods[_GET_SESSION]
         # Only the session: the token check (signature, expiry, the record) without reading quotas or rate limits.
         data, status = await unary(self.upstream, method, b"",

@@ -181,3 +181,11 @@ async def test_curl_unary_and_server_stream(edge: Edge) -> None:
     assert json.loads(lines[0]) == {"result": {"status": "SERVING"}}
     assert json.loads(lines[-1])["status"]["code"] == "deadline_exceeded"
     assert status([{"type": "close", "status": json.loads(lines[-1])["status"]}])["code"] == "deadline_exceeded"
+
+
+async def test_a_non_ascii_bearer_token_is_401_not_500(edge: Edge, http: aiohttp.ClientSession) -> None:
+    code, body, _ = await post(http, edge, "/daveloper.v1.SessionService/GetSession", {},
+                               Authorization="Bearer t\u00e9st-token")
+    assert code == 401
+    assert body["code"] == "unauthenticated"
+    assert "t\u00e9st" not in json.dumps(body)

@@ -201,3 +201,18 @@ async def test_drain_sends_goaway_then_closes_1001(edge_settings: Settings, app:
     assert frames[2]["type"] == "close"
     assert frames[2]["status"]["code"] == "unavailable"
     assert frames[3]["code"] == 1001
+
+
+@pytest.mark.parametrize("token", ["x" * 300_000, "t\u00e9st-token", "bad\x01token"],
+                         ids=["300k characters", "non-ASCII", "control character"])
+async def test_a_token_that_cannot_be_ours_is_4401_before_any_upstream_call(
+        edge: Edge, http: aiohttp.ClientSession, token: str) -> None:
+    # A long token used to be encoded into upstream metadata (HPACK: seconds of CPU for a
+    # few hundred KiB), a non-ASCII one to fail that encoding: both are refused at the door.
+    client = await connect(http, edge, hello=False)
+    await client.send({"type": "hello", "token": token})
+    code, reason = await asyncio.wait_for(client.closed(), 10)
+    assert code == 4401
+    assert "printable ASCII" in reason
+    assert token not in reason
+    await still_works(http, edge)
