@@ -28,6 +28,9 @@ __all__ = ["MayRetry", "RetryPolicy", "Throttle", "retrying"]
 
 T = TypeVar("T")
 
+#: Longest spacing a :class:`Throttle` puts between paced calls.
+MAX_SPACING_SECONDS = 5.0
+
 
 class MayRetry(Exception):
     """A failure that may carry the server's "send it again in ``retry_after`` seconds"."""
@@ -77,9 +80,17 @@ class Throttle:
         self._turns = asyncio.Lock()
 
     def hold(self, seconds: float) -> None:
-        """The server asked to wait ``seconds`` before the next call."""
-        self._open_at = max(self._open_at, time.monotonic() + seconds)
-        self._spacing = seconds
+        """The server asked to wait ``seconds`` before the next call.
+
+        A refusal while calls are already being paced means the spacing is still
+        too short for every caller in flight (the server's delay is the time to
+        its next free slot, not the rate it refills at): the spacing doubles, up
+        to :data:`MAX_SPACING_SECONDS`.
+        """
+        now = time.monotonic()
+        pacing = now < self._open_at + self._spacing
+        self._spacing = max(seconds, min(self._spacing * 2, MAX_SPACING_SECONDS)) if pacing else seconds
+        self._open_at = max(self._open_at, now + seconds)
 
     async def admit(self) -> None:
         """Wait until this caller may send."""

@@ -61,6 +61,11 @@ _FILE_SUFFIX = re.compile(r"\.(py|md|rst|txt|json|ya?ml|toml|cfg|ini|lock|sh|ts|
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(`*_A-Z0-9])")
 #: Starts like a sentence (a capital, a digit, a quote or markup) and ends like one.
 _WHOLE_SENTENCE = re.compile(r"[\"'(`*_A-Z0-9].*[.!?][\"')`*_]*", re.DOTALL)
+#: A source file's name: its passages are quoted by the line, not the sentence.
+_CODE_FILE = re.compile(r"\.(py|pyi|js|mjs|cjs|jsx|ts|tsx|rs|go|c|h|cc|cpp|hpp|java|kt|rb|php|cs|swift|scala|sh|sql)$",
+                        re.IGNORECASE)
+#: A piece up to its last sentence end that is followed by more text.
+_UP_TO_LAST_END = re.compile(r".*[.!?][\"')`*_]*(?=\s)", re.DOTALL)
 #: A line that starts a block of its own: a heading, a list item, a quote.
 _BLOCK_START = re.compile(r"(#{1,6}|[-*+]|\d{1,3}[.)]|>)\s+")
 _WORD = re.compile(r"\S+\s*")
@@ -106,10 +111,36 @@ def _sentences(text: str) -> Iterator[str]:
     """
     for paragraph in _paragraphs(text):
         for piece in _SENTENCE_END.split(paragraph):
-            sentence = piece.strip()
-            if (_WHOLE_SENTENCE.fullmatch(sentence) and len(sentence) <= _MAX_SENTENCE_CHARS
-                    and len(sentence.split()) >= 3):
+            sentence = _whole(piece.strip())
+            if sentence is not None:
                 yield sentence
+
+
+def _whole(piece: str) -> str | None:
+    """``piece`` as a quotable sentence, or ``None``.
+
+    A piece that runs on past a sentence end (a lower-case word after a full stop, a
+    fragment cut at the chunk's edge) keeps what ends properly and drops the rest.
+    """
+    if not _WHOLE_SENTENCE.fullmatch(piece):
+        ended = _UP_TO_LAST_END.match(piece)
+        if ended is None or not _WHOLE_SENTENCE.fullmatch(ended.group()):
+            return None
+        piece = ended.group()
+    if len(piece) > _MAX_SENTENCE_CHARS or len(piece.split()) < 3:
+        return None
+    return piece
+
+
+def _quotables(passage: Passage) -> Iterator[str]:
+    """What may be quoted of a passage: whole lines of code for a source file, else whole sentences."""
+    if _CODE_FILE.search(passage.title.split(" > ", 1)[0]):
+        for raw in passage.text.splitlines():
+            line = raw.strip()
+            if len(line.split()) >= 2 and line != passage.title and len(line) <= _MAX_SENTENCE_CHARS:
+                yield line
+        return
+    yield from _sentences(passage.text)
 
 
 def _paragraphs(text: str) -> Iterator[str]:
@@ -159,7 +190,7 @@ def extract_answer(question: str, passages: Sequence[Passage]) -> str:
     terms = _question_terms(question)
     scored: list[tuple[float, int, int, str, int]] = []
     for rank, passage in enumerate(passages):
-        for position, sentence in enumerate(_sentences(passage.text)):
+        for position, sentence in enumerate(_quotables(passage)):
             overlap = len(terms & set(tokenize(sentence)))
             if overlap:
                 scored.append((overlap / (1 + 0.25 * rank), rank, position, sentence, passage.number))
