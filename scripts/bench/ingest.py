@@ -250,7 +250,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print raw results as JSON")
     args = parser.parse_args()
     if args.quick:
-        args.megabytes, args.hostile_megabytes = 0.5, 2
+        args.megabytes, args.hostile_megabytes = 0.25, 1
     results = uvloop.run(run(args.megabytes, args.concurrency, args.hostile_megabytes, args.hostile_max_chunks))
     print(json.dumps(results, indent=2) if args.json else report(results))
 

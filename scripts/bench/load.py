@@ -28,7 +28,7 @@ seconds no new turn starts; the running ones finish, then every session sends
 The default think time keeps the offered load below what 2 cores serve: a turn costs
 the cluster's processes 12-15 ms of CPU in all, so 1000 sessions thinking 1-3 s would
 offer up to 500 turns/s against a capacity of about 130, and the run would measure a
-queue (``--think 1-3`` shows that saturation; ``--quick`` uses 1-3 s with 60 sessions).
+queue (``--think 1-3`` shows that saturation; ``--quick`` uses 1-3 s with 60 sessions for 4 s).
 The client parses with ``json.loads`` only frames that are not ``msg`` and, per turn,
 the ``turnStarted`` and ``turnCompleted`` events (turn id and owning instance); other
 events are counted by prefix.
@@ -707,7 +707,7 @@ def main() -> None:
                         help="think time between a turn's end and the next question, uniform (default 10-20 s; "
                              "1-3 s saturates 2 cores with 1000 sessions)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the think times and questions (default 1)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 60 sessions, 8 s, think 1-3 s")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 60 sessions, 4 s, think 1-3 s")
     parser.add_argument("--json", action="store_true", help="print raw results as JSON")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--frames", type=int, default=5, help=argparse.SUPPRESS)
@@ -717,7 +717,7 @@ def main() -> None:
         uvloop.run(serve_bare(args.frames, args.frame_bytes))
         return
     if args.quick:
-        args.sessions, args.seconds, args.think = 60, 8.0, (1.0, 3.0)
+        args.sessions, args.seconds, args.think = 60, 4.0, (1.0, 3.0)
     started = time.perf_counter()
     try:
         results = uvloop.run(run(args))

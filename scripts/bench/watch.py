@@ -313,7 +313,7 @@ def main() -> None:
         uvloop.run(client_main(args))
         return
     if args.quick:
-        args.events, args.rounds, args.idle, args.conversations, args.seconds = 2_000, 1, 100, 5, 2.0
+        args.events, args.rounds, args.idle, args.conversations, args.seconds = 1_000, 1, 100, 5, 0.5
     results = uvloop.run(bench(args))
     print(json.dumps(results, indent=2) if args.json else report(results, args))
 
