@@ -1,4 +1,4 @@
-"""Vector storage behind one interface: Qdrant Edge in process, or a Qdrant server through qdrant-client.
+"""Vector storage behind one interface: Qdrant Edge (an engine process), or a Qdrant server (qdrant-client).
 
 See :mod:`daveloper.vectors.model` for the interface and its value types;
 :mod:`daveloper.infra.qdrant` opens the engine the settings ask for.
