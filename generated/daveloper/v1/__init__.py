@@ -980,8 +980,35 @@ class Document(betterproto2.Message):
         unwrap=lambda: __google__protobuf__.Timestamp,
         optional=True,
     )
+    """
+    When the document's first version was stored.
+    """
 
     client_document_id: "str" = betterproto2.field(13, betterproto2.TYPE_STRING)
+
+    version: "int" = betterproto2.field(14, betterproto2.TYPE_UINT32)
+    """
+    A document's identity is its source: client_document_id for an upload
+    that has one, else source_uri (crawled pages, GitHub files), else the
+    content itself. New content for the same identity replaces the document
+    as a new version (same id, version + 1); a Search sees exactly one version
+    of it, never both or neither. The same content again changes nothing.
+    """
+
+    update_time: "datetime.datetime | None" = betterproto2.field(
+        15,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: __google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    When the current version was stored.
+    """
+
+    ingestion_id: "str" = betterproto2.field(16, betterproto2.TYPE_STRING)
+    """
+    The ingestion that stored the current version.
+    """
 
 
 default_message_pool.register_message("daveloper.v1", "Document", Document)
@@ -2293,7 +2320,9 @@ class UploadHeader(betterproto2.Message):
 
     client_document_id: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
     """
-    Client-chosen id that makes a retried upload idempotent.
+    Client-chosen identity of the document: a retried upload with the same
+    bytes returns the same document and version; new bytes store a new
+    version of it.
     """
 
     size_bytes: "int" = betterproto2.field(5, betterproto2.TYPE_UINT64)
@@ -2304,6 +2333,7 @@ class UploadHeader(betterproto2.Message):
     source_uri: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
     """
     Where the content came from (a URL, a repository path), for citations.
+    Without a client_document_id it is also the document's identity.
     """
 
 
