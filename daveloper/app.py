@@ -47,7 +47,7 @@ from daveloper.metrics import METRICS, Metrics, open_metrics_server
 from daveloper.ownership import WorkLeases
 from daveloper.ratelimit import RateLimiter
 from daveloper.registry import InstanceRegistry
-from daveloper.rpc import Interceptor
+from daveloper.rpc import Interceptor, grpclib_compat
 from daveloper.rpc.encoded import PassThroughCodec
 from daveloper.runtime import RuntimeConfig
 from daveloper.scraper.crawl import Crawler, CrawlLimits
@@ -125,7 +125,7 @@ class App:
     async def _drain_grpc(self) -> None:
         # grpclib's Server.close() would cancel every handler at once; close only
         # the listening socket first (no public API for that) and drain ourselves.
-        listener = self.server._server
+        listener = grpclib_compat.listener(self.server)
         if listener is not None:
             listener.close()
         loop = asyncio.get_running_loop()
@@ -142,7 +142,7 @@ class App:
 
 def _bound_port(server: Server) -> int | None:
     """The port the OS gave us (for ``port 0``); grpclib does not expose its listener."""
-    listener = server._server
+    listener = grpclib_compat.listener(server)
     sockets = getattr(listener, "sockets", None)
     return int(sockets[0].getsockname()[1]) if sockets else None
 

@@ -28,6 +28,7 @@ from daveloper.edge.codec import Method, UnrepresentableMessage
 from daveloper.edge.status import RpcStatus, edge_status, status_reason
 from daveloper.infra import TimedProbe
 from daveloper.metrics import METRICS
+from daveloper.rpc import grpclib_compat
 
 __all__ = ["Backend", "NoUpstream", "RawCodec", "RawStatusDetailsCodec", "Upstream", "call_status", "end_sending",
            "status_of", "unary", "upstream_probe"]
@@ -242,12 +243,12 @@ class UpstreamCall:
         try:
             # Leaving a grpclib stream that has not finished waits for trailers that may
             # never come; on an exception grpclib resets the stream itself, otherwise we do.
-            unfinished = not (stream._recv_trailing_metadata_done or stream._cancel_done)  # no public flags
-            if stream._send_request_done and unfinished and exc_info[1] is None:
-                if stream._stream.closable:
+            unfinished = not grpclib_compat.call_finished(stream)
+            if grpclib_compat.request_sent(stream) and unfinished and exc_info[1] is None:
+                if grpclib_compat.stream_closable(stream):
                     await stream.cancel()
                 else:  # already closed by the server (e.g. a trailers-only error): nothing to wait for
-                    stream._cancel_done = True
+                    grpclib_compat.mark_cancelled(stream)
             await stream.__aexit__(*exc_info)
         finally:
             self.backend.give_back(self._pooled)
@@ -285,12 +286,12 @@ async def end_sending(stream: Stream[bytes, bytes]) -> None:
     (gRPC's "early server closure"); grpclib then refuses to read trailers until
     we end too, and ending fails if the server already reset the HTTP/2 stream.
     """
-    if stream._end_done:  # grpclib has no public flags for these states
+    if grpclib_compat.end_sent(stream):
         return
-    if stream._send_request_done and stream._stream.closable:
+    if grpclib_compat.request_sent(stream) and grpclib_compat.stream_closable(stream):
         await stream.end()
     else:
-        stream._end_done = True
+        grpclib_compat.mark_ended(stream)
 
 
 async def unary(upstream: Upstream, method: Method, request: bytes, *,

@@ -34,6 +34,7 @@ from grpclib.server import Server, Stream
 
 from daveloper.errors import ResourceExhausted, Unavailable, to_grpc_error
 from daveloper.metrics import METRICS, Metrics
+from daveloper.rpc import grpclib_compat
 from daveloper.rpc.context import client_address_var, method_var, request_id_var, trailers_var
 from daveloper.tracing import server_span, set_status
 
@@ -69,8 +70,8 @@ class Interceptor:
         listen(server, RecvRequest, self._on_request)
         # grpclib decodes header bytes as ASCII: one byte over 0x7f in a token killed the whole
         # HTTP/2 connection. Latin-1 takes every byte, so such a value reaches authentication and
-        # is refused there (UNAUTHENTICATED); ASCII headers decode the same. Pinned grpclib.
-        server._h2_config.header_encoding = "latin-1"
+        # is refused there (UNAUTHENTICATED); ASCII headers decode the same.
+        grpclib_compat.set_header_encoding(server, "latin-1")
 
     @property
     def inflight(self) -> int:
@@ -110,14 +111,14 @@ class Interceptor:
                 except Exception as exc:
                     code = await self._fail(stream, exc, method, request_id, trailers)
                 else:
-                    if not stream._send_trailing_metadata_done:  # grpclib has no public flag for this
+                    if not grpclib_compat.trailers_sent(stream):
                         await stream.send_trailing_metadata(metadata=trailers)
                 finally:
                     series.ended(code.name, time.perf_counter() - started)
                     set_status(current, code.name, code.value)
                     # The wrapper refers to the stream that refers to it: break the
                     # cycle so every call's buffers go at once, not at the next GC.
-                    stream._stream.__dict__.pop("recv_data", None)
+                    grpclib_compat.drop_recv_data(stream)
                     if log.isEnabledFor(logging.DEBUG):
                         log.debug("rpc done", extra={"method": method,
                                                      "ms": round((time.perf_counter() - started) * 1000, 3)})
@@ -165,7 +166,7 @@ class Interceptor:
             log.error("rpc failed", exc_info=exc, extra={"method": method})
         else:
             log.info("rpc error", extra={"method": method, "status": error.status.name, "error": error.message})
-        if not stream._send_trailing_metadata_done:  # grpclib has no public flag for this
+        if not grpclib_compat.trailers_sent(stream):
             await stream.send_trailing_metadata(
                 status=error.status,
                 status_message=error.message,
@@ -177,23 +178,22 @@ class Interceptor:
     def _limit_message_size(self, stream: Stream[Any, Any]) -> None:
         # grpclib reads a 5-byte prefix, then exactly the announced length. We
         # refuse an oversized length before its body is read or acknowledged,
-        # so at most one HTTP/2 flow-control window is ever buffered. This
-        # reaches into grpclib's protocol stream (pinned version, covered by tests).
-        proto = stream._stream
-        read = proto.recv_data
+        # so at most one HTTP/2 flow-control window is ever buffered.
         limit = self.max_message_bytes
 
-        async def recv_data(size: int) -> bytes:
-            if size > limit:
-                raise ResourceExhausted(
-                    f"message of {size} bytes exceeds the limit of {limit} bytes",
-                    reason="MESSAGE_TOO_LARGE",
-                    metadata={"limit_bytes": str(limit), "size_bytes": str(size)},
-                )
-            data: bytes = await read(size)
-            return data
+        def wrap(read: grpclib_compat.RecvData) -> grpclib_compat.RecvData:
+            async def recv_data(size: int) -> bytes:
+                if size > limit:
+                    raise ResourceExhausted(
+                        f"message of {size} bytes exceeds the limit of {limit} bytes",
+                        reason="MESSAGE_TOO_LARGE",
+                        metadata={"limit_bytes": str(limit), "size_bytes": str(size)},
+                    )
+                return await read(size)
 
-        proto.recv_data = recv_data  # type: ignore[method-assign]
+            return recv_data
+
+        grpclib_compat.wrap_recv_data(stream, wrap)
 
     async def drain(self, seconds: float) -> None:
         """Refuse new calls; give running ones ``seconds`` to finish, then end them with UNAVAILABLE."""

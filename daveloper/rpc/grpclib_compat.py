@@ -1,0 +1,119 @@
+"""Every use of a private grpclib attribute, in one place (grpclib is pinned at 0.4.9).
+
+grpclib has no public API for a few things the server and the edge need: the
+listening socket (to stop accepting while calls drain), the HTTP/2 settings
+(to decode header bytes as Latin-1), whether a stream already sent its
+trailers, and the protocol-level stream (to cap a message before its body is
+read). Each is one small function here, so an upgrade of grpclib is a review
+of this file and ``tests/rpc/test_grpclib_compat.py``, which exercises every
+function against a real server and client and fails loudly when an attribute
+is gone.
+
+The accessors read attributes directly (never ``getattr`` with a default): a
+renamed attribute must raise, not silently change behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from grpclib import client, server
+from grpclib.const import Cardinality
+
+__all__ = [
+    "PINNED",
+    "PRIVATE_ATTRIBUTES",
+    "call_finished",
+    "cardinality",
+    "drop_recv_data",
+    "end_sent",
+    "listener",
+    "mark_cancelled",
+    "mark_ended",
+    "request_sent",
+    "set_header_encoding",
+    "stream_closable",
+    "trailers_sent",
+    "wrap_recv_data",
+]
+
+#: The grpclib version these accessors were written against.
+PINNED = "0.4.9"
+
+#: Class-level private attributes we read, checked by the compatibility test without a connection.
+PRIVATE_ATTRIBUTES: dict[type[Any], tuple[str, ...]] = {
+    server.Stream: ("_send_trailing_metadata_done",),
+    client.Stream: ("_send_request_done", "_end_done", "_recv_trailing_metadata_done", "_cancel_done"),
+}
+
+RecvData = Callable[[int], Awaitable[bytes]]
+
+
+# ---- grpclib.server.Server ----
+
+def set_header_encoding(srv: server.Server, encoding: str) -> None:
+    """Decode incoming header bytes with ``encoding`` (grpclib's h2 configuration has no public setter)."""
+    srv._h2_config.header_encoding = encoding
+
+
+def listener(srv: server.Server) -> asyncio.AbstractServer | None:
+    """The listening socket's server once :meth:`~grpclib.server.Server.start` ran (grpclib does not expose it)."""
+    return srv._server
+
+
+# ---- grpclib.server.Stream ----
+
+def trailers_sent(stream: server.Stream[Any, Any]) -> bool:
+    """Whether the handler's stream already sent its trailing metadata (the status)."""
+    return bool(stream._send_trailing_metadata_done)
+
+
+def cardinality(stream: server.Stream[Any, Any]) -> Cardinality:
+    """The cardinality of the method the stream serves."""
+    value: Cardinality = stream._cardinality
+    return value
+
+
+def wrap_recv_data(stream: server.Stream[Any, Any], wrap: Callable[[RecvData], RecvData]) -> None:
+    """Replace the protocol stream's ``recv_data(size)`` (it reads one message body) with ``wrap(original)``."""
+    proto = stream._stream
+    proto.recv_data = wrap(proto.recv_data)  # type: ignore[method-assign,assignment]
+
+
+def drop_recv_data(stream: server.Stream[Any, Any]) -> None:
+    """Undo :func:`wrap_recv_data`: the wrapper refers to the stream that refers to it (a reference cycle)."""
+    stream._stream.__dict__.pop("recv_data", None)
+
+
+# ---- grpclib.client.Stream ----
+
+def request_sent(stream: client.Stream[Any, Any]) -> bool:
+    """Whether the request headers went out."""
+    return bool(stream._send_request_done)
+
+
+def end_sent(stream: client.Stream[Any, Any]) -> bool:
+    """Whether our side half-closed (or is treated as such)."""
+    return bool(stream._end_done)
+
+
+def call_finished(stream: client.Stream[Any, Any]) -> bool:
+    """Whether the call is over: trailers received or the call cancelled."""
+    return bool(stream._recv_trailing_metadata_done or stream._cancel_done)
+
+
+def stream_closable(stream: client.Stream[Any, Any]) -> bool:
+    """Whether the HTTP/2 stream is still open, so an ``end`` or a reset can be sent on it."""
+    return bool(stream._stream.closable)
+
+
+def mark_cancelled(stream: client.Stream[Any, Any]) -> None:
+    """Treat the call as cancelled (the server already closed its HTTP/2 stream: there is nothing to reset)."""
+    stream._cancel_done = True
+
+
+def mark_ended(stream: client.Stream[Any, Any]) -> None:
+    """Treat our side as half-closed (the HTTP/2 stream is gone, so ``end()`` could not be sent)."""
+    stream._end_done = True
