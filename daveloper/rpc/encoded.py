@@ -21,7 +21,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf.descriptor_pool import DescriptorPool
 from grpclib.encoding.proto import ProtoCodec
+
+from daveloper.descriptors import load_descriptor_pool
+from daveloper.rpc.decoding import RequestValidator
 
 __all__ = ["Encoded", "PassThroughCodec", "length_delimited_fields", "varint", "wrap_event"]
 
@@ -36,16 +40,24 @@ class Encoded(bytes):
 
 
 class PassThroughCodec(ProtoCodec):
-    """grpclib's protobuf codec, except that :class:`Encoded` messages go out untouched.
+    """grpclib's protobuf codec, except that :class:`Encoded` messages go out untouched
+    and request bytes are checked before they are decoded (:class:`~daveloper.rpc.decoding.RequestValidator`).
 
     Pass it (with grpclib's ``ProtoStatusDetailsCodec``: a server given a
     codec gets no status-details codec by default) to ``grpclib.server.Server``.
+    ``pool`` describes the served messages (default: :func:`~daveloper.descriptors.load_descriptor_pool`).
     """
+
+    def __init__(self, pool: DescriptorPool | None = None) -> None:
+        self._requests = RequestValidator(pool if pool is not None else load_descriptor_pool())
 
     def encode(self, message: Any, message_type: Any) -> bytes:
         if type(message) is Encoded:
             return message
         return super().encode(message, message_type)
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        return self._requests.decode(data, message_type)
 
 
 def varint(value: int) -> bytes:

@@ -7,7 +7,8 @@ health and reflection alike — with:
 * a request id (``x-request-id`` from the caller, else generated) in a ContextVar;
 * the client's address in a ContextVar: the peer's, or the ``x-daveloper-client-address``
   that a trusted proxy (the edge, on loopback or in ``trusted_proxies``) reported;
-* the maximum message size, enforced before a message body is read;
+* the maximum message size, enforced before a message body is read, and exactly one
+  request message on calls that take one (a missing one is INVALID_ARGUMENT);
 * the one mapping of exceptions to a status with ``google.rpc`` details, plus
   the request id in the trailers;
 * the RPC metrics: calls by method and final status, duration, calls in flight;
@@ -32,7 +33,7 @@ from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 
-from daveloper.errors import ResourceExhausted, Unavailable, to_grpc_error
+from daveloper.errors import InvalidArgument, ResourceExhausted, Unavailable, to_grpc_error
 from daveloper.metrics import METRICS, Metrics
 from daveloper.rpc import grpclib_compat
 from daveloper.rpc.context import client_address_var, method_var, request_id_var, trailers_var
@@ -94,6 +95,7 @@ class Interceptor:
             trailers = {REQUEST_ID_KEY: request_id}
             trailers_var.set(trailers)
             self._limit_message_size(stream)
+            self._require_request(stream)
             started = time.perf_counter()
             code = Status.OK
             series = self._metrics.rpc(method)
@@ -119,6 +121,7 @@ class Interceptor:
                     # The wrapper refers to the stream that refers to it: break the
                     # cycle so every call's buffers go at once, not at the next GC.
                     grpclib_compat.drop_recv_data(stream)
+                    stream.__dict__.pop("recv_message", None)
                     if log.isEnabledFor(logging.DEBUG):
                         log.debug("rpc done", extra={"method": method,
                                                      "ms": round((time.perf_counter() - started) * 1000, 3)})
@@ -194,6 +197,23 @@ class Interceptor:
             return recv_data
 
         grpclib_compat.wrap_recv_data(stream, wrap)
+
+    @staticmethod
+    def _require_request(stream: Stream[Any, Any]) -> None:
+        # A unary-request call whose client half-closed without a message reads None, which
+        # every handler (ours, health, reflection) would trip over as INTERNAL.
+        if grpclib_compat.cardinality(stream).client_streaming:
+            return
+        receive = stream.recv_message
+
+        async def recv_message() -> Any:
+            request = await receive()
+            if request is None:
+                raise InvalidArgument("the call carries no request message: send exactly one",
+                                      violations=[("request", "missing")], reason="MISSING_REQUEST")
+            return request
+
+        stream.recv_message = recv_message  # type: ignore[method-assign]
 
     async def drain(self, seconds: float) -> None:
         """Refuse new calls; give running ones ``seconds`` to finish, then end them with UNAVAILABLE."""
