@@ -8,6 +8,8 @@ from daveloper.errors import InvalidArgument
 
 __all__ = ["next_page_token", "page_offset"]
 
+_MAX_OFFSET_DIGITS = 12
+
 
 def next_page_token(offset: int, *, more: bool) -> str:
     """The token of the page starting at ``offset``, or "" when there is no more."""
@@ -21,7 +23,8 @@ def page_offset(token: str) -> int:
     try:
         text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         kind, _, value = text.partition(":")
-        if kind != "o" or not value.isdigit():
+        # An offset is a list index: digits beyond any real one (e.g. 40) fail in Redis, not here.
+        if kind != "o" or not value.isdigit() or len(value) > _MAX_OFFSET_DIGITS:
             raise ValueError(text)
         return int(value)
     except ValueError:
