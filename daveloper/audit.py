@@ -21,6 +21,7 @@ from collections.abc import Mapping
 import redis.asyncio as aioredis
 
 from daveloper.errors import InvalidArgument
+from daveloper.keys import DEFAULT_KEYS, Keys
 from daveloper.rpc.context import client_address_var, method_var, request_id_var, session_id_var
 from generated.daveloper.v1 import AuditEvent
 
@@ -28,7 +29,6 @@ __all__ = ["AuditLog"]
 
 log = logging.getLogger("daveloper.audit")
 
-_STREAM = "dv:audit"
 #: Events read (newest first) per page before filters are applied, at most.
 _SCAN_LIMIT = 2000
 
@@ -36,8 +36,10 @@ _SCAN_LIMIT = 2000
 class AuditLog:
     """Appends and reads audit events."""
 
-    def __init__(self, redis: aioredis.Redis, *, retention_seconds: int, instance: str) -> None:
+    def __init__(self, redis: aioredis.Redis, *, retention_seconds: int, instance: str,
+                 keys: Keys = DEFAULT_KEYS) -> None:
         self._redis = redis
+        self._stream = keys.audit
         self._retention_ms = retention_seconds * 1000
         self._instance = instance
 
@@ -55,7 +57,7 @@ class AuditLog:
         }
         oldest = int(time.time() * 1000) - self._retention_ms
         try:
-            await self._redis.xadd(_STREAM, entry, minid=oldest, approximate=True)
+            await self._redis.xadd(self._stream, entry, minid=oldest, approximate=True)
         except aioredis.RedisError as exc:
             log.warning("audit event not recorded: %s", exc, extra={"kind": kind})
         log.info("audit %s", kind, extra={"audit_kind": kind, "client_address": entry["client_address"]})
@@ -70,7 +72,7 @@ class AuditLog:
         last = ""
         scanned = 0
         while len(events) < page_size and scanned < _SCAN_LIMIT:
-            batch = await self._redis.xrevrange(_STREAM, max=end, min="-", count=min(200, _SCAN_LIMIT - scanned))
+            batch = await self._redis.xrevrange(self._stream, max=end, min="-", count=min(200, _SCAN_LIMIT - scanned))
             if not batch:
                 last = ""
                 break

@@ -26,6 +26,7 @@ from typing import Any
 from daveloper.audit import AuditLog
 from daveloper.config import Settings, parse_rate
 from daveloper.errors import FailedPrecondition, PermissionDenied, ResourceExhausted, Unauthenticated
+from daveloper.keys import DEFAULT_KEYS, Keys
 from daveloper.metrics import METRICS, Metrics
 from daveloper.ratelimit import Bucket, RateLimiter, Verdict
 from daveloper.rpc.call import Call, Principal
@@ -66,6 +67,8 @@ class RatePolicy:
 
     classes: dict[str, tuple[int, float]]
     address_factor: float
+    #: Names the buckets' hashes (the session's shares its hash slot with the session record).
+    keys: Keys = DEFAULT_KEYS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RatePolicy:
@@ -83,7 +86,7 @@ class RatePolicy:
     def session_buckets(self, session_id: str) -> list[Bucket]:
         """Every bucket of a session (one Redis hash), in class order; not the address-only classes."""
         keep = self._keep(False)
-        return [Bucket(f"dv:rl:s:{session_id}", name, burst, period, keep)
+        return [Bucket(self.keys.session_rate(session_id), name, burst, period, keep)
                 for name, (burst, period) in self.classes.items() if name not in _ADDRESS_ONLY]
 
     def buckets(self, method_class: str, session_id: str, address: str) -> list[Bucket]:
@@ -91,10 +94,10 @@ class RatePolicy:
         burst, period = self.classes[method_class]
         buckets = []
         if session_id and method_class not in _ADDRESS_ONLY:
-            buckets.append(Bucket(f"dv:rl:s:{session_id}", method_class, burst, period, self._keep(False)))
+            buckets.append(Bucket(self.keys.session_rate(session_id), method_class, burst, period, self._keep(False)))
         if address and not _is_loopback(address):
             factor = 1.0 if method_class in _ADDRESS_ONLY else self.address_factor
-            buckets.append(Bucket(f"dv:rl:a:{address}", method_class, math.ceil(burst * factor), period,
+            buckets.append(Bucket(self.keys.address_rate(address), method_class, math.ceil(burst * factor), period,
                                   self._keep(True)))
         return buckets
 
@@ -157,7 +160,7 @@ class Guard:
         async with self._store.pipeline() as pipe:
             self._store.queue_lookup(pipe, session_id)
             self._limiter.queue_take(pipe, buckets)
-            record, taken = await pipe.execute(raise_on_error=False)
+            record, *taken = await pipe.execute(raise_on_error=False)
         await self._store.confirm(session_id, record)
         verdict = await self._limiter.settle(taken, buckets)
         _prepaid.set(_Prepaid(method, method_class, verdict))
@@ -211,7 +214,7 @@ class Guard:
 
     def queue_rate_limits(self, pipe: Any, session_id: str) -> None:
         """Queue the one read :meth:`rate_limits` needs (all of a session's buckets are one hash)."""
-        pipe.hgetall(f"dv:rl:s:{session_id}")
+        pipe.hgetall(self._policy.keys.session_rate(session_id))
 
     def rate_limits(self, session_id: str, reply: Any) -> list[RateLimit]:
         """The session's buckets with what is available now (for GetSession), from the queued read's reply."""

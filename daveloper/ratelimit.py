@@ -11,6 +11,12 @@ All buckets of one owner (a session, a client address) are fields of one hash
 is read with one ``HGETALL``. The hash must outlive a full refill of its slowest
 bucket; it records how long it will live (``until``) and the script extends its
 expiry only when that runs short, not on every call. A refused call writes nothing.
+
+On a Redis Cluster the session's hash and the address's hash live in
+different slots, and no script may touch both. There each bucket is taken by
+its own script (still one pipelined round trip); if one refuses, the tokens the
+others took are given back, so a refused call still costs nothing (the
+give-back is a second round trip, paid only by refused calls).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-from daveloper.infra.redis import reply_text
+from daveloper.infra.redis import is_cluster, reply_text
 
 __all__ = ["Bucket", "RateLimiter", "Verdict"]
 
@@ -104,6 +110,26 @@ class RateLimiter:
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self._take = redis.register_script(_TAKE)
+        #: One script per bucket (on a cluster, see the module docstring), else one for all.
+        self._split = is_cluster(redis)
+
+    def _groups(self, buckets: Sequence[Bucket]) -> list[Sequence[Bucket]]:
+        return [[bucket] for bucket in buckets] if self._split else [buckets]
+
+    async def _take_group(self, group: Sequence[Bucket], cost: float) -> Verdict:
+        args = self._args(group, cost)
+        return self._verdict(await self._take(keys=args[:len(group)], args=args[len(group):]))
+
+    async def _combine(self, groups: Sequence[Sequence[Bucket]], verdicts: Sequence[Verdict], cost: float) -> Verdict:
+        """One verdict for the groups; when one refused, the tokens the others took are given back."""
+        if len(verdicts) == 1 or all(v.allowed for v in verdicts):
+            return verdicts[0]
+        for group, verdict in zip(groups, verdicts, strict=True):
+            if verdict.allowed and cost:
+                await self._take_group(group, -cost)
+        first = verdicts[0]
+        return Verdict(False, max(v.retry_after for v in verdicts if not v.allowed),
+                       first.remaining + cost if first.allowed else first.remaining)
 
     @staticmethod
     def _args(buckets: Sequence[Bucket], cost: float) -> list[Any]:
@@ -120,24 +146,34 @@ class RateLimiter:
 
     async def take(self, buckets: Sequence[Bucket], cost: float = 1.0) -> Verdict:
         """Take ``cost`` tokens from every bucket, or from none if any lacks them."""
-        args = self._args(buckets, cost)
-        return self._verdict(await self._take(keys=args[:len(buckets)], args=args[len(buckets):]))
+        groups = self._groups(buckets)
+        return await self._combine(groups, [await self._take_group(g, cost) for g in groups], cost)
 
-    def queue_take(self, pipe: Any, buckets: Sequence[Bucket], cost: float = 1.0) -> None:
+    def queue_take(self, pipe: Any, buckets: Sequence[Bucket], cost: float = 1.0) -> int:
         """Queue :meth:`take` on a pipeline (non-transactional, executed with ``raise_on_error=False``).
 
-        ``EVALSHA`` is queued directly: a script registered on a redis-py pipeline
-        costs an extra ``SCRIPT EXISTS`` round trip on every execute.
+        Returns how many replies it queued (one, or one per bucket on a
+        cluster): pass them all to :meth:`settle`. ``EVALSHA`` is queued
+        directly: a script registered on a redis-py pipeline costs an extra
+        ``SCRIPT EXISTS`` round trip on every execute.
         """
-        pipe.evalsha(self._take.sha, len(buckets), *self._args(buckets, cost))
+        groups = self._groups(buckets)
+        for group in groups:
+            pipe.evalsha(self._take.sha, len(group), *self._args(group, cost))
+        return len(groups)
 
-    async def settle(self, reply: Any, buckets: Sequence[Bucket], cost: float = 1.0) -> Verdict:
+    async def settle(self, replies: Sequence[Any], buckets: Sequence[Bucket], cost: float = 1.0) -> Verdict:
         """The verdict of a queued take; after a Redis restart (script not loaded) the take runs again, loading it."""
-        if isinstance(reply, NoScriptError):
-            return await self.take(buckets, cost)
-        if isinstance(reply, BaseException):
-            raise reply
-        return self._verdict(reply)
+        groups = self._groups(buckets)
+        verdicts = []
+        for group, reply in zip(groups, replies, strict=True):
+            if isinstance(reply, NoScriptError):
+                verdicts.append(await self._take_group(group, cost))
+                continue
+            if isinstance(reply, BaseException):
+                raise reply
+            verdicts.append(self._verdict(reply))
+        return await self._combine(groups, verdicts, cost)
 
     async def level(self, bucket: Bucket) -> float:
         """Tokens available in ``bucket`` now, taking none (and writing nothing)."""

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from daveloper.config import Address
 from daveloper.errors import DaveloperError
 from daveloper.infra.redis import redis_call, reply_text
+from daveloper.keys import Keys
 
 __all__ = ["InstanceRegistry"]
 
@@ -33,7 +34,7 @@ class InstanceRegistry:
     def __init__(self, redis: aioredis.Redis, *, ttl_seconds: float = 10.0, prefix: str = "dv:") -> None:
         self._redis = redis
         self.ttl_seconds = ttl_seconds
-        self._key = f"{prefix}instances"
+        self._key = Keys(prefix).instances
 
     async def register(self, addr: Address) -> None:
         """Add (or renew) ``addr`` for one lease period."""

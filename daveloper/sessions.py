@@ -12,8 +12,14 @@ and every instance refuses its token with ``SESSION_NOT_FOUND`` — the same
 reason as a deleted session: a client cannot, and need not, tell them apart
 (either way it must create a new session). Keys (``dv:`` prefix)::
 
-    dv:session:<id>       hash created_at, expires_at, labels (JSON), last_active; expires at the deadline
+    dv:session:{<id>}     hash created_at, expires_at, labels (JSON), last_active; expires at the deadline
     dv:sessions:expiry    sorted set of session ids scored by that deadline (the sweeper's work list)
+
+The record is in the session's hash slot, the index is one global key, so no
+script or transaction writes both (on a Redis Cluster they live on different
+nodes): creation and deletion send both in one pipelined round trip, and an
+index entry without a record is what the sweeper removes anyway. A touch
+moves the index entry only after the record was found alive.
 
 Last activity is recorded at most once per ``touch_interval`` (a minute, or a
 quarter of the idle TTL if that is shorter), so a busy session costs one extra
@@ -39,6 +45,7 @@ import redis.asyncio as aioredis
 
 from daveloper.errors import NotFound, Unauthenticated
 from daveloper.infra.redis import reply_text
+from daveloper.keys import DEFAULT_KEYS, Keys
 from daveloper.rpc.call import Principal
 
 __all__ = ["SessionRecord", "SessionStore", "TokenSigner", "load_secret_key", "well_formed_token"]
@@ -56,7 +63,6 @@ def well_formed_token(token: str) -> bool:
     is refused before it reaches HMAC, HPACK or a log line.
     """
     return 0 < len(token) <= MAX_TOKEN_CHARS and _TOKEN_CHARS.fullmatch(token) is not None
-_SECRET_KEY = "dv:secret:session-signing"
 #: Last activity is written at most this often per session.
 _TOUCH_SECONDS = 60.0
 #: What authentication reads of a record: the first two decide, the rest serve GetSession without a second read.
@@ -66,13 +72,12 @@ _RECORD_FIELDS = ["last_active", "expires_at", "created_at", "labels"]
 _authenticated: contextvars.ContextVar[tuple[str, float, Any, Any, Any] | None] = contextvars.ContextVar(
     "daveloper_authenticated_record", default=None)
 
-# KEYS: record, index. ARGV: now, deadline (unix seconds, float), member.
+# KEYS: record. ARGV: now, deadline (unix seconds, float).
 # Only a live record is touched: a session that ended meanwhile must not come back as a partial hash.
 _TOUCH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'last_active', ARGV[1])
 redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(ARGV[2]) * 1000))
-redis.call('ZADD', KEYS[2], 'XX', ARGV[2], ARGV[3])
 return 1
 """
 
@@ -81,7 +86,7 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-async def load_secret_key(redis: aioredis.Redis, configured: str | None) -> bytes:
+async def load_secret_key(redis: aioredis.Redis, configured: str | None, *, keys: Keys = DEFAULT_KEYS) -> bytes:
     """The signing key: the configured one, else one generated once and shared through Redis.
 
     Sharing it through Redis lets every instance that uses the same Redis verify
@@ -95,8 +100,9 @@ async def load_secret_key(redis: aioredis.Redis, configured: str | None) -> byte
     """
     if configured:
         return configured.encode()
-    await redis.set(_SECRET_KEY, secrets.token_urlsafe(32), nx=True)
-    value = await redis.get(_SECRET_KEY)
+    name = keys.signing_secret
+    await redis.set(name, secrets.token_urlsafe(32), nx=True)
+    value = await redis.get(name)
     assert value is not None
     return value.encode() if isinstance(value, str) else bytes(value)
 
@@ -177,7 +183,7 @@ class SessionStore:
         self._redis = redis
         self._signer = signer
         self._admin_token = admin_token
-        self._prefix = prefix
+        self.keys = Keys(prefix)
         self.idle_ttl_seconds = idle_ttl_seconds
         # A tiny idle TTL (tests, demos) needs more frequent touches than once a minute, or
         # an active session would end between two of them.
@@ -185,12 +191,12 @@ class SessionStore:
         self._touch = redis.register_script(_TOUCH)
 
     def _key(self, session_id: str) -> str:
-        return f"{self._prefix}session:{session_id}"
+        return self.keys.session(session_id)
 
     @property
     def index_key(self) -> str:
         """The sorted set of session ids by deadline (unix seconds)."""
-        return f"{self._prefix}sessions:expiry"
+        return self.keys.session_deadlines
 
     def record_key(self, session_id: str) -> str:
         """The Redis key of a session's record."""
@@ -205,11 +211,13 @@ class SessionStore:
                                labels=labels, last_active=now)
         deadline = self._deadline(record.expires_at, now)
         key = self._key(record.id)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        # One round trip, not a transaction (two slots). The record cannot be used
+        # before this returns, so nothing is written for the session until both are.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.index_key, {record.id: deadline})
             pipe.hset(key, mapping={"created_at": repr(now), "expires_at": record.expires_at,
                                     "labels": json.dumps(labels), "last_active": repr(now)})
             pipe.pexpireat(key, int(deadline * 1000))
-            pipe.zadd(self.index_key, {record.id: deadline})
             await pipe.execute()
         return record, self._signer.issue(record.id, record.expires_at)
 
@@ -222,7 +230,7 @@ class SessionStore:
 
     async def delete(self, session_id: str) -> bool:
         """Delete the record and its index entry; data owned by the session is purged by its owners."""
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.delete(self._key(session_id))
             pipe.zrem(self.index_key, session_id)
             deleted, _ = await pipe.execute()
@@ -273,8 +281,8 @@ class SessionStore:
         active = float(reply_text(last_active))
         if now - active >= self.touch_interval:
             deadline = self._deadline(int(reply_text(expires_at)), now)
-            await self._touch(keys=[self._key(session_id), self.index_key],
-                              args=[repr(now), repr(deadline), session_id])
+            if await self._touch(keys=[self._key(session_id)], args=[repr(now), repr(deadline)]):
+                await self._redis.zadd(self.index_key, {session_id: deadline}, xx=True)
             active = now
         _authenticated.set((session_id, active, expires_at, created_at, labels))
 

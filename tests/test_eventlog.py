@@ -15,6 +15,7 @@ from grpclib.const import Status
 
 from daveloper.errors import Cancelled, CursorExpired, FailedPrecondition, InvalidArgument, Unavailable
 from daveloper.eventlog import Entry, EventLog
+from daveloper.keys import Keys
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -234,7 +235,7 @@ async def test_cursor_behind_retention_raises_cursor_expired(redis: aioredis.Red
     async with EventLog(redis, retention=10, ttl_seconds=60) as log:
         for i in range(300):  # trimming is approximate: whole stream nodes (100 entries) go at once
             await log.append("s", b"%d" % i)
-        ((first_id, _),) = await redis.xrange("dv:log:s", count=1)
+        ((first_id, _),) = await redis.xrange(Keys().scope("s").stream, count=1)
         first = int(first_id.split(b"-")[0])
         assert 1 < first <= 291
 
@@ -309,8 +310,8 @@ async def test_cancel_reaches_the_owner_from_another_client(
             assert not b.is_set()
             async with log.cancellation("a") as late:  # joins the cancelled watch
                 assert late.is_set()
-        assert await redis.pubsub_numsub("dv:control:a", "dv:control:b") == [
-            (b"dv:control:a", 0), (b"dv:control:b", 0)
+        assert await redis.pubsub_numsub("dv:control:{a}", "dv:control:{b}") == [
+            (b"dv:control:{a}", 0), (b"dv:control:{b}", 0)
         ]
     finally:
         await other_client.aclose()
@@ -325,7 +326,7 @@ async def test_cancel_survives_a_lost_subscriber_connection(log: EventLog, redis
         # (redis-py re-subscribes, and a confirmed re-subscription re-checks the flag).
         assert await log.request_cancel("job") is True
         await asyncio.wait_for(cancelled.wait(), 5)
-        assert await redis.pubsub_numsub("dv:control:job") == [(b"dv:control:job", 1)]
+        assert await redis.pubsub_numsub("dv:control:{job}") == [(b"dv:control:{job}", 1)]
 
 
 async def _count_pubsub_clients(redis: aioredis.Redis, expected: int) -> bool:
@@ -372,12 +373,12 @@ async def test_delete_removes_every_key_of_the_scope(redis: aioredis.Redis) -> N
         await log.append("s", b"x")
         await log.append("keep", b"y")
         await log.request_cancel("s")
-        assert sorted(await redis.keys("t:*s")) == [b"t:cancel:s", b"t:log:s", b"t:logmeta:s"]
-        assert 0 < await redis.ttl("t:log:s") <= 60
-        assert 0 < await redis.ttl("t:logmeta:s") <= 60
+        assert sorted(await redis.keys("t:*s}")) == [b"t:cancel:{s}", b"t:log:{s}", b"t:logmeta:{s}"]
+        assert 0 < await redis.ttl("t:log:{s}") <= 60
+        assert 0 < await redis.ttl("t:logmeta:{s}") <= 60
         assert await log.delete("s") is True
         assert await redis.keys("t:*s") == []
-        assert await redis.exists("t:log:keep") == 1
+        assert await redis.exists("t:log:{keep}") == 1
         assert await log.last_seq("s") == 0
         assert await log.delete("s") is False
         assert await log.append("s", b"again") == 1

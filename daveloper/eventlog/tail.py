@@ -14,6 +14,10 @@ Tail message layout (see ``log.py``'s append script)::
     b"<first seq> <final 0|1> <size 1> ... <size n>\\n" + payload 1 + ... + payload n
     b"gone"                                              the scope was deleted
 
+On a Redis Cluster the tail channel is a sharded channel in the scope's slot
+(``SPUBLISH`` from the append script; see :mod:`daveloper.infra.pubsub`), so a
+scope's notices travel only through the node that stores the scope.
+
 Readers wait without a timer each: the dispatcher asks the followers of a
 scope that has been quiet for ``quiet_seconds`` (the log's TTL, after which it
 may have expired unnoticed) to check it still exists.
@@ -34,6 +38,7 @@ from redis.exceptions import RedisError
 
 from daveloper.errors import Unavailable
 from daveloper.eventlog._store import redis_call
+from daveloper.infra.pubsub import open_pubsub
 
 __all__ = ["RESYNC", "VERIFY", "Follower", "Item", "TailEntry", "Tails", "parse_tail_message"]
 
@@ -126,7 +131,8 @@ class Tails:
     """One pub/sub connection per process carrying the live tail of every followed scope."""
 
     def __init__(self, redis: aioredis.Redis, *, quiet_seconds: float, subscribe_timeout: float = 10.0) -> None:
-        self._pubsub = redis.pubsub()  # takes its connection at the first SUBSCRIBE
+        # Takes its connection(s) at the first SUBSCRIBE; sharded channels on a cluster.
+        self._pubsub = open_pubsub(redis)
         self._quiet_seconds = quiet_seconds
         self._next_sweep = 0.0
         self._subscribe_timeout = subscribe_timeout
@@ -183,7 +189,7 @@ class Tails:
             self._dispatcher.cancel()
             await asyncio.wait([self._dispatcher])
             self._report_crash(self._dispatcher)
-        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._pubsub.aclose()
 
     @property
     def scopes_followed(self) -> int:

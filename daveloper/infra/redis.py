@@ -1,7 +1,15 @@
-"""The Redis client: a configured server, or an embedded Valkey under the data dir.
+"""The Redis client: a configured server or cluster, or an embedded Valkey under the data dir.
 
 :func:`open_redis` is the only place that creates the client, so the
 connection settings below hold for the whole process.
+
+``DAVELOPER_REDIS_URL`` names one server (``redis://``, ``rediss://``,
+``unix://``) or a Redis/Valkey Cluster: ``redis+cluster://[user:password@]host:port,host:port,...``
+(``rediss+cluster://`` for TLS), any reachable nodes as start-up nodes. The
+cluster client is redis-py's ``RedisCluster``; it offers the same command
+methods, so components take it where they take a ``Redis`` (see
+:func:`is_cluster` for the few places that differ: sharded pub/sub, one
+script per slot).
 """
 
 from __future__ import annotations
@@ -10,11 +18,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar, cast
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ClusterDownError, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from daveloper.config import Settings
@@ -25,7 +35,7 @@ from daveloper.metrics import Metrics, instrument_redis
 
 T = TypeVar("T")
 
-__all__ = ["MAX_BLOCK_MS", "SOCKET_TIMEOUT", "open_redis", "redis_call", "redis_probe", "reply_text"]
+__all__ = ["MAX_BLOCK_MS", "SOCKET_TIMEOUT", "is_cluster", "open_redis", "redis_call", "redis_probe", "reply_text"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +60,16 @@ def _unreachable(exc: BaseException) -> Unavailable:
     return Unavailable(f"Redis unavailable: {exc}", retry_after=1.0)
 
 
-register_translation((RedisConnectionError, RedisTimeoutError), _unreachable)
+#: "Cannot reach Redis": the connection failed, or (on a cluster) the slot's primary is
+#: down and no replica has taken over yet (CLUSTERDOWN, MASTERDOWN, TRYAGAIN).
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError)
+
+register_translation(_UNREACHABLE, _unreachable)
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` talks to a Redis/Valkey Cluster (keys of one script must share a slot)."""
+    return isinstance(client, RedisCluster)
 
 
 async def redis_call(call: Awaitable[T]) -> T:
@@ -68,7 +87,7 @@ async def redis_call(call: Awaitable[T]) -> T:
     requested = task.cancelling() if task is not None else 0
     try:
         result = await call
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    except _UNREACHABLE as exc:
         raise _unreachable(exc) from exc
     if task is not None and task.cancelling() > requested:
         raise asyncio.CancelledError
@@ -97,15 +116,7 @@ async def open_redis(settings: Settings, *, metrics: Metrics | None = None) -> A
             server = await stack.enter_async_context(EmbeddedValkey(settings.data_dir))
             url = server.url
         try:
-            client = Redis.from_url(
-                url,
-                socket_timeout=SOCKET_TIMEOUT,
-                socket_connect_timeout=CONNECT_TIMEOUT,
-                health_check_interval=HEALTH_CHECK_INTERVAL,
-                # Live event-log readers hold no connection while they wait (one pub/sub
-                # connection carries every followed scope): the pool serves calls in flight.
-                max_connections=settings.redis_max_connections,
-            )
+            client = _client(url, settings.redis_max_connections)
         except ValueError as exc:  # redis-py's message names the bad part, not the password
             raise ConfigError(f"invalid Redis URL {redacted_url(url)}: {exc}") from exc
         stack.push_async_callback(client.aclose)
@@ -119,6 +130,42 @@ async def open_redis(settings: Settings, *, metrics: Metrics | None = None) -> A
             ) from exc
         log.info("connected to Redis at %s", redacted_url(url))
         yield instrument_redis(client, metrics)
+
+
+def _client(url: str, max_connections: int) -> Redis:
+    options: dict[str, Any] = {
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "health_check_interval": HEALTH_CHECK_INTERVAL,
+        # Live event-log readers hold no connection while they wait (one pub/sub
+        # connection carries every followed scope, per node on a cluster): the pool
+        # serves calls in flight. On a cluster the limit is per node.
+        "max_connections": max_connections,
+    }
+    scheme = url.partition("://")[0].lower()
+    if scheme not in ("redis+cluster", "rediss+cluster"):
+        return Redis.from_url(url, **options)
+    parts = urlsplit(url)
+    nodes = []
+    for address in parts.netloc.rpartition("@")[2].split(","):
+        host, sep, port = address.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"a cluster node must be host:port, got {address.strip()!r}")
+        nodes.append(ClusterNode(host.strip("[]"), int(port)))
+    userinfo = parts.netloc.rpartition("@")[0]
+    user, _, password = userinfo.partition(":")
+    query = dict(parse_qsl(parts.query))
+    # The cluster client has the command methods of ``Redis`` (not its type): typed as
+    # one so that every component takes either.
+    return cast(Redis, RedisCluster(
+        startup_nodes=nodes,
+        username=unquote(user) or query.get("username") or None,
+        password=unquote(password) or query.get("password") or None,
+        ssl=scheme == "rediss+cluster",
+        # A failover takes the cluster a few seconds; commands retried meanwhile.
+        cluster_error_retry_attempts=5,
+        **options,
+    ))
 
 
 def redis_probe(client: Redis, *, name: str = "redis", timeout: float = 1.0) -> TimedProbe:

@@ -1,0 +1,194 @@
+"""Pub/sub on one server or on a Redis Cluster, behind the same small interface.
+
+On one server a channel is an ordinary ``SUBSCRIBE`` channel. On a cluster a
+channel whose name carries a scope's hash tag is a *sharded* channel: it is
+published with ``SPUBLISH`` (from the same Lua script that writes the scope's
+keys, which a cluster allows only for a channel in the script's slot) and
+only the primary that owns the slot carries it.
+
+:class:`ShardedPubSub` holds one plain pub/sub connection per primary that
+owns a followed channel, and one reader task per connection feeding a
+single queue, so a reader of many channels waits on one queue, not on each
+node in turn. It speaks the subset of redis-py's ``PubSub`` that the event
+log's tail and control channel use: ``subscribe``/``unsubscribe``,
+``get_message(timeout=)``, ``subscribed`` and ``aclose``; messages come back
+as ``message``/``subscribe``/``unsubscribe`` dicts whatever the server sent.
+
+When a node's connection fails (the node crashed, or a failover moved its
+slots), its channels are re-routed after the cluster's slot map is refreshed:
+each is subscribed again on its slot's current primary, and that confirmation
+reaches the reader as a ``subscribe`` message, which the event log already
+treats as "notices may have been lost: re-read".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from typing import Any, Protocol
+
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ClusterDownError, RedisError
+
+__all__ = ["PubSubLike", "ShardedPubSub", "open_pubsub", "publish_command"]
+
+log = logging.getLogger(__name__)
+
+_READ_SECONDS = 1.0
+_REROUTE_DELAY = 0.25
+_KINDS = {b"smessage": "message", b"ssubscribe": "subscribe", b"sunsubscribe": "unsubscribe",
+          "smessage": "message", "ssubscribe": "subscribe", "sunsubscribe": "unsubscribe"}
+
+
+class PubSubLike(Protocol):
+    """What the event log needs of a pub/sub connection (redis-py's ``PubSub`` or :class:`ShardedPubSub`)."""
+
+    @property
+    def subscribed(self) -> bool: ...
+
+    async def subscribe(self, *channels: Any) -> None: ...
+
+    async def unsubscribe(self, *channels: Any) -> None: ...
+
+    async def get_message(self, ignore_subscribe_messages: bool = False,
+                          timeout: float | None = 0.0) -> dict[str, Any] | None: ...  # noqa: ASYNC109 (redis-py's signature)
+
+    async def aclose(self) -> None: ...
+
+
+def publish_command(redis: Any) -> str:
+    """``SPUBLISH`` on a cluster (channels are sharded there), else ``PUBLISH``; for use inside scripts too."""
+    return "SPUBLISH" if isinstance(redis, RedisCluster) else "PUBLISH"
+
+
+def open_pubsub(redis: Any) -> PubSubLike:
+    """A pub/sub for ``redis``: sharded on a cluster, redis-py's own otherwise (nothing connects yet)."""
+    if isinstance(redis, RedisCluster):
+        return ShardedPubSub(redis)
+    pubsub: PubSubLike = redis.pubsub()
+    return pubsub
+
+
+class ShardedPubSub:
+    """Sharded channels over a cluster, read from one queue (see the module docstring)."""
+
+    def __init__(self, cluster: RedisCluster) -> None:
+        self._cluster = cluster
+        self._nodes: dict[str, PubSub] = {}
+        self._readers: dict[str, asyncio.Task[None]] = {}
+        #: channel -> name of the node it is subscribed on
+        self._owner: dict[bytes, str] = {}
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._closed = False
+
+    @property
+    def subscribed(self) -> bool:
+        return bool(self._owner)
+
+    async def subscribe(self, *channels: Any) -> None:
+        """``SSUBSCRIBE`` each channel on the primary that owns its slot."""
+        for channel in channels:
+            name = channel if isinstance(channel, bytes) else str(channel).encode()
+            node = self._primary(name)
+            await self._node_pubsub(node).ssubscribe(name)
+            self._owner[name] = node.name
+
+    async def unsubscribe(self, *channels: Any) -> None:
+        for channel in channels:
+            name = channel if isinstance(channel, bytes) else str(channel).encode()
+            owner = self._owner.pop(name, None)
+            if owner is not None and (pubsub := self._nodes.get(owner)) is not None:
+                await pubsub.sunsubscribe(name)
+
+    async def get_message(self, ignore_subscribe_messages: bool = False,
+                          timeout: float | None = 0.0) -> dict[str, Any] | None:  # noqa: ASYNC109 (redis-py's)
+        """The next message from any node, waiting up to ``timeout`` seconds (``None``: forever)."""
+        while True:
+            try:
+                if timeout is None:
+                    message = await self._queue.get()
+                else:
+                    async with asyncio.timeout(timeout):
+                        message = await self._queue.get()
+            except TimeoutError:
+                return None
+            if ignore_subscribe_messages and message["type"] != "message":
+                continue
+            return message
+
+    async def aclose(self) -> None:
+        """Stop the readers and close every node connection."""
+        self._closed = True
+        readers = list(self._readers.values())
+        for reader in readers:
+            reader.cancel()
+        if readers:
+            await asyncio.wait(readers)
+        for pubsub in self._nodes.values():
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.connection_pool.disconnect()
+        self._nodes.clear()
+
+    def _primary(self, channel: bytes) -> ClusterNode:
+        node = self._cluster.get_node_from_key(channel.decode())
+        if node is None:
+            raise ClusterDownError(f"no node serves the slot of {channel!r}")
+        return node
+
+    def _node_pubsub(self, node: ClusterNode) -> PubSub:
+        pubsub = self._nodes.get(node.name)
+        if pubsub is None:
+            # A pool of its own (one connection): a subscribed socket never goes back to the
+            # node's command pool.
+            pool = ConnectionPool(connection_class=node.connection_class, max_connections=1,
+                                  **node.connection_kwargs)
+            pubsub = self._nodes[node.name] = Redis(connection_pool=pool).pubsub()
+            self._readers[node.name] = asyncio.create_task(self._read(node.name, pubsub),
+                                                          name=f"sharded-pubsub-{node.name}")
+        return pubsub
+
+    async def _read(self, name: str, pubsub: PubSub) -> None:
+        """Copy one node's messages to the queue; re-route its channels when its connection fails."""
+        while not self._closed:
+            if not pubsub.subscribed:
+                await asyncio.sleep(0.05)  # not yet subscribed (SSUBSCRIBE in flight) or all left
+                continue
+            try:
+                message = await pubsub.get_message(timeout=_READ_SECONDS)
+            except (RedisError, OSError) as exc:
+                log.warning("sharded pub/sub: node %s: %s; re-routing its channels", name, exc)
+                await self._reroute(name)
+                return
+            if message is not None:
+                message["type"] = _KINDS.get(message["type"], message["type"])
+                self._queue.put_nowait(message)
+
+    async def _reroute(self, failed: str) -> None:
+        """Subscribe the failed node's channels again wherever their slots are now served."""
+        pubsub = self._nodes.pop(failed, None)
+        self._readers.pop(failed, None)
+        if pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.connection_pool.disconnect()
+        moved = [channel for channel, owner in self._owner.items() if owner == failed]
+        while moved and not self._closed:
+            await asyncio.sleep(_REROUTE_DELAY)
+            try:
+                # The replica that took over is found from a fresh slot map.
+                await self._cluster.nodes_manager.initialize()
+                by_node: dict[str, list[bytes]] = defaultdict(list)
+                for channel in moved:
+                    if channel in self._owner:  # not unsubscribed meanwhile
+                        by_node[self._primary(channel).name].append(channel)
+                for channels in by_node.values():
+                    await self.subscribe(*channels)
+            except (RedisError, OSError) as exc:
+                log.warning("sharded pub/sub: re-routing failed: %s; retrying", exc)
+                continue
+            return
