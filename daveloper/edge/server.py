@@ -23,13 +23,34 @@ from daveloper.metrics import METRICS, Metrics, metrics_handler
 from daveloper.registry import InstanceRegistry
 from daveloper.tls import edge_context, loopback_client_context
 
-__all__ = ["Edge", "build_app", "open_edge"]
+__all__ = ["Edge", "build_app", "open_edge", "own_origins"]
 
 log = logging.getLogger("daveloper.edge")
 
 
-def _origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
-    """No Origin (not a browser), our own origin, or one on the allow-list.
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+_WILDCARDS = ("", "0.0.0.0", "::", "[::]")
+
+
+def own_origins(host: str, port: int, *, tls: bool) -> frozenset[str]:
+    """The origins of pages the edge itself serves, from its configuration, never from a request.
+
+    The listen address (unless it is a wildcard) and the loopback names, on the
+    bound port. Any other name (a LAN name, a public one behind a proxy) is
+    listed in ``DAVELOPER_ALLOWED_ORIGINS``: trusting the request's ``Host``
+    would let a page on a rebound DNS name (``Origin`` and ``Host`` both
+    ``evil.example``) drive a visitor's local edge.
+    """
+    scheme = "https" if tls else "http"
+    hosts = {*_LOOPBACK_NAMES}
+    if host not in _WILDCARDS:
+        hosts.add(f"[{host}]" if ":" in host and not host.startswith("[") else host)
+    suffix = "" if port == (443 if tls else 80) else f":{port}"
+    return frozenset(f"{scheme}://{name.lower()}{suffix}" for name in hosts)
+
+
+def _origin_allowed(request: web.Request, own: frozenset[str], allowed: tuple[str, ...]) -> bool:
+    """No Origin (not a browser), one of the edge's own origins, or one on the allow-list.
 
     Browsers send cookies with WebSocket upgrades and apply no same-origin
     policy to them, so without this check any page could use a visitor's socket.
@@ -38,10 +59,7 @@ def _origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
     if origin is None:
         return True
     origin = origin.strip().rstrip("/").lower()
-    if origin in (o.lower() for o in allowed):
-        return True
-    scheme, sep, authority = origin.partition("://")
-    return bool(sep) and scheme in ("http", "https") and authority == (request.host or "").lower()
+    return origin in own or origin in (o.lower() for o in allowed)
 
 
 def _refusal(status: int, message: str, **extra: object) -> web.Response:
@@ -52,8 +70,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     """``GET /ws``: check Origin and subprotocol before upgrading, then serve the socket."""
     state = request.app[STATE]
     settings = state.settings
-    if not _origin_allowed(request, settings.allowed_origins):
-        return _refusal(403, "origin not allowed")
+    if not _origin_allowed(request, state.own_origins, settings.allowed_origins):
+        return _refusal(403, "origin not allowed: list it in DAVELOPER_ALLOWED_ORIGINS")
     if request.headers.get("Upgrade", "").lower() != "websocket":
         return web.json_response({"error": "WebSocket upgrade required"}, status=426,
                                  headers={"Upgrade": "websocket"})
@@ -161,6 +179,7 @@ async def open_edge(settings: Settings, *, upstreams: Sequence[Address], health:
         await site.start()
         port = runner.addresses[0][1] if runner.addresses else settings.edge_addr.port
         edge = Edge(state, runner, Address(settings.edge_addr.host, int(port)))
+        state.own_origins = own_origins(settings.edge_addr.host, int(port), tls=bool(settings.tls_cert_file))
         log.info("edge listening", extra={"edge": str(edge.addr), "upstreams": [str(a) for a in upstreams],
                                           "discovery": registry is not None})
         try:

@@ -55,6 +55,8 @@ class EdgeState:
     metrics: Metrics = METRICS
     draining: bool = False
     sockets: set[EdgeSocket] = field(default_factory=set)
+    #: Origins of the edge's own pages (set once it is bound: see ``server.own_origins``).
+    own_origins: frozenset[str] = frozenset()
     _per_session: collections.Counter[str] = field(default_factory=collections.Counter)
     _trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
 

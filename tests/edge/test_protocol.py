@@ -182,11 +182,24 @@ async def test_origin_check(edge_settings: Settings, app: App, http: aiohttp.Cli
         with pytest.raises(aiohttp.WSServerHandshakeError) as error:
             await http.ws_connect(f"{edge.url}/ws", protocols=(JSON,), origin="https://evil.example")
         assert error.value.status == 403
-        for origin in ("https://app.example", edge.url):
+        for origin in ("https://app.example", edge.url, f"http://localhost:{edge.addr.port}"):
             ws = await http.ws_connect(f"{edge.url}/ws", protocols=(JSON,), origin=origin)
             assert ws.protocol == JSON
             await ws.close()
         await still_works(http, edge)
+
+
+@pytest.mark.parametrize("name", ["evil.example", "evil.example:{port}", "192.168.1.20:{port}"])
+async def test_the_edge_origin_comes_from_its_configuration_never_from_host(
+        edge: Edge, http: aiohttp.ClientSession, name: str) -> None:
+    # DNS rebinding: a page on evil.example whose name now resolves to the edge sends
+    # Origin and Host both naming evil.example. Equal, but neither is the edge's own.
+    authority = name.format(port=edge.addr.port)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as error:
+        await http.ws_connect(f"{edge.url}/ws", protocols=(JSON,), origin=f"http://{authority}",
+                              headers={"Host": authority})
+    assert error.value.status == 403
+    await still_works(http, edge)
 
 
 async def test_drain_sends_goaway_then_closes_1001(edge_settings: Settings, app: App,
