@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from daveloper.errors import Unavailable
 from daveloper.eventlog._store import ScopeKeys, redis_call
+from daveloper.infra.pubsub import open_pubsub, publish_command
 
 __all__ = ["ControlChannel"]
 
@@ -74,8 +75,8 @@ class ControlChannel:
         self._prefix = prefix
         self._ttl_seconds = ttl_seconds
         self._subscribe_timeout = subscribe_timeout
-        self._request = redis.register_script(_REQUEST_CANCEL)
-        self._pubsub = redis.pubsub()  # takes its connection at the first SUBSCRIBE
+        self._request = redis.register_script(_REQUEST_CANCEL.replace("PUBLISH", publish_command(redis)))
+        self._pubsub = open_pubsub(redis)  # takes its connection at the first SUBSCRIBE; sharded on a cluster
         self._watches: dict[bytes, _Watch] = {}
         # Subscription changes are serialized so that a SUBSCRIBE confirmation
         # read by the dispatcher can only belong to the subscription in flight.
@@ -134,7 +135,7 @@ class ControlChannel:
             # CancelledError nor swallows one aimed at us.
             await asyncio.wait([self._dispatcher])
             self._report_crash(self._dispatcher)
-        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._pubsub.aclose()
 
     async def _subscribe(self, channel: bytes, watch: _Watch) -> None:
         # Registered first: the dispatcher looks the watch up when the

@@ -16,6 +16,7 @@ from daveloper.errors import Cancelled, CursorExpired, FailedPrecondition, Inval
 from daveloper.eventlog._store import ScopeKeys, redis_call
 from daveloper.eventlog.control import ControlChannel
 from daveloper.eventlog.tail import GONE_NOTICE, RESYNC, Tails
+from daveloper.infra.pubsub import publish_command
 from daveloper.metrics import METRICS, Metrics
 
 __all__ = ["Entry", "EventLog"]
@@ -98,7 +99,8 @@ class EventLog:
     ) -> None:
         if retention < 1 or ttl_seconds < 1:
             raise ValueError("retention and ttl_seconds must be positive")
-        if redis.connection_pool.connection_kwargs.get("decode_responses"):
+        # get_encoder, not connection_pool: a cluster client has no single pool
+        if redis.get_encoder().decode_responses:  # type: ignore[no-untyped-call]
             raise ValueError("the event log needs a client without decode_responses (payloads are bytes)")
         self._redis = redis
         self._retention = retention
@@ -108,7 +110,7 @@ class EventLog:
         self._starts, self._resumes = metrics.eventlog_reads.labels("start"), metrics.eventlog_reads.labels("resume")
         self._expired_cursors = metrics.eventlog_expired
         self._cancel_seconds = metrics.cancel_seconds
-        self._append = redis.register_script(_APPEND)
+        self._append = redis.register_script(_APPEND.replace("PUBLISH", publish_command(redis)))
         self._control = ControlChannel(redis, prefix=prefix, ttl_seconds=ttl_seconds)
         self._tails = Tails(redis, quiet_seconds=ttl_seconds)
 
@@ -186,7 +188,8 @@ class EventLog:
         keys = self._keys(scope)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(keys.stream, keys.meta, keys.cancel)
-            pipe.publish(keys.tail, GONE_NOTICE)  # wakes followers, which then find the log gone
+            # wakes followers, which then find the log gone
+            pipe.execute_command(publish_command(self._redis), keys.tail, GONE_NOTICE)
             deleted, _ = await redis_call(pipe.execute())
         return bool(deleted)
 
