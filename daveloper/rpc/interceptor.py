@@ -49,6 +49,8 @@ CLIENT_ADDRESS_KEY = "x-daveloper-client-address"
 _MAX_REQUEST_ID = 128
 #: Health checks and reflection: probed every few seconds, they would fill traces with noise.
 _UNTRACED = ("/grpc.health.", "/grpc.reflection.")
+#: How long a cancelled handler may run on before it is cancelled again (see ``_reassert_cancels``).
+_CANCEL_RECHECK_SECONDS = 0.5
 
 MethodFunc = Callable[[Stream[Any, Any]], Coroutine[Any, Any, None]]
 
@@ -65,6 +67,7 @@ class Interceptor:
         self._drain_deadline: float | None = None
         self._inflight: dict[asyncio.Task[Any], asyncio.Timeout] = {}
         self._idle = asyncio.Event()
+        self._cancel_watch: asyncio.Task[None] | None = None
         self._idle.set()
 
     def install(self, server: Server) -> None:
@@ -149,6 +152,9 @@ class Interceptor:
         async with asyncio.timeout(self._drain_deadline) as timeout:
             self._inflight[task] = timeout
             self._idle.clear()
+            if self._cancel_watch is None or self._cancel_watch.done():
+                self._cancel_watch = asyncio.get_running_loop().create_task(self._reassert_cancels(),
+                                                                            name="rpc-cancel-watch")
             try:
                 await func(stream)
             finally:
@@ -157,6 +163,23 @@ class Interceptor:
                     self._idle.set()
         # ``asyncio.timeout`` turned our own drain cancel into TimeoutError above;
         # only that case reaches here through ``timeout.expired()``.
+
+    async def _reassert_cancels(self) -> None:
+        """Cancel again a handler still running a while after it was cancelled; ends when none runs.
+
+        grpclib cancels a handler when its client resets the stream. On Python 3.11 a
+        cancel can be lost inside a library call (redis-py's ``asyncio.wait_for`` around
+        socket writes, CPython bpo-42130): the handler then runs on, and one reading the
+        reset stream waits forever, holding its in-flight slot. A task cancelled twice
+        ``_CANCEL_RECHECK_SECONDS`` apart and still running is cancelled once more.
+        """
+        seen: set[asyncio.Task[Any]] = set()
+        while self._inflight:
+            await asyncio.sleep(_CANCEL_RECHECK_SECONDS)
+            cancelling = {task for task in self._inflight if task.cancelling()}
+            for task in cancelling & seen:
+                task.cancel()
+            seen = cancelling
 
     async def _fail(
         self, stream: Stream[Any, Any], exc: Exception, method: str, request_id: str, trailers: dict[str, str]
