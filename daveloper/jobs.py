@@ -10,18 +10,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
+
+from daveloper.errors import DaveloperError
 
 __all__ = ["BackgroundJobs"]
 
 log = logging.getLogger("daveloper.jobs")
+
+T = TypeVar("T")
 
 
 class BackgroundJobs:
     """Owns background tasks: spawns them, logs what escapes them, cancels the rest at close."""
 
     def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
 
     def __len__(self) -> int:
@@ -37,7 +41,28 @@ class BackgroundJobs:
         task.add_done_callback(self._done)
         return task
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    async def shielded(self, work: Coroutine[Any, Any, T], *, name: str) -> T:
+        """Run ``work`` to its end even if the caller is cancelled meanwhile; its result, if the caller stays.
+
+        For steps that must not stop half-way when a client leaves (a turn's start: its
+        records, leases and start event are written together or not at all). The task is
+        a job like any other: :meth:`aclose` cancels it at shutdown. A failure is the
+        caller's to handle; once the caller has left, it is logged like a job's.
+        """
+        if self._closed:
+            work.close()
+            raise RuntimeError("background jobs are closed")
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                task.add_done_callback(_left_behind)  # nobody awaits it any more: report what escapes it
+            raise
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("background job %s failed", task.get_name(), exc_info=exc)
@@ -55,3 +80,13 @@ class BackgroundJobs:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+
+
+def _left_behind(task: asyncio.Task[Any]) -> None:
+    """The end of a shielded step whose caller left: a refusal is normal, anything else a fault."""
+    if task.cancelled() or (exc := task.exception()) is None:
+        return
+    if isinstance(exc, DaveloperError):
+        log.info("%s ended after its caller left: %s", task.get_name(), exc)
+    else:
+        log.error("%s failed after its caller left", task.get_name(), exc_info=exc)

@@ -9,6 +9,7 @@ each is an explicit exception below, with what is checked instead.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -58,7 +59,6 @@ def lookups(a: Owned) -> dict[str, dict[str, Any]]:
         "DocumentService/CancelIngestion": {"ingestionId": a.ingestion_id},
         "DocumentService/GetDocument": {"documentId": a.document_id},
         "DocumentService/DeleteDocument": {"documentId": a.document_id},
-        "AgentService/Watch": {"conversationId": a.conversation_id},
         "AgentService/CancelTurn": {"conversationId": a.conversation_id, "turnId": a.turn_id},
         "AgentService/GetConversation": {"conversationId": a.conversation_id},
         "AgentService/DeleteConversation": {"conversationId": a.conversation_id},
@@ -81,6 +81,9 @@ EXCEPTIONS = {
     # send.conversation_id creates on first use (B gets its own conversation of that id, A's is untouched);
     # send.options.document_ids filters like Search; cancel.* is a CancelTurn lookup (NOT_FOUND, checked).
     "AgentService/Chat": "test_ids_that_are_not_lookups",
+    # Conversation logs live in the caller's namespace: A's id is an empty conversation of B's own,
+    # which waits for its first event exactly like an id never used.
+    "AgentService/Watch": "test_ids_that_are_not_lookups",
     # Names live in the caller's namespace: B creating A's collection name gets B's own collection.
     "VectorService/CreateCollection": "test_ids_that_are_not_lookups",
     # Admin only: any session gets PERMISSION_DENIED, whatever session_id it names.
@@ -232,6 +235,12 @@ async def test_ids_that_are_not_lookups(app: App, channel: Channel, edge: Edge, 
     (found,) = await grpc_call(channel, "DocumentService/Search", search, b_token)
     assert found.hits == []
     assert await edge_status(http, edge, "DocumentService/Search", search, b_token) == "ok"
+    # Watch: A's conversation id is an empty conversation of B's, waited on like one never used.
+    for conversation_id in (owned.conversation_id, "never-used"):
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                [r async for r in v1.AgentServiceStub(channel).watch(
+                    v1.WatchRequest(conversation_id=conversation_id), timeout=5, metadata=bearer(b_token))]
     # Chat: B's send on A's conversation id is B's own conversation; A's document ids cite nothing;
     # a cancel of A's turn is NOT_FOUND.
     send = v1.ChatRequest(send=v1.SendMessage(conversation_id=owned.conversation_id, text="Redis?",

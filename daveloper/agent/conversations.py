@@ -15,13 +15,14 @@ Keys (``dv:`` prefix)::
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import re
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from daveloper.errors import InvalidArgument, NotFound
+from daveloper.errors import InvalidArgument, NotFound, Unavailable
 from daveloper.infra.redis import reply_text
 from daveloper.paging import next_page_token, page_offset
 from generated.daveloper.v1 import Conversation, Turn
@@ -115,10 +116,27 @@ class Conversations:
         """Drop a claim made by :meth:`claim_client_id_in` for a turn that was not started after all."""
         await self._redis.hdel(self._clients(session_id, conversation_id), client_message_id)
 
-    async def claimed_turn(self, session_id: str, conversation_id: str, client_message_id: str) -> Turn:
-        """The turn that claimed ``client_message_id`` first."""
-        earlier = await self._redis.hget(self._clients(session_id, conversation_id), client_message_id)
-        return await self.turn(session_id, conversation_id, reply_text(earlier) if earlier is not None else "")
+    async def claimed_turn(self, session_id: str, conversation_id: str, client_message_id: str, *,
+                           wait: float = 2.0) -> Turn:
+        """The turn that claimed ``client_message_id`` first.
+
+        A resend may arrive while that turn's start is still writing its record (the claim
+        comes first): its record is waited for, up to ``wait`` seconds. A claim that was
+        dropped meanwhile (that start failed) answers UNAVAILABLE: send the message again.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            earlier = await self._redis.hget(self._clients(session_id, conversation_id), client_message_id)
+            if earlier is None:
+                raise Unavailable("this message's earlier send did not start a turn; send it again",
+                                  reason="TURN_NOT_STARTED", retry_after=0.1)
+            try:
+                return await self.turn(session_id, conversation_id, reply_text(earlier))
+            except NotFound:
+                if loop.time() >= deadline:
+                    raise
+            await asyncio.sleep(0.02)
 
     def add_turn_in(self, pipe: Pipeline, session_id: str, conversation: Conversation, turn: Turn) -> None:
         """Queue the writes of a new turn and its conversation's updated record (on a transaction)."""

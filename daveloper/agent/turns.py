@@ -144,6 +144,13 @@ class Agent:
         past that would only wait for the loop, its first token arriving long after a retry elsewhere would
         have answered.
         """
+        # Shielded: a client that leaves while its turn starts (a cancel 0-80 ms after the send) must not
+        # stop the start half-way, leaving a turn recorded but never run, or its claims held.
+        return await self._jobs.shielded(self._admit_counted(session_id, conversation_id, text, client_message_id,
+                                                             options), name=f"start of a turn in {conversation_id}")
+
+    async def _admit_counted(self, session_id: str, conversation_id: str, text: str, client_message_id: str,
+                             options: ChatOptions) -> tuple[Turn, int, bool]:
         self.admission.admit()
         try:
             turn, seq, existed = await self._admit(session_id, conversation_id, text, client_message_id, options)

@@ -142,7 +142,9 @@ class AgentService(Servicer):
 
     async def Watch(self, request: WatchRequest, call: Call[Any, Any]) -> AsyncIterator[Encoded]:
         validate_conversation_id(request.conversation_id)
-        await self._conversations.get(call.session_id, request.conversation_id)
+        # No record lookup: a conversation with no events yet is waited for (its first turn may be
+        # starting elsewhere). The log is named by the caller's session, so another session's
+        # conversation id is just an empty conversation of the caller's own: it waits the same way.
         scope = conversation_scope(call.session_id, request.conversation_id)
         async with contextlib.aclosing(self._events.read(scope, request.after_seq)) as entries:
             async for entry in entries:
