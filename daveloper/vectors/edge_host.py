@@ -48,6 +48,7 @@ from daveloper.vectors.model import (
     IndexKind,
     Match,
     MatchAny,
+    MatchExcept,
     Nearest,
     PointData,
     PointId,
@@ -103,6 +104,8 @@ def _condition(condition: Condition) -> qe.FieldCondition:
         return qe.FieldCondition(condition.key, match=qe.MatchValue(condition.value))
     if isinstance(condition, MatchAny):
         return qe.FieldCondition(condition.key, match=qe.MatchAny(list(condition.values)))
+    if isinstance(condition, MatchExcept):
+        return qe.FieldCondition(condition.key, match=qe.MatchExcept(list(condition.values)))
     return qe.FieldCondition(condition.key, range=qe.RangeFloat(gte=condition.gte, lt=condition.lt))
 
 

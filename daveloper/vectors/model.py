@@ -35,6 +35,7 @@ __all__ = [
     "IndexKind",
     "Match",
     "MatchAny",
+    "MatchExcept",
     "Nearest",
     "PointData",
     "PointId",
@@ -127,6 +128,14 @@ class MatchAny:
 
 
 @dataclass(frozen=True, slots=True)
+class MatchExcept:
+    """The payload field ``key`` equals none of ``values``."""
+
+    key: str
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Range:
     """``gte <= key < lt`` on a numeric payload field (a missing bound is open)."""
 
@@ -135,7 +144,7 @@ class Range:
     lt: float | None = None
 
 
-Condition = Match | MatchAny | Range
+Condition = Match | MatchAny | MatchExcept | Range
 #: Conditions that must all hold (an empty tuple matches every point).
 Filter = tuple[Condition, ...]
 

@@ -28,6 +28,7 @@ from daveloper.vectors.model import (
     IndexKind,
     Match,
     MatchAny,
+    MatchExcept,
     Nearest,
     PointData,
     PointId,
@@ -87,6 +88,8 @@ def _condition(condition: Condition) -> models.FieldCondition:
         return models.FieldCondition(key=condition.key, match=models.MatchValue(value=condition.value))
     if isinstance(condition, MatchAny):
         return models.FieldCondition(key=condition.key, match=models.MatchAny(any=list(condition.values)))
+    if isinstance(condition, MatchExcept):
+        return models.FieldCondition(key=condition.key, match=models.MatchExcept(**{"except": list(condition.values)}))
     return models.FieldCondition(key=condition.key, range=models.Range(gte=condition.gte, lt=condition.lt))
 
 
