@@ -188,9 +188,9 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
         stack.push_async_callback(embedder.aclose)
         chunk_store = ChunkStore(qdrant, dense_size=embedder.dense_size, embedder=embedder.name)
         await chunk_store.ensure_collection()
-        search = DocumentSearch(chunk_store, embedder)
         catalog = Catalog(redis, ingestion_ttl_seconds=settings.event_ttl_seconds,
                           max_documents=settings.quota_documents, max_bytes=settings.quota_stored_bytes)
+        search = DocumentSearch(chunk_store, embedder, catalog=catalog)  # one version of each document
         # Closed after the jobs (which are its callers): the exit stack unwinds in reverse.
         pool = DocumentPool(workers=settings.parse_workers, budget=DocumentBudget(
             cpu_seconds=settings.parse_cpu_seconds, memory_bytes=settings.parse_memory_mb << 20,

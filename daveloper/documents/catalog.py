@@ -1,9 +1,19 @@
 """The session's document records and ingestion records, in Redis.
 
 Chunks and vectors live in Qdrant; this is the list of documents a session
-has, how to find one by content hash or by the client's id, and who owns each
-ingestion. Records are the ``Document`` protobuf message itself, so no second
-schema has to be kept in step with the contract.
+has, which version of each is current, how to find one by its identity, and
+who owns each ingestion. Records are the ``Document`` protobuf message itself,
+so no second schema has to be kept in step with the contract.
+
+A document's id follows from its identity (:func:`document_id_for`), so new
+content for the same source is a new *version* of the same document. A
+version's chunks are written under its ingestion id while that ingestion is
+*hidden* (searches leave its points out); :meth:`Catalog.commit` then swaps
+the record and the hidden set in one script: the new version becomes visible
+and the old one hidden at the same instant, and the old points are deleted
+afterwards. Every change to the hidden set bumps its ``#epoch`` field, which
+lets a search tell that the set changed while it ran (see
+``documents/search.py``).
 
 Keys (``dv:`` prefix)::
 
@@ -12,8 +22,10 @@ Keys (``dv:`` prefix)::
     dv:docclient:<session>         hash client_document_id -> document id
     dv:ingestion:<id>              hash session, document name (who may watch or cancel it)
     dv:ingestions:<session>        set of the session's ingestion ids (to purge them with the session)
-    dv:docversion:<session>        counter bumped by every store and delete (what a cached search result
-                                   was computed against; see :meth:`Catalog.version_key`)
+    dv:docversion:<session>        counter bumped by every store, replace and delete (what a cached search
+                                   result was computed against; see :meth:`Catalog.version_key`)
+    dv:dochidden:<session>         hash ingestion id -> document id of versions searches leave
+                                   out, and ``#epoch``, bumped by every change that could expose points
 """
 
 from __future__ import annotations
@@ -30,13 +42,62 @@ from generated.daveloper.v1 import Document
 __all__ = ["Catalog", "document_id_for"]
 
 
-def document_id_for(session_id: str, content_hash: str) -> str:
-    """The id of a session's document with this content.
+_EPOCH = "#epoch"
 
-    Derived, not random: uploading identical content again (even concurrently)
-    lands on the same document and the same chunk ids, so nothing is duplicated.
+
+# Make a version current if the record is still the one it replaces (compare-and-set on the stored bytes):
+# record, list, client id, usage, change counter and hidden set change together.
+# KEYS: doc, docs, clients, usage, docversion, hidden
+# ARGV: expected record ('' for none), new record, document id, score, client id, new ingestion,
+#       replaced ingestion ('' for none), bytes delta, document id
+_COMMIT = """
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+if ARGV[1] == '' then redis.call('HINCRBY', KEYS[4], 'documents', 1) end
+redis.call('HINCRBY', KEYS[4], 'bytes', ARGV[8])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[3], ARGV[5], ARGV[3]) end
+redis.call('INCR', KEYS[5])
+redis.call('HDEL', KEYS[6], ARGV[6])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[6], ARGV[7], ARGV[9]) end
+redis.call('HINCRBY', KEYS[6], '#epoch', 1)
+return 1
+"""
+
+# Remove a record if it is still the one read, hiding its version's points until they are deleted.
+# KEYS: doc, docs, clients, usage, docversion, hidden
+# ARGV: expected record, document id, client id, size, ingestion ('' for none)
+_DELETE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('HINCRBY', KEYS[4], 'documents', -1)
+redis.call('HINCRBY', KEYS[4], 'bytes', -tonumber(ARGV[4]))
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[3], ARGV[3]) == ARGV[2] then redis.call('HDEL', KEYS[3], ARGV[3]) end
+redis.call('INCR', KEYS[5])
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[6], ARGV[5], ARGV[2])
+  redis.call('HINCRBY', KEYS[6], '#epoch', 1)
+end
+return 1
+"""
+
+
+def document_id_for(session_id: str, content_hash: str, *, client_document_id: str = "", source_uri: str = "") -> str:
+    """The id of a session's document: derived from its identity, not random.
+
+    The identity is the client's id if the upload has one, else the source URI
+    (a crawled page, a GitHub file), else the content: new content for the same
+    identity is a new version of the same document, and identical content
+    without a source (even uploaded concurrently) lands on the same document.
     """
-    return "doc_" + hashlib.sha256(f"{session_id}\0{content_hash}".encode()).hexdigest()[:24]
+    if client_document_id:
+        identity = f"client\0{client_document_id}"
+    elif source_uri:
+        identity = f"source\0{source_uri}"
+    else:
+        identity = content_hash  # the ids of content-identified documents are unchanged from before versions
+    return "doc_" + hashlib.sha256(f"{session_id}\0{identity}".encode()).hexdigest()[:24]
 
 
 class Catalog:
@@ -47,6 +108,8 @@ class Catalog:
         self._redis = redis
         self._prefix = prefix
         self._ingestion_ttl = ingestion_ttl_seconds
+        self._commit = redis.register_script(_COMMIT)
+        self._delete = redis.register_script(_DELETE)
         #: Per-session quotas (0: none).
         self.max_documents = max_documents
         self.max_bytes = max_bytes
@@ -63,9 +126,14 @@ class Catalog:
         documents, size = await self._redis.hmget(self._usage(session_id), ["documents", "bytes"])
         return int(documents or 0), int(size or 0)
 
-    async def check_quota(self, session_id: str, size: int) -> None:
-        """RESOURCE_EXHAUSTED if one more document of ``size`` bytes would exceed the session's quotas."""
+    async def check_quota(self, session_id: str, size: int, *, replacing: Document | None = None) -> None:
+        """RESOURCE_EXHAUSTED if one more document of ``size`` bytes would exceed the session's quotas.
+
+        A new version ``replacing`` a document takes no new document and frees the old version's bytes.
+        """
         documents, stored = await self.usage(session_id)
+        if replacing is not None:
+            documents, stored = documents - 1, stored - replacing.size_bytes
         if self.max_documents and documents + 1 > self.max_documents:
             raise ResourceExhausted(f"this session already holds {documents} documents, its quota",
                                     reason="QUOTA_DOCUMENTS", metadata={"limit": str(self.max_documents)})
@@ -90,6 +158,13 @@ class Catalog:
     def _clients(self, session_id: str) -> str:
         return f"{self._prefix}docclient:{session_id}"
 
+    def _hidden(self, session_id: str) -> str:
+        return f"{self._prefix}dochidden:{session_id}"
+
+    def _record_keys(self, session_id: str, document_id: str) -> list[str]:
+        return [self._doc(session_id, document_id), self._docs(session_id), self._clients(session_id),
+                self._usage(session_id), self.version_key(session_id), self._hidden(session_id)]
+
     def _ingestion(self, ingestion_id: str) -> str:
         return f"{self._prefix}ingestion:{ingestion_id}"
 
@@ -100,17 +175,64 @@ class Catalog:
         """The session's ingestions whose records have not expired yet (or a few that have)."""
         return [reply_text(i) for i in await self._redis.smembers(self._ingestions(session_id))]
 
-    async def put(self, session_id: str, document: Document) -> None:
-        assert document.create_time is not None
+    # -- versions ----------------------------------------------------------------------
+
+    async def stage(self, session_id: str, document_id: str, ingestion_id: str) -> None:
+        """Hide the points ``ingestion_id`` is about to write, until :meth:`commit` makes them current.
+
+        Entries never expire: one is removed only once its points are gone (:meth:`release`), since
+        an entry dropped earlier would let a failed or replaced version's points be searched again.
+        """
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(self._doc(session_id, document.id), bytes(document))
-            pipe.zadd(self._docs(session_id), {document.id: document.create_time.timestamp()})
-            pipe.hincrby(self._usage(session_id), "documents", 1)
-            pipe.hincrby(self._usage(session_id), "bytes", document.size_bytes)
-            if document.client_document_id:
-                pipe.hset(self._clients(session_id), document.client_document_id, document.id)
-            pipe.incr(self.version_key(session_id))
+            pipe.hset(self._hidden(session_id), ingestion_id, document_id)
+            pipe.hincrby(self._hidden(session_id), _EPOCH, 1)
             await pipe.execute()
+
+    async def commit(self, session_id: str, document: Document, replaced: bytes) -> bool:
+        """Make ``document`` (a new version, written under ``document.ingestion_id``) current.
+
+        ``replaced`` is the stored record it replaces, as :meth:`current` read it (``b""`` for none).
+        In one script, if the record is still ``replaced``: the record, the session's list, usage and
+        change counter are updated, the new version's points stop being hidden and the replaced
+        version's start to be. False, changing nothing, if another change came first.
+        """
+        assert document.create_time is not None
+        old = Document.parse(replaced) if replaced else None
+        delta = document.size_bytes - (old.size_bytes if old is not None else 0)
+        changed = await self._commit(keys=self._record_keys(session_id, document.id), args=[
+            replaced, bytes(document), document.id, document.create_time.timestamp(), document.client_document_id,
+            document.ingestion_id, old.ingestion_id if old is not None else "", delta, document.id])
+        return bool(changed)
+
+    async def release(self, session_id: str, ingestion_id: str) -> None:
+        """Stop tracking a hidden ingestion whose points are gone (deleted, or never written)."""
+        await self._redis.hdel(self._hidden(session_id), ingestion_id)
+
+    async def visibility(self, session_id: str) -> tuple[int, list[str]]:
+        """The hidden set's epoch and the ingestions searches must leave out, read at one instant."""
+        fields = await self._redis.hgetall(self._hidden(session_id))
+        epoch, hidden = 0, []
+        for key, value in fields.items():
+            name = reply_text(key)
+            if name == _EPOCH:
+                epoch = int(value)
+            else:
+                hidden.append(name)
+        return epoch, hidden
+
+    async def epoch(self, session_id: str) -> int:
+        """The hidden set's epoch: bumped by every change that could make a search see other points."""
+        return int(await self._redis.hget(self._hidden(session_id), _EPOCH) or 0)
+
+    # -- records -------------------------------------------------------------------------
+
+    async def current(self, session_id: str, document_id: str) -> tuple[Document | None, bytes]:
+        """The document's current record, and its stored bytes (what :meth:`commit` compares)."""
+        raw = await self._redis.get(self._doc(session_id, document_id))
+        if raw is None:
+            return None, b""
+        assert isinstance(raw, bytes)  # records are protobuf bytes: the client never decodes replies
+        return Document.parse(raw), raw
 
     async def find(self, session_id: str, document_id: str) -> Document | None:
         raw = await self._redis.get(self._doc(session_id, document_id))
@@ -137,16 +259,20 @@ class Catalog:
         documents = [Document.parse(raw) for raw in raws if raw is not None]
         return documents, next_page_token(offset + page_size, more=more)
 
-    async def delete(self, session_id: str, document: Document) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._doc(session_id, document.id))
-            pipe.zrem(self._docs(session_id), document.id)
-            pipe.hincrby(self._usage(session_id), "documents", -1)
-            pipe.hincrby(self._usage(session_id), "bytes", -document.size_bytes)
-            if document.client_document_id:
-                pipe.hdel(self._clients(session_id), document.client_document_id)
-            pipe.incr(self.version_key(session_id))
-            await pipe.execute()
+    async def delete(self, session_id: str, document_id: str) -> Document:
+        """Remove the document's record (NOT_FOUND if there is none), hiding its current version's
+        points in the same script; the caller then deletes every point of the document.
+
+        A version committed meanwhile is read again and removed instead, so the record that goes is
+        always the one whose size leaves the usage counters.
+        """
+        while True:
+            document, raw = await self.current(session_id, document_id)
+            if document is None:
+                raise NotFound(f"document {document_id!r} not found", reason="DOCUMENT_NOT_FOUND")
+            if await self._delete(keys=self._record_keys(session_id, document_id), args=[
+                    raw, document.id, document.client_document_id, document.size_bytes, document.ingestion_id]):
+                return document
 
     async def document_ids(self, session_id: str) -> list[str]:
         return [reply_text(i) for i in await self._redis.zrange(self._docs(session_id), 0, -1)]
@@ -156,7 +282,7 @@ class Catalog:
         ids = await self.document_ids(session_id)
         keys = [self._doc(session_id, i) for i in ids] + [self._docs(session_id), self._clients(session_id),
                                                            self._usage(session_id), self._ingestions(session_id),
-                                                           self.version_key(session_id)]
+                                                           self.version_key(session_id), self._hidden(session_id)]
         keys += [self._ingestion(i) for i in await self.ingestion_ids(session_id)]
         await self._redis.delete(*keys)
 

@@ -31,6 +31,7 @@ from daveloper.documents.catalog import Catalog, document_id_for
 from daveloper.documents.model import ChunkDraft, Embedder, Vectors
 from daveloper.documents.pool import ChunkBatch, DocumentPool, Outline, Stage
 from daveloper.documents.store import ChunkStore
+from daveloper.documents.versions import commit_version, discard_version
 from daveloper.errors import DaveloperError, Unavailable, to_failure
 from daveloper.eventlog import EventLog
 from daveloper.jobs import BackgroundJobs
@@ -183,7 +184,7 @@ class Ingestor:
         ingestion = Ingestion(id=fields["id"], session_id=fields["session"], file_name="", media_type="")
         if await self._events.finished(ingestion.scope):
             return  # it ended just before its owner could drop the lease
-        await self._store.delete_ingestion(ingestion.session_id, ingestion.id)
+        await discard_version(self._catalog, self._store, ingestion.session_id, ingestion.id)
         lost = Unavailable("the server processing this upload stopped; upload it again", reason="OWNER_LOST",
                            retry_after=0, metadata={"owner": fields.get("owner", "")})
         await self._fail(ingestion, lost)
@@ -220,7 +221,7 @@ class Ingestor:
         """Remove what the ingestion stored, then record its failure."""
         if not isinstance(error, DaveloperError):
             log.error("ingestion failed", exc_info=error, extra={"ingestion_id": ingestion.id})
-        await self._store.delete_ingestion(ingestion.session_id, ingestion.id)
+        await discard_version(self._catalog, self._store, ingestion.session_id, ingestion.id)
         await self._fail(ingestion, error)
 
     async def ingest(self, ingestion: Ingestion) -> Document:
@@ -234,7 +235,7 @@ class Ingestor:
         try:
             return await self._pipeline(ingestion, report=False)
         except BaseException:
-            await asyncio.shield(self._store.delete_ingestion(ingestion.session_id, ingestion.id))
+            await asyncio.shield(discard_version(self._catalog, self._store, ingestion.session_id, ingestion.id))
             raise
 
     async def _pipeline(self, ingestion: Ingestion, *, report: bool = True) -> Document:
@@ -264,10 +265,14 @@ class Ingestor:
         # hashlib releases the GIL: hashing 30 MB in a thread keeps the loop serving meanwhile
         digest = hashlib.sha256(data) if size < HASH_IN_THREAD_BYTES else await asyncio.to_thread(hashlib.sha256, data)
         content_hash = digest.hexdigest()
-        document_id = document_id_for(ingestion.session_id, content_hash)
-        if (existing := await self._catalog.find(ingestion.session_id, document_id)) is not None:
+        document_id = document_id_for(ingestion.session_id, content_hash,
+                                      client_document_id=ingestion.client_document_id, source_uri=ingestion.source_uri)
+        existing = await self._catalog.find(ingestion.session_id, document_id)
+        if existing is not None and existing.content_hash == content_hash:
             return existing  # identical content: nothing new to store
-        await self._catalog.check_quota(ingestion.session_id, len(data))
+        await self._catalog.check_quota(ingestion.session_id, len(data), replacing=existing)
+        # A new version is written beside the current one, hidden from searches until it replaces it.
+        await self._catalog.stage(ingestion.session_id, document_id, ingestion.id)
 
         outline, batches = await self._process(ingestion, data, progress)
         del data
@@ -295,9 +300,9 @@ class Ingestor:
             language=outline.language,
             create_time=_now(),
             client_document_id=ingestion.client_document_id,
+            ingestion_id=ingestion.id,
         )
-        await self._catalog.put(ingestion.session_id, document)
-        return document
+        return await commit_version(self._catalog, self._store, ingestion.session_id, document, replacing=existing)
 
     async def _process(
         self, ingestion: Ingestion, data: bytes, progress: Callable[[IngestStage, int, int], Awaitable[None]]

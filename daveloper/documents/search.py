@@ -2,12 +2,20 @@
 
 Both the agent's ``search_documents`` tool and ``DocumentService.Search`` call
 it, so validation, defaults and limits are the same for a model and a client.
+
+With a catalog it sees exactly one version of every document: it leaves out
+the ingestions the catalog hides (versions being written, versions replaced
+but not yet deleted), and searches again if the hidden set changed while it
+ran — a version committed (or its predecessor deleted) between reading the set
+and querying could otherwise show both versions, or neither (see
+``documents/versions.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from daveloper.documents.catalog import Catalog
 from daveloper.documents.model import Embedder, Hit, SearchMode
 from daveloper.documents.store import ChunkStore
 from daveloper.errors import FailedPrecondition, InvalidArgument
@@ -19,6 +27,8 @@ MAX_QUERY_CHARS = 4096
 _MAX_DOCUMENT_IDS = 100
 _MAX_METADATA_FILTERS = 16
 _MAX_METADATA_CHARS = 256
+#: Searches run again at most this many times while documents change under them; the last result stands.
+_MAX_ATTEMPTS = 4
 
 
 class DocumentSearch:
@@ -29,10 +39,12 @@ class DocumentSearch:
     """
 
     def __init__(self, store: ChunkStore, embedder: Embedder, *, default_top_k: int = 8,
-                 max_top_k: int = 50) -> None:
+                 max_top_k: int = 50, catalog: Catalog | None = None) -> None:
         if not 0 < default_top_k <= max_top_k:
             raise ValueError("need 0 < default_top_k <= max_top_k")
         self._store = store
+        #: Which versions are current; without it every stored point is searched.
+        self._catalog = catalog
         self._embedder = embedder
         self.default_top_k = default_top_k
         self.max_top_k = max_top_k
@@ -72,13 +84,17 @@ class DocumentSearch:
                 metadata={"embedder": self._embedder.name},
             )
         vectors = await self._embedder.embed_query(query)
-        return await self._store.search(
-            session_id, vectors,
-            top_k=min(top_k or self.default_top_k, self.max_top_k),
-            mode=mode,
-            document_ids=tuple(dict.fromkeys(document_ids)),
-            metadata_filter=metadata_filter,
-        )
+        top_k, document_ids = min(top_k or self.default_top_k, self.max_top_k), tuple(dict.fromkeys(document_ids))
+        if self._catalog is None:
+            return await self._store.search(session_id, vectors, top_k=top_k, mode=mode, document_ids=document_ids,
+                                            metadata_filter=metadata_filter)
+        for _ in range(_MAX_ATTEMPTS):
+            epoch, hidden = await self._catalog.visibility(session_id)
+            hits = await self._store.search(session_id, vectors, top_k=top_k, mode=mode, document_ids=document_ids,
+                                            metadata_filter=metadata_filter, hidden=hidden)
+            if await self._catalog.epoch(session_id) == epoch:
+                break  # no version became visible or hidden while the query ran
+        return hits
 
     @staticmethod
     def _validate(query: str, top_k: int, document_ids: Sequence[str], metadata_filter: Mapping[str, str]) -> None:

@@ -15,8 +15,12 @@ Vectors, named:
   leak between sessions;
 * ``dense``: cosine, present when the embedder makes dense vectors.
 
-Point ids are UUID5 of (session, document, chunk index): re-storing the same
-document overwrites its points instead of duplicating them.
+Point ids are UUID5 of (session, document, ingestion, chunk index): an
+ingestion that writes its chunks again overwrites them, and a new version of a
+document (another ingestion) is written beside the current one until the
+catalog switches to it (see ``documents/versions.py``). Searches leave out the
+points of versions the catalog hides: those still being written and those
+replaced but not yet deleted.
 
 The store speaks to a :class:`~daveloper.vectors.VectorEngine` (Qdrant Edge in
 process, or a Qdrant server), with payload indexes on the fields every call
@@ -41,6 +45,7 @@ from daveloper.vectors import (
     IndexKind,
     Match,
     MatchAny,
+    MatchExcept,
     Nearest,
     PointData,
     PointQuery,
@@ -67,9 +72,9 @@ CHUNK_INDEXES: Mapping[str, IndexKind] = {
 _NAMESPACE = uuid.UUID("6f0c3a52-8f7e-4d55-9a39-4f1c0b8e2d11")
 
 
-def chunk_id(session_id: str, document_id: str, index: int) -> str:
-    """The point id of a chunk: stable for the same session, document and position."""
-    return str(uuid.uuid5(_NAMESPACE, f"{session_id}\0{document_id}\0{index}"))
+def chunk_id(session_id: str, document_id: str, index: int, ingestion_id: str) -> str:
+    """The point id of a chunk: stable for the same session, document, version (ingestion) and position."""
+    return str(uuid.uuid5(_NAMESPACE, f"{session_id}\0{document_id}\0{ingestion_id}\0{index}"))
 
 
 def _metadata_key(key: str) -> str:
@@ -191,16 +196,19 @@ class ChunkStore:
                 "document_name": document_name, "source_uri": source_uri,
                 "metadata": dict(metadata or {}), "embedder": self.embedder,
             }
-            points.append(PointData(chunk_id(session_id, document_id, chunk.index), named, payload))
+            points.append(PointData(chunk_id(session_id, document_id, chunk.index, ingestion_id), named, payload))
         await self._engine.upsert(self.collection, points)
 
     async def _delete(self, *conditions: Condition) -> None:
         await self.ensure_collection()
         await self._engine.delete_where(self.collection, conditions)
 
-    async def delete_document(self, session_id: str, document_id: str) -> None:
-        """Remove every chunk of one of the session's documents."""
-        await self._delete(Match("session_id", session_id), Match("document_id", document_id))
+    async def delete_document(self, session_id: str, document_id: str, *, keep: str = "") -> None:
+        """Remove every chunk of one of the session's documents (but those of ingestion ``keep``, if given)."""
+        where: tuple[Condition, ...] = (Match("session_id", session_id), Match("document_id", document_id))
+        if keep:
+            where += (MatchExcept("ingestion_id", (keep,)),)
+        await self._delete(*where)
 
     async def delete_ingestion(self, session_id: str, ingestion_id: str) -> None:
         """Remove the chunks one ingestion wrote (cleanup after it was cancelled or failed)."""
@@ -218,12 +226,19 @@ class ChunkStore:
             where += (Match("document_id", document_id),)
         return await self._engine.count(self.collection, where)
 
-    async def chunks(self, session_id: str, document_id: str, *, offset: int = 0, limit: int = 20) -> list[Hit]:
-        """A document's chunks ``offset .. offset+limit-1`` in order (score 0), e.g. for a preview."""
+    async def chunks(self, session_id: str, document_id: str, *, offset: int = 0, limit: int = 20,
+                     ingestion_id: str = "") -> list[Hit]:
+        """A document's chunks ``offset .. offset+limit-1`` in order (score 0), e.g. for a preview.
+
+        ``ingestion_id`` names the version to read (the catalog record's); without it, chunks of a
+        version being written beside the current one could be mixed in.
+        """
         await self.ensure_collection()
         # Chunk indexes are dense (0..n-1), so a range filter pages without an order_by.
-        where = (Match("session_id", session_id), Match("document_id", document_id),
-                 Range("index", gte=offset, lt=offset + limit))
+        where: tuple[Condition, ...] = (Match("session_id", session_id), Match("document_id", document_id),
+                                        Range("index", gte=offset, lt=offset + limit))
+        if ingestion_id:
+            where += (Match("ingestion_id", ingestion_id),)
         records, _ = await self._engine.scroll(self.collection, where, limit=limit)
         return sorted((_hit(r) for r in records), key=lambda hit: hit.index)
 
@@ -236,8 +251,12 @@ class ChunkStore:
         mode: SearchMode,
         document_ids: Sequence[str] = (),
         metadata_filter: Mapping[str, str] | None = None,
+        hidden: Sequence[str] = (),
     ) -> list[Hit]:
         """The session's ``top_k`` chunks nearest to ``query``: sparse, dense, or both fused with RRF.
+
+        ``hidden`` lists ingestions whose chunks are left out (versions not current; see
+        :meth:`~daveloper.documents.catalog.Catalog.visibility`).
 
         ``mode`` must have the vectors it needs in ``query`` (``ValueError``
         otherwise); a query without sparse terms (only stop words) finds nothing
@@ -250,6 +269,8 @@ class ChunkStore:
             where += (MatchAny("document_id", tuple(document_ids)),)
         for key, value in (metadata_filter or {}).items():
             where += (Match(_metadata_key(key), value),)
+        if hidden:
+            where += (MatchExcept("ingestion_id", tuple(hidden)),)
 
         if mode is not SearchMode.SPARSE and query.dense is None:
             raise ValueError(f"{mode.value} search needs a dense query vector")

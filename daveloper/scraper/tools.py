@@ -5,7 +5,8 @@ runs a GitHub ingestion job for the repository's README. Both wait for their
 job, then hand the turn the first passages of what was ingested, so the answer
 can cite the page or the README. The jobs are ordinary jobs — listed by
 ``ListJobs``, counted against the session's limits — and a turn that is
-cancelled cancels its job.
+cancelled cancels its job. A page the session crawled before that answers
+``304 Not Modified`` is read from the stored copy.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
+from yarl import URL
+
 from daveloper.documents.model import Hit
 from daveloper.errors import DaveloperError, FailedPrecondition
-from daveloper.scraper.crawl import Crawler
+from daveloper.scraper.crawl import Crawler, SkipReason
 from daveloper.scraper.github_ingest import GitHubIngest
 from daveloper.scraper.jobs import JobRunner, Work
 from generated.daveloper.v1 import Failure, GitHubIngestSpec, Job, JobKind, JobState, ScrapeSpec
@@ -71,6 +74,13 @@ class WebTools:
                     documents.append(event.page_fetched.document_id)
                 elif event.page_failed is not None and event.page_failed.failure is not None:
                     problem = _failed(event.page_failed.failure)
+                elif event.page_skipped is not None and event.page_skipped.reason == SkipReason.NOT_MODIFIED:
+                    # Unchanged since the session's last crawl of it: that crawl's document is current.
+                    if stored := await self._stored_copy(session_id, event.page_skipped.url):
+                        documents.append(stored)
+                    else:
+                        problem = FailedPrecondition(f"{event.page_skipped.url} was not modified, and its stored "
+                                                     "copy is gone", reason=SkipReason.NOT_MODIFIED)
                 elif event.page_skipped is not None:
                     problem = FailedPrecondition(f"{event.page_skipped.url} was not fetched: "
                                                  f"{event.page_skipped.reason}", reason=event.page_skipped.reason)
@@ -85,6 +95,11 @@ class WebTools:
         if not documents and problem is not None:
             raise problem
         hits: list[Hit] = []
-        for document_id in documents:
+        for document_id in dict.fromkeys(documents):
             hits += await self._chunks(session_id, document_id, PASSAGES_PER_DOCUMENT)
         return hits
+
+    async def _stored_copy(self, session_id: str, url: str) -> str:
+        """The id of the document the session's last crawl of ``url`` stored, or "" if it is gone."""
+        seen = await self._crawler.remembered(session_id, URL(url), ingest=True)
+        return seen.get("document_id", "") if seen is not None else ""

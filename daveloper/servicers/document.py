@@ -135,24 +135,21 @@ class DocumentService(Servicer):
             metadata=dict(header.metadata), client_document_id=header.client_document_id,
             source_uri=header.source_uri,
         )
-        existing = (await self._catalog.find_by_client_id(call.session_id, header.client_document_id)
-                    if header.client_document_id else None)
-        if existing is None and header.size_bytes:
-            await self._catalog.check_quota(call.session_id, header.size_bytes)  # refuse before receiving
+        if header.size_bytes:  # refuse before receiving (a new version frees its predecessor's bytes)
+            replacing = (await self._catalog.find_by_client_id(call.session_id, header.client_document_id)
+                         if header.client_document_id else None)
+            await self._catalog.check_quota(call.session_id, header.size_bytes, replacing=replacing)
         await self._ingestor.begin(ingestion)
         forward = asyncio.create_task(self._forward(ingestion.id, call))
         try:
-            if existing is not None:  # a retry of an upload that already succeeded
-                async for _ in call:
-                    pass
-                await self._ingestor.finish_existing(ingestion, existing)
+            # Always received: the same bytes again return the stored document (same version), new
+            # bytes for the same client_document_id or source_uri store its next version.
+            try:
+                await self._receive(ingestion, call, expected=header.size_bytes)
+            except DaveloperError as exc:
+                await self._ingestor.fail(ingestion, exc)
             else:
-                try:
-                    await self._receive(ingestion, call, expected=header.size_bytes)
-                except DaveloperError as exc:
-                    await self._ingestor.fail(ingestion, exc)
-                else:
-                    self._ingestor.process(ingestion)
+                self._ingestor.process(ingestion)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 # The client left before the upload was complete: there is nothing to ingest.
@@ -212,13 +209,16 @@ class DocumentService(Servicer):
         previews: list[Hit] = []
         if request.chunk_preview_count:
             limit = min(request.chunk_preview_count, MAX_CHUNK_PREVIEWS)
-            previews = await self._chunks.chunks(call.session_id, document.id, limit=limit)
+            previews = await self._chunks.chunks(call.session_id, document.id, limit=limit,
+                                                 ingestion_id=document.ingestion_id)
         return GetDocumentResponse(document=document, chunks=[_chunk(hit) for hit in previews])
 
     async def DeleteDocument(self, request: DeleteDocumentRequest, call: Call[Any, Any]) -> DeleteDocumentResponse:
-        document = await self._catalog.get(call.session_id, request.document_id)
+        # The record goes first, hiding its points in the same step; then every version's points go.
+        document = await self._catalog.delete(call.session_id, request.document_id)
         await self._chunks.delete_document(call.session_id, document.id)
-        await self._catalog.delete(call.session_id, document)
+        if document.ingestion_id:
+            await self._catalog.release(call.session_id, document.ingestion_id)
         if self._audit is not None:
             await self._audit.record("document.deleted", document_id=document.id, name=document.name)
         return DeleteDocumentResponse()

@@ -76,7 +76,7 @@ async def test_upsert_stores_payload_and_is_idempotent(engine: VectorEngine) -> 
     page = await store.chunks("s1", "doc_a", offset=1, limit=3)
     assert [h.index for h in page] == [1, 2, 3]
     hit = page[0]
-    assert hit.chunk_id == chunk_id("s1", "doc_a", 1)
+    assert hit.chunk_id == chunk_id("s1", "doc_a", 1, "ing-1")
     assert (hit.document_id, hit.text, hit.token_count) == ("doc_a", texts[1], 4)
     assert (hit.heading_path, hit.start_line, hit.end_line) == (("Guide", "S1"), 11, 19)
     assert (hit.document_name, hit.source_uri, hit.metadata) == ("doc_a.md", "file:///doc_a.md", {"lang": "en"})

@@ -50,6 +50,8 @@ class Site:
     page_delay: float = 0.0
     port: int = 0
     requests: list[tuple[str, float]] = field(default_factory=list)
+    #: The fact ``/changing`` states (a test edits it to make the page change).
+    changing_fact: str = "The flux capacitor needs 1.21 gigawatts."
     _flaky_seen: bool = False
 
     @property
@@ -102,6 +104,7 @@ class Site:
         app.router.add_get("/pdf", self._pdf)
         app.router.add_get("/go", self._go)
         app.router.add_get("/links", self._links)
+        app.router.add_get("/changing", self._changing)
         return app
 
     @web.middleware
@@ -127,6 +130,10 @@ class Site:
                  "<a href='/latin1'>latin1</a> <a href='/cp1251'>cp1251</a> <a href='/loop'>loop</a> "
                  "<a href='mailto:someone@example.com'>mail</a> <a href='https://off.site.example/'>off</a>")
         return self._reply(self._html("Test site", f"<ul>{links}</ul><p>{extra}</p>"))
+
+    async def _changing(self, request: web.Request) -> web.Response:
+        body = f"<p>Release notes of the time machine. {self.changing_fact}</p><p>Read them before travelling.</p>"
+        return self._reply(self._html("Release notes", body))
 
     async def _robots(self, request: web.Request) -> web.Response:
         return web.Response(text=f"User-agent: *\nDisallow: /private/\n\nSitemap: {self.base}/sitemap.xml\n")
