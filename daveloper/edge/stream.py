@@ -149,8 +149,15 @@ class BridgedStream:
 
     # ---- frames from the client (called by the socket's reader) ----
 
+    @property
+    def terminated(self) -> bool:
+        """Ended by the edge (a cancel, a misuse, drain): client frames for it are ignored from now on."""
+        return self._ended_by_edge is not None
+
     def deliver(self, data: bytes, *, end: bool) -> None:
-        """A request message from the client."""
+        """A request message from the client (ignored once the stream was terminated)."""
+        if self.terminated:
+            return
         if self._half_closed:
             raise StreamError(edge_status(Status.INVALID_ARGUMENT, "message after end of stream",
                                           reason="MESSAGE_AFTER_END"))
@@ -168,8 +175,8 @@ class BridgedStream:
         self._inbox.put_nowait((data, end))
 
     def end(self) -> None:
-        """The client half-closed."""
-        if self._half_closed:
+        """The client half-closed (ignored once the stream was terminated)."""
+        if self._half_closed or self.terminated:
             return
         if not self.method.cardinality.client_streaming and self._requests == 0:
             raise StreamError(edge_status(
@@ -184,9 +191,20 @@ class BridgedStream:
         self._credit_granted.set()
 
     def terminate(self, status: RpcStatus) -> None:
-        """End the stream now with ``status`` (client cancel, a misuse, drain)."""
+        """End the stream now with ``status`` (client cancel, a misuse, drain).
+
+        Nothing the client sent and the sender has not forwarded yet goes upstream,
+        least of all a half-close: a failed upload must not reach the server as a
+        complete, shorter one. The sender may run before this stream's task sees
+        its cancellation, so it checks :attr:`terminated` itself.
+        """
         if self._ended_by_edge is None and self._status is None:
             self._ended_by_edge = status
+        elif self._ended_by_edge is None:  # the call already ended: still stop taking frames
+            self._ended_by_edge = self._status
+        while not self._inbox.empty():
+            self._inbox.get_nowait()
+        self._inbox.put_nowait(None)  # wakes the sender, which then sees ``terminated`` and stops
         if self.task is not None:
             self.task.cancel()
 
@@ -299,6 +317,8 @@ class BridgedStream:
     async def _send(self, call: Stream[bytes, bytes]) -> None:
         try:
             while (item := await self._inbox.get()) is not None:
+                if self.terminated:
+                    return
                 if not self.method.cardinality.client_streaming:
                     self._sent.append(item)  # kept to be sent again if the call moves to another server
                 data, end = item
@@ -311,6 +331,8 @@ class BridgedStream:
                     self._window += self._forwarded
                     self._outbox.push(Frame(FrameType.CREDIT, self.id, {"n": self._forwarded}))
                     self._forwarded = 0
+            if self.terminated:  # never half-close a call the edge ended: the server would take it as complete
+                return
             if not self.method.cardinality.client_streaming:
                 self._sent.append(None)
             await call.end()

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from daveloper.edge import Edge
+from daveloper.edge.protocol import Frame, FrameType
 from generated.daveloper.v1 import (
     CreateSessionRequest,
     CreateSessionResponse,
@@ -240,3 +241,29 @@ async def test_flow_control_credits(edge: Edge, http: aiohttp.ClientSession) -> 
     seqs = [int(m["event"]["seq"]) for m in first + more]
     assert seqs == sorted(seqs)
     assert len(set(seqs)) == 5
+
+
+async def test_a_failed_upload_stores_nothing_even_if_the_client_sends_end(
+        edge: Edge, http: aiohttp.ClientSession) -> None:
+    # Overrun the send window: the stream ends FLOW_CONTROL_VIOLATION. The client's frames
+    # that follow (here an `end`) are for a closed stream: ignored, never forwarded, so the
+    # server never sees a complete upload of the first part.
+    client = await connect(http, edge, token=await new_token(http, edge))
+    window = client.welcome["limits"]["sendWindow"]
+    line = base64.b64encode(b"A line of the document that is being uploaded in many small parts.\n").decode()
+    await client.send({"type": "open", "id": 1, "method": UPLOAD, "message": {"header": {"fileName": "overrun.md"}}})
+    await asyncio.sleep(0.3)  # the upstream call is open and its sender waits for chunks
+    (socket,) = edge.state.sockets
+    # The frames of one read, dispatched without a pause as the socket's reader does with
+    # buffered frames: the stream's sender can run before its task sees the overrun's cancel.
+    for _ in range(window):
+        socket._dispatch(Frame(FrameType.MSG, 1, message={"chunk": line}))
+    socket._dispatch(Frame(FrameType.END, 1))
+    frames = await client.until_close(1)
+    assert status(frames)["code"] == "resource_exhausted"
+    assert "FLOW_CONTROL_VIOLATION" in str(status(frames))
+    await asyncio.sleep(2.0)  # an `end` forwarded upstream would have stored the document by now
+    (listed,) = messages(await client.call(3, "/daveloper.v1.DocumentService/ListDocuments", {}))
+    assert listed.get("documents", []) == []
+    (created,) = messages(await client.call(5, CREATE, {}))  # the socket lives on
+    assert created["token"]
