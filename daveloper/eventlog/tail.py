@@ -40,7 +40,7 @@ from daveloper.errors import Unavailable
 from daveloper.eventlog._store import redis_call
 from daveloper.infra.pubsub import open_pubsub
 
-__all__ = ["RESYNC", "VERIFY", "Follower", "Item", "TailEntry", "Tails", "parse_tail_message"]
+__all__ = ["RESYNC", "UNREACHABLE", "VERIFY", "Follower", "Item", "TailEntry", "Tails", "parse_tail_message"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ class _Marker:
 RESYNC = _Marker("RESYNC")
 #: Check the scope still exists: it was deleted, or has been quiet long enough to have expired.
 VERIFY = _Marker("VERIFY")
+#: Redis does not answer: the read ends (UNAVAILABLE) rather than wait unseen; the client resumes later.
+UNREACHABLE = _Marker("UNREACHABLE")
 
 #: (seq, payload, final) of one published entry.
 TailEntry = tuple[int, bytes, bool]
@@ -133,6 +135,7 @@ class Tails:
     def __init__(self, redis: aioredis.Redis, *, quiet_seconds: float, subscribe_timeout: float = 10.0) -> None:
         # Takes its connection(s) at the first SUBSCRIBE; sharded channels on a cluster.
         self._pubsub = open_pubsub(redis)
+        self._redis = redis
         self._quiet_seconds = quiet_seconds
         self._next_sweep = 0.0
         self._subscribe_timeout = subscribe_timeout
@@ -240,6 +243,7 @@ class Tails:
                 # redis-py reconnects and re-subscribes on the next read; each
                 # confirmation then tells the scope's followers to re-read.
                 log.warning("event log tail: %s; reconnecting", exc)
+                await self._tell_if_unreachable()
                 await asyncio.sleep(_RECONNECT_DELAY)
                 continue
             if message is not None:
@@ -247,6 +251,21 @@ class Tails:
             now = asyncio.get_running_loop().time()
             if now >= self._next_sweep:
                 self._sweep(now)
+
+    async def _tell_if_unreachable(self) -> None:
+        """After a failed read: if Redis itself does not answer, end every follower's read at once.
+
+        A lost pub/sub connection alone is re-established and made up for by a re-read
+        (``RESYNC``); a Redis that is down would leave every stream waiting unseen until its
+        client's deadline, so its readers are told instead (and fail UNAVAILABLE).
+        """
+        try:
+            async with asyncio.timeout(_READ_SECONDS):
+                await self._redis.ping()
+        except (RedisError, TimeoutError, OSError):
+            for feed in self._feeds.values():
+                for follower in feed.followers:
+                    follower.push(UNREACHABLE)
 
     def _sweep(self, now: float) -> None:
         """Ask the followers of scopes quiet for ``quiet_seconds`` to check theirs still exists."""
