@@ -110,6 +110,10 @@ class WorkLeases:
         pipe.zrem(self._set, member)
         pipe.hdel(self._data, member)
 
+    def disown(self, kind: str, work_id: str) -> None:
+        """Stop renewing a lease whose work could not record its end: it lapses and the reaper finishes it."""
+        self._owned.discard(self._member(kind, work_id))
+
     @property
     def owned(self) -> int:
         return len(self._owned)

@@ -198,6 +198,16 @@ async def test_append_many_is_one_gap_free_run_and_may_finish_the_scope(log: Eve
         (5, b"e", False), (6, b"f", True)]
 
 
+async def test_a_writer_s_batch_sent_again_is_stored_once(log: EventLog) -> None:
+    assert await log.append_many("w", [b"a", b"b"], writer=("turn_1", 1)) == 1
+    assert await log.append("w", b"other") == 3  # another writer between the retries
+    # The retry of batch 1 (its reply was lost): the seq it got, nothing stored again.
+    assert await log.append_many("w", [b"a", b"b"], writer=("turn_1", 1)) == 1
+    assert await log.append("w", b"c", writer=("turn_1", 2), final=True) == 4
+    assert await log.append("w", b"c", writer=("turn_1", 2), final=True) == 4  # even once finished
+    assert [e.payload for e in await collect(log, "w")] == [b"a", b"b", b"other", b"c"]
+
+
 async def test_final_stops_readers_and_finishes_the_scope(log: EventLog) -> None:
     readers = [asyncio.create_task(collect(log, "s")) for _ in range(2)]
     for i in range(3):

@@ -53,6 +53,10 @@ class RunningTurn:
     place: QueuePlace | None = None
     #: Its start event is on the log.
     announced: bool = False
+    #: Batches of events it has appended (each append's number makes a retried one idempotent).
+    appends: int = 0
+    #: The writer id its appends carry (default: the turn id).
+    writer: str = ""
 
     @property
     def scope(self) -> str:

@@ -35,6 +35,7 @@ from daveloper.agent.history import carried_history, cited_passages, last_passag
 from daveloper.agent.llm.passages import format_passages
 from daveloper.agent.model import ChatModel, Message, ModelDone, TextDelta, ToolCallRequest, ToolSpec
 from daveloper.agent.queue import ConversationQueue
+from daveloper.agent.retry import retry_unavailable
 from daveloper.agent.running import RunningTurn, conversation_scope, observe_end, turn_scope
 from daveloper.agent.tools import Toolbox
 from daveloper.errors import Cancelled, DaveloperError, NotFound, ResourceExhausted, Unavailable, to_failure
@@ -93,6 +94,8 @@ class AgentSettings:
     max_starting_turns: int = 0
     #: The retry delay a refused turn is told (RetryInfo).
     saturated_retry_seconds: float = 1.0
+    #: How long a running turn retries its writes while Redis does not answer, before it fails.
+    redis_retry_seconds: float = 15.0
 
 
 class Agent:
@@ -118,6 +121,8 @@ class Agent:
         self._settings = settings
         #: Turns of a conversation run one at a time, in arrival order.
         self.queue = ConversationQueue()
+        #: The turns running here, by id.
+        self._live: dict[str, RunningTurn] = {}
         self.admission = TurnAdmission(max_running=settings.max_running_turns,
                                        max_starting=settings.max_starting_turns,
                                        retry_seconds=settings.saturated_retry_seconds)
@@ -208,6 +213,7 @@ class Agent:
         except BaseException:
             await asyncio.shield(self._abandon(state))
             raise
+        self._live[turn.id] = state
         self._jobs.spawn(self._run(state), name=f"turn {turn.id}")
         return turn, place.after_seq + 1, False
 
@@ -241,22 +247,30 @@ class Agent:
         return await self._events.request_cancel(turn_scope(turn_id))
 
     async def _emit(self, turn: RunningTurn, **kind: object) -> int:
-        """Append one event (after the text a model round left unsent, in the same round trip); its seq."""
+        """Append one event (after the text a model round left unsent, in the same round trip); its seq.
+
+        Retried while Redis restarts (:mod:`daveloper.agent.retry`); the batch number makes a retry whose
+        first try was stored return that seq instead of storing the events twice.
+        """
         created = now()
-        event = bytes(ChatEvent(conversation_id=turn.conversation_id, turn_id=turn.record.id, create_time=created,
-                                **kind))
-        if not turn.unsent:
-            return await self._events.append(turn.scope, event)
-        text, turn.unsent = turn.unsent, ""
-        delta = bytes(ChatEvent(conversation_id=turn.conversation_id, turn_id=turn.record.id, create_time=created,
-                                token_delta=TokenDelta(text=text)))
-        return await self._events.append_many(turn.scope, (delta, event)) + 1
+        payloads = [bytes(ChatEvent(conversation_id=turn.conversation_id, turn_id=turn.record.id,
+                                    create_time=created, **kind))]
+        if turn.unsent:
+            text, turn.unsent = turn.unsent, ""
+            payloads.insert(0, bytes(ChatEvent(conversation_id=turn.conversation_id, turn_id=turn.record.id,
+                                               create_time=created, token_delta=TokenDelta(text=text))))
+        turn.appends += 1
+        writer = (turn.writer or turn.record.id, turn.appends)
+        first = await retry_unavailable(lambda: self._events.append_many(turn.scope, payloads, writer=writer),
+                                        seconds=self._settings.redis_retry_seconds, what="turn event")
+        return first + len(payloads) - 1
 
     async def _run(self, turn: RunningTurn) -> None:
         try:
             with span("chat.turn", **{"daveloper.turn_id": turn.record.id}):
                 await self._run_turn(turn)
         finally:
+            self._live.pop(turn.record.id, None)
             self.admission.ended(turn)
             if turn.place is not None:  # after the record is written: the next turn reads it as history
                 self.queue.leave(turn.place)
@@ -281,6 +295,10 @@ class Agent:
     async def fail_orphan(self, fields: Mapping[str, str]) -> None:
         """Fail a turn whose instance stopped (its lease lapsed), keeping the text it had streamed."""
         session_id, conversation_id, turn_id = fields["session"], fields["conversation"], fields["id"]
+        if turn_id in self._live and self._work is not None:
+            # Still running here: its lease lapsed while Redis was away (renewals failed). Lease it again.
+            await self._work.claim("turn", turn_id, session=session_id, conversation=conversation_id)
+            return
         try:
             record = await self._conversations.turn(session_id, conversation_id, turn_id)
         except NotFound:
@@ -294,7 +312,9 @@ class Agent:
             event = ChatEvent.parse(entry.payload)
             if event.turn_id == turn_id and event.token_delta is not None:
                 text.append(event.token_delta.text)
-        state = RunningTurn(session_id, conversation_id, record, ChatOptions(), text=text)
+        # Its own writer id: the lost owner's batch numbers must not make these appends look like retries.
+        state = RunningTurn(session_id, conversation_id, record, ChatOptions(), text=text,
+                            writer=f"{turn_id}:reaped:{secrets.token_hex(4)}")
         lost = Unavailable("the server running this turn stopped; send the message again",
                            reason="OWNER_LOST", retry_after=0, metadata={"owner": fields.get("owner", "")})
         await self._finish(state, FinishReason.UNSPECIFIED, lost)
@@ -304,18 +324,24 @@ class Agent:
         # Freed before the final event: a client that sees the end may start its next turn at once.
         self.admission.ended(turn)
         recorded = False
-        try:
-            await self._record_finish(turn, finish, failure)
+
+        async def record() -> None:
             # The record and the work lease's release in one round trip, after the final event.
             async with self._conversations.pipeline(transaction=False) as pipe:
                 self._conversations.put_turn_in(pipe, turn.session_id, turn.conversation_id, turn.record)
                 if self._work is not None:
                     self._work.release_in(pipe, "turn", turn.record.id)
                 await redis_call(pipe.execute())
+
+        try:
+            await self._record_finish(turn, finish, failure)
+            await retry_unavailable(record, seconds=self._settings.redis_retry_seconds, what="turn record")
             recorded = True
         finally:
             if not recorded and self._work is not None:
-                await self._work.release("turn", turn.record.id)
+                # Its end is not written: the lease stays, no longer renewed, and once it lapses
+                # the reaper (here or on another instance) fails the turn (OWNER_LOST).
+                self._work.disown("turn", turn.record.id)
 
     async def _record_finish(self, turn: RunningTurn, finish: FinishReason, failure: BaseException | None) -> None:
         observe_end(self._metrics, turn, finish, failure)

@@ -12,10 +12,10 @@ from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 
-from daveloper.errors import Cancelled, CursorExpired, FailedPrecondition, InvalidArgument
+from daveloper.errors import Cancelled, CursorExpired, FailedPrecondition, InvalidArgument, Unavailable
 from daveloper.eventlog._store import ScopeKeys, redis_call
 from daveloper.eventlog.control import ControlChannel
-from daveloper.eventlog.tail import GONE_NOTICE, RESYNC, Tails
+from daveloper.eventlog.tail import GONE_NOTICE, RESYNC, UNREACHABLE, Tails
 from daveloper.infra.pubsub import publish_command
 from daveloper.metrics import METRICS, Metrics
 
@@ -29,23 +29,35 @@ _BATCH = 256
 #: A stream entry as redis-py returns it: (b"<seq>-0", {b"p": payload[, b"f": b"1"]}).
 _RawEntry = tuple[bytes, dict[bytes, bytes]]
 
-# KEYS: stream, meta hash. ARGV: final ("1"/"0"), retention, TTL seconds, tail channel, payload 1..n.
-# Returns the seq of the first payload, or minus the final seq if the scope is already finished.
+# KEYS: stream, meta hash. ARGV: final ("1"/"0"), retention, TTL seconds, tail channel, writer, batch,
+# payload 1..n. Returns the seq of the first payload, or minus the final seq if the scope is already finished.
+# A writer ("" for none) numbers its batches 1, 2, 3...: a batch it sends again (a retry after a lost
+# reply) is not stored twice; the seq it got the first time is returned.
 # One script, so that seq order is stream order even with writers in many
 # processes: the stream id *is* the seq, and XADD refuses ids out of order. The
 # entries are published on the scope's tail channel in the same script, so
 # followers hear them in seq order (message layout in tail.py).
 _APPEND = """
+local mark = ARGV[5] ~= '' and ('w:' .. ARGV[5]) or nil
+if mark then
+  local done = redis.call('HGET', KEYS[2], mark)
+  if done then
+    local batch, at = string.match(done, '(%d+) (%d+)')
+    if tonumber(batch) >= tonumber(ARGV[6]) then
+      return tonumber(at)
+    end
+  end
+end
 local final = redis.call('HGET', KEYS[2], 'final')
 if final then
   return -tonumber(final)
 end
-local n = #ARGV - 4
+local n = #ARGV - 6
 local first = redis.call('HINCRBY', KEYS[2], 'last', n) - n + 1
 local sizes = {}
 for i = 1, n do
   local seq = first + i - 1
-  local payload = ARGV[4 + i]
+  local payload = ARGV[6 + i]
   if i == n and ARGV[1] == '1' then
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'p', payload, 'f', '1')
     redis.call('HSET', KEYS[2], 'final', seq)
@@ -54,10 +66,13 @@ for i = 1, n do
   end
   sizes[i] = #payload
 end
+if mark then
+  redis.call('HSET', KEYS[2], mark, ARGV[6] .. ' ' .. first)
+end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 local header = first .. ' ' .. ARGV[1] .. ' ' .. table.concat(sizes, ' ')
-redis.call('PUBLISH', ARGV[4], header .. '\\n' .. table.concat(ARGV, '', 5))
+redis.call('PUBLISH', ARGV[4], header .. '\\n' .. table.concat(ARGV, '', 7))
 return first
 """
 
@@ -134,7 +149,8 @@ class EventLog:
         """Scopes this instance currently subscribes to for its live readers (one each, however many readers)."""
         return self._tails.scopes_followed
 
-    async def append(self, scope: str, payload: bytes, *, final: bool = False) -> int:
+    async def append(self, scope: str, payload: bytes, *, final: bool = False,
+                     writer: tuple[str, int] | None = None) -> int:
         """Append ``payload`` to ``scope``'s log and return its seq (1, 2, 3, ...).
 
         ``final=True`` finishes the scope: readers stop after this entry and
@@ -143,11 +159,15 @@ class EventLog:
         :class:`~daveloper.errors.Unavailable`; if it struck after the server
         ran the append, redis-py's retry may append the payload a second
         time (under the next seq), so the sequence stays gap-free but payloads
-        are at-least-once.
+        are at-least-once — unless ``writer`` is given: ``(writer id, batch
+        number)``, numbers going 1, 2, 3... per writer id, makes a batch sent
+        again (the caller's retry after a lost reply) return the seq it was
+        stored under instead of storing it twice.
         """
-        return await self.append_many(scope, (payload,), final=final)
+        return await self.append_many(scope, (payload,), final=final, writer=writer)
 
-    async def append_many(self, scope: str, payloads: Sequence[bytes], *, final: bool = False) -> int:
+    async def append_many(self, scope: str, payloads: Sequence[bytes], *, final: bool = False,
+                          writer: tuple[str, int] | None = None) -> int:
         """Append ``payloads`` in order, in one round trip; the seq of the first (the rest follow it).
 
         The same guarantees as :meth:`append`, for the whole batch at once:
@@ -160,7 +180,8 @@ class EventLog:
         keys = self._keys(scope)
         first = int(await redis_call(self._append(
             keys=[keys.stream, keys.meta],
-            args=["1" if final else "0", self._retention, self._ttl_seconds, keys.tail, *payloads],
+            args=["1" if final else "0", self._retention, self._ttl_seconds, keys.tail,
+                  *(writer if writer is not None else ("", 0)), *payloads],
         )))
         if first < 0:
             raise FailedPrecondition(
@@ -265,6 +286,10 @@ class EventLog:
                         return
                 elif item is RESYNC:
                     replay = True
+                elif item is UNREACHABLE:
+                    raise Unavailable(f"event log {scope!r}: Redis is unreachable; resume after seq {cursor}",
+                                      retry_after=1.0,
+                                      metadata={"scope": scope, "after_seq": str(cursor)})
                 else:
                     # VERIFY: deleted, or quiet for a whole TTL (the scope may have
                     # expired unnoticed): does the log still hold what follows the cursor?

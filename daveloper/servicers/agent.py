@@ -82,11 +82,18 @@ class AgentService(Servicer):
         # The latest forwarder of each conversation: the next one sends after it, so seqs only increase.
         latest: dict[str, asyncio.Task[None]] = {}
 
+        handler = asyncio.current_task()
+        failed: list[BaseException] = []
+
         def settled(task: asyncio.Task[None]) -> None:
-            # A long-lived stream carries many turns: forget finished forwarders (failed ones are
-            # kept, to raise their error below).
-            if task.cancelled() or task.exception() is None:
+            # A long-lived stream carries many turns: forget finished forwarders.
+            if task.cancelled() or (error := task.exception()) is None:
                 forwarders.discard(task)
+            elif not failed and handler is not None:
+                # A failed read (Redis went away) ends the call at once with its status, even while
+                # the handler waits for the client's next message.
+                failed.append(error)
+                handler.cancel()
 
         def forget_latest(conversation_id: str, task: asyncio.Task[None]) -> None:
             if latest.get(conversation_id) is task:
@@ -134,6 +141,10 @@ class AgentService(Servicer):
             # The client has half-closed: finish streaming the turns it started.
             for task in list(forwarders):
                 await task
+        except asyncio.CancelledError:
+            if failed and handler is not None and handler.uncancel() == 0:
+                raise failed[0] from None
+            raise
         finally:
             for task in forwarders:
                 task.cancel()
