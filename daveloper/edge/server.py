@@ -166,8 +166,10 @@ async def open_edge(settings: Settings, *, upstreams: Sequence[Address], health:
     upstream_tls = loopback_client_context() if settings.tls_cert_file else None
     upstream = Upstream(upstreams, ssl=upstream_tls)
     state = EdgeState(settings, MessageCodec(load_descriptor_pool()), upstream, health, metrics or METRICS)
+    # handler_cancellation: a client that disconnects cancels its handler, and with it the
+    # upstream call (a server stream would otherwise wait, holding it, until its next message).
     runner = web.AppRunner(build_app(state), access_log=None, handle_signals=False,
-                           shutdown_timeout=max(settings.drain_seconds, 0.1))
+                           shutdown_timeout=max(settings.drain_seconds, 0.1), handler_cancellation=True)
     await runner.setup()
     discovery: asyncio.Task[None] | None = None
     try:

@@ -189,3 +189,24 @@ async def test_a_non_ascii_bearer_token_is_401_not_500(edge: Edge, http: aiohttp
     assert code == 401
     assert body["code"] == "unauthenticated"
     assert "t\u00e9st" not in json.dumps(body)
+
+
+async def test_a_client_leaving_a_server_stream_cancels_the_upstream_call_at_once(
+        app: App, edge: Edge, caplog: pytest.LogCaptureFixture) -> None:
+    # Ten `curl --max-time 1` Watch calls: each upstream call used to stay open (holding what
+    # it holds, e.g. a Redis connection) until the next event, then log ERROR tracebacks.
+    async def leave_after_the_first_line() -> None:
+        async with (aiohttp.ClientSession() as own,
+                    own.post(f"{edge.url}/grpc.health.v1.Health/Watch", json={}) as response):
+            assert response.status == 200
+            await response.content.readline()
+        # Leaving both contexts closes the connection mid-stream.
+
+    await asyncio.gather(*(leave_after_the_first_line() for _ in range(10)))
+    loop = asyncio.get_running_loop()
+    left = loop.time()
+    while edge.state.upstream.streams or app.interceptor.inflight:
+        assert loop.time() - left < 1.0, (edge.state.upstream.streams, app.interceptor.inflight)
+        await asyncio.sleep(0.02)
+    errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert not errors, [r.getMessage() for r in errors]
