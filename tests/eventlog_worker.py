@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import sys
 
-import redis.asyncio as aioredis
-
 from daveloper.eventlog import EventLog
+from daveloper.infra.redis import connect_redis
 
 
 async def main(url: str, scope: str, tag: str, count: int) -> None:
-    client = aioredis.Redis.from_url(url)
+    client = connect_redis(url)  # one server or redis+cluster://
     try:
         async with EventLog(client, retention=100_000, ttl_seconds=60) as log:
             print("ready", flush=True)

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from redis.asyncio import ConnectionPool, Redis
@@ -83,6 +84,8 @@ class ShardedPubSub:
         #: channel -> name of the node it is subscribed on
         self._owner: dict[bytes, str] = {}
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        #: Set by each SSUBSCRIBE: a reader waits for it rather than reading an unsubscribed connection.
+        self._subscribing: dict[str, asyncio.Event] = {}
         self._closed = False
 
     @property
@@ -90,19 +93,33 @@ class ShardedPubSub:
         return bool(self._owner)
 
     async def subscribe(self, *channels: Any) -> None:
-        """``SSUBSCRIBE`` each channel on the primary that owns its slot."""
-        for channel in channels:
-            name = channel if isinstance(channel, bytes) else str(channel).encode()
-            node = self._primary(name)
-            await self._node_pubsub(node).ssubscribe(name)
-            self._owner[name] = node.name
+        """``SSUBSCRIBE`` each channel on the primary that owns its slot.
+
+        Finished even when the caller is cancelled meanwhile (the cancel is
+        raised after): its commands are sent, so each gets the confirmation
+        the event log counts on, and the caller's clean-up (an unsubscribe)
+        comes after them, as with one server, where the command is written
+        before the first await.
+        """
+        await _to_the_end(self._subscribe([_channel(c) for c in channels]))
 
     async def unsubscribe(self, *channels: Any) -> None:
+        """``SUNSUBSCRIBE`` each channel where it was subscribed (finished even if cancelled, as :meth:`subscribe`)."""
+        await _to_the_end(self._unsubscribe([_channel(c) for c in channels]))
+
+    async def _subscribe(self, channels: list[bytes]) -> None:
+        await self._cluster.initialize()  # the slot map (a no-op once the client has it)
         for channel in channels:
-            name = channel if isinstance(channel, bytes) else str(channel).encode()
-            owner = self._owner.pop(name, None)
+            node = self._primary(channel)
+            await self._node_pubsub(node).ssubscribe(channel)
+            self._owner[channel] = node.name
+            self._subscribing[node.name].set()
+
+    async def _unsubscribe(self, channels: list[bytes]) -> None:
+        for channel in channels:
+            owner = self._owner.pop(channel, None)
             if owner is not None and (pubsub := self._nodes.get(owner)) is not None:
-                await pubsub.sunsubscribe(name)
+                await pubsub.sunsubscribe(channel)
 
     async def get_message(self, ignore_subscribe_messages: bool = False,
                           timeout: float | None = 0.0) -> dict[str, Any] | None:  # noqa: ASYNC109 (redis-py's)
@@ -147,15 +164,20 @@ class ShardedPubSub:
             pool = ConnectionPool(connection_class=node.connection_class, max_connections=1,
                                   **node.connection_kwargs)
             pubsub = self._nodes[node.name] = Redis(connection_pool=pool).pubsub()
+            self._subscribing[node.name] = asyncio.Event()
             self._readers[node.name] = asyncio.create_task(self._read(node.name, pubsub),
                                                           name=f"sharded-pubsub-{node.name}")
         return pubsub
 
     async def _read(self, name: str, pubsub: PubSub) -> None:
         """Copy one node's messages to the queue; re-route its channels when its connection fails."""
+        subscribing = self._subscribing[name]
         while not self._closed:
             if not pubsub.subscribed:
-                await asyncio.sleep(0.05)  # not yet subscribed (SSUBSCRIBE in flight) or all left
+                # Never read an unsubscribed connection: redis-py's SSUBSCRIBE would then
+                # health-check it with a read of its own, racing ours.
+                subscribing.clear()
+                await subscribing.wait()
                 continue
             try:
                 message = await pubsub.get_message(timeout=_READ_SECONDS)
@@ -171,6 +193,7 @@ class ShardedPubSub:
         """Subscribe the failed node's channels again wherever their slots are now served."""
         pubsub = self._nodes.pop(failed, None)
         self._readers.pop(failed, None)
+        self._subscribing.pop(failed, None)
         if pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -187,8 +210,26 @@ class ShardedPubSub:
                     if channel in self._owner:  # not unsubscribed meanwhile
                         by_node[self._primary(channel).name].append(channel)
                 for channels in by_node.values():
-                    await self.subscribe(*channels)
+                    await self._subscribe(channels)
             except (RedisError, OSError) as exc:
                 log.warning("sharded pub/sub: re-routing failed: %s; retrying", exc)
                 continue
             return
+
+
+def _channel(channel: Any) -> bytes:
+    return channel if isinstance(channel, bytes) else str(channel).encode()
+
+
+async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` to its end; a cancel that arrives meanwhile is raised afterwards."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    task.result()

@@ -35,7 +35,10 @@ from daveloper.metrics import Metrics, instrument_redis
 
 T = TypeVar("T")
 
-__all__ = ["MAX_BLOCK_MS", "SOCKET_TIMEOUT", "is_cluster", "open_redis", "redis_call", "redis_probe", "reply_text"]
+__all__ = [
+    "MAX_BLOCK_MS", "SOCKET_TIMEOUT", "connect_redis", "is_cluster", "open_redis", "redis_call", "redis_probe",
+    "reply_text",
+]
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +119,7 @@ async def open_redis(settings: Settings, *, metrics: Metrics | None = None) -> A
             server = await stack.enter_async_context(EmbeddedValkey(settings.data_dir))
             url = server.url
         try:
-            client = _client(url, settings.redis_max_connections)
+            client = connect_redis(url, max_connections=settings.redis_max_connections)
         except ValueError as exc:  # redis-py's message names the bad part, not the password
             raise ConfigError(f"invalid Redis URL {redacted_url(url)}: {exc}") from exc
         stack.push_async_callback(client.aclose)
@@ -132,7 +135,12 @@ async def open_redis(settings: Settings, *, metrics: Metrics | None = None) -> A
         yield instrument_redis(client, metrics)
 
 
-def _client(url: str, max_connections: int) -> Redis:
+def connect_redis(url: str, *, max_connections: int = 2000, **extra: Any) -> Redis:
+    """A client (not yet connected) for a server URL or a ``redis+cluster://`` URL, with the process's timeouts.
+
+    ``extra`` goes to redis-py as is (tests pass ``decode_responses``). Raises
+    ``ValueError`` for a malformed URL.
+    """
     options: dict[str, Any] = {
         "socket_timeout": SOCKET_TIMEOUT,
         "socket_connect_timeout": CONNECT_TIMEOUT,
@@ -141,6 +149,7 @@ def _client(url: str, max_connections: int) -> Redis:
         # connection carries every followed scope, per node on a cluster): the pool
         # serves calls in flight. On a cluster the limit is per node.
         "max_connections": max_connections,
+        **extra,
     }
     scheme = url.partition("://")[0].lower()
     if scheme not in ("redis+cluster", "rediss+cluster"):
@@ -162,8 +171,6 @@ def _client(url: str, max_connections: int) -> Redis:
         username=unquote(user) or query.get("username") or None,
         password=unquote(password) or query.get("password") or None,
         ssl=scheme == "rediss+cluster",
-        # A failover takes the cluster a few seconds; commands retried meanwhile.
-        cluster_error_retry_attempts=5,
         **options,
     ))
 
