@@ -30,8 +30,9 @@ from typing import Any
 
 from grpclib.const import Status
 from grpclib.events import RecvRequest, listen
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.server import Server, Stream
+from h2.exceptions import StreamClosedError
 
 from daveloper.errors import InvalidArgument, ResourceExhausted, Unavailable, to_grpc_error
 from daveloper.metrics import METRICS, Metrics
@@ -53,6 +54,28 @@ _UNTRACED = ("/grpc.health.", "/grpc.reflection.")
 _CANCEL_RECHECK_SECONDS = 0.5
 
 MethodFunc = Callable[[Stream[Any, Any]], Coroutine[Any, Any, None]]
+
+
+#: What writing to a call raises once its client reset the stream or dropped the connection.
+_STREAM_GONE = (StreamTerminatedError, StreamClosedError, ConnectionError)
+
+
+def _client_left(exc: Exception) -> bool:
+    """Whether a handler's exception comes from its client leaving, not from a fault of ours.
+
+    Either it is a write to a stream that is gone, or the handler's task was
+    cancelled (by grpclib, when the client reset the stream or its deadline
+    passed) and the handler lost that cancel inside a library call and failed
+    afterwards. Such calls are normal: they are logged quietly, and the
+    handler ends as cancelled, which is what grpclib expects of a cancelled
+    handler (anything else it logs as "Failed to handle cancellation").
+    """
+    task = asyncio.current_task()
+    return isinstance(exc, _STREAM_GONE) or (task is not None and task.cancelling() > 0)
+
+
+def _log_client_left(method: str, exc: BaseException) -> None:
+    log.info("rpc ended: the client left", extra={"method": method, "error": type(exc).__name__})
 
 
 class Interceptor:
@@ -114,10 +137,24 @@ class Interceptor:
                     code = Status.CANCELLED
                     raise
                 except Exception as exc:
-                    code = await self._fail(stream, exc, method, request_id, trailers)
+                    if _client_left(exc):
+                        code = Status.CANCELLED
+                        _log_client_left(method, exc)
+                        raise asyncio.CancelledError from exc  # grpclib: the cancellation was handled
+                    try:
+                        code = await self._fail(stream, exc, method, request_id, trailers)
+                    except _STREAM_GONE as gone:
+                        code = Status.CANCELLED
+                        _log_client_left(method, gone)
+                        raise asyncio.CancelledError from gone
                 else:
                     if not grpclib_compat.trailers_sent(stream):
-                        await stream.send_trailing_metadata(metadata=trailers)
+                        try:
+                            await stream.send_trailing_metadata(metadata=trailers)
+                        except _STREAM_GONE as gone:
+                            code = Status.CANCELLED
+                            _log_client_left(method, gone)
+                            raise asyncio.CancelledError from gone
                 finally:
                     series.ended(code.name, time.perf_counter() - started)
                     set_status(current, code.name, code.value)
