@@ -14,6 +14,8 @@ import time
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
+from daveloper.keys import Keys
+
 __all__ = ["LeaseSet"]
 
 # KEYS[1] the set; ARGV: now, expiry, member, limit. 1 if the member holds a lease afterwards.
@@ -34,11 +36,11 @@ class LeaseSet:
     def __init__(self, redis: aioredis.Redis, kind: str, *, ttl_seconds: float, prefix: str = "dv:") -> None:
         self._redis = redis
         self._acquire = redis.register_script(_ACQUIRE)
-        self._prefix = f"{prefix}leases:{kind}:"
+        self._keys, self._kind = Keys(prefix), kind
         self.ttl_seconds = ttl_seconds
 
     def key(self, session_id: str) -> str:
-        return self._prefix + session_id
+        return self._keys.leases(self._kind, session_id)
 
     async def acquire(self, session_id: str, member: str, limit: int) -> bool:
         now = time.time()
@@ -51,7 +53,8 @@ class LeaseSet:
         ``SCRIPT EXISTS``, one more round trip; Redis caches the compiled script either way.
         """
         now = time.time()
-        pipe.eval(_ACQUIRE, 1, self.key(session_id), now, now + self.ttl_seconds, member, limit)
+        # execute_command: redis-py's cluster pipeline refuses pipe.eval
+        pipe.execute_command("EVAL", _ACQUIRE, 1, self.key(session_id), now, now + self.ttl_seconds, member, limit)
 
     async def renew(self, session_id: str, member: str) -> None:
         await self._redis.zadd(self.key(session_id), {member: time.time() + self.ttl_seconds}, xx=True)

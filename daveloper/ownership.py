@@ -27,6 +27,7 @@ from redis.asyncio.client import Pipeline
 
 from daveloper.errors import DaveloperError
 from daveloper.infra.redis import redis_call, reply_text
+from daveloper.keys import Keys
 from daveloper.metrics import METRICS, Metrics
 
 __all__ = ["OrphanHandler", "WorkLeases"]
@@ -59,8 +60,8 @@ class WorkLeases:
         self._reaped = (metrics or METRICS).work_reaped
         self._owner = owner
         self.ttl_seconds = ttl_seconds
-        self._set = f"{prefix}work"
-        self._data = f"{prefix}work:data"
+        # One hash tag ({work}): claims and releases write both in one transaction.
+        self._set, self._data = Keys(prefix).work, Keys(prefix).work_data
         self._claim_lapsed = redis.register_script(_CLAIM_LAPSED)
         self._batch = batch
         self._owned: set[str] = set()

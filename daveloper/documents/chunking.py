@@ -13,9 +13,14 @@ Prose (Markdown, HTML, PDF, DOCX, plain text):
 * When a section continues into the next chunk, that chunk starts with the
   last sentences (or lines) of the previous one, up to ``overlap_tokens``.
 
-Source code: every unit the parser found (function, class, run of
-statements) is its own chunk; a unit over the budget is split at blank
-lines, then lines, with overlapping lines. Line ranges stay exact.
+Source code: the units the parser found (a function, a class's lines and
+each of its methods, a run of statements) are packed in order into chunks
+of one top-level definition each: a definition that fits is one chunk, a
+larger one is cut between its units, so a small method is never cut in two.
+Only a unit over the budget alone is split, at blank lines, then lines, with
+overlapping lines. A chunk's heading path is its definition path (the class,
+or the class and method), kept in ``ChunkDraft.heading_path`` only: the text
+of a code chunk is exactly its source lines, whose ranges stay exact.
 
 **Heading prefix.** A chunk's text starts with its heading path,
 ``"Guide > Install\\n\\n..."``, when it has one. Sparse and dense retrieval
@@ -79,14 +84,9 @@ def chunk(doc: ParsedDocument, *, max_tokens: int = MAX_TOKENS, overlap_tokens: 
     if max_tokens < 8 or not 0 <= overlap_tokens <= max_tokens // 2:
         raise ValueError(f"need max_tokens >= 8 and 0 <= overlap_tokens <= max_tokens // 2, "
                          f"got {max_tokens} and {overlap_tokens}")
-    packer = _Packer(doc.blocks, max_tokens, overlap_tokens)
+    packer = _Packer(doc.blocks, max_tokens, overlap_tokens, code=bool(doc.language))
     if doc.language:
-        for index, block in enumerate(doc.blocks):
-            packer.close(carry=False)
-            for number, piece in enumerate(packer.split(index, block)):
-                if number:
-                    packer.close(carry=True)
-                packer.add(piece)
+        _pack_code(packer)
     else:
         _pack_prose(packer)
     packer.close(carry=False)
@@ -126,6 +126,22 @@ def _pack_prose(packer: _Packer) -> None:
         packer.extend(pending)
 
 
+def _pack_code(packer: _Packer) -> None:
+    outer: tuple[str, ...] | None = None
+    for index, block in enumerate(packer.blocks):
+        top = block.heading_path[:1]
+        if top != outer or not top:
+            packer.close(carry=False)  # each top-level definition (or run of statements) starts a chunk
+        outer = top
+        pieces = packer.split(index, block)
+        if packer.current and (len(pieces) > 1 or not packer.fits(pieces)):
+            packer.close(carry=False)  # a unit that fits alone goes whole into the next chunk
+        for number, piece in enumerate(pieces):
+            if number:
+                packer.close(carry=True)
+            packer.add(piece)
+
+
 def _sections(blocks: Sequence[Block]) -> list[tuple[int | None, list[int]]]:
     """Block indices grouped by heading: (heading index or None for the preamble, content indices)."""
     sections: list[tuple[int | None, list[int]]] = [(None, [])]
@@ -140,8 +156,10 @@ def _sections(blocks: Sequence[Block]) -> list[tuple[int | None, list[int]]]:
 class _Packer:
     """Collects pieces into chunks under the budget; renders each closed chunk."""
 
-    def __init__(self, blocks: Sequence[Block], max_tokens: int, overlap_tokens: int) -> None:
+    def __init__(self, blocks: Sequence[Block], max_tokens: int, overlap_tokens: int, *, code: bool = False) -> None:
         self.blocks = blocks
+        #: A source file's chunk text is exactly its lines: its definition path is not written into it.
+        self.code = code
         self.max_tokens = max_tokens
         self.overlap_tokens = overlap_tokens
         self.current: list[_Piece] = []
@@ -182,6 +200,8 @@ class _Packer:
                       0, block.page, line(start), line(end - 1))
 
     def prefix(self, path: tuple[str, ...]) -> str:
+        if self.code:
+            return ""
         for candidate in (PATH_SEPARATOR.join(path), path[-1] if path else ""):
             if count_tokens(candidate) <= self.max_tokens // 4:
                 return candidate
@@ -230,7 +250,12 @@ class _Packer:
                 # within one block, the source's own whitespace; between blocks, a blank line
                 before = body[position - 1]
                 same = before.block == piece.block and before.end <= piece.start
-                parts.append(self.blocks[piece.block].text[before.end : piece.start] if same else "\n\n")
+                if same:
+                    parts.append(self.blocks[piece.block].text[before.end : piece.start])
+                elif self.code and before.end_line and piece.start_line > before.end_line:
+                    parts.append("\n" * (piece.start_line - before.end_line))  # the blank lines between units
+                else:
+                    parts.append("\n\n")
             parts.append(piece.text)
         prefix = self.prefix(path)
         text = (prefix + "\n\n" if prefix else "") + "".join(parts)

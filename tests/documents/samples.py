@@ -259,3 +259,109 @@ def big_markdown(sections: int = 6, paragraphs: int = 8) -> str:
             if number == paragraphs // 2:
                 lines += [f"### Detail {section}", ""]
     return "\n".join(lines)
+
+
+def docbook_manual() -> str:
+    """A chapter of a DocBook XSL manual (the Valgrind manual's shape): every heading sits in a
+    ``div.titlepage`` of its ``div.sect1``/``div.sect2``, after a ``<a name>`` anchor, below a navigation
+    table and a table of contents."""
+    def section(level: int, anchor: str, title: str, body: str) -> str:
+        return (f'<div class="sect{level - 1}"><div class="titlepage"><div><div><h{level} class="title"'
+                f' style="clear: both"><a name="{anchor}"></a>{title}</h{level}></div></div></div>{body}')
+
+    nav = ('<div><table class="nav" width="100%" cellspacing="3" cellpadding="3" border="0" '
+           'summary="Navigation header"><tr><td width="22px" align="center" valign="middle">'
+           '<a accesskey="p" href="manual-core-adv.html"><img src="images/prev.png" width="18" height="21" '
+           'border="0" alt="Prev"></a></td><td width="25px" align="center" valign="middle">'
+           '<a accesskey="u" href="manual.html"><img src="images/up.png" width="21" height="18" border="0" '
+           'alt="Up"></a></td><th align="center" valign="middle">Valgrind User Manual</th></tr></table></div>')
+    toc = ('<div class="toc"><p><b>Table of Contents</b></p><dl class="toc">'
+           '<dt><span class="sect1"><a href="mc-manual.html#mc-manual.overview">4.1. Overview</a></span></dt>'
+           '<dt><span class="sect1"><a href="mc-manual.html#mc-manual.errormsgs">4.2. Explanation of error '
+           'messages from Memcheck</a></span></dt><dd><dl><dt><span class="sect2">'
+           '<a href="mc-manual.html#mc-manual.badrw">4.2.1. Illegal read / Illegal write errors</a></span></dt>'
+           '<dt><span class="sect2"><a href="mc-manual.html#mc-manual.uninitvals">4.2.2. Use of uninitialised '
+           'values</a></span></dt></dl></dd></dl></div>')
+    overview = section(2, "mc-manual.overview", "4.1. Overview", (
+        "<p>Memcheck is a memory error detector.  It can detect the following problems that are common in C "
+        "and C++ programs.</p>"
+        '<div class="itemizedlist"><ul class="itemizedlist" style="list-style-type: disc; ">'
+        '<li class="listitem"><p>Accessing memory you shouldn\'t, e.g. overrunning and underrunning heap blocks, '
+        "overrunning the top of the stack, and accessing memory after it has been freed.</p></li>"
+        '<li class="listitem"><p>Using undefined values, i.e. values that have not been initialised, or that '
+        "have been derived from other undefined values.</p></li>"
+        '<li class="listitem"><p>Memory leaks.</p></li></ul></div>'
+        "<p>Problems like these can be difficult to find by other means, often remaining undetected for long "
+        "periods, then causing occasional, difficult-to-diagnose crashes.</p></div>"))
+    badrw = section(3, "mc-manual.badrw", "4.2.1. Illegal read / Illegal write errors", (
+        "<p>For example:</p>"
+        '<pre class="programlisting">Invalid read of size 4\n   at 0x40F6BBCC: (within /usr/lib/libpq.so.2.1)\n'
+        "   by 0x40F6B804: (within /usr/lib/libpq.so.2.1)\n Address 0xBFFFF0E0 is not stack'd, malloc'd or free'd"
+        "</pre>"
+        "<p>This happens when your program reads or writes memory at a place which Memcheck reckons it shouldn't. "
+        "In this example, the program did a 4-byte read at address 0xBFFFF0E0, somewhere within the system-supplied "
+        "library libpq.so.2.1, from a place called from somewhere else in the same library.</p></div>"))
+    uninit = section(3, "mc-manual.uninitvals", "4.2.2. Use of uninitialised values", (
+        "<p>An uninitialised-value use error is reported when your program uses a value which hasn't been "
+        "initialised -- in other words, is undefined. To see information on the sources of uninitialised data "
+        'in your program, use the <code class="option">--track-origins=yes</code> option.</p></div>'))
+    errors = section(2, "mc-manual.errormsgs", "4.2. Explanation of error messages from Memcheck", (
+        "<p>Memcheck issues a range of error messages. This section presents a quick summary of what error "
+        "messages mean.</p>" + badrw + uninit + "</div>"))
+    chapter = ('<div class="chapter"><div class="titlepage"><div><div><h1 class="title"><a name="mc-manual"></a>'
+               "4. Memcheck: a memory error detector</h1></div></div></div>" + toc +
+               '<p>To use this tool, you may specify <code class="option">--tool=memcheck</code> on the Valgrind '
+               "command line.  You don't have to, though, since Memcheck is the default tool.</p>"
+               + overview + errors + "</div>")
+    return ('<html><head><meta http-equiv="Content-Type" content="text/html; charset=ISO-8859-1">'
+            "<title>4. Memcheck: a memory error detector</title>"
+            '<link rel="stylesheet" href="vg_basic.css" type="text/css">'
+            '<meta name="generator" content="DocBook XSL Stylesheets Vsnapshot"></head>'
+            '<body bgcolor="white" text="black" link="#0000FF" vlink="#840084" alink="#0000FF">'
+            + nav + chapter + nav.replace("header", "footer") + "</body></html>")
+
+
+def node_api_docs() -> str:
+    """A page of the Node.js API docs: every heading ends with a permalink ``#`` anchor (and some with
+    a stability badge), below a sidebar of modules and a table of contents."""
+    def heading(level: int, anchor: str, title: str) -> str:
+        return (f'<h{level}>{title}<span><a class="mark" href="#{anchor}" id="{anchor}">#</a></span>'
+                f'<a aria-hidden="true" class="legacy" id="dns_{anchor}"></a></h{level}>')
+
+    sidebar = ('<div id="column2" class="interactive"><ul><li><a href="documentation.html" class="nav-documentation">'
+               "About this documentation</a></li><li><a href=\"assert.html\" class=\"nav-assert\">Assertion testing"
+               '</a></li><li><a href="buffer.html" class="nav-buffer">Buffer</a></li>'
+               '<li><a href="dns.html" class="nav-dns active">DNS</a></li></ul></div>')
+    toc = ('<details role="navigation" id="toc" open><summary>Table of contents</summary><ul>'
+           '<li><a href="#dns">DNS</a><ul><li><a href="#class-dnsresolver">Class: dns.Resolver</a><ul>'
+           '<li><a href="#resolvercancel">resolver.cancel()</a></li></ul></li>'
+           '<li><a href="#dnslookuphostname-options-callback">dns.lookup(hostname[, options], callback)</a></li>'
+           "</ul></li></ul></details>")
+    body = (
+        heading(1, "dns", "DNS")
+        + '<p><strong>Stability: 2</strong> - Stable</p>'
+        + "<p>The <code>node:dns</code> module enables name resolution. For example, use it to look up IP "
+          "addresses of host names.</p>"
+        + "<p>Although named for the Domain Name System (DNS), it does not always use the DNS protocol for "
+          "lookups. <code>dns.lookup()</code> uses the operating system facilities to perform name resolution.</p>"
+        + '<pre><code class="language-js">const dns = require(\'node:dns\');\n\n'
+          "dns.lookup('example.org', (err, address, family) =&gt; {\n"
+          "  console.log('address: %j family: IPv%s', address, family);\n});</code></pre>"
+        + heading(2, "class-dnsresolver", "Class: <code>dns.Resolver</code>")
+        + "<p>An independent resolver for DNS requests. Creating a new resolver uses the default server "
+          "settings. Setting the servers used for a resolver using <code>resolver.setServers()</code> does not "
+          "affect other resolvers.</p>"
+        + heading(3, "resolvercancel", "<code>resolver.cancel()</code>")
+        + "<p>Cancel all outstanding DNS queries made by this resolver. The corresponding callbacks will be "
+          "called with an error with code <code>ECANCELLED</code>.</p>"
+        + heading(2, "dnslookuphostname-options-callback",
+                  "<code>dns.lookup(hostname[, options], callback)</code>")
+        + "<p>Resolves a host name (e.g. <code>'nodejs.org'</code>) into the first found A (IPv4) or AAAA (IPv6) "
+          "record. All <code>option</code> properties are optional. If <code>options</code> is an integer, then "
+          "it must be <code>4</code> or <code>6</code>.</p>"
+    )
+    return ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>DNS | Node.js v20.11.0 '
+            'Documentation</title></head><body class="alt apidoc" id="api-section-dns"><div id="content" '
+            'class="clearfix">' + sidebar + '<div id="column1" data-id="dns" class="interactive"><div id="header">'
+            '<h1>Node.js v20.11.0 documentation</h1></div><hr>' + toc + '<div id="apicontent">' + body
+            + "</div></div></div></body></html>")

@@ -119,8 +119,8 @@ def test_no_overlap_across_headings() -> None:
 def test_a_word_longer_than_the_budget_is_cut_so_every_chunk_fits() -> None:
     blob = "A" * 3000
     doc = ParsedDocument("text/plain", (Block(BlockKind.PARAGRAPH, f"Before. {blob} After."),))
-    drafts = chunk(doc, max_tokens=50, overlap_tokens=10)
-    assert_well_formed(drafts, 50)
+    drafts = chunk(doc, max_tokens=64, overlap_tokens=8)
+    assert_well_formed(drafts, 64)
     assert sum(d.text.count("A") for d in drafts) >= 3000
 
 
@@ -133,14 +133,21 @@ def test_pdf_chunks_carry_the_page_they_start_on() -> None:
     ]
 
 
-def test_code_chunks_are_the_top_level_units_with_their_line_ranges() -> None:
+def test_code_chunks_are_the_top_level_definitions_with_their_line_ranges() -> None:
     source = samples.python_module()
     doc = parse(source.encode(), file_name="client.py")
     drafts = chunk(doc, max_tokens=350)
-    assert [(d.start_line, d.end_line) for d in drafts] == [(b.start_line, b.end_line) for b in doc.blocks]
+    # A class that fits is one chunk: its methods are packed back together.
+    tops = [(b.start_line, b.end_line, b.heading_path[:1]) for b in doc.blocks]
+    merged: list[tuple[int, int, tuple[str, ...]]] = []
+    for start, end, top in tops:
+        if merged and top and merged[-1][2] == top:
+            merged[-1] = (merged[-1][0], end, top)
+        else:
+            merged.append((start, end, top))
+    assert [(d.start_line, d.end_line, d.heading_path) for d in drafts] == merged
     lines = source.split("\n")
     for draft in drafts:
-        assert draft.heading_path == ()
         assert draft.text == "\n".join(lines[draft.start_line - 1 : draft.end_line])
 
 
@@ -224,3 +231,57 @@ def test_count_tokens_is_calibrated_to_about_three_quarters_of_a_word_per_token(
     )
     ratio = len(prose.split()) / count_tokens(prose)
     assert 0.65 <= ratio <= 0.85
+
+
+def large_class(methods: int = 12) -> str:
+    """A class whose methods are small but which, whole, is many times a chunk's budget."""
+    body = "\n\n".join(textwrap.indent(textwrap.dedent(f'''\
+        def method_{n}(self, value: int) -> int:
+            """Scale the value by {n}, then clamp it to the configured bounds of step {n}."""
+            scaled = value * {n} + self.offset_{n}
+            return max(self.low, min(self.high, scaled))'''), "    ") for n in range(methods))
+    return f'class Scaler:\n    """Scales values."""\n\n    low = 0\n    high = 100\n\n{body}\n'
+
+
+def test_small_methods_of_a_large_class_stay_whole_with_their_class_and_method_path() -> None:
+    source = large_class()
+    doc = parse(source.encode(), file_name="scaler.py")
+    drafts = chunk(doc, max_tokens=120, overlap_tokens=20)
+    assert_well_formed(drafts, 120)
+    assert len(drafts) > 3
+    lines = source.split("\n")
+    for n in range(12):
+        start = lines.index(f"    def method_{n}(self, value: int) -> int:") + 1
+        # Each method is inside exactly one chunk, whole (its four lines).
+        holders = [d for d in drafts if d.start_line <= start + 3 and d.end_line >= start]
+        assert len(holders) == 1, (n, holders)
+        assert holders[0].start_line <= start
+        assert holders[0].end_line >= start + 3
+    for draft in drafts:
+        assert draft.text == "\n".join(lines[draft.start_line - 1 : draft.end_line])
+        assert draft.heading_path[:1] == ("class Scaler",)
+    single = [d for d in drafts if d.text.lstrip().startswith("def method_") and d.text.count("def ") == 1]
+    assert single
+    assert all(d.heading_path == ("class Scaler", d.text.split("(")[0].strip()) for d in single)
+
+
+def test_methods_of_a_class_in_other_languages_get_their_path_too() -> None:
+    methods = "\n\n".join(f"""    /** Scales by {n}. */
+    public int scale{n}(int value) {{
+        int scaled = value * {n} + offset{n};
+        return Math.max(low, Math.min(high, scaled));
+    }}""" for n in range(10))
+    source = f"package demo;\n\npublic class Scaler {{\n    private int low = 0;\n\n{methods}\n}}\n"
+    doc = parse(source.encode(), file_name="Scaler.java")
+    assert [b.heading_path for b in doc.blocks][1:4] == [
+        ("public class Scaler",), ("public class Scaler", "public int scale0(int value)"),
+        ("public class Scaler", "public int scale1(int value)")]
+    drafts = chunk(doc, max_tokens=64, overlap_tokens=8)
+    assert_well_formed(drafts, 64)
+    assert all(d.heading_path[:1] == ("public class Scaler",) for d in drafts[1:])
+    lines = source.split("\n")
+    for n in range(10):
+        start = lines.index(f"    public int scale{n}(int value) {{") + 1
+        holders = [d for d in drafts if d.start_line <= start + 3 and d.end_line >= start]
+        assert len(holders) == 1, (n, holders)
+    assert any(d.heading_path == ("public class Scaler", "public int scale3(int value)") for d in drafts)

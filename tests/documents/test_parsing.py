@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from daveloper.documents.chunking import chunk
 from daveloper.documents.model import Block, BlockKind, ParsedDocument
 from daveloper.documents.parsing import ParseLimits, Reason, parse
 from daveloper.errors import InvalidArgument
@@ -253,12 +254,15 @@ def test_declared_charset_is_used_when_the_text_is_not_utf8() -> None:
 # --- Source code ----------------------------------------------------------------------------------------------------
 
 
-def test_python_is_cut_into_top_level_units_with_exact_lines() -> None:
+def test_python_is_cut_into_definitions_and_methods_with_exact_lines_and_paths() -> None:
     source = samples.python_module()
     doc = parse(source.encode(), file_name="client.py")
 
     assert (doc.media_type, doc.language, doc.title) == ("text/x-python", "python", "client.py")
-    assert all(b.kind is BlockKind.CODE and b.heading_path == () for b in doc.blocks)
+    assert all(b.kind is BlockKind.CODE for b in doc.blocks)
+    assert [b.heading_path for b in doc.blocks] == [
+        (), ("def backoff",), ("class Client",), ("class Client", "def __init__"),
+        ("class Client", "async def fetch"), ("async def main",), ()]
     assert_source_lines(doc, source)
     lines = source.split("\n")
 
@@ -268,7 +272,9 @@ def test_python_is_cut_into_top_level_units_with_exact_lines() -> None:
     assert [(b.start_line, b.end_line) for b in doc.blocks] == [
         (1, line_of("RETRIES")),
         (line_of("# Retry"), line_of("    return min")),  # the comment and decorator go with the function
-        (line_of("class Client"), line_of("        return self.url")),
+        (line_of("class Client"), line_of('    """Talks')),  # the class line and its docstring
+        (line_of("    def __init__"), line_of("        self.url = url")),
+        (line_of("    async def fetch"), line_of("        return self.url")),
         (line_of("async def main"), line_of("    print(")),
         (line_of("if __name__"), line_of("    asyncio.run")),
     ]
@@ -393,3 +399,34 @@ def test_text_that_mentions_the_pdf_magic_stays_text() -> None:
     doc = parse(b"# PDF notes\n\nA PDF file starts with %PDF-1.7 and ends with a trailer.\n")
     assert doc.media_type == "text/markdown"
     assert parse(b"garbage before\n" + samples.pdf_two_pages()).media_type == "application/pdf"
+
+
+def test_docbook_headings_become_heading_paths() -> None:
+    doc = parse(samples.docbook_manual().encode(), file_name="mc-manual.html")
+    headings = [b.text for b in doc.blocks if b.kind is BlockKind.HEADING]
+    assert headings == ["4. Memcheck: a memory error detector", "4.1. Overview",
+                        "4.2. Explanation of error messages from Memcheck",
+                        "4.2.1. Illegal read / Illegal write errors", "4.2.2. Use of uninitialised values"]
+    content = [b for b in doc.blocks if b.kind is not BlockKind.HEADING]
+    assert all(b.heading_path for b in content)
+    uninit = next(b for b in content if "uninitialised-value use error" in b.text)
+    assert uninit.heading_path[-2:] == ("4.2. Explanation of error messages from Memcheck",
+                                        "4.2.2. Use of uninitialised values")
+    code = next(b for b in content if b.kind is BlockKind.CODE)
+    assert code.text.startswith("Invalid read of size 4\n   at 0x40F6BBCC")
+    texts = " ".join(b.text for b in doc.blocks)
+    assert "Table of Contents" not in texts
+    assert "Prev" not in texts
+    chunks = chunk(doc)
+    assert all(c.heading_path for c in chunks)
+
+
+def test_permalink_anchors_are_not_part_of_headings() -> None:
+    doc = parse(samples.node_api_docs().encode(), file_name="dns.html")
+    headings = [b.text for b in doc.blocks if b.kind is BlockKind.HEADING]
+    assert {"DNS", "Class: dns.Resolver", "resolver.cancel()", "dns.lookup(hostname[, options], callback)"} <= set(
+        headings)
+    assert not any(h.endswith("#") for h in headings)
+    cancel = next(b for b in doc.blocks if b.text.startswith("Cancel all outstanding"))
+    assert cancel.heading_path[-2:] == ("Class: dns.Resolver", "resolver.cancel()")
+    assert all("#" not in part for b in doc.blocks for part in b.heading_path)

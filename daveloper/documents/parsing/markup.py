@@ -4,7 +4,10 @@ Markdown keeps its source: a block's text is the exact source lines of the
 block (links, emphasis and list markers included, which read well to a model
 and keep line ranges honest); only heading texts are reduced to plain text.
 HTML is reduced to its main content by trafilatura, which drops navigation,
-footers and other boilerplate; its blocks have no line ranges.
+footers and other boilerplate; its blocks have no line ranges. Permalink
+anchors and DocBook title pages are taken out first, and a page whose
+extraction lost most of its headings is read by our own structural walk
+instead (see ``parsing/htmltree.py``).
 
 Markdown is tokenised a window of lines at a time, and inline markup is parsed
 for headings only: markdown-it keeps every token of a document in memory (about
@@ -23,6 +26,7 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 from daveloper.documents.model import Block, BlockKind
+from daveloper.documents.parsing.htmltree import heading_count, prepare, walk_structure
 from daveloper.documents.parsing.limits import Reason, refuse
 from daveloper.documents.parsing.outline import Outline
 
@@ -137,15 +141,22 @@ def parse_plain(text: str) -> list[Block]:
 def parse_html(text: str) -> tuple[list[Block], str]:
     """The main content of an HTML page as blocks, and the page's ``<title>``."""
     try:
-        extracted = _extract(text, favor_recall=False) or _extract(text, favor_recall=True)
+        page = prepare(text)
+        source = page if page is not None else text
+        extracted = _extract(source, favor_recall=False) or _extract(source, favor_recall=True)
         root = ElementTree.fromstring(extracted) if extracted else None
+        outline = Outline()
+        blocks: list[Block] = []
+        main = root.find("main") if root is not None else None
+        if main is not None:
+            _walk_html(main, outline, blocks)
+        headings = heading_count(page) if page is not None else 0
+        if page is not None and headings >= 2 and 2 * sum(1 for b in blocks if b.kind is BlockKind.HEADING) < headings:
+            # The extraction lost the page's structure (a DocBook manual): read it ourselves.
+            outline = Outline()
+            blocks = walk_structure(page, outline)
     except Exception as exc:  # trafilatura and lxml raise many types on hostile markup; none may escape
         raise refuse(Reason.CORRUPT_DOCUMENT, "the HTML could not be read") from exc
-    outline = Outline()
-    blocks: list[Block] = []
-    main = root.find("main") if root is not None else None
-    if main is not None:
-        _walk_html(main, outline, blocks)
     if not blocks:
         raise refuse(Reason.NO_TEXT, "the HTML page has no main text content")
     title = ""
@@ -156,7 +167,7 @@ def parse_html(text: str) -> tuple[list[Block], str]:
     return blocks, title or outline.first_h1
 
 
-def _extract(text: str, *, favor_recall: bool) -> str | None:
+def _extract(text: object, *, favor_recall: bool) -> str | None:
     # trafilatura with lxml takes ~0.1 s to import: only when HTML is parsed (document workers import it early)
     from trafilatura import bare_extraction
     from trafilatura.core import determine_returnstring
