@@ -69,6 +69,7 @@ FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("docusage:{<session>}", "hash", "session (purged)", "daveloper.documents.catalog"),
     KeyFamily("docversion:{<session>}", "string", "session (purged)", "daveloper.documents.catalog"),
     KeyFamily("docclient:{<session>}", "hash", "session (purged)", "daveloper.documents.catalog"),
+    KeyFamily("dochidden:{<session>}", "hash", "session (purged)", "daveloper.documents.catalog"),
     KeyFamily("ingestions:{<session>}", "set", "ingestion TTL", "daveloper.documents.catalog"),
     KeyFamily("conv:{<session>}:<conversation>", "string", "session (purged)", "daveloper.agent.conversations"),
     KeyFamily("convs:{<session>}", "zset", "session (purged)", "daveloper.agent.conversations"),
@@ -193,6 +194,9 @@ class Keys:
     def document_clients(self, session_id: str) -> str:
         return f"{self.prefix}docclient:{{{session_id}}}"
 
+    def document_hidden(self, session_id: str) -> str:
+        return f"{self.prefix}dochidden:{{{session_id}}}"
+
     def ingestions(self, session_id: str) -> str:
         return f"{self.prefix}ingestions:{{{session_id}}}"
 
@@ -236,7 +240,8 @@ class Keys:
         """The session's keys whose names are known without reading anything."""
         return [self.session_rate(session_id), self.documents(session_id), self.document_usage(session_id),
                 self.document_version(session_id), self.document_clients(session_id),
-                self.ingestions(session_id), self.conversations(session_id), self.jobs(session_id)]
+                self.document_hidden(session_id), self.ingestions(session_id), self.conversations(session_id),
+                self.jobs(session_id)]
 
     # -- job scope -----------------------------------------------------------
 

@@ -24,6 +24,7 @@ from redis.asyncio.client import Pipeline
 
 from daveloper.errors import InvalidArgument, NotFound, Unavailable
 from daveloper.infra.redis import reply_text
+from daveloper.keys import Keys
 from daveloper.paging import next_page_token, page_offset
 from generated.daveloper.v1 import Conversation, Turn
 
@@ -42,22 +43,23 @@ class Conversations:
 
     def __init__(self, redis: aioredis.Redis, *, prefix: str = "dv:") -> None:
         self._redis = redis
-        self._p = prefix
+        # Every name carries the session's hash tag: a transaction over a session's records stays in one slot.
+        self._keys = Keys(prefix)
 
     def _conv(self, session: str, conv: str) -> str:
-        return f"{self._p}conv:{session}:{conv}"
+        return self._keys.conversation(session, conv)
 
     def _convs(self, session: str) -> str:
-        return f"{self._p}convs:{session}"
+        return self._keys.conversations(session)
 
     def _turn(self, session: str, conv: str, turn: str) -> str:
-        return f"{self._p}turn:{session}:{conv}:{turn}"
+        return self._keys.turn(session, conv, turn)
 
     def _turns(self, session: str, conv: str) -> str:
-        return f"{self._p}turns:{session}:{conv}"
+        return self._keys.turns(session, conv)
 
     def _clients(self, session: str, conv: str) -> str:
-        return f"{self._p}turnclient:{session}:{conv}"
+        return self._keys.turn_clients(session, conv)
 
     async def find(self, session_id: str, conversation_id: str) -> Conversation | None:
         raw = await self._redis.get(self._conv(session_id, conversation_id))

@@ -36,6 +36,7 @@ import redis.asyncio as aioredis
 
 from daveloper.errors import NotFound, ResourceExhausted
 from daveloper.infra.redis import reply_text
+from daveloper.keys import Keys
 from daveloper.paging import next_page_token, page_offset
 from generated.daveloper.v1 import Document
 
@@ -106,7 +107,7 @@ class Catalog:
     def __init__(self, redis: aioredis.Redis, *, prefix: str = "dv:", ingestion_ttl_seconds: int = 7 * 24 * 3600,
                  max_documents: int = 0, max_bytes: int = 0):
         self._redis = redis
-        self._prefix = prefix
+        self._keys = Keys(prefix)
         self._ingestion_ttl = ingestion_ttl_seconds
         self._commit = redis.register_script(_COMMIT)
         self._delete = redis.register_script(_DELETE)
@@ -115,7 +116,7 @@ class Catalog:
         self.max_bytes = max_bytes
 
     def _usage(self, session_id: str) -> str:
-        return f"{self._prefix}docusage:{session_id}"
+        return self._keys.document_usage(session_id)
 
     def usage_key(self, session_id: str) -> str:
         """The hash of the session's usage (fields ``documents`` and ``bytes``) :meth:`usage` reads."""
@@ -147,29 +148,30 @@ class Catalog:
         """The counter of the session's document changes: bumped in the same transaction as every
         :meth:`put` and :meth:`delete` (both run after the chunks are written or removed), so a result
         computed while it held a value reflects the documents as they were at that value."""
-        return f"{self._prefix}docversion:{session_id}"
+        return self._keys.document_version(session_id)
 
+    # Every name carries the session's hash tag: the scripts over a session's records stay in one slot.
     def _doc(self, session_id: str, document_id: str) -> str:
-        return f"{self._prefix}doc:{session_id}:{document_id}"
+        return self._keys.document(session_id, document_id)
 
     def _docs(self, session_id: str) -> str:
-        return f"{self._prefix}docs:{session_id}"
+        return self._keys.documents(session_id)
 
     def _clients(self, session_id: str) -> str:
-        return f"{self._prefix}docclient:{session_id}"
+        return self._keys.document_clients(session_id)
 
     def _hidden(self, session_id: str) -> str:
-        return f"{self._prefix}dochidden:{session_id}"
+        return self._keys.document_hidden(session_id)
 
     def _record_keys(self, session_id: str, document_id: str) -> list[str]:
         return [self._doc(session_id, document_id), self._docs(session_id), self._clients(session_id),
                 self._usage(session_id), self.version_key(session_id), self._hidden(session_id)]
 
     def _ingestion(self, ingestion_id: str) -> str:
-        return f"{self._prefix}ingestion:{ingestion_id}"
+        return self._keys.ingestion(ingestion_id)
 
     def _ingestions(self, session_id: str) -> str:
-        return f"{self._prefix}ingestions:{session_id}"
+        return self._keys.ingestions(session_id)
 
     async def ingestion_ids(self, session_id: str) -> list[str]:
         """The session's ingestions whose records have not expired yet (or a few that have)."""
@@ -288,7 +290,9 @@ class Catalog:
 
     async def start_ingestion(self, ingestion_id: str, session_id: str, file_name: str) -> None:
         key = self._ingestion(ingestion_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        # Not a transaction: the record and the session's set are in two hash slots (two nodes of a
+        # cluster). Either alone is harmless: both expire, and the set only lists what to purge.
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hset(key, mapping={"session": session_id, "name": file_name})
             pipe.expire(key, self._ingestion_ttl)
             pipe.sadd(self._ingestions(session_id), ingestion_id)
