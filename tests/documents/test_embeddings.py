@@ -29,6 +29,9 @@ from daveloper.documents.embeddings.cache import decode_vectors, encode_vectors
 from daveloper.documents.embeddings.minilm import minilm_available
 from daveloper.documents.model import SparseVector, Vectors
 from daveloper.errors import ConfigError, InvalidArgument, Unavailable
+from daveloper.infra.redis import reply_text
+from daveloper.rpc.context import session_id_var
+from daveloper.sweeper import purge_named_keys
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -353,3 +356,26 @@ async def test_minilm_embeds_offline_from_the_bundled_model() -> None:
     assert near > far
     assert math.isclose(sum(x * x for x in query.dense), 1.0, rel_tol=1e-3)  # normalised
 
+
+
+async def test_cached_vectors_belong_to_their_session_and_go_with_it(redis: aioredis.Redis) -> None:
+    inner = CountingEmbedder()
+    cached = CachedEmbedder(inner, redis, ttl=60)
+
+    async def embed_in(session: str, texts: list[str]) -> None:
+        token = session_id_var.set(session)
+        try:
+            await cached.embed_documents(texts)
+        finally:
+            session_id_var.reset(token)
+
+    await embed_in("sessA", ["alpha beta", "gamma"])
+    await embed_in("sessB", ["gamma"])
+    assert inner.batches == [["alpha beta", "gamma"], ["gamma"]]  # no hit across sessions
+    keys = sorted([reply_text(k) async for k in redis.scan_iter(match="dv:emb:*")])
+    assert keys == sorted(["dv:emb:bm25:sessA:" + hashlib.sha256(b"alpha beta").hexdigest(),
+                           "dv:emb:bm25:sessA:" + hashlib.sha256(b"gamma").hexdigest(),
+                           "dv:emb:bm25:sessB:" + hashlib.sha256(b"gamma").hexdigest()])
+    # What a session's deletion and the sweeper run over its keys.
+    await purge_named_keys(redis, ["sessA"])
+    assert [reply_text(k) async for k in redis.scan_iter(match="dv:emb:*")] == [keys[-1]]

@@ -1,7 +1,12 @@
 """A Redis cache of document embeddings, so re-ingesting identical chunks skips the model.
 
-Keys are ``dv:emb:<embedder name>:<sha256 of the text>``: the embedder's name
-is part of the key because vectors from different models are not interchangeable.
+Keys are ``dv:emb:<embedder name>:<session>:<sha256 of the text>``: the
+embedder's name is part of the key because vectors from different models are
+not interchangeable, and the session (of the RPC being served, from its
+ContextVar) because vectors are derived from the session's text: they go with
+the session when it is deleted or expires (its purge removes every key naming
+it), and one session's cache hits never reveal what another one ingested.
+Outside a session (no RPC, an admin call) the key has no session part.
 Values are a small binary record (little-endian)::
 
     u8 version=1, u8 flags (1 = sparse, 2 = dense)
@@ -24,6 +29,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from daveloper.documents.model import Embedder, SparseVector, Vectors
+from daveloper.rpc.context import current_session_id
 
 __all__ = ["CachedEmbedder", "decode_vectors", "encode_vectors"]
 
@@ -89,8 +95,9 @@ class CachedEmbedder:
         self._prefix = f"{prefix}emb:{inner.name}:"
 
     def key(self, text: str) -> str:
-        """The Redis key of ``text``'s vectors."""
-        return self._prefix + hashlib.sha256(text.encode()).hexdigest()
+        """The Redis key of ``text``'s vectors, in the current session's part of the cache."""
+        session = current_session_id()
+        return self._prefix + (f"{session}:" if session else "") + hashlib.sha256(text.encode()).hexdigest()
 
     async def _lookup(self, keys: list[str]) -> list[Vectors | None]:
         try:
