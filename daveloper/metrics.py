@@ -82,6 +82,12 @@ class Metrics:
         self.edge_upstream_retries = Counter("daveloper_edge_upstream_retries",
                                              "Calls the edge sent to another gRPC instance, by cause", ["cause"],
                                              registry=r)
+        self.connections_refused = Counter("daveloper_connections_refused",
+                                           "Connections closed by a listener's bounds, by listener and reason "
+                                           "(slow_opening, per_address)", ["listener", "reason"], registry=r)
+        self.redactions = Counter("daveloper_redactions",
+                                  "Values redacted from text sent to an external LLM or embedding endpoint, by kind",
+                                  ["kind"], registry=r)
 
         # the agent
         self.chat_turns = Counter("daveloper_chat_turns", "Chat turns ended, by outcome", ["outcome"], registry=r)
