@@ -159,7 +159,8 @@ class RateLimiter:
         """
         groups = self._groups(buckets)
         for group in groups:
-            pipe.evalsha(self._take.sha, len(group), *self._args(group, cost))
+            # execute_command, not pipe.evalsha: redis-py's cluster pipeline refuses the latter
+            pipe.execute_command("EVALSHA", self._take.sha, len(group), *self._args(group, cost))
         return len(groups)
 
     async def settle(self, replies: Sequence[Any], buckets: Sequence[Bucket], cost: float = 1.0) -> Verdict:

@@ -19,6 +19,7 @@ from daveloper.agent.turns import conversation_scope
 from daveloper.app import App, open_app
 from daveloper.config import Settings
 from daveloper.documents.ingest import ingestion_scope
+from daveloper.keys import Keys
 from daveloper.metrics import METRICS
 from daveloper.ownership import WorkLeases
 from daveloper.scraper.jobs import JobStore, job_scope
@@ -103,7 +104,7 @@ async def test_a_turn_of_a_lost_instance_fails_with_the_text_it_had_streamed(
     assert record.state is TurnState.FAILED
     assert record.assistant_text == "Half an answer"
     # The lease is gone: nothing is reaped twice.
-    assert await redis.zcard("dv:work") == 0
+    assert await redis.zcard(Keys().work) == 0
     assert METRICS.registry.get_sample_value("daveloper_work_reaped_total", {"kind": "turn"}) == reaped + 1
 
 
@@ -173,5 +174,5 @@ async def test_live_work_is_renewed_and_only_lapsed_work_is_reaped(redis: aiored
     assert reaped == ["lost"]
     assert live.owned == 1
     await live.release("turn", "kept")
-    assert await redis.zcard("dv:work") == 0
-    assert await redis.hlen("dv:work:data") == 0
+    assert await redis.zcard(Keys().work) == 0
+    assert await redis.hlen(Keys().work_data) == 0

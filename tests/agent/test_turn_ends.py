@@ -11,6 +11,7 @@ from grpclib.const import Cardinality
 
 from daveloper.app import App
 from daveloper.config import Settings
+from daveloper.keys import Keys
 from generated.daveloper.v1 import (
     AgentServiceStub,
     ChatEvent,
@@ -66,7 +67,7 @@ async def test_a_client_leaving_while_its_turn_starts_strands_nothing(app: App, 
     async with asyncio.timeout(5):
         while app.interceptor.inflight:  # noqa: ASYNC110 - the handlers end as their clients leave
             await asyncio.sleep(0.01)
-    assert await redis.zcard("dv:work") == 0
+    assert await redis.zcard(Keys().work) == 0
     assert [key async for key in redis.scan_iter("dv:leases:turns:*")] == []
 
 
