@@ -50,6 +50,7 @@ __all__ = (
     "GetSessionRequest",
     "GetSessionResponse",
     "GitHubIngestSpec",
+    "Heartbeat",
     "IngestEvent",
     "IngestProgress",
     "IngestStage",
@@ -649,6 +650,13 @@ class ChatResponse(betterproto2.Message):
         1, betterproto2.TYPE_MESSAGE, optional=True
     )
 
+    heartbeat: "Heartbeat | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Sent instead of an event when the stream has been quiet (see Heartbeat).
+    """
+
 
 default_message_pool.register_message("daveloper.v1", "ChatResponse", ChatResponse)
 
@@ -1209,6 +1217,31 @@ class GitHubIngestSpec(betterproto2.Message):
 default_message_pool.register_message(
     "daveloper.v1", "GitHubIngestSpec", GitHubIngestSpec
 )
+
+
+@dataclass(eq=False, repr=False)
+class Heartbeat(betterproto2.Message):
+    """
+    A keepalive on a long stream, sent when nothing else was sent for the server's heartbeat
+    interval (DAVELOPER_HEARTBEAT_SECONDS, default 15 s): the stream and the server are alive, so a
+    client that sees neither events nor heartbeats for a few intervals can tell a stalled stream
+    from slow work. It carries no event and takes no seq.
+    """
+
+    time: "datetime.datetime | None" = betterproto2.field(
+        1,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: __google__protobuf__.Timestamp,
+        optional=True,
+    )
+
+    last_seq: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+    """
+    The seq of the last event this stream delivered (0 before the first).
+    """
+
+
+default_message_pool.register_message("daveloper.v1", "Heartbeat", Heartbeat)
 
 
 @dataclass(eq=False, repr=False)
@@ -2128,6 +2161,13 @@ class TailResponse(betterproto2.Message):
         1, betterproto2.TYPE_MESSAGE, optional=True
     )
 
+    heartbeat: "Heartbeat | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Sent instead of an event when the stream has been quiet (see Heartbeat).
+    """
+
 
 default_message_pool.register_message("daveloper.v1", "TailResponse", TailResponse)
 
@@ -2373,6 +2413,13 @@ class UploadResponse(betterproto2.Message):
         1, betterproto2.TYPE_MESSAGE, optional=True
     )
 
+    heartbeat: "Heartbeat | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Sent instead of an event when the stream has been quiet (see Heartbeat).
+    """
+
 
 default_message_pool.register_message("daveloper.v1", "UploadResponse", UploadResponse)
 
@@ -2471,6 +2518,13 @@ class WatchJobResponse(betterproto2.Message):
         1, betterproto2.TYPE_MESSAGE, optional=True
     )
 
+    heartbeat: "Heartbeat | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Sent instead of an event when the stream has been quiet (see Heartbeat).
+    """
+
 
 default_message_pool.register_message(
     "daveloper.v1", "WatchJobResponse", WatchJobResponse
@@ -2498,6 +2552,13 @@ class WatchResponse(betterproto2.Message):
     event: "ChatEvent | None" = betterproto2.field(
         1, betterproto2.TYPE_MESSAGE, optional=True
     )
+
+    heartbeat: "Heartbeat | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Sent instead of an event when the stream has been quiet (see Heartbeat).
+    """
 
 
 default_message_pool.register_message("daveloper.v1", "WatchResponse", WatchResponse)
