@@ -22,6 +22,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 EMBEDDERS = ("bm25", "openai", "minilm")
 LLM_PROVIDERS = ("offline", "openai")
 ROLES = ("all", "grpc", "edge")
+REDACT_MODES = ("none", "secrets", "pii")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -117,6 +118,14 @@ class Settings:
     ws_idle_seconds: float = 120.0
     #: Concurrent WebSockets one session may hold.
     ws_max_sockets_per_session: int = 16
+    #: A new connection must send its first request's headers (the edge) or its HTTP/2 preface and
+    #: first headers (gRPC) within this many seconds, or it is closed (0: no limit).
+    header_timeout_seconds: float = 10.0
+    #: Connections one client address may hold open on each listener; more are closed at once (0: no limit).
+    max_connections_per_address: int = 256
+    #: What is redacted from text sent to an external LLM or embedding endpoint: none, secrets, or pii
+    #: (secrets plus e-mail addresses and card numbers); see ``daveloper/redaction.py``.
+    redact: str = "none"
     data_dir: Path = field(default_factory=_default_data_dir)
     #: ``redis://`` / ``rediss://`` / ``unix://`` URL; ``None`` starts an embedded Valkey.
     redis_url: str | None = None
@@ -171,6 +180,8 @@ class Settings:
     max_running_turns: int = 500
     #: Chat turns this instance may be starting at once (admitted, model not yet called); past it the same refusal.
     max_starting_turns: int = 64
+    #: Long streams (Chat, Watch, WatchJob, Tail, Upload) send a heartbeat after this many quiet seconds (0: never).
+    heartbeat_seconds: float = 15.0
     #: Events kept per event-log stream (older ones expire: CURSOR_EXPIRED).
     event_retention: int = 10_000
     #: Idle event-log streams are deleted after this many seconds.
@@ -234,6 +245,8 @@ class Settings:
                      "max_running_turns", "max_starting_turns"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.redact not in REDACT_MODES:
+            raise ConfigError(f"redact must be one of {', '.join(REDACT_MODES)}, got {self.redact!r}")
         if self.role not in ROLES:
             raise ConfigError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
         for name in ("lease_seconds", "llm_first_event_seconds", "breaker_failures", "breaker_reset_seconds"):
@@ -317,11 +330,13 @@ class Settings:
             values["embedder"] = embedder.lower()
         if (level := get("LOG_LEVEL")) is not None:
             values["log_level"] = level.upper()
+        if (redact := get("REDACT")) is not None:
+            values["redact"] = redact.lower()
         for key, kind in (("session_ttl_seconds", int), ("session_max_ttl_seconds", int),
                           ("max_message_bytes", int), ("max_upload_bytes", int), ("drain_seconds", float),
                           ("event_retention", int), ("event_ttl_seconds", int), ("embedding_size", int),
                           ("max_tool_rounds", int), ("coalesce_chars", int), ("coalesce_ms", int),
-                          ("max_running_turns", int), ("max_starting_turns", int),
+                          ("max_running_turns", int), ("max_starting_turns", int), ("heartbeat_seconds", float),
                           ("redis_max_connections", int), ("ws_max_frame_bytes", int), ("ws_max_streams", int),
                           ("ws_max_metadata_bytes", int), ("ws_idle_seconds", float),
                           ("ws_max_sockets_per_session", int), ("scrape_concurrency", int),
@@ -336,7 +351,8 @@ class Settings:
             if (num := number(key.upper(), kind)) is not None:
                 values[key] = num
         for key, kind in (("parse_workers", int), ("parse_cpu_seconds", float), ("parse_memory_mb", int),
-                          ("parse_max_chunks", int), ("listen_backlog", int)):
+                          ("parse_max_chunks", int), ("listen_backlog", int), ("header_timeout_seconds", float),
+                          ("max_connections_per_address", int)):
             if (num := number(key.upper(), kind)) is not None:
                 values[key] = num
         values.update({k: v for k, v in overrides.items() if v is not None})
