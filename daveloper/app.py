@@ -283,9 +283,10 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
             session_service,
             documents,
             VectorService(auth=guard, qdrant=qdrant),
-            AgentService(auth=guard, agent=agent, conversations=conversations, events=events),
+            AgentService(auth=guard, agent=agent, conversations=conversations, events=events,
+                         heartbeat_seconds=settings.heartbeat_seconds),
             ScraperService(auth=guard, runner=scraper.runner, crawler=scraper.crawler, github=scraper.github),
-            LogsService(auth=guard, audit=audit, redis=redis),
+            LogsService(auth=guard, audit=audit, redis=redis, heartbeat_seconds=settings.heartbeat_seconds),
         ]
 
         llm_probe = BreakerProbe("llm", llm_breaker, request=ping, every=settings.llm_probe_seconds)

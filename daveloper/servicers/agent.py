@@ -6,15 +6,16 @@ import asyncio
 import contextlib
 import functools
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from daveloper.agent.conversations import Conversations, validate_conversation_id
 from daveloper.agent.turns import Agent, conversation_scope
 from daveloper.errors import InvalidArgument
-from daveloper.eventlog import EventLog
+from daveloper.eventlog import Entry, EventLog
 from daveloper.rpc import Authenticator, Call, Servicer
 from daveloper.rpc.encoded import Encoded, length_delimited_fields, wrap_event
+from daveloper.servicers.heartbeat import Heartbeats, heartbeat
 from generated.daveloper.v1 import (
     AgentServiceBase,
     CancelTurnRequest,
@@ -31,6 +32,7 @@ from generated.daveloper.v1 import (
     SendMessage,
     TurnState,
     WatchRequest,
+    WatchResponse,
 )
 
 __all__ = ["AgentService", "purge_conversations"]
@@ -70,14 +72,29 @@ async def purge_conversations(conversations: Conversations, events: EventLog, se
 class AgentService(Servicer):
     base = AgentServiceBase
 
-    def __init__(self, *, auth: Authenticator, agent: Agent, conversations: Conversations, events: EventLog) -> None:
+    def __init__(self, *, auth: Authenticator, agent: Agent, conversations: Conversations, events: EventLog,
+                 heartbeat_seconds: float = 15.0) -> None:
         super().__init__(auth=auth)
         self._agent = agent
         self._conversations = conversations
         self._events = events
+        self._heartbeat_seconds = heartbeat_seconds
 
     async def Chat(self, call: Call[ChatRequest, ChatResponse | Encoded]) -> None:
-        lock = asyncio.Lock()  # one writer at a time: several turns stream on this call
+        delivered = 0  # the last seq sent, for heartbeats
+        async with Heartbeats(call, self._heartbeat_seconds,
+                              lambda: ChatResponse(heartbeat=heartbeat(delivered))) as out:
+            # one writer at a time: several turns stream on this call, and heartbeats between them
+
+            async def send(entry: Entry) -> None:
+                nonlocal delivered
+                await out.send(wrap_event(entry.payload, entry.seq))
+                delivered = entry.seq
+
+            await self._chat(call, send)
+
+    async def _chat(self, call: Call[ChatRequest, ChatResponse | Encoded],
+                    send: Callable[[Entry], Awaitable[None]]) -> None:
         forwarders: set[asyncio.Task[None]] = set()
         # The latest forwarder of each conversation: the next one sends after it, so seqs only increase.
         latest: dict[str, asyncio.Task[None]] = {}
@@ -111,8 +128,7 @@ class AgentService(Servicer):
                     fields = length_delimited_fields(entry.payload)
                     if fields.get(_TURN_ID) != wanted:
                         continue
-                    async with lock:
-                        await call.send(wrap_event(entry.payload, entry.seq))
+                    await send(entry)
                     if _TURN_COMPLETED in fields or _TURN_FAILED in fields:
                         return
 
@@ -151,15 +167,19 @@ class AgentService(Servicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*forwarders, return_exceptions=True)
 
-    async def Watch(self, request: WatchRequest, call: Call[Any, Any]) -> AsyncIterator[Encoded]:
+    async def Watch(self, request: WatchRequest, call: Call[Any, Any]) -> None:
         validate_conversation_id(request.conversation_id)
         # No record lookup: a conversation with no events yet is waited for (its first turn may be
         # starting elsewhere). The log is named by the caller's session, so another session's
         # conversation id is just an empty conversation of the caller's own: it waits the same way.
         scope = conversation_scope(call.session_id, request.conversation_id)
-        async with contextlib.aclosing(self._events.read(scope, request.after_seq)) as entries:
+        delivered = request.after_seq
+        async with Heartbeats(call, self._heartbeat_seconds,
+                              lambda: WatchResponse(heartbeat=heartbeat(delivered))) as out, \
+                contextlib.aclosing(self._events.read(scope, request.after_seq)) as entries:
             async for entry in entries:
-                yield wrap_event(entry.payload, entry.seq)  # a WatchResponse, from the stored bytes
+                await out.send(wrap_event(entry.payload, entry.seq))  # a WatchResponse, from the stored bytes
+                delivered = entry.seq
 
     async def CancelTurn(self, request: CancelTurnRequest, call: Call[Any, Any]) -> CancelTurnResponse:
         validate_conversation_id(request.conversation_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -11,6 +10,7 @@ from daveloper.audit import AuditLog
 from daveloper.errors import InvalidArgument, PermissionDenied
 from daveloper.logstream import tail
 from daveloper.rpc import Authenticator, Call, Servicer
+from daveloper.servicers.heartbeat import Heartbeats, heartbeat
 from generated.daveloper.v1 import (
     ListAuditEventsRequest,
     ListAuditEventsResponse,
@@ -30,12 +30,14 @@ DEFAULT_PAGE_SIZE = 100
 class LogsService(Servicer):
     base = LogsServiceBase
 
-    def __init__(self, *, auth: Authenticator, audit: AuditLog, redis: aioredis.Redis) -> None:
+    def __init__(self, *, auth: Authenticator, audit: AuditLog, redis: aioredis.Redis,
+                 heartbeat_seconds: float = 15.0) -> None:
         super().__init__(auth=auth)
         self._audit = audit
         self._redis = redis
+        self._heartbeat_seconds = heartbeat_seconds
 
-    async def Tail(self, request: TailRequest, call: Call[Any, Any]) -> AsyncIterator[TailResponse]:
+    async def Tail(self, request: TailRequest, call: Call[Any, Any]) -> None:
         principal = call.principal
         assert principal is not None
         everything = principal.admin and not principal.session_id  # the admin token not acting for a session
@@ -50,8 +52,9 @@ class LogsService(Servicer):
                     and (not request.job_id or record.job_id == request.job_id)
                     and record.logger.startswith(request.logger_prefix))
 
-        async for record in tail(self._redis, accept):
-            yield TailResponse(record=record)
+        async with Heartbeats(call, self._heartbeat_seconds, lambda: TailResponse(heartbeat=heartbeat())) as out:
+            async for record in tail(self._redis, accept):
+                await out.send(TailResponse(record=record))
 
     async def ListAuditEvents(self, request: ListAuditEventsRequest, call: Call[Any, Any]) -> ListAuditEventsResponse:
         if call.principal is None or not call.principal.admin:

@@ -1,0 +1,72 @@
+"""Long streams send a heartbeat when quiet, over gRPC and through the edge, so a stall is visible."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from grpclib.client import Channel
+
+from daveloper.app import App
+from daveloper.config import Settings
+from daveloper.edge import Edge, open_edge
+from generated.daveloper.v1 import (
+    AgentServiceStub,
+    ChatRequest,
+    LogsServiceStub,
+    SendMessage,
+    TailRequest,
+    WatchRequest,
+)
+from tests.grpc_helpers import bearer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.replace(heartbeat_seconds=0.2)
+
+
+async def test_a_quiet_watch_gets_heartbeats_naming_the_last_seq(channel: Channel, token: str) -> None:
+    stub = AgentServiceStub(channel)
+    events = [r.event async for r in stub.chat([ChatRequest(send=SendMessage(conversation_id="hb", text="hi"))],
+                                               timeout=10, metadata=bearer(token))]
+    beats = 0
+    async for response in stub.watch(WatchRequest(conversation_id="hb"), timeout=10, metadata=bearer(token)):
+        if response.heartbeat is not None:
+            assert response.event is None
+            assert response.heartbeat.last_seq == events[-1].seq  # everything replayed, then quiet
+            assert response.heartbeat.time is not None
+            beats += 1
+            if beats == 3:
+                break
+        else:
+            assert response.event is not None
+    # An empty conversation's watch, and a chat stream with nothing to say, beat too.
+    async for response in stub.watch(WatchRequest(conversation_id="empty"), timeout=10, metadata=bearer(token)):
+        assert response.heartbeat is not None
+        assert response.heartbeat.last_seq == 0
+        break
+    async for tail in LogsServiceStub(channel).tail(TailRequest(), timeout=10, metadata=bearer(token)):
+        if tail.heartbeat is not None:
+            break
+
+
+@pytest.fixture
+async def edge(app: App) -> AsyncIterator[Edge]:
+    async with open_edge(app.settings, upstreams=[app.grpc_addr], health=app.health) as running:
+        yield running
+
+
+async def test_heartbeats_reach_an_ndjson_client_through_the_edge(edge: Edge, token: str) -> None:
+    async with aiohttp.ClientSession() as http, http.post(
+        f"{edge.url}/daveloper.v1.AgentService/Watch", json={"conversationId": "quiet"},
+        headers={"Authorization": f"Bearer {token}"},
+    ) as response:
+        assert response.status == 200
+        line = json.loads(await response.content.readline())
+    assert line["result"]["heartbeat"].get("lastSeq", "0") == "0"  # canonical JSON leaves out zeros
+    assert "time" in line["result"]["heartbeat"]
