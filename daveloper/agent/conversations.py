@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from daveloper.errors import InvalidArgument, NotFound, Unavailable
-from daveloper.infra.redis import reply_text
+from daveloper.infra.redis import is_cluster, reply_text
 from daveloper.keys import Keys
 from daveloper.paging import next_page_token, page_offset
 from generated.daveloper.v1 import Conversation, Turn
@@ -45,6 +45,8 @@ class Conversations:
         self._redis = redis
         # Every name carries the session's hash tag: a transaction over a session's records stays in one slot.
         self._keys = Keys(prefix)
+        #: On a Redis Cluster: a transaction may hold only one session's records (one hash slot).
+        self.clustered = is_cluster(redis)
 
     def _conv(self, session: str, conv: str) -> str:
         return self._keys.conversation(session, conv)

@@ -199,7 +199,9 @@ class Agent:
         state = RunningTurn(session_id, conversation_id, turn, options, fresh=conversation.turn_count == 1,
                             starting=True, counted=True)
         try:
-            async with self._conversations.pipeline(transaction=True) as pipe:
+            # On a cluster the records (the session's slot) and the work claim ({work}) cannot share a
+            # transaction: one pipelined round trip there; if it fails, _abandon releases the claim.
+            async with self._conversations.pipeline(transaction=not self._conversations.clustered) as pipe:
                 self._conversations.add_turn_in(pipe, session_id, conversation, turn)
                 if self._work is not None:
                     # Claimed before the start event: an orphan handler reads the log from its start.
