@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from yarl import URL
 
 from daveloper.errors import DaveloperError, InvalidArgument, ResourceExhausted
+from daveloper.infra.redis import redis_call
 from daveloper.scraper.extract import canonical_url, decode, is_html, parse_html, parse_sitemap
 from daveloper.scraper.fetcher import Fetcher, Response
 from daveloper.scraper.jobs import JobRun, Work
@@ -175,7 +176,7 @@ class Crawler:
         return f"{self._prefix}scrapeseen:{session_id}:{digest}"
 
     async def remembered(self, session_id: str, url: URL, *, ingest: bool) -> dict[str, str] | None:
-        raw = await self._redis.get(self._seen_key(session_id, url))
+        raw = await redis_call(self._redis.get(self._seen_key(session_id, url)))
         if raw is None:
             return None
         seen: dict[str, str] = json.loads(raw)
@@ -190,7 +191,7 @@ class Crawler:
             return
         record = {"etag": etag or "", "last_modified": modified or "", "document_id": document_id,
                   "title": "", "links": "\n".join(str(link) for link in links[:500])}
-        await self._redis.set(self._seen_key(session_id, url), json.dumps(record), ex=7 * 86400)
+        await redis_call(self._redis.set(self._seen_key(session_id, url), json.dumps(record), ex=7 * 86400))
 
     async def ingest(self, session_id: str, data: bytes, name: str, media_type: str, url: str) -> Document:
         return await self._ingest(session_id, data, name, media_type, url, {"source": "scrape"})
@@ -244,7 +245,13 @@ class _Crawl:
             raise self._quota_hit
 
     async def _work(self) -> None:
+        task = asyncio.current_task()
         while True:
+            if task is not None and task.cancelling():
+                # A cancel that a library swallowed on its way through this page (redis-py's socket writes on
+                # Python 3.11, see redis_call): stop here, or this worker would crawl the rest of the frontier
+                # alone and then wait on the empty queue for ever, and the cancelled job would never end.
+                raise asyncio.CancelledError
             url, depth = await self._queue.get()
             try:
                 if self._quota_hit is None:

@@ -29,6 +29,7 @@ from daveloper.errors import Cancelled, DaveloperError, Internal, NotFound, Reso
 from daveloper.eventlog import Entry, EventLog
 from daveloper.infra.redis import reply_text
 from daveloper.jobs import BackgroundJobs
+from daveloper.keys import Keys
 from daveloper.leases import LeaseSet
 from daveloper.metrics import METRICS, Metrics
 from daveloper.ownership import WorkLeases
@@ -93,19 +94,19 @@ class JobStore:
 
     def __init__(self, redis: aioredis.Redis, *, prefix: str = "dv:", ttl_seconds: int = 7 * 24 * 3600) -> None:
         self._redis = redis
-        self._prefix = prefix
+        self._keys = Keys(prefix)
         self._ttl = ttl_seconds
         self._take = redis.register_script(_TAKE)
         self.leases = LeaseSet(redis, "jobs", ttl_seconds=3 * LEASE_SECONDS, prefix=prefix)
 
     def _job(self, job_id: str) -> str:
-        return f"{self._prefix}job:{job_id}"
+        return self._keys.job(job_id)
 
     def _jobs(self, session_id: str) -> str:
-        return f"{self._prefix}jobs:{session_id}"
+        return self._keys.jobs(session_id)
 
     def _pages(self, session_id: str) -> str:
-        return f"{self._prefix}scrapepages:{session_id}:{datetime.datetime.now(datetime.UTC):%Y%m%d}"
+        return self._keys.scrape_pages(session_id, f"{datetime.datetime.now(datetime.UTC):%Y%m%d}")
 
     def pages_key(self, session_id: str) -> str:
         """The counter of the session's pages fetched today (a Redis string; absent is 0)."""
@@ -113,7 +114,9 @@ class JobStore:
 
     async def save(self, session_id: str, job: Job) -> None:
         assert job.create_time is not None
-        async with self._redis.pipeline(transaction=True) as pipe:
+        # Not a transaction: the record and the session's list are in two hash slots (two nodes of a
+        # cluster). The record alone is unlisted until it expires; the list alone names a missing job.
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hset(self._job(job.id), mapping={"session": session_id, "job": bytes(job)})
             pipe.expire(self._job(job.id), self._ttl)
             pipe.zadd(self._jobs(session_id), {job.id: job.create_time.timestamp()})
