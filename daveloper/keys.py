@@ -26,7 +26,9 @@ Session ids, conversation ids and scopes never contain ``{`` or ``}``
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
+from typing import Any
 
 from daveloper.errors import InvalidArgument
 
@@ -236,12 +238,31 @@ class Keys:
         """
         return f"{self.prefix}sessionkeys:{{{session_id}}}"
 
-    def session_fixed(self, session_id: str) -> list[str]:
-        """The session's keys whose names are known without reading anything."""
-        return [self.session_rate(session_id), self.documents(session_id), self.document_usage(session_id),
-                self.document_version(session_id), self.document_clients(session_id),
-                self.document_hidden(session_id), self.ingestions(session_id), self.conversations(session_id),
-                self.jobs(session_id)]
+    def index_in(self, pipe: Any, session_id: str, key: str, ttl_seconds: int) -> None:
+        """Queue the registration of ``key`` (one of the session's digest-named keys) in its :meth:`session_index`.
+
+        Same slot as ``key``, so it may share the writer's transaction. The
+        index lives as long as its longest-lived member: its expiry is set
+        when it has none and only ever moved later.
+        """
+        index = self.session_index(session_id)
+        pipe.sadd(index, key)
+        pipe.expire(index, ttl_seconds, nx=True)
+        pipe.expire(index, ttl_seconds, gt=True)
+
+    def session_fixed(self, session_id: str, *, today: datetime.date | None = None) -> list[str]:
+        """The session's keys whose names are known without reading anything.
+
+        The page counters are named by day and live two days: yesterday's,
+        today's and tomorrow's (a clock ahead) are all there can be.
+        """
+        day = today or datetime.datetime.now(datetime.UTC).date()
+        pages = [self.scrape_pages(session_id, f"{day + datetime.timedelta(days=d):%Y%m%d}") for d in (-1, 0, 1)]
+        return [*pages, self.leases("jobs", session_id), self.leases("turns", session_id),
+                self.session_index(session_id), self.session_rate(session_id), self.documents(session_id),
+                self.document_usage(session_id), self.document_version(session_id),
+                self.document_clients(session_id), self.document_hidden(session_id), self.ingestions(session_id),
+                self.conversations(session_id), self.jobs(session_id)]
 
     # -- job scope -----------------------------------------------------------
 
