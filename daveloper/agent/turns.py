@@ -1,4 +1,6 @@
-"""Running a chat turn: model rounds, tool calls, citations, every event on the log.
+"""Chat turns from start to end: admission, records and leases, the conversation's queue, the final event.
+
+What a turn does in between (history, model rounds, tool calls) is :mod:`daveloper.agent.rounds`.
 
 A turn is a background job: it keeps running when its client disconnects, and
 every event it produces goes to the conversation's event log (scope
@@ -18,25 +20,21 @@ concatenated text is unchanged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-
-from opentelemetry.trace import SpanKind
 
 from daveloper.agent.admission import TurnAdmission
-from daveloper.agent.coalesce import TextCoalescer
 from daveloper.agent.conversations import Conversations, now, parse_conversation
-from daveloper.agent.history import carried_history, cited_passages, last_passage_number
-from daveloper.agent.llm.passages import format_passages
-from daveloper.agent.model import ChatModel, Message, ModelDone, TextDelta, ToolCallRequest, ToolSpec
+from daveloper.agent.history import cited_passages
+from daveloper.agent.model import ChatModel
 from daveloper.agent.queue import ConversationQueue
 from daveloper.agent.retry import retry_unavailable
+from daveloper.agent.rounds import TurnRounds
 from daveloper.agent.running import RunningTurn, conversation_scope, observe_end, turn_scope
+from daveloper.agent.settings import DEFAULT_SYSTEM_PROMPT, AgentSettings
 from daveloper.agent.tools import Toolbox
 from daveloper.errors import Cancelled, DaveloperError, NotFound, ResourceExhausted, Unavailable, to_failure
 from daveloper.eventlog import EventLog
@@ -49,13 +47,9 @@ from daveloper.tracing import span
 from generated.daveloper.v1 import (
     ChatEvent,
     ChatOptions,
-    Citation,
     Conversation,
     FinishReason,
-    SourceLocation,
     TokenDelta,
-    ToolCall,
-    ToolResult,
     Turn,
     TurnCompleted,
     TurnFailed,
@@ -64,39 +58,9 @@ from generated.daveloper.v1 import (
     Usage,
 )
 
-__all__ = ["Agent", "AgentSettings", "conversation_scope", "turn_scope"]
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "Agent", "AgentSettings", "conversation_scope", "turn_scope"]
 
 log = logging.getLogger("daveloper.agent")
-
-DEFAULT_SYSTEM_PROMPT = (
-    "You are Daveloper, an assistant for software developers. Answer from the user's documents when "
-    "they are relevant: call search_documents, then cite passages as [n]. Say so when you do not know."
-)
-
-
-@dataclass(frozen=True, slots=True)
-class AgentSettings:
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    max_tool_rounds: int = 4
-    history_tokens: int = 3000
-    coalesce_chars: int = 48
-    coalesce_seconds: float = 0.015
-    model: str = ""
-    owner: str = ""
-    #: The chat provider's name, for metrics.
-    provider: str = ""
-    #: Turns one session may run at once (0: no limit).
-    max_concurrent_turns: int = 0
-    #: Turns this instance runs at once; past it new turns are refused (0: no limit).
-    max_running_turns: int = 0
-    #: Turns this instance may be starting at once (admitted, model not yet called); past it new turns are
-    #: refused (0: no limit). Starting is where a turn's CPU goes: this bounds the first token's wait in a burst.
-    max_starting_turns: int = 0
-    #: The retry delay a refused turn is told (RetryInfo).
-    saturated_retry_seconds: float = 1.0
-    #: How long a running turn retries its writes while Redis does not answer, before it fails.
-    redis_retry_seconds: float = 15.0
-
 
 class Agent:
     """Starts turns and runs them to completion in the background."""
@@ -126,6 +90,9 @@ class Agent:
         self.admission = TurnAdmission(max_running=settings.max_running_turns,
                                        max_starting=settings.max_starting_turns,
                                        retry_seconds=settings.saturated_retry_seconds)
+        self._rounds = TurnRounds(conversations=conversations, model=model, tools=tools, settings=settings,
+                                  metrics=metrics, emit=self._emit, model_called=self.admission.started,
+                                  limit=self._limit)
 
     @property
     def running(self) -> int:
@@ -370,102 +337,9 @@ class Agent:
                 finish_reason=finish, usage=record.usage, text=text,
                 time_to_first_token=datetime.timedelta(seconds=ttft), duration=datetime.timedelta(seconds=elapsed)))
 
-    async def _history(self, turn: RunningTurn) -> list[Message]:
-        past_turns = [] if turn.fresh else await self._conversations.turns(turn.session_id, turn.conversation_id,
-                                                                           last=50)
-        earlier = carried_history([p for p in past_turns if p.id != turn.record.id], self._settings.history_tokens)
-        # Citation numbers go on from the carried passages', so a follow-up's [n] names one passage.
-        turn.citations = last_passage_number(past_turns)
-        turn.earlier_citations = {c.index: c for p in past_turns for c in p.citations}
-        return [Message("system", self._settings.system_prompt), *earlier, Message("user", turn.record.user_text)]
-
     async def _queued_rounds(self, turn: RunningTurn) -> FinishReason:
         """The turn's rounds, once the turns ahead of it in its conversation have ended."""
         if turn.place is not None and turn.place.ahead is not None:
             await self.queue.wait(turn.place)
             await self._announce(turn)
-        return await self._rounds(turn)
-
-    async def _rounds(self, turn: RunningTurn) -> FinishReason:
-        messages = await self._history(turn)
-        tools = self._tools.specs(turn.options.tools)
-        for _ in range(self._limit("max_tool_rounds", self._settings.max_tool_rounds) + 1):
-            done = await self._stream(turn, messages, tools)
-            if not done.tool_calls:
-                return FinishReason.LENGTH if done.finish_reason == "length" else FinishReason.STOP
-            messages.append(Message("assistant", "", tool_calls=done.tool_calls))
-            for call in done.tool_calls:
-                messages.append(await self._call_tool(turn, call))
-        return FinishReason.TOOL_LIMIT
-
-    async def _stream(self, turn: RunningTurn, messages: list[Message], tools: list[ToolSpec]) -> ModelDone:
-        """One model round; text deltas are coalesced onto the log (see :mod:`daveloper.agent.coalesce`)."""
-        provider = self._settings.provider
-        requested, done = time.perf_counter(), None
-
-        async def emit_text(text: str) -> int:
-            return await self._emit(turn, token_delta=TokenDelta(text=text))
-
-        async with TextCoalescer(emit_text, chars=self._settings.coalesce_chars,
-                                 seconds=self._settings.coalesce_seconds,
-                                 immediate_first=turn.first_token is None) as coalescer:
-            with span("llm.stream", SpanKind.CLIENT, **{"gen_ai.system": provider}), \
-                    self._metrics.timed("llm", provider):
-                self.admission.started(turn)
-                # aclosing: leaving early (an error, a cancel) closes the model stream and its upstream request.
-                async with contextlib.aclosing(self._model.stream(
-                    messages, tools=tools, model=turn.options.model or self._settings.model,
-                    temperature=turn.options.temperature, max_tokens=turn.options.max_tokens,
-                    session_id=turn.session_id,
-                )) as events:
-                    async for event in events:
-                        if requested:
-                            self._first_event.observe(time.perf_counter() - requested)
-                            requested = 0.0
-                        if isinstance(event, TextDelta):
-                            if turn.first_token is None:
-                                turn.first_token = time.perf_counter()
-                            turn.text.append(event.text)
-                            coalescer.add(event.text)
-                        else:
-                            done = event
-            # The rest goes out with the round's next event (a tool call, or the turn's end), in one append.
-            turn.unsent = await coalescer.take()
-        if done is None:
-            raise Unavailable("the language model stream ended without finishing", reason="LLM_UNAVAILABLE",
-                              retry_after=1.0)
-        turn.prompt_tokens += done.prompt_tokens
-        turn.completion_tokens += done.completion_tokens
-        return done
-
-    async def _call_tool(self, turn: RunningTurn, call: ToolCallRequest) -> Message:
-        await self._emit(turn, tool_call=ToolCall(call_id=call.call_id, name=call.name,
-                                                  arguments_json=call.arguments))
-        with span(f"tool.{call.name}"):
-            outcome = await self._tools.call(turn.session_id, call.name, call.arguments,
-                                             document_ids=turn.options.document_ids)
-        tool = call.name if call.name in self._tools.names else "unknown"  # a model may make names up
-        self._metrics.tool_calls.labels(tool, "error" if outcome.is_error else "ok").inc()
-        self._metrics.tool_seconds.labels(tool).observe(outcome.seconds)
-        content = outcome.content
-        if outcome.hits:
-            passages = []
-            for hit in outcome.hits:
-                turn.citations += 1
-                title = " > ".join([hit.document_name, *hit.heading_path[-1:]])
-                passages.append((turn.citations, title, hit.text))
-                citation = Citation(
-                    index=turn.citations, document_id=hit.document_id, chunk_id=hit.chunk_id, title=title,
-                    location=SourceLocation(heading_path=list(hit.heading_path), page=hit.page,
-                                            start_line=hit.start_line, end_line=hit.end_line,
-                                            url=hit.source_uri if hit.source_uri.startswith(("http://", "https://"))
-                                            else ""),
-                    snippet=hit.text[:300], score=hit.score)
-                turn.passages[citation.index] = citation
-            content = format_passages(passages)
-        result = ToolResult(call_id=call.call_id, name=call.name, content=content, is_error=outcome.is_error,
-                            duration=datetime.timedelta(seconds=outcome.seconds))
-        turn.record.tool_calls.append(ToolCall(call_id=call.call_id, name=call.name, arguments_json=call.arguments))
-        turn.record.tool_results.append(result)
-        await self._emit(turn, tool_result=result)
-        return Message("tool", content, tool_call_id=call.call_id, name=call.name)
+        return await self._rounds.run(turn)
