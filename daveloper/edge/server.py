@@ -21,6 +21,7 @@ from daveloper.edge.wire import wire_for
 from daveloper.health import HealthMonitor
 from daveloper.metrics import METRICS, Metrics, metrics_handler
 from daveloper.registry import InstanceRegistry
+from daveloper.rpc.connections import ConnectionGuard, RequestStart
 from daveloper.tls import edge_context, loopback_client_context
 
 __all__ = ["Edge", "build_app", "open_edge", "own_origins"]
@@ -123,9 +124,12 @@ def build_app(state: EdgeState) -> web.Application:
 class Edge:
     """A running edge: its bound address, and :meth:`drain` for a graceful stop."""
 
-    def __init__(self, state: EdgeState, runner: web.AppRunner, addr: Address) -> None:
+    def __init__(self, state: EdgeState, runner: web.AppRunner, addr: Address, *,
+                 connections: ConnectionGuard | None = None) -> None:
         self.state = state
         self._runner = runner
+        #: The listener's connection bounds (slow openings, connections per address).
+        self.connections = connections
         #: The address actually bound (the real port when settings asked for 0).
         self.addr = addr
         self._drained = False
@@ -171,16 +175,25 @@ async def open_edge(settings: Settings, *, upstreams: Sequence[Address], health:
     runner = web.AppRunner(build_app(state), access_log=None, handle_signals=False,
                            shutdown_timeout=max(settings.drain_seconds, 0.1), handler_cancellation=True)
     await runner.setup()
+    connections = ConnectionGuard(
+        header_seconds=settings.header_timeout_seconds, per_address=settings.max_connections_per_address,
+        opening=RequestStart, on_refused=lambda reason: state.metrics.connections_refused.labels("edge", reason).inc())
     discovery: asyncio.Task[None] | None = None
+    listener: asyncio.Server | None = None
     try:
         if registry is not None:
             discovery = asyncio.create_task(registry.follow(upstream.set_addresses, static=upstreams),
                                             name="edge-discovery")
-        site = web.TCPSite(runner, settings.edge_addr.host, settings.edge_addr.port,
-                           ssl_context=edge_context(settings), backlog=settings.listen_backlog)
-        await site.start()
-        port = runner.addresses[0][1] if runner.addresses else settings.edge_addr.port
-        edge = Edge(state, runner, Address(settings.edge_addr.host, int(port)))
+        # Our own listener rather than aiohttp's TCPSite, so every connection passes the guard
+        # (a deadline for its first request's headers, a cap per client address).
+        assert runner.server is not None
+        tls = edge_context(settings)
+        listener = await asyncio.get_running_loop().create_server(
+            connections.wrap(runner.server), settings.edge_addr.host, settings.edge_addr.port, ssl=tls,
+            backlog=settings.listen_backlog,
+            ssl_handshake_timeout=(settings.header_timeout_seconds or None) if tls is not None else None)
+        port = listener.sockets[0].getsockname()[1] if listener.sockets else settings.edge_addr.port
+        edge = Edge(state, runner, Address(settings.edge_addr.host, int(port)), connections=connections)
         state.own_origins = own_origins(settings.edge_addr.host, int(port), tls=bool(settings.tls_cert_file))
         log.info("edge listening", extra={"edge": str(edge.addr), "upstreams": [str(a) for a in upstreams],
                                           "discovery": registry is not None})
@@ -192,5 +205,7 @@ async def open_edge(settings: Settings, *, upstreams: Sequence[Address], health:
         if discovery is not None:
             discovery.cancel()
             await asyncio.wait([discovery])
-        await runner.cleanup()
+        if listener is not None:
+            listener.close()
+        await runner.cleanup()  # closes the connections the listener accepted
         upstream.close()
