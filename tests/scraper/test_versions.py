@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 from grpclib.client import Channel
 
+from daveloper.config import Settings
 from generated.daveloper.v1 import (
     AgentServiceStub,
     ChatEvent,
@@ -12,6 +15,7 @@ from generated.daveloper.v1 import (
     Document,
     DocumentServiceStub,
     GetDocumentRequest,
+    GitHubIngestSpec,
     ListDocumentsRequest,
     ScrapeRequest,
     ScraperServiceStub,
@@ -19,11 +23,25 @@ from generated.daveloper.v1 import (
     SearchMode,
     SearchRequest,
     SendMessage,
+    StartGitHubIngestRequest,
+    WatchJobRequest,
 )
 from tests.grpc_helpers import bearer
+from tests.scraper.github_server import FakeGitHub
 from tests.scraper.site import SECRET_WORD, Site
 
 pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+async def github() -> AsyncIterator[FakeGitHub]:
+    async with FakeGitHub() as server:
+        yield server
+
+
+@pytest.fixture
+def settings(settings: Settings, github: FakeGitHub) -> Settings:
+    return settings.replace(github_api_url=github.url)
 
 
 async def crawl(channel: Channel, token: str, url: str) -> str:
@@ -93,3 +111,25 @@ async def test_scrape_url_reads_the_stored_copy_of_a_page_that_answers_304(chann
     assert site.paths().count("/page/1/3") == 2  # the second fetch was conditional (and answered 304)
     [document] = await documents(channel, token)
     assert document.version == 1
+
+
+async def test_a_changed_github_readme_is_a_new_version_of_its_document(channel: Channel, token: str,
+                                                                       github: FakeGitHub) -> None:
+    scraper = ScraperServiceStub(channel)
+
+    async def ingest_readme() -> None:
+        job = (await scraper.start_git_hub_ingest(StartGitHubIngestRequest(spec=GitHubIngestSpec(
+            repository="octo-org/hello-world", include_readme=True, ingest=True)), timeout=10,
+            metadata=bearer(token))).job
+        events = [r.event async for r in scraper.watch_job(WatchJobRequest(job_id=job.id), timeout=30,
+                                                           metadata=bearer(token))]
+        assert events[-1].finished is not None
+
+    await ingest_readme()
+    [first] = await documents(channel, token)
+    github.repos["octo-org/hello-world"].files["README.md"] = b"# Hello World\n\nThe zebracorn build now needs Rust.\n"
+    await ingest_readme()
+    [second] = await documents(channel, token)
+    assert (second.id, second.version, second.source_uri) == (first.id, 2, first.source_uri)
+    assert await search(channel, token, "repository tests zebracorn") == [
+        "Hello World\n\nThe zebracorn build now needs Rust."]
