@@ -4,8 +4,9 @@ A session's record expires by itself in Redis; its data does not. The
 sweeper walks the session index (``dv:sessions:expiry``, see
 :mod:`daveloper.sessions`) for deadlines that have passed and, for each such
 session, runs the same purgers ``DeleteSession`` runs (conversations,
-documents, vectors, scraper jobs), then deletes every remaining key whose name
-carries the session id (rate-limit buckets, tool caches, crawl records, ...),
+documents, vectors, scraper jobs), then deletes every remaining key of the
+session that the key schema names or the session's key index lists (rate-limit
+buckets, leases, tool caches, crawl records, ...; see :mod:`daveloper.keys`),
 and finally the record and the index entry.
 
 Every instance may run a sweeper. A session is *claimed* before it is purged:
@@ -28,6 +29,7 @@ import redis.asyncio as aioredis
 from daveloper.audit import AuditLog
 from daveloper.errors import DaveloperError
 from daveloper.infra.redis import reply_text
+from daveloper.keys import Keys
 from daveloper.sessions import SessionStore
 
 __all__ = ["Sweeper", "purge_named_keys"]
@@ -36,39 +38,33 @@ log = logging.getLogger("daveloper.sweeper")
 
 Purger = Callable[[str], Awaitable[object]]
 
-# KEYS: index, record. ARGV: now, claim until, session id. 1 if this caller now owns the sweep.
-# A record that still exists is left alone: Redis's clock, not ours, says whether it has expired,
-# so a sweeper whose clock runs ahead cannot purge a session that is still being used.
+# KEYS: index. ARGV: now, claim until, session id. 1 if this caller now owns the sweep.
+# The caller has checked that the record is gone first (Redis's clock, not ours, says whether it
+# has expired, so a sweeper whose clock runs ahead cannot purge a session still in use). Not in this
+# script: the record is in the session's hash slot, the index in its own (two nodes of a cluster);
+# a record that is gone never comes back, so checking it first is as good.
 _CLAIM = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
 if not score or tonumber(score) > tonumber(ARGV[1]) then return 0 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[3])
 return 1
 """
 
 
 async def purge_named_keys(redis: aioredis.Redis, session_ids: Iterable[str], *, prefix: str = "dv:") -> int:
-    """Delete every ``prefix`` key that has one of ``session_ids`` as a ``:``-separated part; the count.
+    """Delete every key of ``session_ids`` that the schema names or the session's index lists; the count.
 
     A backstop behind the owners' purgers, for key families that no purger
-    knows (rate-limit buckets, caches): one SCAN of the keyspace for any number
-    of sessions, so the sweeper runs it once per pass. Session ids are
-    URL-safe base64 (no ``:``), so a part matches an id exactly or not at all.
+    knows (rate-limit buckets, leases, caches, crawl records): the names come
+    from :mod:`daveloper.keys` (those known by name, and the session's index of
+    its digest-named keys), never from a scan of the keyspace. They all carry
+    the session's hash tag, so each session's are one UNLINK on one node.
     """
-    wanted = set(session_ids)
-    if not wanted:
-        return 0
-    doomed: list[bytes | str] = []
+    keys = Keys(prefix)
     deleted = 0
-    async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
-        if not wanted.isdisjoint(reply_text(key).split(":")):
-            doomed.append(key)
-        if len(doomed) >= 500:
-            deleted += await redis.unlink(*doomed)
-            doomed.clear()
-    if doomed:
-        deleted += await redis.unlink(*doomed)
+    for session_id in session_ids:
+        listed = [reply_text(k) for k in await redis.smembers(keys.session_index(session_id))]
+        deleted += await redis.unlink(*listed, *keys.session_fixed(session_id))
     return deleted
 
 
@@ -98,8 +94,10 @@ class Sweeper:
         self._claim = redis.register_script(_CLAIM)
 
     async def _claim_session(self, session_id: str, now: float) -> bool:
-        keys = [self._sessions.index_key, self._sessions.record_key(session_id)]
-        return bool(await self._claim(keys=keys, args=[repr(now), repr(now + self._claim_seconds), session_id]))
+        if await self._redis.exists(self._sessions.record_key(session_id)):
+            return False
+        return bool(await self._claim(keys=[self._sessions.index_key],
+                                      args=[repr(now), repr(now + self._claim_seconds), session_id]))
 
     async def _purge(self, session_id: str) -> bool:
         try:

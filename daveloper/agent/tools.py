@@ -29,6 +29,7 @@ from daveloper.agent.model import ToolSpec
 from daveloper.documents.model import Hit
 from daveloper.documents.search import DocumentSearch
 from daveloper.errors import DaveloperError
+from daveloper.keys import Keys
 
 __all__ = ["GITHUB_REPO", "SCRAPE_URL", "SEARCH_DOCUMENTS", "ToolOutcome", "Toolbox", "WebTools"]
 
@@ -105,7 +106,7 @@ class Toolbox:
         self._redis = redis
         #: The key of a session's document version counter (:meth:`daveloper.documents.catalog.Catalog.version_key`).
         self._document_version = document_version
-        self._prefix = prefix
+        self._keys = Keys(prefix)
         self._web = web
         self._cache_ttl = cache_ttl
         self._timeout = timeout
@@ -154,7 +155,10 @@ class Toolbox:
             if outcome is None:
                 async with asyncio.timeout(self._timeout):
                     outcome = await self._tools[name][1](session_id, args, scope)
-                await self._redis.set(key, _encode(outcome, version), ex=self._cache_ttl)
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.set(key, _encode(outcome, version), ex=self._cache_ttl)
+                    self._keys.index_in(pipe, session_id, key, self._cache_ttl)  # for the sweeper
+                    await pipe.execute()
         except _ToolError as exc:
             outcome = ToolOutcome(f"error: {exc}", is_error=True)
         except DaveloperError as exc:
@@ -193,7 +197,7 @@ class Toolbox:
 
     def _cache_key(self, session_id: str, name: str, args: dict[str, Any], document_ids: Sequence[str]) -> str:
         digest = hashlib.sha256(json.dumps([name, args, sorted(document_ids)], sort_keys=True).encode()).hexdigest()
-        return f"{self._prefix}toolcache:{session_id}:{digest[:32]}"
+        return self._keys.tool_cache(session_id, digest[:32])
 
 
 class _ToolError(Exception):

@@ -26,6 +26,7 @@ from yarl import URL
 
 from daveloper.errors import DaveloperError, InvalidArgument, ResourceExhausted
 from daveloper.infra.redis import redis_call
+from daveloper.keys import Keys
 from daveloper.scraper.extract import canonical_url, decode, is_html, parse_html, parse_sitemap
 from daveloper.scraper.fetcher import Fetcher, Response
 from daveloper.scraper.jobs import JobRun, Work
@@ -97,7 +98,7 @@ class Crawler:
         self._ingest = ingest
         self._document_exists = document_exists
         self.limits = limits
-        self._prefix = prefix
+        self._keys = Keys(prefix)
 
     def plan(self, spec: ScrapeSpec) -> _Plan:
         """Check a spec; INVALID_ARGUMENT with one violation per bad field, PERMISSION_DENIED for blocked seeds."""
@@ -173,7 +174,7 @@ class Crawler:
 
     def _seen_key(self, session_id: str, url: URL) -> str:
         digest = hashlib.sha256(str(url).encode()).hexdigest()[:32]
-        return f"{self._prefix}scrapeseen:{session_id}:{digest}"
+        return self._keys.scrape_seen(session_id, digest)
 
     async def remembered(self, session_id: str, url: URL, *, ingest: bool) -> dict[str, str] | None:
         raw = await redis_call(self._redis.get(self._seen_key(session_id, url)))
@@ -191,7 +192,11 @@ class Crawler:
             return
         record = {"etag": etag or "", "last_modified": modified or "", "document_id": document_id,
                   "title": "", "links": "\n".join(str(link) for link in links[:500])}
-        await redis_call(self._redis.set(self._seen_key(session_id, url), json.dumps(record), ex=7 * 86400))
+        key = self._seen_key(session_id, url)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, json.dumps(record), ex=7 * 86400)
+            self._keys.index_in(pipe, session_id, key, 7 * 86400)  # for the sweeper
+            await redis_call(pipe.execute())
 
     async def ingest(self, session_id: str, data: bytes, name: str, media_type: str, url: str) -> Document:
         return await self._ingest(session_id, data, name, media_type, url, {"source": "scrape"})

@@ -15,6 +15,7 @@ from grpclib.exceptions import GRPCError
 
 from daveloper.app import App
 from daveloper.eventlog import EventLog
+from daveloper.keys import Keys
 from daveloper.scraper.crawl import Crawler, CrawlLimits
 from daveloper.scraper.fetcher import Fetcher, FetchLimits, open_http_session
 from daveloper.scraper.jobs import JobLimits, JobRun, JobStore
@@ -324,7 +325,7 @@ async def test_daily_page_quota_fails_the_job_with_retry_info(
     session_id = (await SessionServiceStub(channel).get_session(GetSessionRequest(), timeout=5,
                                                                 metadata=bearer(token))).session.id
     day = time.strftime("%Y%m%d", time.gmtime())
-    await app.redis.set(f"dv:scrapepages:{session_id}:{day}", app.settings.scrape_pages_per_day - 2)
+    await app.redis.set(Keys().scrape_pages(session_id, day), app.settings.scrape_pages_per_day - 2)
     events = await crawl(ScraperServiceStub(channel), token, urls=[site.url("/section/0")], max_depth=1)
     finished = events[-1].finished
     assert finished.state == JobState.FAILED
