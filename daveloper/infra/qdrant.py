@@ -95,6 +95,6 @@ async def _connect(url: str, api_key: str | None) -> VectorEngine:
 def qdrant_probe(engine: VectorEngine, *, name: str = "qdrant", timeout: float = 1.0) -> TimedProbe:
     """Health probe for the vector engine: a round trip within ``timeout``.
 
-    For Edge the round trip goes through its worker thread to the engine process.
+    For Edge the round trip goes to the engine process and back.
     """
     return TimedProbe(name, engine.ping, timeout=timeout)

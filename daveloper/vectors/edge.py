@@ -10,9 +10,11 @@ thread runs them: a shard load takes ~1 s at 100k points, an ``optimize()`` of
 100k unindexed 384-d points 3.5 s. So the shards live in an engine process
 (:mod:`daveloper.vectors.edge_host`) and this class is its client:
 
-* one worker thread sends each call over a socket pair and waits for the
-  answer with the GIL released, so the event loop never waits for Edge, and
-  calls reach the shards one at a time, in order;
+* the event loop writes each call to a socket pair and a reader task hands
+  the answers back in order, so the loop never waits for Edge, calls reach the
+  shards one at a time, in order, and concurrent calls are pipelined (no
+  thread: a worker thread waited up to two GIL switch intervals, ~10 ms, per
+  call while the loop was busy);
 * upserts go in batches of :data:`BATCH_SIZE` points (fewer with wide dense
   vectors), so a search waits behind at most one batch;
 * **maintenance**: segments are optimized (dense vectors quantized to int8, small
@@ -33,21 +35,18 @@ import asyncio
 import fcntl
 import logging
 import re
-import socket
-import subprocess
-import sys
 import time
 import uuid
+from array import array
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, Any
 
 from daveloper import errors
 from daveloper.errors import ConfigError, DaveloperError, Internal, InvalidArgument, Unavailable
 from daveloper.vectors.edge_host import NAME, RRF_K
+from daveloper.vectors.edge_link import EngineGone, EngineProcess
 from daveloper.vectors.model import (
     CollectionInfo,
     CollectionSpec,
@@ -76,8 +75,6 @@ DENSE_VALUES_PER_BATCH = 48 * 1024
 MAINTAIN_EVERY = 16_384
 #: Seconds without calls after which collections written since their last maintenance are optimized.
 IDLE_SECONDS = 1.0
-#: Seconds the engine process gets to flush and exit when closed.
-STOP_SECONDS = 30.0
 _NAME = re.compile(NAME)
 # Engine messages that mean the caller sent something that does not fit the collection.
 _BAD_INPUT = ("dimension error", "Not existing vector name", "Wrong input", "Bad input", "Bad request")
@@ -89,37 +86,9 @@ def _point_id(point_id: PointId) -> PointId:
 
 
 def _normalised(point: PointData) -> PointData:
-    return point if isinstance(point.id, int) else PointData(_point_id(point.id), point.vectors, point.payload)
-
-
-class _Process:
-    """One engine process and our end of its socket pair (used from the worker thread only)."""
-
-    def __init__(self, root: Path) -> None:
-        ours, theirs = socket.socketpair()
-        try:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "daveloper.vectors.edge_host", str(theirs.fileno()), str(root)],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        self.connection = Connection(ours.detach())
-
-    def call(self, method: str, args: tuple[Any, ...]) -> Any:
-        self.connection.send((method, args))
-        return self.connection.recv()
-
-    def stop(self) -> None:
-        self.connection.close()  # the process sees EOF, flushes and exits, if close() did not reach it
-        try:
-            self.popen.wait(STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            log.error("Qdrant Edge process %d did not exit; killing it", self.popen.pid)
-            self.popen.kill()
-            self.popen.wait()
+    # Dense vectors travel as one array of doubles: pickled as a byte string, not as hundreds of floats.
+    vectors = {name: v if isinstance(v, Sparse | array) else array("d", v) for name, v in point.vectors.items()}
+    return PointData(_point_id(point.id), vectors, point.payload)
 
 
 class EdgeEngine:
@@ -137,8 +106,8 @@ class EdgeEngine:
         self._batch_size = batch_size
         self._maintain_every = maintain_every
         self._idle_seconds = idle_seconds
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge")
-        self._process: _Process | None = None  # touched only on the worker thread
+        self._process: EngineProcess | None = None
+        self._starting = asyncio.Lock()  # one engine process at a time, however many calls find none
         #: Points written (or deleted) per collection since its last maintenance.
         self._pending: Counter[str] = Counter()
         self._last_call = time.monotonic()
@@ -166,18 +135,23 @@ class EdgeEngine:
     def pid(self) -> int | None:
         """The engine process's id, once one runs (for operators and tests)."""
         process = self._process
-        return process.popen.pid if process is not None else None
+        return process.pid if process is not None else None
 
-    def _roundtrip(self, method: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        """Worker thread: send one call to the engine process (starting one if needed) and return its answer."""
-        if self._process is None:
-            self._process = _Process(self.root)
+    async def _roundtrip(self, method: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Send one call to the engine process (starting one if needed) and return its answer."""
+        process = self._process
+        if process is None:
+            async with self._starting:
+                if (process := self._process) is None:
+                    process = self._process = await EngineProcess.start(self.root)
         try:
-            answer: tuple[Any, ...] = self._process.call(method, args)
-        except (EOFError, OSError) as exc:
-            process, self._process = self._process, None
-            process.stop()
-            raise Unavailable(f"the Qdrant Edge process exited (code {process.popen.returncode})",
+            answer: tuple[Any, ...] = await process.call(method, args)
+        except EngineGone as exc:
+            # This call fails; the next one starts a new process (the shards reopen from their WAL).
+            if self._process is process:
+                self._process = None
+            await asyncio.shield(process.stop())
+            raise Unavailable(f"the Qdrant Edge process exited (code {process.process.returncode})",
                               retry_after=1.0) from exc
         return answer
 
@@ -188,7 +162,7 @@ class EdgeEngine:
         if activity:
             self._last_call = time.monotonic()
         try:
-            answer = await asyncio.get_running_loop().run_in_executor(self._executor, self._roundtrip, method, args)
+            answer = await self._roundtrip(method, args)
         finally:
             if activity:
                 self._last_call = time.monotonic()
@@ -324,9 +298,9 @@ class EdgeEngine:
                                 self._checked(collection), query)
 
     async def ping(self) -> None:
-        if self._maintaining and self._process is not None and self._process.popen.poll() is None:
+        if self._maintaining and self._process is not None and self._process.process.returncode is None:
             return  # busy with a maintenance step on purpose, and alive: not stuck
-        # A round trip through the worker thread and the engine process: both answer.
+        # A round trip to the engine process: it answers.
         await self._call("health check", "ping", activity=False)
 
     async def close(self) -> None:
@@ -338,20 +312,17 @@ class EdgeEngine:
             self._maintainer.cancel()
             await asyncio.wait([self._maintainer])  # its cancellation is not ours: a cancel of close() still raises
 
-        def stop() -> None:
-            if self._process is None:
-                return
-            try:
-                answer = self._process.call("close", ())
-                if answer[0] != "ok":
-                    log.error("closing Qdrant Edge shards failed: %s", answer[1:])
-            except (EOFError, OSError):
-                log.exception("the Qdrant Edge process was gone at close")
-            self._process.stop()
-            self._process = None
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, stop)
+            process, self._process = self._process, None
+            if process is not None:
+                try:
+                    answer = await process.call("close", ())
+                    if answer[0] != "ok":
+                        log.error("closing Qdrant Edge shards failed: %s", answer[1:])
+                except EngineGone:
+                    log.exception("the Qdrant Edge process was gone at close")
+                finally:
+                    await process.stop()
         finally:
-            self._executor.shutdown(wait=True)
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()

@@ -172,3 +172,21 @@ async def test_a_dead_engine_process_fails_one_call_and_is_replaced(tmp_path: Pa
         await engine.ping()
     finally:
         await engine.close()
+
+
+async def test_concurrent_calls_each_get_their_own_answer_also_when_others_are_cancelled(tmp_path: Path) -> None:
+    engine = EdgeEngine.open(tmp_path)
+    try:
+        await engine.create_collection("c", SPEC)
+        await engine.upsert("c", points(200))
+        # Written back to back, answered in order: a cancelled call's answer must not reach the next caller.
+        calls = [asyncio.ensure_future(engine.count("c", (Match("session_id", "s"), Range("n", lt=n))))
+                 for n in range(1, 101)]
+        for call in calls[::3]:
+            call.cancel()
+        await asyncio.wait(calls)
+        for n, call in enumerate(calls, start=1):
+            assert call.cancelled() or call.result() == n
+        assert await engine.count("c") == 200
+    finally:
+        await engine.close()
