@@ -144,6 +144,15 @@ async def load(store: ChunkStore, session: str, size: int, corpus: Corpus) -> fl
     return time.perf_counter() - started
 
 
+def memory_mib(pid: int | None, field: str) -> float:
+    """``VmHWM`` (peak) or ``VmRSS`` of a process, in MiB (0 when it is gone)."""
+    with contextlib.suppress(OSError, TypeError), open(f"/proc/{pid if pid is not None else 'self'}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def ms(samples: list[float]) -> dict[str, float]:
     return {f"p{q}": round(percentile(samples, q) * 1e3, 3) for q in (50, 90, 99)} | {
         "max": round(max(samples) * 1e3, 3)}
@@ -295,6 +304,12 @@ async def default_app(app: App, size: int, texts: list[str], corpus: Corpus, qui
                 result["maintenance"] = {"seconds": round(time.perf_counter() - started, 2),
                                          "segments": stats.segments, "points": stats.points}
         result["during_maintenance"] = await responsiveness(channel, seconds, reclaim)
+        # Memory with every chunk loaded and searched: the engine process holds the shards; this process is
+        # the server plus the benchmark's own corpus, vectors and clients.
+        engine_pid = app.qdrant.pid if isinstance(app.qdrant, EdgeEngine) else None
+        result["memory_mib"] = {"engine_peak": round(memory_mib(engine_pid, "VmHWM")),
+                                "engine_now": round(memory_mib(engine_pid, "VmRSS")),
+                                "process_peak": round(memory_mib(None, "VmHWM"))}
         return result, created.token
     finally:
         channel.close()
@@ -367,7 +382,8 @@ def report(results: dict[str, Any]) -> str:
     out.append("")
     out.append("; ".join(f"{s}: load {r['load_seconds']} s, bulk upsert of {r['bulk_chunks']} chunks "
                          f"{r['bulk_upsert_seconds']} s, maintenance after deleting them {r.get('maintenance')}, "
-                         f"load average {r['load_average']}" for s, r in results.items()))
+                         f"memory MiB {r['memory_mib']}, load average {r['load_average']}"
+                         for s, r in results.items()))
     return "\n".join(out)
 
 
