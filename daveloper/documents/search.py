@@ -13,6 +13,7 @@ and querying could otherwise show both versions, or neither (see
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 
 from daveloper.documents.catalog import Catalog
@@ -83,13 +84,21 @@ class DocumentSearch:
                 reason="DENSE_UNAVAILABLE",
                 metadata={"embedder": self._embedder.name},
             )
-        vectors = await self._embedder.embed_query(query)
         top_k, document_ids = min(top_k or self.default_top_k, self.max_top_k), tuple(dict.fromkeys(document_ids))
         if self._catalog is None:
+            vectors = await self._embedder.embed_query(query)
             return await self._store.search(session_id, vectors, top_k=top_k, mode=mode, document_ids=document_ids,
                                             metadata_filter=metadata_filter)
-        for _ in range(_MAX_ATTEMPTS):
-            epoch, hidden = await self._catalog.visibility(session_id)
+        # The first read of the hidden set is in flight while the query is embedded.
+        visible = asyncio.ensure_future(self._catalog.visibility(session_id))
+        try:
+            vectors = await self._embedder.embed_query(query)
+            epoch, hidden = await visible
+        finally:
+            visible.cancel()
+        for attempt in range(_MAX_ATTEMPTS):
+            if attempt:
+                epoch, hidden = await self._catalog.visibility(session_id)
             hits = await self._store.search(session_id, vectors, top_k=top_k, mode=mode, document_ids=document_ids,
                                             metadata_filter=metadata_filter, hidden=hidden)
             if await self._catalog.epoch(session_id) == epoch:
