@@ -120,7 +120,7 @@ class DocumentService(Servicer):
         self._max_bytes = max_upload_bytes
         self._audit = audit
 
-    async def Upload(self, call: Call[UploadRequest, UploadResponse]) -> None:
+    async def Upload(self, call: Call[UploadRequest, UploadResponse | Encoded]) -> None:
         if not call.session_id:
             # Only the admin token has no session; a document stored under "" would belong to nobody.
             raise FailedPrecondition("Upload stores into a session: call it with a session token",
@@ -163,7 +163,8 @@ class DocumentService(Servicer):
         if last.failed is not None:
             raise failure_error(last.failed)
 
-    async def _receive(self, ingestion: Ingestion, call: Call[UploadRequest, UploadResponse], *, expected: int) -> None:
+    async def _receive(self, ingestion: Ingestion, call: Call[UploadRequest, UploadResponse | Encoded], *,
+                       expected: int) -> None:
         async for request in call:
             if request.header is not None:
                 raise InvalidArgument.field("header", "only the first message may carry the header")
@@ -178,12 +179,13 @@ class DocumentService(Servicer):
             raise InvalidArgument("the upload is empty", violations=[("chunk", "no bytes were sent")],
                                   reason="EMPTY_DOCUMENT")
 
-    async def _forward(self, ingestion_id: str, call: Call[UploadRequest, UploadResponse]) -> IngestEvent:
-        last = IngestEvent()
-        async for event in self._ingestor.events(ingestion_id):
-            await call.send(UploadResponse(event=event))
-            last = event
-        return last
+    async def _forward(self, ingestion_id: str, call: Call[UploadRequest, UploadResponse | Encoded]) -> IngestEvent:
+        last = b""
+        async with contextlib.aclosing(self._events.read(ingestion_scope(ingestion_id))) as entries:
+            async for entry in entries:
+                await call.send(wrap_event(entry.payload, entry.seq))  # an UploadResponse, from the stored bytes
+                last = entry.payload
+        return IngestEvent.parse(last)  # only the final event is decoded: did the ingestion fail?
 
     async def WatchIngestion(
         self, request: WatchIngestionRequest, call: Call[Any, Any]
