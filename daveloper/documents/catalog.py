@@ -210,6 +210,10 @@ class Catalog:
         """Stop tracking a hidden ingestion whose points are gone (deleted, or never written)."""
         await self._redis.hdel(self._hidden(session_id), ingestion_id)
 
+    async def is_hidden(self, session_id: str, ingestion_id: str) -> bool:
+        """Whether the ingestion's points are hidden: staged, or replaced and not yet deleted."""
+        return bool(await self._redis.hexists(self._hidden(session_id), ingestion_id))
+
     async def visibility(self, session_id: str) -> tuple[int, list[str]]:
         """The hidden set's epoch and the ingestions searches must leave out, read at one instant."""
         fields = await self._redis.hgetall(self._hidden(session_id))

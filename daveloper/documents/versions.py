@@ -73,6 +73,13 @@ async def _remove_replaced(catalog: Catalog, store: ChunkStore, session_id: str,
 
 
 async def discard_version(catalog: Catalog, store: ChunkStore, session_id: str, ingestion_id: str) -> None:
-    """Delete the points an ingestion wrote, then stop hiding it (there is nothing left to hide)."""
+    """Delete the points a hidden ingestion wrote, then stop hiding it (there is nothing left to hide).
+
+    An ingestion that is not hidden wrote nothing (it failed before it was staged) or is its
+    document's current version (it was committed, and was cancelled or failed just after): its
+    points stay, since the catalog's record points at them.
+    """
+    if not await catalog.is_hidden(session_id, ingestion_id):
+        return
     await store.delete_ingestion(session_id, ingestion_id)
     await catalog.release(session_id, ingestion_id)

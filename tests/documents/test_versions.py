@@ -13,7 +13,7 @@ from daveloper.documents.catalog import Catalog
 from daveloper.documents.embeddings import BM25Embedder
 from daveloper.documents.search import DocumentSearch
 from daveloper.documents.store import ChunkStore
-from daveloper.documents.versions import commit_version
+from daveloper.documents.versions import commit_version, discard_version
 from daveloper.vectors import PointQuery, Record, VectorEngine
 from generated.daveloper.v1 import Document
 from tests.documents.test_store import store_texts
@@ -78,4 +78,22 @@ async def test_a_search_that_raced_a_replacement_searches_again(engine: VectorEn
     assert await store.count("s1") == 2
     gate.set()
     assert await racing == {"2"}  # not set() (neither version): it saw the hidden set change and searched again
+    assert (await catalog.visibility("s1"))[1] == []
+
+
+async def test_discarding_the_current_version_keeps_its_points(engine: VectorEngine, redis: aioredis.Redis) -> None:
+    # A replacement cancelled just after its commit runs its failure path on the version now current.
+    store, catalog = ChunkStore(engine), Catalog(redis, prefix="dvtest:")
+    first = await commit_version(catalog, store, "s1", draft("ing-1", await write(catalog, store, "ing-1", 1)),
+                                 replacing=None)
+    text = await write(catalog, store, "ing-2", 2)
+    await commit_version(catalog, store, "s1", draft("ing-2", text), replacing=first)
+    await discard_version(catalog, store, "s1", "ing-2")
+    assert await store.count("s1") == 2
+    assert [h.text for h in await store.chunks("s1", "doc_m", ingestion_id="ing-2")] == [
+        "zebracorn revision 2 part 0", "zebracorn revision 2 part 1"]
+    # A version still hidden (staged, never committed) is removed.
+    await write(catalog, store, "ing-3", 3)
+    await discard_version(catalog, store, "s1", "ing-3")
+    assert await store.count("s1") == 2
     assert (await catalog.visibility("s1"))[1] == []
