@@ -430,3 +430,14 @@ def test_permalink_anchors_are_not_part_of_headings() -> None:
     cancel = next(b for b in doc.blocks if b.text.startswith("Cancel all outstanding"))
     assert cancel.heading_path[-2:] == ("Class: dns.Resolver", "resolver.cancel()")
     assert all("#" not in part for b in doc.blocks for part in b.heading_path)
+
+
+def test_headings_of_navigation_and_sidebars_do_not_make_the_page_read_whole() -> None:
+    related = "".join(f"<h3>Related story {i}</h3><p><a href='/s/{i}'>Read more</a></p>" for i in range(8))
+    page = samples.html_article().replace("</main>", f"</main><aside class='sidebar'>{related}</aside>")
+    doc = parse(page.encode(), file_name="guide.html")
+    texts = " ".join(b.text for b in doc.blocks)
+    assert "Related story" not in texts
+    assert samples.NAV_TEXT not in texts
+    assert [b.text for b in doc.blocks if b.kind is BlockKind.HEADING] == [
+        "Asyncio in practice", "Task groups", "Cancellation"]

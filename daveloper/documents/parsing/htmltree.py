@@ -70,8 +70,9 @@ def prepare(text: str) -> _Element | None:
 
 
 def heading_count(root: _Element) -> int:
-    """Headings with text in the page's body."""
-    return sum(1 for h in root.xpath(f"//body//*[{_HEADING_XPATH}]") if h.text_content().strip())
+    """Headings with text in the page's body, outside navigation, sidebars and other boilerplate."""
+    return sum(1 for h in root.xpath(f"//body//*[{_HEADING_XPATH}]")
+               if h.text_content().strip() and not any(_boilerplate(a) for a in h.iterancestors()))
 
 
 def _squeeze(text: str) -> str:
