@@ -122,7 +122,7 @@ class Settings:
     #: first headers (gRPC) within this many seconds, or it is closed (0: no limit).
     header_timeout_seconds: float = 10.0
     #: Connections one client address may hold open on each listener; more are closed at once (0: no limit).
-    max_connections_per_address: int = 256
+    max_connections_per_address: int = 512
     #: What is redacted from text sent to an external LLM or embedding endpoint: none, secrets, or pii
     #: (secrets plus e-mail addresses and card numbers); see ``daveloper/redaction.py``.
     redact: str = "none"
