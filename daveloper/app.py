@@ -48,6 +48,7 @@ from daveloper.ownership import WorkLeases
 from daveloper.ratelimit import RateLimiter
 from daveloper.registry import InstanceRegistry
 from daveloper.rpc import Interceptor, grpclib_compat
+from daveloper.rpc.connections import guard_server
 from daveloper.rpc.encoded import PassThroughCodec
 from daveloper.runtime import RuntimeConfig
 from daveloper.scraper.crawl import Crawler, CrawlLimits
@@ -304,6 +305,9 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
         server = Server(ServerReflection.extend([*services, health_service], pool=load_descriptor_pool()),
                         codec=PassThroughCodec(), status_details_codec=ProtoStatusDetailsCodec())
         interceptor.install(server)
+        guard_server(server, header_seconds=settings.header_timeout_seconds,
+                     per_address=settings.max_connections_per_address,
+                     on_refused=lambda reason: metrics.connections_refused.labels("grpc", reason).inc())
         await server.start(settings.grpc_addr.host, settings.grpc_addr.port, ssl=grpc_context(settings),
                            backlog=settings.listen_backlog)
         grpc_addr = Address(settings.grpc_addr.host, _bound_port(server) or settings.grpc_addr.port)

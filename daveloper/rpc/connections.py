@@ -7,8 +7,9 @@ socket and a file descriptor. :class:`ConnectionGuard` wraps a listener's
 protocol factory. Every connection it accepts must complete its opening
 (:class:`RequestStart` for HTTP/1.1: the blank line that ends the first
 request's headers; :class:`Http2Preface` for gRPC: the client preface) within
-``header_seconds`` or it is aborted; and one client address may hold at most
-``per_address`` connections on the listener (more are aborted on arrival).
+``header_seconds`` or it is aborted; one client address may hold at most
+``per_address`` connections on the listener (more are aborted on arrival);
+and on gRPC no header block may exceed 64 KiB (see :class:`Http2Preface`).
 
 Only the opening is timed: an idle HTTP/1.1 keep-alive connection is aiohttp's
 keep-alive timeout's business, and an idle gRPC channel (preface sent, no call
@@ -23,18 +24,33 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
-__all__ = ["ConnectionGuard", "Http2Preface", "Opening", "RequestStart"]
+from grpclib.server import Server
+
+from daveloper.rpc import grpclib_compat
+
+__all__ = ["ConnectionGuard", "Http2Preface", "Opening", "Refused", "RequestStart", "guard_server"]
 
 log = logging.getLogger("daveloper.rpc")
 
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
+class Refused(Exception):
+    """A connection broke a bound in what it sent: it is closed before those bytes are handled."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class Opening(Protocol):
     """Tells when a connection has sent the opening it is timed on."""
 
+    #: Whether to keep seeing the connection's bytes once the opening is complete.
+    watching: bool
+
     def feed(self, data: bytes) -> bool:
-        """Account for ``data``; whether the opening is now complete."""
+        """Account for ``data``; whether the opening is complete. Raises :class:`Refused` to close the connection."""
         ...
 
 
@@ -42,6 +58,7 @@ class RequestStart:
     """An HTTP/1.1 request's headers end with an empty line (CRLF CRLF)."""
 
     __slots__ = ("_tail",)
+    watching = False
 
     def __init__(self) -> None:
         self._tail = b""
@@ -53,16 +70,55 @@ class RequestStart:
 
 
 class Http2Preface:
-    """The HTTP/2 client connection preface, 24 fixed bytes."""
+    """The HTTP/2 client preface (24 fixed bytes) opens; every header block after it is bounded.
 
-    __slots__ = ("_count",)
+    h2 decodes a header block (HEADERS and its CONTINUATION frames) only once it
+    is complete, in pure Python: a 1 MiB Huffman-coded header value stalled the
+    event loop for a third of a second per request, before any check of ours
+    could see it. This reads only the 9-byte frame headers as the bytes go by
+    and refuses a block larger than ``max_header_block`` before h2 has it all.
+    gRPC clients keep metadata far smaller (8 KiB is grpc-core's default limit).
+    """
 
-    def __init__(self) -> None:
-        self._count = 0
+    __slots__ = ("_block", "_frame_header", "_max", "_preface_left", "_skip")
+    watching = True
+
+    def __init__(self, max_header_block: int = 64 * 1024) -> None:
+        self._max = max_header_block
+        self._preface_left = len(_H2_PREFACE)
+        self._frame_header = bytearray()
+        self._skip = 0  # payload bytes of the current frame still to come
+        self._block = 0  # bytes of the header block being received
 
     def feed(self, data: bytes) -> bool:
-        self._count += len(data)
-        return self._count >= len(_H2_PREFACE)
+        pos, end = 0, len(data)
+        if self._preface_left:
+            pos = min(self._preface_left, end)
+            self._preface_left -= pos
+            if self._preface_left:
+                return False
+        while pos < end:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            need = 9 - len(self._frame_header)
+            self._frame_header += data[pos:pos + need]
+            pos += need
+            if len(self._frame_header) < 9:
+                break
+            length = int.from_bytes(self._frame_header[:3], "big")
+            kind, flags = self._frame_header[3], self._frame_header[4]
+            self._frame_header.clear()
+            if kind in (0x1, 0x9):  # HEADERS, CONTINUATION
+                self._block += length
+                if self._block > self._max:
+                    raise Refused("header_block_too_large")
+                if flags & 0x4:  # END_HEADERS
+                    self._block = 0
+            self._skip = length
+        return True
 
 
 class ConnectionGuard:
@@ -70,7 +126,7 @@ class ConnectionGuard:
 
     ``header_seconds`` or ``per_address`` of 0 turn that bound off.
     ``on_refused(reason)`` is called for every connection closed by a bound
-    (``"slow_opening"`` or ``"per_address"``), e.g. to count it in metrics.
+    (``"slow_opening"``, ``"per_address"``, ``"header_block_too_large"``), e.g. to count it in metrics.
     """
 
     def __init__(self, *, header_seconds: float, per_address: int, opening: Callable[[], Opening],
@@ -110,6 +166,15 @@ class ConnectionGuard:
         log.info("connection refused", extra={"reason": reason, "client_address": address})
 
 
+def guard_server(srv: Server, *, header_seconds: float, per_address: int,
+                 on_refused: Callable[[str], None] | None = None) -> ConnectionGuard:
+    """Admit the connections of a grpclib server (before its ``start``) through a guard with :class:`Http2Preface`."""
+    guard = ConnectionGuard(header_seconds=header_seconds, per_address=per_address, opening=Http2Preface,
+                            on_refused=on_refused)
+    grpclib_compat.wrap_protocol_factory(srv, guard.wrap)
+    return guard
+
+
 class _Guarded(asyncio.Protocol):
     """A protocol that forwards to the real one once admitted, and times its opening."""
 
@@ -143,11 +208,21 @@ class _Guarded(asyncio.Protocol):
             self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
-        if self._opening is not None and self._opening.feed(data):
-            self._opening = None
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+        if self._opening is not None:
+            try:
+                opened = self._opening.feed(data)
+            except Refused as refused:
+                self._opening = None
+                if self._transport is not None:
+                    self._guard._refuse(refused.reason, self._address)
+                    self._transport.abort()  # before the inner protocol sees these bytes
+                return
+            if opened:
+                if not self._opening.watching:
+                    self._opening = None
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
         if self._inner is not None:
             self._inner.data_received(data)
 

@@ -36,6 +36,7 @@ __all__ = [
     "set_header_encoding",
     "stream_closable",
     "trailers_sent",
+    "wrap_protocol_factory",
     "wrap_recv_data",
 ]
 
@@ -61,6 +62,11 @@ def set_header_encoding(srv: server.Server, encoding: str) -> None:
 def listener(srv: server.Server) -> asyncio.AbstractServer | None:
     """The listening socket's server once :meth:`~grpclib.server.Server.start` ran (grpclib does not expose it)."""
     return srv._server
+
+
+def wrap_protocol_factory(srv: server.Server, wrap: Callable[[Callable[[], Any]], Callable[[], Any]]) -> None:
+    """Make ``srv`` accept connections through ``wrap(its protocol factory)``; call before ``start``."""
+    srv._protocol_factory = wrap(srv._protocol_factory)  # type: ignore[method-assign]
 
 
 # ---- grpclib.server.Stream ----

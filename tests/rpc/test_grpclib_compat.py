@@ -6,7 +6,7 @@ is the one file to review.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import metadata
 from typing import Any
 
@@ -29,6 +29,7 @@ class _Echo:
     def __init__(self) -> None:
         self.seen: dict[str, Any] = {}
         self.sizes: list[int] = []
+        self.connections = 0
 
     def __mapping__(self) -> dict[str, Handler]:
         return {_PATH: Handler(self.echo, Cardinality.UNARY_UNARY, bytes, bytes)}
@@ -56,6 +57,14 @@ async def served() -> AsyncIterator[tuple[_Echo, Server]]:
     echo = _Echo()
     server = Server([echo], codec=RawCodec())
     grpclib_compat.set_header_encoding(server, "latin-1")
+
+    def counting(factory: Callable[[], Any]) -> Callable[[], Any]:
+        def make() -> Any:
+            echo.connections += 1
+            return factory()
+        return make
+
+    grpclib_compat.wrap_protocol_factory(server, counting)
     assert grpclib_compat.listener(server) is None  # not started yet
     await server.start("127.0.0.1", 0)
     try:
@@ -107,3 +116,4 @@ async def test_every_accessor_works_on_a_real_call(served: tuple[_Echo, Server])
         channel.close()
     assert echo.seen == {"cardinality": Cardinality.UNARY_UNARY, "before": False, "after": True, "dropped": True}
     assert echo.sizes[:1] == [5]
+    assert echo.connections == 1  # the channel's one connection came through the wrapped factory
