@@ -168,7 +168,16 @@ class Tails:
             try:
                 async with self._changing:
                     self._unconfirmed[channel] = self._unconfirmed.get(channel, 0) + 1
-                    await redis_call(self._pubsub.subscribe(channel))
+                    try:
+                        await redis_call(self._pubsub.subscribe(channel))
+                    except BaseException:
+                        # Not sent (Redis away): no confirmation will come for it, and a count left
+                        # behind would make the next follower of this scope wait for one forever.
+                        if (waiting := self._unconfirmed.get(channel, 0)) > 1:
+                            self._unconfirmed[channel] = waiting - 1
+                        else:
+                            self._unconfirmed.pop(channel, None)
+                        raise
                 self._ensure_dispatcher()
             except BaseException:
                 await self._leave(channel, feed, follower)
