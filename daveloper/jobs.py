@@ -12,7 +12,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from daveloper.errors import DaveloperError
+from daveloper.errors import DaveloperError, translated
 
 __all__ = ["BackgroundJobs"]
 
@@ -86,7 +86,7 @@ def _left_behind(task: asyncio.Task[Any]) -> None:
     """The end of a shielded step whose caller left: a refusal is normal, anything else a fault."""
     if task.cancelled() or (exc := task.exception()) is None:
         return
-    if isinstance(exc, DaveloperError):
+    if isinstance(translated(exc), DaveloperError):  # a refusal, or a dependency away (Redis restarting)
         log.info("%s ended after its caller left: %s", task.get_name(), exc)
     else:
         log.error("%s failed after its caller left", task.get_name(), exc_info=exc)

@@ -29,8 +29,10 @@ _FIRST_PAUSE = 0.05
 _LONGEST_PAUSE = 1.0
 
 
-async def retry_unavailable(write: Callable[[], Awaitable[T]], *, seconds: float, what: str) -> T:
-    """``await write()``, again after a pause each time it raises ``Unavailable``, for up to ``seconds``."""
+async def retry_unavailable(write: Callable[[], Awaitable[T]], *, seconds: float, what: str,
+                            retry_if: Callable[[], bool] | None = None) -> T:
+    """``await write()``, again after a pause each time it raises ``Unavailable``, for up to ``seconds``
+    (and only while ``retry_if()``, when given, says a retry is safe)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     pause = _FIRST_PAUSE
@@ -38,7 +40,7 @@ async def retry_unavailable(write: Callable[[], Awaitable[T]], *, seconds: float
         try:
             return await write()
         except Unavailable as exc:
-            if loop.time() + pause > deadline:
+            if loop.time() + pause > deadline or (retry_if is not None and not retry_if()):
                 raise
             log.info("%s: Redis unavailable, retrying in %.2fs: %s", what, pause, exc)
         await asyncio.sleep(pause)

@@ -21,10 +21,12 @@ from daveloper.agent.conversations import Conversations
 from daveloper.agent.history import carried_history, last_passage_number
 from daveloper.agent.llm.passages import format_passages
 from daveloper.agent.model import ChatModel, Message, ModelDone, TextDelta, ToolCallRequest, ToolSpec
+from daveloper.agent.retry import retry_unavailable
 from daveloper.agent.running import RunningTurn
 from daveloper.agent.settings import AgentSettings
 from daveloper.agent.tools import Toolbox
 from daveloper.errors import Unavailable
+from daveloper.infra.redis import redis_call
 from daveloper.metrics import Metrics
 from daveloper.tracing import span
 from generated.daveloper.v1 import (
@@ -61,8 +63,9 @@ class TurnRounds:
         self._limit = limit
 
     async def _history(self, turn: RunningTurn) -> list[Message]:
-        past_turns = [] if turn.fresh else await self._conversations.turns(turn.session_id, turn.conversation_id,
-                                                                           last=50)
+        past_turns = [] if turn.fresh else await retry_unavailable(
+            lambda: redis_call(self._conversations.turns(turn.session_id, turn.conversation_id, last=50)),
+            seconds=self._settings.redis_retry_seconds, what="turn history")
         earlier = carried_history([p for p in past_turns if p.id != turn.record.id], self._settings.history_tokens)
         # Citation numbers go on from the carried passages', so a follow-up's [n] names one passage.
         turn.citations = last_passage_number(past_turns)

@@ -57,6 +57,8 @@ class RunningTurn:
     appends: int = 0
     #: The writer id its appends carry (default: the turn id).
     writer: str = ""
+    #: Its work has begun (waiting for its turn, then its rounds): a failure then is not retried.
+    began: bool = False
 
     @property
     def scope(self) -> str:

@@ -36,7 +36,15 @@ from daveloper.agent.rounds import TurnRounds
 from daveloper.agent.running import RunningTurn, conversation_scope, observe_end, turn_scope
 from daveloper.agent.settings import DEFAULT_SYSTEM_PROMPT, AgentSettings
 from daveloper.agent.tools import Toolbox
-from daveloper.errors import Cancelled, DaveloperError, NotFound, ResourceExhausted, Unavailable, to_failure
+from daveloper.errors import (
+    Cancelled,
+    DaveloperError,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+    to_failure,
+    translated,
+)
 from daveloper.eventlog import EventLog
 from daveloper.infra.redis import redis_call
 from daveloper.jobs import BackgroundJobs
@@ -203,14 +211,26 @@ class Agent:
             self.queue.leave(turn.place)
         await self._release(turn.session_id, turn.record.id)
         if self._work is not None:
-            await self._work.release("turn", turn.record.id)
+            try:
+                await self._work.release("turn", turn.record.id)
+            except Unavailable:
+                # Left to lapse: if the turn's record was written, the reaper fails it (OWNER_LOST).
+                self._work.disown("turn", turn.record.id)
 
     def _limit(self, name: str, default: int) -> int:
         return self._limits(name) if self._limits is not None else default
 
     async def _release(self, session_id: str, turn_id: str) -> None:
-        if self.leases is not None:
-            await self.leases.release(session_id, turn_id)
+        """Free the session's concurrent-turn slot (retried through a Redis restart; else it lapses)."""
+        leases = self.leases
+        if leases is None:
+            return
+        try:
+            await retry_unavailable(lambda: redis_call(leases.release(session_id, turn_id)),
+                                    seconds=self._settings.redis_retry_seconds, what="turn slot release")
+        except Unavailable as exc:
+            log.warning("a turn's slot was not released (it lapses by itself): %s", exc,
+                        extra={"turn_id": turn_id})
 
     async def cancel(self, turn_id: str) -> bool:
         return await self._events.request_cancel(turn_scope(turn_id))
@@ -249,14 +269,18 @@ class Agent:
         failure: BaseException | None = None
         try:
             # Cancelling the rounds closes the model stream, and with it the upstream request.
-            finish = await self._events.run_cancellable(turn_scope(turn.record.id), self._queued_rounds(turn))
+            # Retried while Redis cannot set up the cancel watch (a restart), never once the rounds began.
+            finish = await retry_unavailable(
+                lambda: self._events.run_cancellable(turn_scope(turn.record.id), self._queued_rounds(turn)),
+                seconds=self._settings.redis_retry_seconds, what="turn start",
+                retry_if=lambda: not turn.began)
         except Cancelled:
             finish = FinishReason.CANCELLED
         except asyncio.CancelledError:
             await asyncio.shield(self._finish(turn, FinishReason.INTERRUPTED, None))
             raise
         except Exception as exc:
-            failure = exc
+            failure = translated(exc)  # e.g. Redis unreachable: UNAVAILABLE, not a fault of ours
         finally:
             await asyncio.shield(self._release(turn.session_id, turn.record.id))
         await self._finish(turn, finish, failure)
@@ -339,6 +363,7 @@ class Agent:
 
     async def _queued_rounds(self, turn: RunningTurn) -> FinishReason:
         """The turn's rounds, once the turns ahead of it in its conversation have ended."""
+        turn.began = True
         if turn.place is not None and turn.place.ahead is not None:
             await self.queue.wait(turn.place)
             await self._announce(turn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -342,9 +343,17 @@ class EventLog:
 
         On a cancel the work's task is cancelled (closing whatever it has open
         upstream) and awaited, then :class:`~daveloper.errors.Cancelled` is
-        raised. Cancelling the caller cancels the work too.
+        raised. Cancelling the caller cancels the work too. If the cancel watch
+        cannot be set up (``Unavailable``), ``work`` is closed without running.
         """
-        async with self.cancellation(scope) as cancelled:
+        try:
+            watch = self.cancellation(scope)
+            cancelled = await watch.__aenter__()
+        except BaseException:
+            work.close()
+            raise
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_exit(watch)
             task = asyncio.create_task(work)
             stop = asyncio.create_task(cancelled.wait())
             try:
