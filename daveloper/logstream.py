@@ -27,13 +27,14 @@ import redis.asyncio as aioredis
 from daveloper.errors import Unavailable
 from daveloper.infra.redis import redis_call
 from daveloper.jsonlog import extra_fields
+from daveloper.keys import DEFAULT_KEYS
 from daveloper.logredaction import RedactingFilter, Redactor
 from daveloper.rpc.context import request_id_var, session_id_var
 from generated.daveloper.v1 import LogLevel, LogRecord
 
 __all__ = ["CHANNEL", "LEVELS", "LogPublisher", "tail"]
 
-CHANNEL = "dv:logs"
+CHANNEL = DEFAULT_KEYS.logs_channel
 LEVELS = {logging.DEBUG: LogLevel.DEBUG, logging.INFO: LogLevel.INFO, logging.WARNING: LogLevel.WARNING,
           logging.ERROR: LogLevel.ERROR, logging.CRITICAL: LogLevel.ERROR}
 _QUIET = ("redis", "daveloper.logstream", "asyncio")

@@ -27,12 +27,13 @@ from daveloper.audit import AuditLog
 from daveloper.config import Settings, parse_rate
 from daveloper.errors import ConfigError, DaveloperError, InvalidArgument
 from daveloper.infra.redis import redis_call, reply_text
+from daveloper.keys import DEFAULT_KEYS
 
 __all__ = ["CONFIG_KEY", "OPTIONS", "Option", "RuntimeConfig", "list_options", "set_option", "unset_option"]
 
 log = logging.getLogger("daveloper.config")
 
-CONFIG_KEY = "dv:config"
+CONFIG_KEY = DEFAULT_KEYS.config
 
 
 @dataclass(frozen=True, slots=True)
