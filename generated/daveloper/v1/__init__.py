@@ -2460,6 +2460,12 @@ class Usage(betterproto2.Message):
 
     total_tokens: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
 
+    redactions: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+    """
+    Values redacted from the text sent to the model in this turn (DAVELOPER_REDACT: e-mail
+    addresses, card numbers, keys and tokens); 0 when redaction is off.
+    """
+
 
 default_message_pool.register_message("daveloper.v1", "Usage", Usage)
 
