@@ -60,6 +60,7 @@ from daveloper.audit import AuditLog
 from daveloper.guard import Guard, RatePolicy
 from daveloper.infra.redis import open_redis
 from daveloper.infra.valkey import EmbeddedValkey
+from daveloper.keys import DEFAULT_KEYS
 from daveloper.ratelimit import RateLimiter
 from daveloper.rpc import Call, Interceptor, Servicer
 from daveloper.rpc.call import Principal
@@ -291,10 +292,10 @@ async def redis_summary(results: dict[str, Any], stats: ValkeyStats, session_id:
         }
     client = stats._client
     summary["buckets_present"] = {
-        "session": bool(await client.hexists(f"dv:rl:s:{session_id}", "calls:t")),
-        "address": bool(await client.hexists(f"dv:rl:a:{CLIENT_ADDRESS}", "calls:t")),
+        "session": bool(await client.hexists(DEFAULT_KEYS.session_rate(session_id), "calls:t")),
+        "address": bool(await client.hexists(DEFAULT_KEYS.address_rate(CLIENT_ADDRESS), "calls:t")),
     }
-    summary["audit_events"] = int(await client.xlen("dv:audit"))  # a refusal or auth failure would add one
+    summary["audit_events"] = int(await client.xlen(DEFAULT_KEYS.audit))  # a refusal or auth failure would add one
     return summary
 
 

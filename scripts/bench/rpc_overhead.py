@@ -56,6 +56,7 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality
 from grpclib.server import Server
 
+from daveloper.keys import DEFAULT_KEYS
 from daveloper.rpc import Call, Interceptor, Servicer
 from daveloper.sessions import SessionStore, TokenSigner
 from generated.daveloper.v1 import (
@@ -329,7 +330,7 @@ async def run(seconds: float, rounds: int, memory_calls: int, profile: str | Non
               request_id: str | None) -> dict[str, Any]:
     signer = TokenSigner(b"bench-signing-key")
     token = signer.issue(SESSION_ID, int(time.time()) + 3600)
-    store = SessionStore(InMemoryRedis({f"dv:session:{SESSION_ID}"}), signer)  # type: ignore[arg-type]
+    store = SessionStore(InMemoryRedis({DEFAULT_KEYS.session(SESSION_ID)}), signer)  # type: ignore[arg-type]
     bare = Server([BareVectors(), BareAgent()])
     ours = Server([Vectors(auth=store), Agent(auth=store)])
     Interceptor(max_message_bytes=4 * 1024 * 1024).install(ours)
