@@ -80,6 +80,16 @@ def workers_peak_rss_mib(app: App) -> float:
     return max(peaks)
 
 
+def engine_peak_rss_mib(app: App) -> float:
+    """The high-water mark of the Qdrant Edge engine process (0 for a Qdrant server)."""
+    pid = getattr(app.qdrant, "pid", None)
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if pid is not None and line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def one_line(megabytes: int) -> bytes:
     words = b"lorem ipsum dolor sitAmet consectetur adipiscing_elit sed do eiusmod tempor "
     return (words * (megabytes * (1 << 20) // len(words) + 1))[: megabytes << 20]
@@ -199,6 +209,7 @@ async def run(megabytes: float, concurrency: int, hostile_mb: int, max_chunks: i
             ingestion = await ingest_corpus(app, files, concurrency)
             ingestion["peak_rss_mib"] = peak_rss_mib()
             ingestion["worker_peak_rss_mib"] = workers_peak_rss_mib(app)
+            ingestion["engine_peak_rss_mib"] = engine_peak_rss_mib(app)
             health = await health_during_upload(app, one_line(hostile_mb))
     floor = pipeline_floor(files)
     return {"corpus": {"files": len(files), "bytes": sum(len(d) for _, d in files)}, "concurrency": concurrency,
@@ -218,7 +229,8 @@ def report(results: dict[str, Any]) -> str:
          f"{f['chunks_per_s']:.0f}"],
         ["ratio daveloper/floor (throughput)", "", f"{i['mb_per_s'] / f['mb_per_s']:.2f}", "", ""],
     ]))
-    lines.append(f"peak RSS: server process {i['peak_rss_mib']:.0f} MiB, largest pool worker "
+    lines.append(f"peak RSS: server process {i['peak_rss_mib']:.0f} MiB (the benchmark's corpus and clients "
+                 f"included), Qdrant Edge engine process {i['engine_peak_rss_mib']:.0f} MiB, largest pool worker "
                  f"{i['worker_peak_rss_mib']:.0f} MiB")
     u, idle, thread = h["upload"], h["idle"], h["thread"]
     lines.append(f"\nHealth/Check during a {h['document_mb']:.0f} MB one-line document "
