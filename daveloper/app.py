@@ -46,6 +46,7 @@ from daveloper.logstream import LogPublisher
 from daveloper.metrics import METRICS, Metrics, open_metrics_server
 from daveloper.ownership import WorkLeases
 from daveloper.ratelimit import RateLimiter
+from daveloper.redaction import OutboundRedactor
 from daveloper.registry import InstanceRegistry
 from daveloper.rpc import Interceptor, grpclib_compat
 from daveloper.rpc.connections import guard_server
@@ -165,8 +166,11 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
                           metrics=metrics)
         stack.push_async_callback(events.aclose)
 
-        signer = TokenSigner(await load_secret_key(redis, settings.secret_key),
-                             previous=[key.encode() for key in settings.previous_secret_keys])
+        secret = await load_secret_key(redis, settings.secret_key)
+        signer = TokenSigner(secret, previous=[key.encode() for key in settings.previous_secret_keys])
+        # What leaves for an external model or embedding endpoint (DAVELOPER_REDACT); session ids as pseudonyms.
+        redactor = OutboundRedactor(settings.redact, key=secret,
+                                    on_redacted=lambda kind, count: metrics.redactions.labels(kind).inc(count))
         sessions = SessionStore(redis, signer, admin_token=settings.admin_token,
                                 idle_ttl_seconds=settings.session_idle_ttl_seconds)
         audit = AuditLog(redis, retention_seconds=settings.audit_retention_seconds, instance=settings.instance_id)
@@ -184,7 +188,7 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
         embedder = make_embedder(
             settings.embedder, redis=redis, openai_model=settings.embedding_model,
             openai_base_url=settings.embedding_base_url, openai_api_key=settings.embedding_api_key,
-            dense_size=settings.embedding_size,
+            dense_size=settings.embedding_size, redactor=redactor,
         )
         stack.push_async_callback(embedder.aclose)
         chunk_store = ChunkStore(qdrant, dense_size=embedder.dense_size, embedder=embedder.name)
@@ -214,7 +218,8 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
         llm_breaker = CircuitBreaker("llm", failures=settings.breaker_failures,
                                      reset_seconds=settings.breaker_reset_seconds, classify=is_model_failure)
         llm = chat_model or make_chat_model(settings.chat_provider, base_url=settings.llm_base_url,
-                                            api_key=settings.llm_api_key, model=settings.llm_model)
+                                            api_key=settings.llm_api_key, model=settings.llm_model,
+                                            redactor=redactor)
         model = GuardedChatModel(llm, llm_breaker, first_event_seconds=settings.llm_first_event_seconds)
         # Only the OpenAI-wire model has an endpoint to probe (checked by name: its SDK loads lazily).
         ping = getattr(llm, "ping", None) if settings.llm_probe_seconds else None

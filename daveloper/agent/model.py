@@ -63,6 +63,8 @@ class ModelDone:
     tool_calls: tuple[ToolCallRequest, ...] = ()
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: Values the provider redacted from what it sent (``DAVELOPER_REDACT``).
+    redactions: int = 0
 
 
 ModelEvent = TextDelta | ModelDone

@@ -123,6 +123,7 @@ class TurnRounds:
                               retry_after=1.0)
         turn.prompt_tokens += done.prompt_tokens
         turn.completion_tokens += done.completion_tokens
+        turn.redactions += done.redactions
         return done
 
     async def _call_tool(self, turn: RunningTurn, call: ToolCallRequest) -> Message:

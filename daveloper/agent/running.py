@@ -39,6 +39,7 @@ class RunningTurn:
     earlier_citations: dict[int, Citation] = field(default_factory=dict)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    redactions: int = 0
     started: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
     #: The conversation's first turn: no history to load.

@@ -347,7 +347,7 @@ class Agent:
             await self._emit(turn, citation=citation)
         record.assistant_text, record.complete_time = text, now()
         record.usage = Usage(prompt_tokens=turn.prompt_tokens, completion_tokens=turn.completion_tokens,
-                             total_tokens=turn.prompt_tokens + turn.completion_tokens)
+                             total_tokens=turn.prompt_tokens + turn.completion_tokens, redactions=turn.redactions)
         if failure is not None:
             if not isinstance(failure, DaveloperError):
                 log.error("turn failed", exc_info=failure, extra={"turn_id": record.id})

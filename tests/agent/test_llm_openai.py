@@ -102,8 +102,9 @@ async def test_the_request_carries_the_conversation_and_tools(server: FakeOpenAI
     ]
     assert request["tools"] == [{"type": "function", "function": {
         "name": "search_documents", "description": SEARCH.description, "parameters": SEARCH.parameters}}]
+    # The session id goes as a keyed pseudonym, never as itself.
     assert (request["model"], request["temperature"], request["max_tokens"], request["user"]) == (
-        "other-model", 0.2, 100, "s-1")
+        "other-model", 0.2, 100, model.redactor.pseudonym("s-1"))
     assert server.headers[0]["Authorization"] == "Bearer sk-test"
 
 

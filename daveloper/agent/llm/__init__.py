@@ -16,6 +16,7 @@ from daveloper.errors import ConfigError
 
 if TYPE_CHECKING:
     from daveloper.agent.llm.openai import OpenAIChatModel
+    from daveloper.redaction import OutboundRedactor
 
 __all__ = [
     "NO_PASSAGES",
@@ -51,6 +52,7 @@ def make_chat_model(
     model: str = "",
     timeout: float = 60,
     max_retries: int = 3,
+    redactor: OutboundRedactor | None = None,
 ) -> ChatModel:
     """The chat model for ``provider`` (one of :data:`PROVIDERS`); :class:`ConfigError` for anything else."""
     if provider == "offline":
@@ -61,6 +63,6 @@ def make_chat_model(
         from daveloper.agent.llm.openai import OpenAIChatModel
 
         return OpenAIChatModel(base_url=base_url or None, api_key=api_key or None, default_model=model,
-                               timeout=timeout, max_retries=max_retries)
+                               timeout=timeout, max_retries=max_retries, redactor=redactor)
     raise ConfigError(f"unknown chat model provider {provider!r}; expected one of {', '.join(PROVIDERS)}",
                       metadata={"provider": provider})

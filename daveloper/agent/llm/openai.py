@@ -18,6 +18,7 @@ SDK error (after the SDK's retries)    Daveloper error (reason)
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import json
 import ssl
@@ -33,6 +34,7 @@ from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMes
 
 from daveloper.agent.model import Message, ModelDone, ModelEvent, TextDelta, ToolCallRequest, ToolSpec
 from daveloper.errors import DaveloperError, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from daveloper.redaction import OutboundRedactor, redact_contents
 
 __all__ = ["OpenAIChatModel"]
 
@@ -248,10 +250,13 @@ class OpenAIChatModel:
         timeout: float = 60,
         max_retries: int = 3,
         client: openai.AsyncOpenAI | None = None,
+        redactor: OutboundRedactor | None = None,
     ) -> None:
         if not default_model:
             raise ValueError("default_model must not be empty")
         self.default_model = default_model
+        #: Redacts what is sent (``DAVELOPER_REDACT``) and turns session ids into pseudonyms.
+        self.redactor = redactor or OutboundRedactor()
         self._owns_client = client is None
         # Local servers (Ollama, llama.cpp) want no key, but the SDK insists on one.
         self._client = client or openai.AsyncOpenAI(
@@ -276,8 +281,10 @@ class OpenAIChatModel:
     ) -> AsyncGenerator[ModelEvent, None]:
         """Stream one completion: :class:`TextDelta`s, then one :class:`ModelDone`."""
         model = model or self.default_model
+        wire = to_openai_messages(messages)
+        redactions = redact_contents(wire, self.redactor)
         body: dict[str, object] = {
-            "messages": to_openai_messages(messages),
+            "messages": wire,
             "stream_options": {"include_usage": True},
         }
         if tools:
@@ -288,8 +295,8 @@ class OpenAIChatModel:
             # ``max_tokens`` rather than ``max_completion_tokens``: every compatible server knows it.
             body["max_tokens"] = max_tokens
         if session_id:
-            # Lets the provider group a conversation's requests (abuse monitoring, caching).
-            body["user"] = session_id
+            # Lets the provider group a session's requests (abuse monitoring, caching) without learning its id.
+            body["user"] = self.redactor.pseudonym(session_id)
         # The body goes as ``extra_body``, already in wire form: the SDK's parameter transform walks every
         # message and tool schema against its TypedDicts, milliseconds of CPU per request for nothing.
         request = self._client.chat.completions.with_streaming_response.create(
@@ -308,7 +315,7 @@ class OpenAIChatModel:
                         yield TextDelta(text)
         except openai.OpenAIError as exc:
             raise _translate(exc, model) from exc
-        yield fold.done()
+        yield dataclasses.replace(fold.done(), redactions=redactions)
 
     async def ping(self) -> None:
         """One cheap request (``GET /models``, no retries) that fails as :meth:`stream` would if the endpoint is

@@ -27,6 +27,7 @@ from daveloper.documents.embeddings.minilm import MiniLMEmbedder
 from daveloper.documents.embeddings.openai import OpenAIEmbedder
 from daveloper.documents.model import Embedder
 from daveloper.errors import ConfigError
+from daveloper.redaction import OutboundRedactor
 
 __all__ = [
     "EMBEDDERS",
@@ -60,6 +61,7 @@ def make_embedder(
     dense_size: int | None = None,
     dimensions: int | None = None,
     device: str = "cpu",
+    redactor: OutboundRedactor | None = None,
 ) -> ClosableEmbedder:
     """The embedder called ``name`` (see the module docstring); close it with ``aclose()``.
 
@@ -73,7 +75,7 @@ def make_embedder(
     if name == "openai":
         try:
             dense = OpenAIEmbedder(model=openai_model, base_url=openai_base_url, api_key=openai_api_key,
-                                   dense_size=dense_size, dimensions=dimensions)
+                                   dense_size=dense_size, dimensions=dimensions, redactor=redactor)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
     elif name == "minilm":

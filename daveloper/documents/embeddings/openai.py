@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from daveloper.documents.model import Vectors
 from daveloper.errors import DaveloperError, InvalidArgument, Unavailable
+from daveloper.redaction import OutboundRedactor
 
 if TYPE_CHECKING:  # the SDK takes ~0.5 s to import: loaded only when this embedder is built
     import openai
@@ -74,6 +75,7 @@ class OpenAIEmbedder:
         max_retries: int = 4,
         timeout: float = 60.0,
         client: openai.AsyncOpenAI | None = None,
+        redactor: OutboundRedactor | None = None,
     ) -> None:
         import openai
 
@@ -87,6 +89,8 @@ class OpenAIEmbedder:
         self.model = model
         self._dimensions = dimensions
         self._batch_size = batch_size
+        #: Redacts texts before they are sent (``DAVELOPER_REDACT``); vectors are of the redacted text.
+        self._redactor = redactor
         self._owns_client = client is None
         # Local servers (Ollama, llama.cpp) want no key, but the SDK insists on one.
         self._client = client or openai.AsyncOpenAI(
@@ -98,7 +102,7 @@ class OpenAIEmbedder:
 
         try:
             response = await self._client.embeddings.create(
-                input=list(texts),
+                input=[self._redactor.redact(t).text for t in texts] if self._redactor is not None else list(texts),
                 model=self.model,
                 # Plain floats: the SDK's default (base64) is not understood by every compatible server.
                 encoding_format="float",
