@@ -284,14 +284,15 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
         sweeper = Sweeper(redis, sessions, purgers, settings.sweep_interval_seconds, audit=audit)
         documents = DocumentService(auth=guard, ingestor=ingestor, catalog=catalog, chunks=chunk_store,
                                     search=search, events=events, max_upload_bytes=settings.max_upload_bytes,
-                                    audit=audit)
+                                    audit=audit, heartbeat_seconds=settings.heartbeat_seconds)
         services: list[Any] = [
             session_service,
             documents,
             VectorService(auth=guard, qdrant=qdrant),
             AgentService(auth=guard, agent=agent, conversations=conversations, events=events,
                          heartbeat_seconds=settings.heartbeat_seconds),
-            ScraperService(auth=guard, runner=scraper.runner, crawler=scraper.crawler, github=scraper.github),
+            ScraperService(auth=guard, runner=scraper.runner, crawler=scraper.crawler, github=scraper.github,
+                           heartbeat_seconds=settings.heartbeat_seconds),
             LogsService(auth=guard, audit=audit, redis=redis, heartbeat_seconds=settings.heartbeat_seconds),
         ]
 

@@ -24,6 +24,7 @@ from daveloper.errors import (
 from daveloper.eventlog import EventLog
 from daveloper.rpc import Authenticator, Call, Servicer
 from daveloper.rpc.encoded import Encoded, wrap_event
+from daveloper.servicers.heartbeat import Heartbeats, heartbeat
 from generated.daveloper.v1 import (
     CancelIngestionRequest,
     CancelIngestionResponse,
@@ -110,8 +111,10 @@ class DocumentService(Servicer):
         events: EventLog,
         max_upload_bytes: int,
         audit: AuditLog | None = None,
+        heartbeat_seconds: float = 15.0,
     ) -> None:
         super().__init__(auth=auth)
+        self._heartbeat_seconds = heartbeat_seconds
         self._ingestor = ingestor
         self._catalog = catalog
         self._chunks = chunks
@@ -180,11 +183,13 @@ class DocumentService(Servicer):
                                   reason="EMPTY_DOCUMENT")
 
     async def _forward(self, ingestion_id: str, call: Call[UploadRequest, UploadResponse | Encoded]) -> IngestEvent:
-        last = b""
-        async with contextlib.aclosing(self._events.read(ingestion_scope(ingestion_id))) as entries:
+        last, delivered = b"", 0
+        async with Heartbeats(call, self._heartbeat_seconds,
+                              lambda: UploadResponse(heartbeat=heartbeat(delivered))) as out, \
+                contextlib.aclosing(self._events.read(ingestion_scope(ingestion_id))) as entries:
             async for entry in entries:
-                await call.send(wrap_event(entry.payload, entry.seq))  # an UploadResponse, from the stored bytes
-                last = entry.payload
+                await out.send(wrap_event(entry.payload, entry.seq))  # an UploadResponse, from the stored bytes
+                last, delivered = entry.payload, entry.seq
         return IngestEvent.parse(last)  # only the final event is decoded: did the ingestion fail?
 
     async def WatchIngestion(

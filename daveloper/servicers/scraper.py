@@ -12,6 +12,7 @@ from daveloper.rpc.encoded import Encoded, wrap_event
 from daveloper.scraper.crawl import Crawler
 from daveloper.scraper.github_ingest import GitHubIngest
 from daveloper.scraper.jobs import JobRunner
+from daveloper.servicers.heartbeat import Heartbeats, heartbeat
 from generated.daveloper.v1 import (
     CancelJobRequest,
     CancelJobResponse,
@@ -29,6 +30,7 @@ from generated.daveloper.v1 import (
     StartScrapeRequest,
     StartScrapeResponse,
     WatchJobRequest,
+    WatchJobResponse,
 )
 
 __all__ = ["ScraperService"]
@@ -41,8 +43,9 @@ class ScraperService(Servicer):
     base = ScraperServiceBase
 
     def __init__(self, *, auth: Authenticator, runner: JobRunner, crawler: Crawler,
-                 github: GitHubIngest | None) -> None:
+                 github: GitHubIngest | None, heartbeat_seconds: float = 15.0) -> None:
         super().__init__(auth=auth)
+        self._heartbeat_seconds = heartbeat_seconds
         self._runner = runner
         self._crawler = crawler
         self._github = github
@@ -71,11 +74,15 @@ class ScraperService(Servicer):
         job = Job(kind=JobKind.GITHUB_INGEST, github=spec)
         return StartGitHubIngestResponse(job=await self._runner.start(call.session_id, job, self._github.work(spec)))
 
-    async def WatchJob(self, request: WatchJobRequest, call: Call[Any, Any]) -> AsyncIterator[Encoded]:
+    async def WatchJob(self, request: WatchJobRequest, call: Call[Any, Any]) -> None:
         await self._runner.get(call.session_id, request.job_id)
-        async with contextlib.aclosing(self._runner.entries(request.job_id, request.after_seq)) as entries:
+        delivered = request.after_seq
+        async with Heartbeats(call, self._heartbeat_seconds,
+                              lambda: WatchJobResponse(heartbeat=heartbeat(delivered))) as out, \
+                contextlib.aclosing(self._runner.entries(request.job_id, request.after_seq)) as entries:
             async for entry in entries:
-                yield wrap_event(entry.payload, entry.seq)  # a WatchJobResponse, from the stored bytes
+                await out.send(wrap_event(entry.payload, entry.seq))  # a WatchJobResponse, from the stored bytes
+                delivered = entry.seq
 
     async def CancelJob(self, request: CancelJobRequest, call: Call[Any, Any]) -> CancelJobResponse:
         return CancelJobResponse(cancelled=await self._runner.cancel(call.session_id, request.job_id))

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from grpclib.client import Channel
+from grpclib.client import Channel, Stream
+from grpclib.const import Cardinality
 
 from daveloper.app import App
 from daveloper.config import Settings
@@ -18,6 +19,9 @@ from generated.daveloper.v1 import (
     LogsServiceStub,
     SendMessage,
     TailRequest,
+    UploadHeader,
+    UploadRequest,
+    UploadResponse,
     WatchRequest,
 )
 from tests.grpc_helpers import bearer
@@ -70,3 +74,18 @@ async def test_heartbeats_reach_an_ndjson_client_through_the_edge(edge: Edge, to
         line = json.loads(await response.content.readline())
     assert line["result"]["heartbeat"].get("lastSeq", "0") == "0"  # canonical JSON leaves out zeros
     assert "time" in line["result"]["heartbeat"]
+
+
+async def test_a_slow_upload_gets_heartbeats_while_its_bytes_arrive(channel: Channel, token: str) -> None:
+    stream: Stream[UploadRequest, UploadResponse]
+    async with channel.request("/daveloper.v1.DocumentService/Upload", Cardinality.STREAM_STREAM, UploadRequest,
+                               UploadResponse, timeout=10, metadata=bearer(token)) as stream:
+        await stream.send_message(UploadRequest(header=UploadHeader(file_name="slow.md")))
+        while (response := await stream.recv_message()) is not None:
+            if response.heartbeat is not None:
+                break
+        else:
+            raise AssertionError("the upload ended without a heartbeat")
+        await stream.send_message(UploadRequest(chunk=b"# Slow\n\nIt came.\n"), end=True)
+        events = [r.event async for r in stream if r.event is not None]
+    assert events[-1].stored is not None
