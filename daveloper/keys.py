@@ -61,7 +61,8 @@ FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("rl:a:<address>", "hash", "slowest refill + 1 s", "daveloper.guard"),
     KeyFamily("robots:<origin>", "string", "robots cache TTL", "daveloper.scraper.robots"),
     KeyFamily("gh:etag:<digest>", "hash", "cache TTL", "daveloper.scraper.github_cache"),
-    KeyFamily("emb:<model>:<digest>", "string", "cache TTL", "daveloper.documents.embeddings.cache"),
+    KeyFamily("emb:<model>:<digest>", "string", "cache TTL (texts embedded outside a session)",
+              "daveloper.documents.embeddings.cache"),
     # session scope
     KeyFamily("session:{<session>}", "hash", "idle/hard deadline", "daveloper.sessions"),
     KeyFamily("rl:s:{<session>}", "hash", "slowest refill + 1 s", "daveloper.guard"),
@@ -80,6 +81,7 @@ FAMILIES: tuple[KeyFamily, ...] = (
     KeyFamily("turns:{<session>}:<conversation>", "list", "session (purged)", "daveloper.agent.conversations"),
     KeyFamily("turnclient:{<session>}:<conversation>", "hash", "session (purged)",
               "daveloper.agent.conversations"),
+    KeyFamily("emb:<model>:{<session>}:<digest>", "string", "cache TTL", "daveloper.documents.embeddings.cache"),
     KeyFamily("toolcache:{<session>}:<digest>", "string", "tool cache TTL", "daveloper.agent.tools"),
     KeyFamily("jobs:{<session>}", "zset", "job TTL", "daveloper.scraper.jobs"),
     KeyFamily("scrapepages:{<session>}:<day>", "string", "two days", "daveloper.scraper.jobs"),
@@ -216,6 +218,10 @@ class Keys:
 
     def turn_clients(self, session_id: str, conversation_id: str) -> str:
         return f"{self.prefix}turnclient:{{{session_id}}}:{conversation_id}"
+
+    def embedding(self, model: str, session_id: str, digest: str) -> str:
+        """The cached vectors of a text the session embedded (listed in its :meth:`session_index`)."""
+        return f"{self.prefix}emb:{model}:{{{session_id}}}:{digest}"
 
     def tool_cache(self, session_id: str, digest: str) -> str:
         return f"{self.prefix}toolcache:{{{session_id}}}:{digest}"

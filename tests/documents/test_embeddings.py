@@ -373,9 +373,9 @@ async def test_cached_vectors_belong_to_their_session_and_go_with_it(redis: aior
     await embed_in("sessB", ["gamma"])
     assert inner.batches == [["alpha beta", "gamma"], ["gamma"]]  # no hit across sessions
     keys = sorted([reply_text(k) async for k in redis.scan_iter(match="dv:emb:*")])
-    assert keys == sorted(["dv:emb:bm25:sessA:" + hashlib.sha256(b"alpha beta").hexdigest(),
-                           "dv:emb:bm25:sessA:" + hashlib.sha256(b"gamma").hexdigest(),
-                           "dv:emb:bm25:sessB:" + hashlib.sha256(b"gamma").hexdigest()])
+    assert keys == sorted(["dv:emb:bm25:{sessA}:" + hashlib.sha256(b"alpha beta").hexdigest(),
+                           "dv:emb:bm25:{sessA}:" + hashlib.sha256(b"gamma").hexdigest(),
+                           "dv:emb:bm25:{sessB}:" + hashlib.sha256(b"gamma").hexdigest()])
     # What a session's deletion and the sweeper run over its keys.
     await purge_named_keys(redis, ["sessA"])
     assert [reply_text(k) async for k in redis.scan_iter(match="dv:emb:*")] == [keys[-1]]

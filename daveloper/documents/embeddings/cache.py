@@ -1,12 +1,13 @@
 """A Redis cache of document embeddings, so re-ingesting identical chunks skips the model.
 
-Keys are ``dv:emb:<embedder name>:<session>:<sha256 of the text>``: the
+Keys are ``dv:emb:<embedder name>:{<session>}:<sha256 of the text>``: the
 embedder's name is part of the key because vectors from different models are
 not interchangeable, and the session (of the RPC being served, from its
-ContextVar) because vectors are derived from the session's text: they go with
-the session when it is deleted or expires (its purge removes every key naming
-it), and one session's cache hits never reveal what another one ingested.
-Outside a session (no RPC, an admin call) the key has no session part.
+ContextVar) because vectors are derived from the session's text: each key is
+listed in the session's key index as it is written, so it goes with the
+session when that is deleted or expires, and one session's cache hits never
+reveal what another one ingested. Outside a session (no RPC, an admin call)
+the key has no session part.
 Values are a small binary record (little-endian)::
 
     u8 version=1, u8 flags (1 = sparse, 2 = dense)
@@ -29,6 +30,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from daveloper.documents.model import Embedder, SparseVector, Vectors
+from daveloper.keys import Keys
 from daveloper.rpc.context import current_session_id
 
 __all__ = ["CachedEmbedder", "decode_vectors", "encode_vectors"]
@@ -92,12 +94,14 @@ class CachedEmbedder:
         self.dense_size = inner.dense_size
         self._redis = redis
         self._ttl = ttl
-        self._prefix = f"{prefix}emb:{inner.name}:"
+        self._keys = Keys(prefix)
 
     def key(self, text: str) -> str:
         """The Redis key of ``text``'s vectors, in the current session's part of the cache."""
+        digest = hashlib.sha256(text.encode()).hexdigest()
         session = current_session_id()
-        return self._prefix + (f"{session}:" if session else "") + hashlib.sha256(text.encode()).hexdigest()
+        return self._keys.embedding(self.name, session, digest) if session else \
+            self._keys.embeddings(self.name) + digest
 
     async def _lookup(self, keys: list[str]) -> list[Vectors | None]:
         try:
@@ -114,10 +118,13 @@ class CachedEmbedder:
         return found
 
     async def _store(self, items: dict[str, Vectors]) -> None:
+        session = current_session_id()
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key, vectors in items.items():
                     pipe.set(key, encode_vectors(vectors), ex=self._ttl)
+                    if session:  # so the session's purge finds it
+                        self._keys.index_in(pipe, session, key, self._ttl)
                 await pipe.execute()
         except RedisError as exc:
             log.warning("could not write the embedding cache: %s", exc)
