@@ -62,7 +62,7 @@ async def raw(app: App) -> AsyncIterator[Channel]:
         channel.close()
 
 
-async def _unary(channel: Channel, path: str, message: bytes | None, metadata: dict[str, str]) -> bytes:
+async def call_raw(channel: Channel, path: str, message: bytes | None, metadata: dict[str, str]) -> bytes:
     # With no message, the client side calls itself client-streaming: grpclib's unary client refuses to send none.
     cardinality = Cardinality.UNARY_UNARY if message is not None else Cardinality.STREAM_UNARY
     async with channel.request(path, cardinality, bytes, bytes, timeout=20, metadata=metadata) as stream:
@@ -78,7 +78,7 @@ async def _unary(channel: Channel, path: str, message: bytes | None, metadata: d
 
 async def _refused(channel: Channel, path: str, message: bytes | None, metadata: dict[str, str]) -> GRPCError:
     with pytest.raises(GRPCError) as caught:
-        await _unary(channel, path, message, metadata)
+        await call_raw(channel, path, message, metadata)
     error = caught.value
     assert error.status is Status.INVALID_ARGUMENT, (path, error.status, error.message)
     assert any(isinstance(d, error_details_pb2.BadRequest) for d in error.details or ()), error.details
@@ -120,10 +120,10 @@ async def test_a_shallow_struct_is_still_accepted(raw: Channel, token: str) -> N
     # The depth limit refuses abuse only: a payload nested a few levels passes the decoder
     # (the call then fails for its own reason: the collection does not exist).
     with pytest.raises(GRPCError) as caught:
-        await _unary(raw, _UPSERT_POINTS, upsert_with_payload(nested_struct(5)), bearer(token))
+        await call_raw(raw, _UPSERT_POINTS, upsert_with_payload(nested_struct(5)), bearer(token))
     assert caught.value.status is Status.NOT_FOUND, caught.value
 
 
 async def test_the_server_keeps_serving_well_formed_calls(raw: Channel, token: str) -> None:
     await _refused(raw, _LIST_DOCUMENTS, bytes.fromhex("ffffffff0f12"), bearer(token))
-    assert await _unary(raw, _LIST_DOCUMENTS, b"", bearer(token)) == b""
+    assert await call_raw(raw, _LIST_DOCUMENTS, b"", bearer(token)) == b""
