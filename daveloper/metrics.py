@@ -231,8 +231,10 @@ def instrument_redis(client: aioredis.Redis, metrics: Metrics | None = None) -> 
     client.execute_command = _timed(client.execute_command, metrics, "redis")  # type: ignore[method-assign]
     make_pipeline = client.pipeline
 
-    def pipeline(transaction: bool = True, shard_hint: Any = None) -> Any:
-        pipe = make_pipeline(transaction, shard_hint)
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        # The client's own defaults: the cluster client's multi-key commands (DEL, UNLINK over
+        # several slots) open pipeline() themselves and need its non-transactional default.
+        pipe = make_pipeline(*args, **kwargs)
         pipe.execute = _timed(pipe.execute, metrics, "redis", "pipeline")  # type: ignore[method-assign]
         return pipe
 
