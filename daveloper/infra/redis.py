@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import ClusterDownError, RedisError, TryAgainError
+from redis.exceptions import ClusterDownError, RedisClusterException, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -126,7 +126,7 @@ async def open_redis(settings: Settings, *, metrics: Metrics | None = None) -> A
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 await client.ping()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             raise Unavailable(
                 f"Redis at {redacted_url(url)} does not answer PING: {exc or type(exc).__name__}",
                 retry_after=1.0,
