@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("module", ["scripts.bench.rpc_overhead", "scripts.bench.codec", "scripts.bench.documents",
                                     "scripts.bench.chat", "scripts.bench.scrape", "scripts.bench.cancel",
                                     "scripts.bench.edge", "scripts.bench.guard", "scripts.bench.load",
-                                    "scripts.bench.watch"])
+                                    "scripts.bench.watch", "scripts.bench.decode"])
 def test_benchmark_runs_and_reports_both_sides(module: str) -> None:
     done = subprocess.run([sys.executable, "-m", module, "--quick", "--json"], cwd=ROOT,
                           capture_output=True, text=True, timeout=110)
@@ -81,6 +81,11 @@ def test_benchmark_runs_and_reports_both_sides(module: str) -> None:
         for server in ("bare grpclib", "daveloper"):
             assert results[server]["replay"]["msgs_per_s"] > 0
             assert results[server]["idle"]["server_cpu_pct"] >= 0
+    elif module.endswith("decode"):
+        assert results["UploadRequest chunk (64 KiB)"]["checked µs"] > 0
+        deep = results["Struct nested 30,000 deep"]
+        assert (deep["betterproto2"]["outcome"], deep["checked"]["outcome"]) == (
+            "RecursionError (INTERNAL)", "INVALID_ARGUMENT")
     else:
         assert results["encode (binary)"]["betterproto2"] > 0
         assert results["encode (binary)"]["protobuf upb"] > 0
