@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import ClusterDownError, RedisError
+from redis.exceptions import ClusterDownError, RedisClusterException, RedisError
 
 __all__ = ["PubSubLike", "ShardedPubSub", "open_pubsub", "publish_command"]
 
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 _READ_SECONDS = 1.0
 _REROUTE_DELAY = 0.25
+_REROUTE_MAX_DELAY = 5.0
 _KINDS = {b"smessage": "message", b"ssubscribe": "subscribe", b"sunsubscribe": "unsubscribe",
           "smessage": "message", "ssubscribe": "subscribe", "sunsubscribe": "unsubscribe"}
 
@@ -81,6 +82,7 @@ class ShardedPubSub:
         self._cluster = cluster
         self._nodes: dict[str, PubSub] = {}
         self._readers: dict[str, asyncio.Task[None]] = {}
+        self._rerouting: set[asyncio.Task[None]] = set()
         #: channel -> name of the node it is subscribed on
         self._owner: dict[bytes, str] = {}
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -140,7 +142,7 @@ class ShardedPubSub:
     async def aclose(self) -> None:
         """Stop the readers and close every node connection."""
         self._closed = True
-        readers = list(self._readers.values())
+        readers = [*self._readers.values(), *self._rerouting]
         for reader in readers:
             reader.cancel()
         if readers:
@@ -200,8 +202,20 @@ class ShardedPubSub:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.connection_pool.disconnect()
         moved = [channel for channel, owner in self._owner.items() if owner == failed]
+        delay = _REROUTE_DELAY
+        task = asyncio.current_task()
+        if task is not None:
+            self._rerouting.add(task)  # aclose() cancels it: it is no longer a node's reader
+        try:
+            await self._resubscribe(moved, delay)
+        finally:
+            if task is not None:
+                self._rerouting.discard(task)
+
+    async def _resubscribe(self, moved: list[bytes], delay: float) -> None:
         while moved and not self._closed:
-            await asyncio.sleep(_REROUTE_DELAY)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _REROUTE_MAX_DELAY)  # a cluster that stays down is not polled hot
             try:
                 # The replica that took over is found from a fresh slot map.
                 await self._cluster.nodes_manager.initialize()
@@ -211,7 +225,7 @@ class ShardedPubSub:
                         by_node[self._primary(channel).name].append(channel)
                 for channels in by_node.values():
                     await self._subscribe(channels)
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 log.warning("sharded pub/sub: re-routing failed: %s; retrying", exc)
                 continue
             return
