@@ -313,7 +313,8 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
         interceptor.install(server)
         guard_server(server, header_seconds=settings.header_timeout_seconds,
                      per_address=settings.max_connections_per_address,
-                     on_refused=lambda reason: metrics.connections_refused.labels("grpc", reason).inc())
+                     on_refused=lambda reason: metrics.connections_refused.labels("grpc", reason).inc(),
+                     shared=settings.trusted_proxies)
         await server.start(settings.grpc_addr.host, settings.grpc_addr.port, ssl=grpc_context(settings),
                            backlog=settings.listen_backlog)
         grpc_addr = Address(settings.grpc_addr.host, _bound_port(server) or settings.grpc_addr.port)

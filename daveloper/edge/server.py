@@ -177,7 +177,8 @@ async def open_edge(settings: Settings, *, upstreams: Sequence[Address], health:
     await runner.setup()
     connections = ConnectionGuard(
         header_seconds=settings.header_timeout_seconds, per_address=settings.max_connections_per_address,
-        opening=RequestStart, on_refused=lambda reason: state.metrics.connections_refused.labels("edge", reason).inc())
+        opening=RequestStart, on_refused=lambda reason: state.metrics.connections_refused.labels("edge", reason).inc(),
+        shared=settings.trusted_proxies)
     discovery: asyncio.Task[None] | None = None
     listener: asyncio.Server | None = None
     try:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 from grpclib.server import Server
@@ -124,15 +125,18 @@ class Http2Preface:
 class ConnectionGuard:
     """Wraps protocol factories of one listener; see the module docstring.
 
-    ``header_seconds`` or ``per_address`` of 0 turn that bound off.
+    ``header_seconds`` or ``per_address`` of 0 turn that bound off; addresses in the ``shared``
+    networks (trusted proxies, whose one address stands for many clients) have no per-address cap.
     ``on_refused(reason)`` is called for every connection closed by a bound
     (``"slow_opening"``, ``"per_address"``, ``"header_block_too_large"``), e.g. to count it in metrics.
     """
 
     def __init__(self, *, header_seconds: float, per_address: int, opening: Callable[[], Opening],
-                 on_refused: Callable[[str], None] | None = None) -> None:
+                 on_refused: Callable[[str], None] | None = None, shared: Sequence[str] = ()) -> None:
         self.header_seconds = header_seconds
         self.per_address = per_address
+        # Addresses many clients share (trusted proxies): a cap per address would cap them all.
+        self._shared = [ipaddress.ip_network(entry, strict=False) for entry in shared]
         self._opening = opening
         self._on_refused = on_refused
         self._open: collections.Counter[str] = collections.Counter()
@@ -147,8 +151,15 @@ class ConnectionGuard:
         """A protocol factory whose connections are admitted by this guard."""
         return lambda: _Guarded(self, factory)
 
+    def _is_shared(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._shared)
+
     def _admit(self, address: str) -> bool:
-        if self.per_address and self._open[address] >= self.per_address:
+        if self.per_address and self._open[address] >= self.per_address and not self._is_shared(address):
             self._refuse("per_address", address)
             return False
         self._open[address] += 1
@@ -167,10 +178,10 @@ class ConnectionGuard:
 
 
 def guard_server(srv: Server, *, header_seconds: float, per_address: int,
-                 on_refused: Callable[[str], None] | None = None) -> ConnectionGuard:
+                 on_refused: Callable[[str], None] | None = None, shared: Sequence[str] = ()) -> ConnectionGuard:
     """Admit the connections of a grpclib server (before its ``start``) through a guard with :class:`Http2Preface`."""
     guard = ConnectionGuard(header_seconds=header_seconds, per_address=per_address, opening=Http2Preface,
-                            on_refused=on_refused)
+                            on_refused=on_refused, shared=shared)
     grpclib_compat.wrap_protocol_factory(srv, guard.wrap)
     return guard
 

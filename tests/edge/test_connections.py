@@ -87,3 +87,16 @@ async def test_connections_per_client_address_are_bounded(edge_settings: Setting
             await asyncio.sleep(0.02)
         async with http.get(f"{edge.url}/healthz") as response:
             assert response.status == 200
+
+
+async def test_a_trusted_proxy_has_no_per_address_cap(edge_settings: Settings, app: App) -> None:
+    # Behind a reverse proxy every client arrives from the proxy's one address.
+    async with custom_edge(edge_settings, app, max_connections_per_address=5,
+                           trusted_proxies=("127.0.0.0/8",)) as edge:
+        held = [await _open(edge) for _ in range(8)]
+        closed = await asyncio.gather(*(_closed_within(reader, 0.3) for reader, _ in held))
+        assert not any(closed), closed
+        assert edge.connections is not None
+        assert not edge.connections.refused
+        for _, writer in held:
+            writer.close()
