@@ -130,7 +130,7 @@ class _Feed:
 
 
 class Tails:
-    """One pub/sub connection per process carrying the live tail of every followed scope."""
+    """One pub/sub connection per process (per primary on a cluster) carrying the tail of every followed scope."""
 
     def __init__(self, redis: aioredis.Redis, *, quiet_seconds: float, subscribe_timeout: float = 10.0) -> None:
         # Takes its connection(s) at the first SUBSCRIBE; sharded channels on a cluster.
