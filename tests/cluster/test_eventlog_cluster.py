@@ -21,11 +21,13 @@ from tests.test_eventlog import *  # noqa: F403  (the test bodies, run with the 
 from tests.test_eventlog import collect, eventually
 
 # One server's CLIENT LIST / PUBSUB NUMSUB / CLIENT KILL: replaced below.
-for _name in ("test_followers_resume_from_the_stream_when_their_subscription_is_lost",
-              "test_cancel_reaches_the_owner_from_another_client",
-              "test_cancel_survives_a_lost_subscriber_connection",
-              "test_idle_followers_hold_no_connection_and_send_no_commands",
-              "test_the_client_must_return_bytes"):
+for _name in (
+    "test_followers_resume_from_the_stream_when_their_subscription_is_lost",
+    "test_cancel_reaches_the_owner_from_another_client",
+    "test_cancel_survives_a_lost_subscriber_connection",
+    "test_idle_followers_hold_no_connection_and_send_no_commands",
+    "test_the_client_must_return_bytes",
+):
     assert hasattr(test_eventlog, _name), _name  # renamed upstream: update this list
     del globals()[_name]
 
