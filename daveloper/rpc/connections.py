@@ -50,6 +50,11 @@ class Opening(Protocol):
     #: Whether to keep seeing the connection's bytes once the opening is complete.
     watching: bool
 
+    @property
+    def unfinished(self) -> bool:
+        """Once opened and still watching: whether a request's headers are begun and not complete."""
+        ...
+
     def feed(self, data: bytes) -> bool:
         """Account for ``data``; whether the opening is complete. Raises :class:`Refused` to close the connection."""
         ...
@@ -60,6 +65,7 @@ class RequestStart:
 
     __slots__ = ("_tail",)
     watching = False
+    unfinished = False
 
     def __init__(self) -> None:
         self._tail = b""
@@ -81,7 +87,7 @@ class Http2Preface:
     gRPC clients keep metadata far smaller (8 KiB is grpc-core's default limit).
     """
 
-    __slots__ = ("_block", "_frame_header", "_max", "_preface_left", "_skip")
+    __slots__ = ("_block", "_frame_header", "_in_headers", "_max", "_preface_left", "_skip")
     watching = True
 
     def __init__(self, max_header_block: int = 64 * 1024) -> None:
@@ -90,6 +96,7 @@ class Http2Preface:
         self._frame_header = bytearray()
         self._skip = 0  # payload bytes of the current frame still to come
         self._block = 0  # bytes of the header block being received
+        self._in_headers = False  # a header block is begun and not complete
 
     def feed(self, data: bytes) -> bool:
         pos, end = 0, len(data)
@@ -103,6 +110,8 @@ class Http2Preface:
                 step = min(self._skip, end - pos)
                 self._skip -= step
                 pos += step
+                if not self._skip and not self._block:  # the END_HEADERS frame is all in
+                    self._in_headers = False
                 continue
             need = 9 - len(self._frame_header)
             self._frame_header += data[pos:pos + need]
@@ -116,10 +125,17 @@ class Http2Preface:
                 self._block += length
                 if self._block > self._max:
                     raise Refused("header_block_too_large")
+                self._in_headers = True  # until the END_HEADERS frame's payload is in
                 if flags & 0x4:  # END_HEADERS
                     self._block = 0
             self._skip = length
+            if not self._skip and not self._block:
+                self._in_headers = False
         return True
+
+    @property
+    def unfinished(self) -> bool:
+        return self._in_headers or bool(self._frame_header)  # a header block, or a frame's own header
 
 
 class ConnectionGuard:
@@ -229,9 +245,14 @@ class _Guarded(asyncio.Protocol):
                     self._transport.abort()  # before the inner protocol sees these bytes
                 return
             if opened:
+                # Past the opening, a header block begun and left unfinished is timed the same way
+                # (h2 would hold it, and its stream, for ever).
+                pending = self._opening.watching and self._opening.unfinished
                 if not self._opening.watching:
                     self._opening = None
-                if self._timer is not None:
+                if pending and self._timer is None and self._guard.header_seconds > 0:
+                    self._timer = asyncio.get_running_loop().call_later(self._guard.header_seconds, self._too_slow)
+                elif not pending and self._timer is not None:
                     self._timer.cancel()
                     self._timer = None
         if self._inner is not None:

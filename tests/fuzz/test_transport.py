@@ -179,3 +179,20 @@ async def test_health_answers_throughout_a_hostile_run(app: App, token: str) -> 
     print(f"\nhostile gRPC run: {health.summary()}")
     assert health.failures == 0
     assert health.worst < _STALL_BOUND, health.summary()
+
+
+async def test_a_header_block_left_unfinished_is_closed_after_the_header_timeout(settings: Settings) -> None:
+    async with open_app(settings.replace(header_timeout_seconds=0.5)) as app:
+        port = app.grpc_addr.port
+        request = huge_header_request(port, 1024, huffman=False)
+        cut = request.index(b"\x00\x00", len(_PREFACE) + 9)  # inside the HEADERS frame's payload
+        sample = ("daveloper_connections_refused_total", {"listener": "grpc", "reason": "slow_opening"})
+        before = app.metrics.registry.get_sample_value(*sample) or 0.0
+        async with probing(app.grpc_addr) as health:  # a well-behaved client meanwhile
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request[:cut])  # preface, SETTINGS, part of a header block: then nothing
+            closed_after = await _closed_after(reader)
+            writer.close()
+        assert closed_after is not None, "an unfinished header block held its connection"
+        assert health.failures == 0
+        assert app.metrics.registry.get_sample_value(*sample) == before + 1
