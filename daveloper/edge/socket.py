@@ -154,6 +154,9 @@ class EdgeSocket:
                 "idleTimeoutMs": int(settings.ws_idle_seconds * 1000),
                 "initialCredit": DEFAULT_CREDIT,
                 "sendWindow": SEND_WINDOW,
+                # Long streams send a heartbeat after this much quiet (0: never): with it a client
+                # can tell a stalled stream from slow work without guessing the server's setting.
+                "heartbeatMs": int(settings.heartbeat_seconds * 1000),
             },
         }))
 

@@ -57,6 +57,7 @@ async def upload_json(client: Client, stream_id: int) -> list[dict[str, Any]]:
 async def test_unary_create_then_get_session(edge: Edge, http: aiohttp.ClientSession, protocol: str) -> None:
     anonymous = await connect(http, edge, protocol=protocol)
     assert anonymous.welcome["limits"]["maxStreams"] == edge.state.settings.ws_max_streams
+    assert anonymous.welcome["limits"]["heartbeatMs"] == int(edge.state.settings.heartbeat_seconds * 1000)
     request: Any = {"labels": {"team": "edge"}}
     if anonymous.binary:
         request = bytes(CreateSessionRequest(labels={"team": "edge"}))
