@@ -179,10 +179,6 @@ class Ingestor:
             ingestion._reported = len(ingestion.data)
             await self._progress(ingestion, IngestStage.RECEIVING, len(ingestion.data), expected)
 
-    async def finish_existing(self, ingestion: Ingestion, document: Document) -> None:
-        """End an ingestion whose document already exists (a retry or identical content)."""
-        await self._emit(ingestion, final=True, stored=document)
-
     def fail_later(self, ingestion: Ingestion, error: BaseException) -> None:
         """Record a failure from a handler that is itself being cancelled (the client left)."""
         self._jobs.spawn(self._fail(ingestion, error), name=f"fail {ingestion.id}")
