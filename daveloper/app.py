@@ -32,6 +32,7 @@ from daveloper.documents.ingest import Ingestion, Ingestor, ingestion_scope
 from daveloper.documents.pool import DocumentBudget, DocumentPool
 from daveloper.documents.search import DocumentSearch
 from daveloper.documents.store import ChunkStore
+from daveloper.documents.versions import current_chunks
 from daveloper.edge import Edge, open_edge
 from daveloper.eventlog import EventLog
 from daveloper.gateway import open_gateway
@@ -233,8 +234,8 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
                 search=search, redis=redis, enabled=runtime.tool_enabled, document_version=catalog.version_key,
                 web=WebTools(
                     runner=scraper.runner, crawler=scraper.crawler, github=scraper.github,
-                    chunks=lambda session_id, document_id, limit: chunk_store.chunks(session_id, document_id,
-                                                                                     limit=limit),
+                    chunks=lambda session_id, document_id, limit: current_chunks(catalog, chunk_store, session_id,
+                                                                                 document_id, limit),
                 ),
             ),
             settings=AgentSettings(system_prompt=settings.system_prompt or DEFAULT_SYSTEM_PROMPT,

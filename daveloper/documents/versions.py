@@ -22,11 +22,15 @@ import asyncio
 import datetime
 
 from daveloper.documents.catalog import Catalog
+from daveloper.documents.model import Hit
 from daveloper.documents.store import ChunkStore
 from daveloper.errors import FailedPrecondition
 from generated.daveloper.v1 import Document
 
-__all__ = ["commit_version", "discard_version"]
+__all__ = ["commit_version", "current_chunks", "discard_version"]
+
+#: Reads of a document's current version that retry when a new version replaced it between the two reads.
+_CURRENT_READS = 3
 
 
 async def commit_version(catalog: Catalog, store: ChunkStore, session_id: str, draft: Document, *,
@@ -83,3 +87,26 @@ async def discard_version(catalog: Catalog, store: ChunkStore, session_id: str, 
         return
     await store.delete_ingestion(session_id, ingestion_id)
     await catalog.release(session_id, ingestion_id)
+
+
+async def current_chunks(catalog: Catalog, store: ChunkStore, session_id: str, document_id: str,
+                         limit: int) -> list[Hit]:
+    """The first ``limit`` chunks of the document's current version; none if the document is gone.
+
+    Read by the ingestion id its record names, the version searches see: the points of a version
+    being written beside it (staged, hidden) or of one it replaced (hidden until deleted) are never
+    mixed in. If a new version became current between the record and the points, they are read again.
+    """
+    hits: list[Hit] = []
+    for _ in range(_CURRENT_READS):
+        document = await catalog.find(session_id, document_id)
+        if document is None:
+            return []
+        # A record from before versions names no ingestion: its points are the document's only ones.
+        hits = await store.chunks(session_id, document_id, limit=limit, ingestion_id=document.ingestion_id)
+        if hits:
+            return hits
+        now = await catalog.find(session_id, document_id)
+        if now is None or now.ingestion_id == document.ingestion_id:
+            return hits
+    return hits

@@ -2,8 +2,9 @@
 
 ``scrape_url`` runs a one-page crawl job that ingests the page; ``github_repo``
 runs a GitHub ingestion job for the repository's README. Both wait for their
-job, then hand the turn the first passages of what was ingested, so the answer
-can cite the page or the README. The jobs are ordinary jobs — listed by
+job, then hand the turn the first passages of what was ingested (of the
+document's current version, as searches see it), so the answer can cite the
+page or the README. The jobs are ordinary jobs — listed by
 ``ListJobs``, counted against the session's limits — and a turn that is
 cancelled cancels its job. A page the session crawled before that answers
 ``304 Not Modified`` is read from the stored copy.
@@ -26,7 +27,8 @@ from generated.daveloper.v1 import Failure, GitHubIngestSpec, Job, JobKind, JobS
 
 __all__ = ["WebTools"]
 
-#: Reads the first chunks of a session's document: (session, document id, limit) → hits.
+#: Reads the first chunks of a session's document, of its current version only (see
+#: :func:`~daveloper.documents.versions.current_chunks`): (session, document id, limit) → hits.
 DocumentChunks = Callable[[str, str, int], Awaitable[list[Hit]]]
 
 PASSAGES_PER_DOCUMENT = 4

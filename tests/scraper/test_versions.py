@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 import pytest
 from grpclib.client import Channel
 
+from daveloper.app import App
 from daveloper.config import Settings
+from daveloper.documents.model import ChunkDraft, SparseVector, Vectors
 from generated.daveloper.v1 import (
     AgentServiceStub,
     ChatEvent,
@@ -15,6 +17,7 @@ from generated.daveloper.v1 import (
     Document,
     DocumentServiceStub,
     GetDocumentRequest,
+    GetSessionRequest,
     GitHubIngestSpec,
     ListDocumentsRequest,
     ScrapeRequest,
@@ -23,6 +26,7 @@ from generated.daveloper.v1 import (
     SearchMode,
     SearchRequest,
     SendMessage,
+    SessionServiceStub,
     StartGitHubIngestRequest,
     WatchJobRequest,
 )
@@ -111,6 +115,36 @@ async def test_scrape_url_reads_the_stored_copy_of_a_page_that_answers_304(chann
     assert site.paths().count("/page/1/3") == 2  # the second fetch was conditional (and answered 304)
     [document] = await documents(channel, token)
     assert document.version == 1
+
+
+async def test_scrape_url_passes_on_only_the_current_version_of_a_page(app: App, channel: Channel, token: str,
+                                                                      site: Site) -> None:
+    url = site.url("/changing")
+
+    async def passages() -> str:
+        events = await chat(channel, token, f"What does {url} say?")
+        result = next(e.tool_result for e in events if e.tool_result is not None)
+        assert not result.is_error, result.content
+        return result.content
+
+    assert "1.21 gigawatts" in await passages()
+    site.changing_fact = "The flux capacitor now needs 88 megawatts."
+    recrawled = await passages()
+    assert "88 megawatts" in recrawled
+    assert "gigawatts" not in recrawled
+    # A version being written beside the current one (another crawl, half-way) is hidden from the
+    # tool as from searches: the page answers 304 and the tool reads its stored copy.
+    session = (await SessionServiceStub(channel).get_session(GetSessionRequest(), metadata=bearer(token))).session
+    assert session is not None
+    [document] = await documents(channel, token)
+    await app.catalog.stage(session.id, document.id, "ing_half_written")
+    await app.chunk_store.upsert(session.id, document.id, "ing_half_written",
+                                 [ChunkDraft(index=0, text="The flux capacitor needs 3 terawatts.", token_count=7)],
+                                 [Vectors(sparse=SparseVector(indices=(1,), values=(1.0,)))], source_uri=url)
+    stored = await passages()
+    assert "88 megawatts" in stored
+    assert "terawatts" not in stored
+    assert site.paths().count("/changing") == 3
 
 
 async def test_a_changed_github_readme_is_a_new_version_of_its_document(channel: Channel, token: str,
