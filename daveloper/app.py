@@ -204,7 +204,8 @@ async def open_app(settings: Settings, *, chat_model: ChatModel | None = None,
         stack.push_async_callback(pool.aclose)  # its workers start with the first document
         jobs = BackgroundJobs()
         stack.push_async_callback(jobs.aclose)
-        work = WorkLeases(redis, owner=settings.instance_id, ttl_seconds=settings.lease_seconds, metrics=metrics)
+        work = WorkLeases(redis, owner=settings.instance_id, ttl_seconds=settings.lease_seconds,
+                          stall_seconds=settings.stall_seconds, metrics=metrics)
         ingestor = Ingestor(events=events, catalog=catalog, store=chunk_store, pool=pool, jobs=jobs,
                             dense=embedder.dense if isinstance(embedder, HybridEmbedder) else None,
                             work=work, metrics=metrics)

@@ -198,6 +198,10 @@ class Settings:
         15.0, gt=0,
         doc="an instance that stops renewing its leases (killed, partitioned) leaves the registry after this, and "
             "another instance fails its running turns, jobs and uploads (reason `OWNER_LOST`)")
+    stall_seconds: float = setting(
+        600.0, ge=0,
+        doc="a running chat turn, scraper job or upload that appends no event for this long (stream heartbeats do "
+            "not count) is stopped and fails `UNAVAILABLE`, reason `NO_PROGRESS` (`0`: never)")
     metrics_addr: Address | None = setting(
         None, doc="also serve Prometheus `/metrics` on this `HOST:PORT` (the edge always serves it); for `grpc` "
                   "instances, which have no edge")

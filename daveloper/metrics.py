@@ -148,6 +148,8 @@ class Metrics:
         # scale-out
         self.work_reaped = Counter("daveloper_work_reaped", "Work of lost instances finished here, by kind",
                                    ["kind"], registry=r)
+        self.work_stalled = Counter("daveloper_work_stalled", "Work stopped here for making no progress, by kind",
+                                    ["kind"], registry=r)
 
         self._methods: dict[str, MethodSeries] = {}
         self._dependencies: dict[tuple[str, str], Histogram] = {}

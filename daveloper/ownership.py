@@ -12,25 +12,34 @@ marks the work failed (reason ``OWNER_LOST``) or resumes it where that is safe.
 
 The bound: work whose owner died is finished within ``ttl`` plus one reap
 interval (``ttl / 3``).
+
+An owner that is alive but whose work is stuck (a model stream that stalls
+after its first tokens, a fetch or a client that never answers) keeps renewing
+the lease, so the same rounds also watch progress: work run inside
+:meth:`WorkLeases.watch` that appends no event for ``stall_seconds`` is
+cancelled where it runs and fails like a lost owner's, ``UNAVAILABLE`` with
+reason ``NO_PROGRESS`` (keepalives sent to a stream's client are not events,
+so they do not count).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from daveloper.errors import DaveloperError
+from daveloper.errors import DaveloperError, Unavailable
 from daveloper.infra.redis import redis_call, reply_text
 from daveloper.keys import Keys
 from daveloper.metrics import METRICS, Metrics
 
-__all__ = ["OrphanHandler", "WorkLeases"]
+__all__ = ["NoProgress", "OrphanHandler", "WorkLeases"]
 
 log = logging.getLogger("daveloper.ownership")
 
@@ -51,15 +60,49 @@ return out
 """
 
 
+class NoProgress(Unavailable):
+    """Work that appended no event for its bound was stopped (reason ``NO_PROGRESS``)."""
+
+    default_reason = "NO_PROGRESS"
+
+
+class _Watch:
+    """One piece of work under :meth:`WorkLeases.watch`: its task, and when its progress value last changed."""
+
+    def __init__(self, what: str, progress: Callable[[], object], now: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.task, self.what, self.progress = task, what, progress
+        self.cancelling = task.cancelling()
+        self.seen, self.since, self.stopped = progress(), now, False
+
+    def stalled(self, now: float, bound: float) -> bool:
+        """Cancel the task if its progress value has not changed for ``bound`` seconds; whether it did."""
+        value = self.progress()
+        if value != self.seen:
+            self.seen, self.since = value, now
+            return False
+        if now - self.since < bound:
+            return False
+        # Again after another bound if the cancel was swallowed and the work still makes none.
+        self.since, self.stopped = now, True
+        self.task.cancel()
+        return True
+
+
 class WorkLeases:
     """Leases on this instance's work, their renewal, and the reaping of other instances' lapsed work."""
 
     def __init__(self, redis: aioredis.Redis, *, owner: str, ttl_seconds: float = 15.0, prefix: str = "dv:",
-                 batch: int = 100, metrics: Metrics | None = None) -> None:
+                 batch: int = 100, stall_seconds: float = 600.0, metrics: Metrics | None = None) -> None:
         self._redis = redis
-        self._reaped = (metrics or METRICS).work_reaped
+        metrics = metrics or METRICS
+        self._reaped, self._stalled = metrics.work_reaped, metrics.work_stalled
         self._owner = owner
         self.ttl_seconds = ttl_seconds
+        #: Watched work that appends no event for this long is stopped (``NoProgress``); 0: never.
+        self.stall_seconds = stall_seconds
+        self._watched: dict[str, _Watch] = {}
         # One hash tag ({work}): claims and releases write both in one transaction.
         self._set, self._data = Keys(prefix).work, Keys(prefix).work_data
         self._claim_lapsed = redis.register_script(_CLAIM_LAPSED)
@@ -115,6 +158,43 @@ class WorkLeases:
         """Stop renewing a lease whose work could not record its end: it lapses and the reaper finishes it."""
         self._owned.discard(self._member(kind, work_id))
 
+    @contextlib.asynccontextmanager
+    async def watch(self, kind: str, work_id: str, progress: Callable[[], object]) -> AsyncIterator[None]:
+        """Run the body as ``kind`` work that must make progress: ``progress()`` (cheap; called each round)
+        changes whenever the work appends an event. If it stays the same for ``stall_seconds``, the
+        body's task is cancelled and :class:`NoProgress` raised here, for the work to fail with.
+
+        The check runs in :meth:`run`'s rounds, every ``ttl / 3``, so the work stops within
+        ``stall_seconds`` plus a round of its last event.
+        """
+        if not self.stall_seconds:
+            yield
+            return
+        member = self._member(kind, work_id)
+        watch = self._watched[member] = _Watch(member, progress, time.monotonic())
+        try:
+            yield
+        except asyncio.CancelledError as exc:
+            # Ours, and nobody else's (like asyncio.timeout): the work stops with a reason; a cancel
+            # from elsewhere (shutdown, the caller) goes on as it came.
+            if watch.stopped and watch.task.uncancel() <= watch.cancelling:
+                raise NoProgress(f"the {kind} made no progress for {self.stall_seconds:g} s and was stopped; "
+                                 "try again", retry_after=0, metadata={"seconds": f"{self.stall_seconds:g}"}) from exc
+            raise
+        finally:
+            del self._watched[member]
+
+    def check_progress(self) -> int:
+        """Stop watched work whose progress stalled for ``stall_seconds``; how many were stopped."""
+        now, stopped = time.monotonic(), 0
+        for watch in list(self._watched.values()):
+            if watch.stalled(now, self.stall_seconds):
+                stopped += 1
+                self._stalled.labels(watch.what.partition(":")[0]).inc()
+                log.warning("work made no progress: stopped", extra={"work": watch.what,
+                                                                    "seconds": self.stall_seconds})
+        return stopped
+
     @property
     def owned(self) -> int:
         return len(self._owned)
@@ -149,9 +229,10 @@ class WorkLeases:
         return len(pairs) // 2
 
     async def run(self) -> None:
-        """Renew and reap every ``ttl / 3`` until cancelled; a failed round is logged and retried."""
+        """Every ``ttl / 3`` until cancelled: stop stalled work, renew, reap; a failed round is logged and retried."""
         while True:
             await asyncio.sleep(self.ttl_seconds / 3)
+            self.check_progress()  # no Redis: it runs while Redis is away too
             try:
                 await self.renew()
                 while await self.reap() >= self._batch:

@@ -367,4 +367,8 @@ class Agent:
         if turn.place is not None and turn.place.ahead is not None:
             await self.queue.wait(turn.place)
             await self._announce(turn)
-        return await self._rounds.run(turn)
+        if self._work is None:
+            return await self._rounds.run(turn)
+        # A model or tool that stalls with the instance alive: stopped after stall_seconds with no event.
+        async with self._work.watch("turn", turn.record.id, lambda: turn.appends):
+            return await self._rounds.run(turn)

@@ -210,7 +210,7 @@ class Ingestor:
     async def _run(self, ingestion: Ingestion) -> None:
         outcome: Document | BaseException
         try:
-            outcome = await self._events.run_cancellable(ingestion.scope, self._pipeline(ingestion))
+            outcome = await self._events.run_cancellable(ingestion.scope, self._watched_pipeline(ingestion))
         except asyncio.CancelledError:
             # Shutdown: record why the ingestion ended, then let the cancel through.
             interrupted = Unavailable("server shut down during ingestion", reason="INTERRUPTED", retry_after=0)
@@ -223,6 +223,20 @@ class Ingestor:
             log.info("document stored", extra={"document_id": outcome.id, "chunks": outcome.chunk_count})
         else:
             await self._abandon(ingestion, outcome)
+
+    def receiving(self, ingestion: Ingestion) -> contextlib.AbstractAsyncContextManager[None]:
+        """Around the receipt of an upload's bytes: a client that sends none for the leases' ``stall_seconds``
+        is stopped there (:class:`~daveloper.ownership.NoProgress`), and the ingestion fails."""
+        if self._work is None:
+            return contextlib.nullcontext()
+        return self._work.watch("ingestion", ingestion.id, lambda: len(ingestion.data))
+
+    async def _watched_pipeline(self, ingestion: Ingestion) -> Document:
+        if self._work is None:
+            return await self._pipeline(ingestion)
+        # Progress events go out at least per pool stage and per batch stored (pending ones count).
+        async with self._work.watch("ingestion", ingestion.id, lambda: (ingestion._flushed, len(ingestion._pending))):
+            return await self._pipeline(ingestion)
 
     async def _abandon(self, ingestion: Ingestion, error: BaseException) -> None:
         """Remove what the ingestion stored, then record its failure."""

@@ -184,6 +184,8 @@ class JobRun:
         self._store = store
         self._limits = limits
         self._progress_at = 0.0
+        #: Events appended so far (what the no-progress watch looks at).
+        self.appends = 0
 
     @property
     def scope(self) -> str:
@@ -191,6 +193,7 @@ class JobRun:
 
     async def emit(self, *, final: bool = False, **kind: Any) -> int:
         event = JobEvent(job_id=self.job.id, create_time=_now(), **kind)
+        self.appends += 1
         return await self._events.append(self.scope, bytes(event), final=final)
 
     async def log(self, message: str, level: str = "INFO") -> None:
@@ -294,7 +297,7 @@ class JobRunner:
         failure: Failure | None = None
         heartbeat = asyncio.create_task(self._heartbeat(run))
         try:
-            await self._events.run_cancellable(run.scope, work(run))
+            await self._events.run_cancellable(run.scope, self._watched(run, work))
             state = JobState.SUCCEEDED
         except asyncio.CancelledError:
             interrupted = Unavailable("the server shut down while the job ran", reason="INTERRUPTED", retry_after=0)
@@ -312,6 +315,14 @@ class JobRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
         await self._finish(run, state, failure)
+
+    async def _watched(self, run: JobRun, work: Work) -> None:
+        """``work``, stopped (``NO_PROGRESS``) if it appends no event for the leases' ``stall_seconds``."""
+        if self._work is None:
+            await work(run)
+            return
+        async with self._work.watch("job", run.job.id, lambda: run.appends):
+            await work(run)
 
     async def _finish(self, run: JobRun, state: JobState, failure: Failure | None) -> None:
         run.job.state = state

@@ -148,7 +148,8 @@ class DocumentService(Servicer):
             # Always received: the same bytes again return the stored document (same version), new
             # bytes for the same client_document_id or source_uri store its next version.
             try:
-                await self._receive(ingestion, call, expected=header.size_bytes)
+                async with self._ingestor.receiving(ingestion):  # NO_PROGRESS if the bytes stop coming
+                    await self._receive(ingestion, call, expected=header.size_bytes)
             except DaveloperError as exc:
                 await self._ingestor.fail(ingestion, exc)
             else:
