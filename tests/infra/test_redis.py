@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,14 @@ async def test_configured_url_is_used_and_nothing_is_started(
         await client.set("infra:written-through-open-redis", b"yes")
     assert await redis.get("infra:written-through-open-redis") == b"yes"
     assert not (data_dir / "valkey").exists()
+
+
+async def test_every_connection_names_the_client_library(redis_url: str, data_dir: Path) -> None:
+    # The driver info is built once for the pool; each new connection still sends it (CLIENT SETINFO).
+    async with open_redis(Settings(data_dir=data_dir, redis_url=redis_url)) as client:
+        infos = await asyncio.gather(*(client.client_info() for _ in range(3)))
+    assert len({info["id"] for info in infos}) == 3
+    assert {(info["lib-name"], info["lib-ver"]) for info in infos} == {("redis-py", metadata.version("redis"))}
 
 
 async def test_without_url_an_embedded_valkey_is_started_and_stopped(data_dir: Path) -> None:
