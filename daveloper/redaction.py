@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import hmac
+import json
 import math
 import re
 import secrets
@@ -33,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MODES", "OutboundRedactor", "Redacted", "redact_contents"]
+__all__ = ["MODES", "OutboundRedactor", "Redacted", "redact_arguments", "redact_contents"]
 
 #: The values ``DAVELOPER_REDACT`` takes.
 MODES = ("none", "secrets", "pii")
@@ -166,7 +167,12 @@ class OutboundRedactor:
 
 
 def redact_contents(messages: Sequence[Any], redactor: OutboundRedactor) -> int:
-    """Redact the string ``content`` of each chat message in place; how many values were redacted."""
+    """Redact chat messages in the OpenAI wire form in place; how many values were redacted.
+
+    Everything in them that came from a user, a document, a page or the model: each message's
+    string ``content`` (system, user, assistant and tool results alike), and the ``arguments`` of
+    the tool calls earlier assistant messages made (see :func:`redact_arguments`).
+    """
     if not redactor.enabled:
         return 0
     total = 0
@@ -176,4 +182,46 @@ def redact_contents(messages: Sequence[Any], redactor: OutboundRedactor) -> int:
             redacted = redactor.redact(content)
             message["content"] = redacted.text
             total += redacted.total
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {}
+            arguments = function.get("arguments")
+            if isinstance(arguments, str) and arguments:
+                function["arguments"], count = redact_arguments(arguments, redactor)
+                total += count
     return total
+
+
+def redact_arguments(arguments: str, redactor: OutboundRedactor) -> tuple[str, int]:
+    """A tool call's JSON ``arguments`` with every string in them redacted (keys too); the count.
+
+    Redacted value by value, so the result stays the JSON it was (a placeholder in place of a
+    number would not be); unchanged text is returned as it came. Arguments that are not JSON (a
+    model may produce anything) are redacted as text.
+    """
+    try:
+        parsed = json.loads(arguments)
+    except ValueError:
+        redacted = redactor.redact(arguments)
+        return redacted.text, redacted.total
+    total = 0
+
+    def walk(value: object) -> object:
+        nonlocal total
+        if isinstance(value, str):
+            redacted = redactor.redact(value)
+            total += redacted.total
+            return redacted.text
+        if isinstance(value, list):
+            return [walk(item) for item in value]
+        if isinstance(value, dict):
+            return {walk(key): walk(item) for key, item in value.items()}
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # A card number the model wrote as a JSON number: redacted like the same digits in text.
+            redacted = redactor.redact(str(value))
+            if redacted.total:
+                total += redacted.total
+                return redacted.text
+        return value
+
+    result = walk(parsed)
+    return (json.dumps(result, ensure_ascii=False), total) if total else (arguments, 0)

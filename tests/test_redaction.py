@@ -3,13 +3,14 @@ speaking the OpenAI wire protocol, asserting what those servers received."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import pytest
 from grpclib.client import Channel
 
 from daveloper.agent.llm.openai import OpenAIChatModel
-from daveloper.agent.model import Message, ModelDone
+from daveloper.agent.model import Message, ModelDone, ToolCallRequest
 from daveloper.app import App
 from daveloper.config import Settings
 from daveloper.documents.embeddings import OpenAIEmbedder
@@ -98,6 +99,44 @@ async def test_the_chat_model_sends_redacted_messages_and_a_pseudonym_for_the_se
     done = events[-1]
     assert isinstance(done, ModelDone)
     assert done.redactions == 9 == sum(counted.values())
+
+
+async def test_tool_call_arguments_and_tool_results_in_the_history_are_redacted_and_stay_json() -> None:
+    card_digits = CARD.replace(" ", "")
+    arguments = json.dumps({"query": f"mail of {EMAIL}", "card": int(card_digits), "keys": [AWS, "plain"],
+                            "url": "https://docs.example.org/guide/install.html", "top_k": 5})
+    history = [
+        Message(role="system", content="You help."),
+        Message(role="user", content="Find it."),
+        Message(role="assistant", content=f"Looking up {EMAIL}.", tool_calls=(
+            ToolCallRequest(call_id="call_1", name="search_documents", arguments=arguments),
+            ToolCallRequest(call_id="call_2", name="scrape_url", arguments='{"url": "https://example.org/"}'),
+            ToolCallRequest(call_id="call_3", name="search_documents", arguments=f"not json {GITHUB}"))),
+        Message(role="tool", tool_call_id="call_1", name="search_documents", content=f"[1] token {JWT}"),
+        Message(role="tool", tool_call_id="call_2", name="scrape_url", content="nothing"),
+        Message(role="tool", tool_call_id="call_3", name="search_documents", content="nothing"),
+    ]
+    async with FakeOpenAI(api_key="sk-test") as server:
+        server.enqueue(Script(text=["done"]))
+        model = OpenAIChatModel(base_url=server.url, api_key="sk-test", default_model="m",
+                                redactor=OutboundRedactor("pii"))
+        try:
+            events = [e async for e in model.stream(history)]
+        finally:
+            await model.aclose()
+    wire = json.dumps(server.requests[0])  # as the endpoint received it, through the openai SDK
+    for value in (EMAIL, card_digits, AWS, GITHUB, JWT):
+        assert value not in wire, value
+    calls = server.requests[0]["messages"][2]["tool_calls"]
+    sent = json.loads(calls[0]["function"]["arguments"])  # still JSON, the ordinary values as they were
+    assert sent == {"query": "mail of [REDACTED:email]", "card": "[REDACTED:card_number]",
+                    "keys": ["[REDACTED:aws_key]", "plain"], "url": "https://docs.example.org/guide/install.html",
+                    "top_k": 5}
+    assert calls[1]["function"]["arguments"] == '{"url": "https://example.org/"}'  # nothing to take: untouched
+    assert calls[2]["function"]["arguments"] == "not json [REDACTED:github_token]"
+    done = events[-1]
+    assert isinstance(done, ModelDone)
+    assert done.redactions == 6  # e-mail twice, card, AWS key, GitHub token, JWT
 
 
 async def test_the_embedder_sends_redacted_texts(endpoint: EmbeddingsServer) -> None:  # noqa: F811
