@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from daveloper.agent.feed import TurnFeed
 from daveloper.agent.queue import QueuePlace
 from daveloper.metrics import Metrics
 from generated.daveloper.v1 import ChatOptions, Citation, FinishReason, Turn
@@ -60,6 +61,8 @@ class RunningTurn:
     writer: str = ""
     #: Its work has begun (waiting for its turn, then its rounds): a failure then is not retried.
     began: bool = False
+    #: Its events as appended here, for the stream that started it (:mod:`daveloper.agent.feed`).
+    feed: TurnFeed | None = None
 
     @property
     def scope(self) -> str:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 
 from daveloper.agent.admission import TurnAdmission
 from daveloper.agent.conversations import Conversations, now, parse_conversation
+from daveloper.agent.feed import TurnFeed
 from daveloper.agent.history import cited_passages
 from daveloper.agent.model import ChatModel
 from daveloper.agent.queue import ConversationQueue
@@ -113,8 +114,9 @@ class Agent:
         self.admission.check()
 
     async def start(self, session_id: str, conversation_id: str, text: str, client_message_id: str,
-                    options: ChatOptions) -> tuple[Turn, int, bool]:
-        """Begin a turn; returns (turn, a seq no later than its start event's, whether it already existed).
+                    options: ChatOptions) -> tuple[Turn, int, bool, TurnFeed | None]:
+        """Begin a turn; returns (turn, a seq no later than its start event's, whether it already existed,
+        its events as they are appended here: :mod:`daveloper.agent.feed`, None for a turn that already existed).
 
         The turn runs after the conversation's turns admitted before it here (:mod:`daveloper.agent.queue`);
         its events all have seqs from the one returned on.
@@ -130,19 +132,19 @@ class Agent:
                                                              options), name=f"start of a turn in {conversation_id}")
 
     async def _admit_counted(self, session_id: str, conversation_id: str, text: str, client_message_id: str,
-                             options: ChatOptions) -> tuple[Turn, int, bool]:
+                             options: ChatOptions) -> tuple[Turn, int, bool, TurnFeed | None]:
         self.admission.admit()
         try:
-            turn, seq, existed = await self._admit(session_id, conversation_id, text, client_message_id, options)
+            started = await self._admit(session_id, conversation_id, text, client_message_id, options)
         except BaseException:
             self.admission.withdraw()
             raise
-        if existed:
+        if started[2]:  # it already existed
             self.admission.withdraw()
-        return turn, seq, existed
+        return started
 
     async def _admit(self, session_id: str, conversation_id: str, text: str, client_message_id: str,
-                     options: ChatOptions) -> tuple[Turn, int, bool]:
+                     options: ChatOptions) -> tuple[Turn, int, bool, TurnFeed | None]:
         # Three round trips: (1) the conversation, the client message id and the session's turn lease,
         # pipelined; (2) the turn, the conversation and the work lease in one transaction; (3) the start event.
         turn = Turn(id="turn_" + secrets.token_hex(10), client_message_id=client_message_id, user_text=text,
@@ -161,7 +163,7 @@ class Agent:
         if not claimed:  # a retry of a message already sent: that turn, whatever the limits say now
             if leased and acquired:
                 await self._release(session_id, turn.id)
-            return await self._conversations.claimed_turn(session_id, conversation_id, client_message_id), 0, True
+            return await self._conversations.claimed_turn(session_id, conversation_id, client_message_id), 0, True, None
         if not acquired:
             if client_message_id:
                 await self._conversations.forget_client_id(session_id, conversation_id, client_message_id)
@@ -172,7 +174,7 @@ class Agent:
         conversation.turn_count += 1
         conversation.update_time = turn.create_time
         state = RunningTurn(session_id, conversation_id, turn, options, fresh=conversation.turn_count == 1,
-                            starting=True, counted=True)
+                            starting=True, counted=True, feed=TurnFeed())
         try:
             # On a cluster the records (the session's slot) and the work claim ({work}) cannot share a
             # transaction: one pipelined round trip there; if it fails, _abandon releases the claim.
@@ -192,7 +194,7 @@ class Agent:
             raise
         self._live[turn.id] = state
         self._jobs.spawn(self._run(state), name=f"turn {turn.id}")
-        return turn, place.after_seq + 1, False
+        return turn, place.after_seq + 1, False, state.feed
 
     async def _announce(self, turn: RunningTurn) -> None:
         """Put the turn's start event on the log (once); from its seq on are the turn's events."""
@@ -207,6 +209,8 @@ class Agent:
 
     async def _abandon(self, turn: RunningTurn) -> None:
         """Undo the claims of a turn whose start failed."""
+        if turn.feed is not None:
+            turn.feed.close()
         if turn.place is not None:
             self.queue.leave(turn.place)
         await self._release(turn.session_id, turn.record.id)
@@ -252,6 +256,8 @@ class Agent:
         writer = (turn.writer or turn.record.id, turn.appends)
         first = await retry_unavailable(lambda: self._events.append_many(turn.scope, payloads, writer=writer),
                                         seconds=self._settings.redis_retry_seconds, what="turn event")
+        if turn.feed is not None:
+            turn.feed.push(first, payloads, ends_turn="turn_completed" in kind or "turn_failed" in kind)
         return first + len(payloads) - 1
 
     async def _run(self, turn: RunningTurn) -> None:
@@ -259,6 +265,8 @@ class Agent:
             with span("chat.turn", **{"daveloper.turn_id": turn.record.id}):
                 await self._run_turn(turn)
         finally:
+            if turn.feed is not None:  # its stream reads the log for whatever was not appended here
+                turn.feed.close()
             self._live.pop(turn.record.id, None)
             self.admission.ended(turn)
             if turn.place is not None:  # after the record is written: the next turn reads it as history

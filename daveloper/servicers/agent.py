@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from daveloper.agent.conversations import Conversations, validate_conversation_id
+from daveloper.agent.feed import TurnFeed
 from daveloper.agent.turns import Agent, conversation_scope
 from daveloper.errors import InvalidArgument
 from daveloper.eventlog import Entry, EventLog
@@ -117,9 +118,20 @@ class AgentService(Servicer):
                 del latest[conversation_id]
 
         async def forward(conversation_id: str, turn_id: str, after_seq: int,
-                          ahead: asyncio.Task[None] | None) -> None:
-            if ahead is not None:  # the conversation's earlier turn on this stream goes out first
-                await asyncio.wait([ahead])
+                          ahead: asyncio.Task[None] | None, feed: TurnFeed | None) -> None:
+            try:
+                if ahead is not None:  # the conversation's earlier turn on this stream goes out first
+                    await asyncio.wait([ahead])
+                # A turn started here: its events as this instance appends them, no read of the log.
+                while feed is not None and (item := await feed.next()) is not None:
+                    entry, ends_turn = item
+                    await send(entry)
+                    after_seq = entry.seq
+                    if ends_turn:
+                        return
+            finally:
+                if feed is not None:
+                    feed.close()
             # Stored events go out as stored: the turn id and kind are read off the wire format.
             wanted = turn_id.encode()
             scope = conversation_scope(call.session_id, conversation_id)
@@ -139,13 +151,14 @@ class AgentService(Servicer):
                     self._agent.check_capacity()  # before the charge: a refused turn costs no rate budget
                     await call.charge("chat_turns")
                     conversation_id = request.send.conversation_id or "conv_" + secrets.token_hex(10)
-                    turn, seq, existed = await self._agent.start(
+                    turn, seq, existed, feed = await self._agent.start(
                         call.session_id, conversation_id, request.send.text.strip(),
                         request.send.client_message_id, request.send.options or ChatOptions())
                     after = 0 if existed else seq - 1
                     ahead = latest.get(conversation_id)
                     forwarder = asyncio.create_task(forward(conversation_id, turn.id, after,
-                                                            ahead if ahead is not None and not ahead.done() else None))
+                                                            ahead if ahead is not None and not ahead.done() else None,
+                                                            feed))
                     latest[conversation_id] = forwarder
                     forwarders.add(forwarder)
                     forwarder.add_done_callback(settled)
