@@ -61,6 +61,7 @@ from scripts.bench._stats import percentile, table
 
 ROOT = Path(__file__).resolve().parents[2]
 STAMP = re.compile(r"<(\d+)>")
+PHASES = ("baseline", "full speed", "turn start", "paced", "saturated")
 STREAMS_PER_CHANNEL = 50  # below HTTP/2's usual 100 concurrent streams per connection
 
 
@@ -113,7 +114,7 @@ def serve_llm() -> None:
 
 # -- the app, in its own process ----------------------------------------------------------------------------
 
-def serve_app(llm_url: str, data_dir: str, limits: str) -> None:
+def serve_app(llm_url: str, data_dir: str, limits: str, dump: str = "") -> None:
     """Run the app; print its port; answer ``cpu`` / ``profile`` / ``report`` lines on stdin with JSON."""
     import cProfile
     import io
@@ -150,6 +151,8 @@ def serve_app(llm_url: str, data_dir: str, limits: str) -> None:
                     print("{}", flush=True)
                 elif line == "report" and profile is not None:
                     profile.disable()
+                    if dump:
+                        profile.dump_stats(dump)
                     out = io.StringIO()
                     stats = pstats.Stats(profile, stream=out)
                     stats.sort_stats("tottime").print_stats(40)
@@ -287,8 +290,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     llm, port = await Child.start("--serve-llm")
     llm_url = f"http://127.0.0.1:{port}/v1"
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            app, port = await Child.start("--serve-app", llm_url, tmp, "none")
+        with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:  # the engine may still be closing
+            app, port = await Child.start("--serve-app", llm_url, tmp, "none", args.profile_dump)
             try:
                 channel = Channel("127.0.0.1", int(port))
                 token = (await SessionServiceStub(channel).create_session(CreateSessionRequest(), timeout=10)).token
@@ -298,6 +301,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 phases = [("baseline", None), ("full speed", f"bench:{args.tokens}:0"), ("turn start", "bench:1:0"),
                           ("paced", f"bench:{args.paced_tokens}:{args.paced_interval_ms}")]
                 for name, model in phases:
+                    if name not in args.phases:
+                        continue
                     if model is None:
                         results[name] = await baseline(llm_url, args.turns, args.tokens)
                         continue
@@ -309,6 +314,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         results["profile"] = (await app.ask("report"))["profile"]
             finally:
                 await app.stop()
+            if "saturated" not in args.phases:
+                return results
             # Saturation: the same full-speed load on an app with its default admission limits.
             app, port = await Child.start("--serve-app", llm_url, tmp + "/admit", "default")
             try:
@@ -325,34 +332,37 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
-    base, full, start, paced = r["baseline"], r["full speed"], r["turn start"], r["paced"]
     lines = [f"{args.turns} concurrent turns; app, fake LLM and clients in 3 processes; uvloop; "
              f"{os.cpu_count()} cores", ""]
-    lines.append(table(["phase", "tokens/s", "vs straight from LLM", "app+Valkey CPU ms / 1k tokens",
-                        "first token p50 / p99 ms", "LLM emit → client p50 / p99 ms", "events"], [
-        ["straight from the LLM (aiohttp)", f"{base['tokens_per_s']:,.0f}", "1.00", "", "", "", ""],
-        *[[f"{name} ({res['tokens'] // max(res['turns'], 1)} tokens/turn)", f"{res['tokens_per_s']:,.0f}",
-           f"{res['tokens_per_s'] / base['tokens_per_s']:.3f}", f"{res['cpu_ms_per_1k_tokens']:.0f}",
-           f"{res['first_token_ms'].get('p50', 0):.0f} / {res['first_token_ms'].get('p99', 0):.0f}",
-           f"{res['latency_ms'].get('p50', 0):.1f} / {res['latency_ms'].get('p99', 0):.1f}", f"{res['events']:,}"]
-          for name, res in (("full speed", full), ("paced", paced))],
-    ]))
-    steady = paced["steady_latency_ms"]
-    lines.append(f"\npaced, steady state (no turn starting): LLM emit → client p50 / p99 "
-                 f"{steady.get('p50', 0):.1f} / {steady.get('p99', 0):.1f} ms")
-    lines.append("")
-    lines.append(table(["turn start (1-token turns)", "turns/s", "app+Valkey CPU ms / turn", "app / Valkey s",
-                        "Redis commands / turn", "refused"], [
-        ["", f"{start['turns_per_s']:,.0f}", f"{start['cpu_ms_per_turn']:.2f}",
-         f"{start['app_cpu_s']:.2f} / {start['valkey_cpu_s']:.2f}", f"{start['redis_commands_per_turn']:.1f}",
-         str(start["refused"])]]))
-    sat = r["saturated"]
-    lines.append("")
-    lines.append(table(["saturation (default limits: 500 running, 64 starting)", "admitted",
-                        "refused (UNAVAILABLE + RetryInfo)", "admitted first token p50 / p99 ms", "tokens/s"], [
-        ["", str(sat["turns"]), str(sat["refused"]),
-         f"{sat['first_token_ms'].get('p50', 0):.0f} / {sat['first_token_ms'].get('p99', 0):.0f}",
-         f"{sat['tokens_per_s']:,.0f}"]]))
+    base = r.get("baseline")
+    rows = [["straight from the LLM (aiohttp)", f"{base['tokens_per_s']:,.0f}", "1.00", "", "", "", ""]] if base else []
+    rows += [[f"{name} ({res['tokens'] // max(res['turns'], 1)} tokens/turn)", f"{res['tokens_per_s']:,.0f}",
+              f"{res['tokens_per_s'] / base['tokens_per_s']:.3f}" if base else "",
+              f"{res['cpu_ms_per_1k_tokens']:.0f}",
+              f"{res['first_token_ms'].get('p50', 0):.0f} / {res['first_token_ms'].get('p99', 0):.0f}",
+              f"{res['latency_ms'].get('p50', 0):.1f} / {res['latency_ms'].get('p99', 0):.1f}", f"{res['events']:,}"]
+             for name in ("full speed", "paced") if (res := r.get(name))]
+    if rows:
+        lines.append(table(["phase", "tokens/s", "vs straight from LLM", "app+Valkey CPU ms / 1k tokens",
+                            "first token p50 / p99 ms", "LLM emit → client p50 / p99 ms", "events"], rows))
+    if paced := r.get("paced"):
+        steady = paced["steady_latency_ms"]
+        lines.append(f"\npaced, steady state (no turn starting): LLM emit → client p50 / p99 "
+                     f"{steady.get('p50', 0):.1f} / {steady.get('p99', 0):.1f} ms")
+    if start := r.get("turn start"):
+        lines.append("")
+        lines.append(table(["turn start (1-token turns)", "turns/s", "app+Valkey CPU ms / turn", "app / Valkey s",
+                            "Redis commands / turn", "refused"], [
+            ["", f"{start['turns_per_s']:,.0f}", f"{start['cpu_ms_per_turn']:.2f}",
+             f"{start['app_cpu_s']:.2f} / {start['valkey_cpu_s']:.2f}", f"{start['redis_commands_per_turn']:.1f}",
+             str(start["refused"])]]))
+    if sat := r.get("saturated"):
+        lines.append("")
+        lines.append(table(["saturation (default limits: 500 running, 64 starting)", "admitted",
+                            "refused (UNAVAILABLE + RetryInfo)", "admitted first token p50 / p99 ms", "tokens/s"], [
+            ["", str(sat["turns"]), str(sat["refused"]),
+             f"{sat['first_token_ms'].get('p50', 0):.0f} / {sat['first_token_ms'].get('p99', 0):.0f}",
+             f"{sat['tokens_per_s']:,.0f}"]]))
     if "profile" in r:
         lines += ["", r["profile"]]
     return "\n".join(lines)
@@ -363,7 +373,7 @@ def main() -> None:
         serve_llm()
         return
     if sys.argv[1:2] == ["--serve-app"]:
-        serve_app(sys.argv[2], sys.argv[3], sys.argv[4])
+        serve_app(*sys.argv[2:6])
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", type=int, default=1000, help="concurrent turns (one Chat stream each)")
@@ -371,9 +381,16 @@ def main() -> None:
     parser.add_argument("--paced-tokens", type=int, default=15, help="tokens per paced turn")
     parser.add_argument("--paced-interval-ms", type=int, default=2000, help="LLM pause before each paced token")
     parser.add_argument("--profile", choices=["full", "turn"], help="cProfile the app during a phase")
+    parser.add_argument("--profile-dump", default="", metavar="PATH",
+                        help="also write the profile's pstats to PATH (for callers and callees)")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help=f"comma-separated phases to run (default all: {','.join(PHASES)})")
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     parser.add_argument("--json", action="store_true", help="print raw results as JSON")
     args = parser.parse_args()
+    args.phases = set(args.phases.split(","))
+    if unknown := args.phases - set(PHASES):
+        parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
     if args.quick:
         args.turns, args.tokens, args.paced_tokens, args.paced_interval_ms = 200, 10, 2, 200
     results = uvloop.run(run(args))

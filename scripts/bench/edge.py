@@ -190,7 +190,9 @@ async def serve(tokens: int) -> None:
     raise_fd_limit()
     with tempfile.TemporaryDirectory() as tmp:
         # No rate limits or quotas (scripts/bench/_app.py), and every client shares one session.
-        settings = bench_settings(Path(tmp), ws_max_sockets_per_session=1_000_000)
+        # Every turn admitted (no max_running_turns / max_starting_turns): edge and native see the same 500 turns.
+        settings = bench_settings(Path(tmp), ws_max_sockets_per_session=1_000_000, max_running_turns=10**6,
+                                  max_starting_turns=10**6)
         async with open_app(settings, chat_model=StampedModel(tokens)) as app:
             bare = web.Application()
             bare[ECHO_SOCKETS] = set()
