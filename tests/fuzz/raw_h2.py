@@ -27,9 +27,11 @@ class RawH2:
         reader, writer = await asyncio.open_connection(host, port)
         return cls(reader, writer, f"{host}:{port}")
 
-    async def call(self, path: str, headers: Sequence[tuple[bytes, bytes]], message: bytes = b"",
+    async def call(self, path: str, headers: Sequence[tuple[bytes, bytes]], message: bytes | None = b"",
                    within: float = 5.0) -> dict[str, str]:
         """Send one unary request; the response headers and trailers (``reset`` if the stream was reset).
+
+        ``message`` None sends no message at all (the stream ends after the headers).
 
         Raises ``ConnectionError`` when the server drops the whole connection.
         """
@@ -38,7 +40,10 @@ class RawH2:
             (b":method", b"POST"), (b":scheme", b"http"), (b":path", path.encode()),
             (b":authority", self._authority.encode()), (b"content-type", b"application/grpc"),
             (b"te", b"trailers"), *headers])
-        self._conn.send_data(stream, b"\x00" + struct.pack(">I", len(message)) + message, end_stream=True)
+        if message is None:
+            self._conn.end_stream(stream)
+        else:
+            self._conn.send_data(stream, b"\x00" + struct.pack(">I", len(message)) + message, end_stream=True)
         self._writer.write(self._conn.data_to_send())
         answer: dict[str, str] = {}
         async with asyncio.timeout(within):

@@ -3,7 +3,12 @@
 The server runs with known secrets (admin, metrics and GitHub tokens, LLM and
 embedding API keys, the signing key); hostile requests carry them, mangled, on
 every path (native gRPC with raw header bytes, HTTP/JSON, WebSocket); then every
-captured record is searched for them.
+captured record is searched for them. The run includes the other hostile shapes
+that make the server log: malformed gRPC messages (invalid UTF-8, bytes that are
+not the message, a deep ``Struct``, a huge page offset, no message at all) with
+the secrets inside, header blocks and headers too large to be read, tokens too
+large for the WebSocket ``hello``, and requests whose headers stop half-way
+(closed by the header timeout) with a secret in what was sent.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from generated.daveloper.v1 import (
 )
 from tests.edge.client import connect
 from tests.fuzz.raw_h2 import RawH2
+from tests.fuzz.test_transport import _PREFACE, _frame, _literal
+from tests.rpc.test_malformed_input import _field, nested_struct
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -52,7 +59,7 @@ SECRETS = {
 def settings(settings: Settings) -> Settings:
     # The offline model although an API key is set: the key is only there to be leaked, or not.
     return settings.replace(**SECRETS, llm_provider="offline", github_api_url="http://127.0.0.1:9",
-                            log_level="DEBUG")
+                            log_level="DEBUG", header_timeout_seconds=0.3)
 
 
 @pytest.fixture
@@ -101,6 +108,81 @@ async def _hostile_run(app: App, edge: Edge, channel: Channel, token: str) -> No
                     await client.ws.close()
 
 
+async def _malformed_grpc(app: App, token: str) -> None:
+    """Malformed messages with the secrets inside, on one raw connection with the session's token."""
+    auth = (b"authorization", f"Bearer {token}".encode())
+    raw = await RawH2.connect(app.grpc_addr.host, app.grpc_addr.port)
+    try:
+        for secret in (*SECRETS.values(), token):
+            value = secret.encode()
+            for path, message in (
+                    ("/daveloper.v1.DocumentService/ListDocuments", _field(2, value + b"\xff\xfe")),  # invalid UTF-8
+                    ("/daveloper.v1.DocumentService/ListDocuments", bytes.fromhex("ffffffff0f12") + value),
+                    ("/daveloper.v1.DocumentService/ListDocuments", _field(2, b"o:" + b"9" * 40 + value)),
+                    ("/daveloper.v1.SessionService/CreateSession", _field(1, value) + b"\xff"),
+                    ("/daveloper.v1.VectorService/UpsertPoints",  # the collection named by the secret
+                     _field(1, value) + _field(2, _field(1, b"1") + _field(4, nested_struct(300)))),
+                    ("/daveloper.v1.DocumentService/Search", _field(1, value[:-1] + b"\xc0"))):
+                await raw.call(path, [auth, (b"x-hostile", value)], message)
+            await raw.call("/daveloper.v1.DocumentService/ListDocuments", [auth, (b"x-hostile", value)], None)
+    finally:
+        await raw.aclose()
+
+
+async def _oversized_and_unfinished(app: App, edge: Edge) -> None:
+    """Header blocks and headers too large to read, and headers that stop half-way, each holding secrets."""
+    grpc = (app.grpc_addr.host, app.grpc_addr.port)
+    held: list[asyncio.StreamWriter] = []
+    readers: list[asyncio.StreamReader] = []
+
+    def header_block(secret: str, repeat: int) -> bytes:
+        # Written byte by byte (a client's HPACK encoder takes seconds over a block this size).
+        return b"".join(_literal(name, value, huffman=False) for name, value in (
+            (b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/daveloper.v1.SessionService/GetSession"),
+            (b"content-type", b"application/grpc"), (b"authorization", f"Bearer {secret}".encode() * repeat)))
+
+    for secret in SECRETS.values():
+        reader, writer = await asyncio.open_connection(*grpc)
+        block = header_block(secret, 3000)  # ~100 KiB: refused before h2 decodes it
+        frames = [_frame(0x1 if i == 0 else 0x9, 0x4 if i + 16_384 >= len(block) else 0, 1, block[i:i + 16_384])
+                  for i in range(0, len(block), 16_384)]
+        writer.write(_PREFACE + _frame(0x4, 0, 0, b"") + b"".join(frames))
+        readers.append(reader)
+        held.append(writer)
+    reader, writer = await asyncio.open_connection(*grpc)  # gRPC: a header block cut short
+    writer.write(_PREFACE + _frame(0x4, 0, 0, b"") + _frame(0x1, 0, 1, header_block(SECRETS["admin_token"], 1))[:-4])
+    readers.append(reader)
+    held.append(writer)
+    edge_host, edge_port = edge.url.removeprefix("http://").rsplit(":", 1)
+    for secret in SECRETS.values():  # the edge: a request whose headers never end
+        reader, writer = await asyncio.open_connection(edge_host, int(edge_port))
+        writer.write(f"POST /daveloper.v1.SessionService/GetSession HTTP/1.1\r\nHost: x\r\n"
+                     f"Authorization: Bearer {secret}\r\nX-Hostile: {secret}".encode())
+        readers.append(reader)
+        held.append(writer)
+    try:
+        async with asyncio.timeout(5):  # each is refused, or closed by the header timeout (0.3 s)
+            for reader in readers:
+                with contextlib.suppress(ConnectionError):
+                    while await reader.read(65536):
+                        pass
+    finally:
+        for writer in held:
+            writer.close()
+    async with aiohttp.ClientSession() as http:
+        for secret in SECRETS.values():
+            with contextlib.suppress(aiohttp.ClientError, ValueError):
+                async with http.post(f"{edge.url}/daveloper.v1.SessionService/GetSession", json={},
+                                     headers={"Authorization": f"Bearer {secret}" * 4000}) as response:
+                    await response.read()
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, AssertionError):
+                client = await connect(http, edge, hello=False)
+                await client.send({"type": "hello", "token": secret * 10_000})  # 4401 before any upstream call
+                with contextlib.suppress(Exception):
+                    await client.recv()
+                await client.ws.close()
+
+
 async def test_a_hostile_run_leaves_no_secret_in_any_log_record(
     app: App, edge: Edge, channel: Channel, redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -130,6 +212,8 @@ async def test_a_hostile_run_leaves_no_secret_in_any_log_record(
     try:
         await asyncio.sleep(0.2)  # the listener subscribes
         await _hostile_run(app, edge, channel, token)
+        await _malformed_grpc(app, token)
+        await _oversized_and_unfinished(app, edge)
         # Third-party exception text with a secret in it, as an SDK would log it.
         try:
             raise ValueError(f"Invalid metadata value: {'Bearer ' + ADMIN + chr(1)!r}; "
