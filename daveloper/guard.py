@@ -31,6 +31,7 @@ from daveloper.metrics import METRICS, Metrics
 from daveloper.ratelimit import Bucket, RateLimiter, Verdict
 from daveloper.rpc.call import Call, Principal
 from daveloper.rpc.context import client_address_var, method_var
+from daveloper.runtime import RuntimeConfig
 from daveloper.sessions import SessionStore
 from generated.daveloper.v1 import RateLimit
 
@@ -61,6 +62,10 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
+#: The method classes with a rate of their own (``rate_<class>`` settings and runtime options).
+_RATE_CLASSES = ("chat_turns", "uploads", "scrapes", "calls", "sessions")
+
+
 @dataclass(frozen=True, slots=True)
 class RatePolicy:
     """Bucket sizes and periods by method class, and the client-address multiplier."""
@@ -74,9 +79,23 @@ class RatePolicy:
     def from_settings(cls, settings: Settings) -> RatePolicy:
         return cls(
             classes={name: parse_rate(getattr(settings, f"rate_{name}"), name=f"rate_{name}")
-                     for name in ("chat_turns", "uploads", "scrapes", "calls", "sessions")},
+                     for name in _RATE_CLASSES},
             address_factor=settings.rate_address_factor,
         )
+
+    @classmethod
+    def following(cls, runtime: RuntimeConfig, settings: Settings, *, keys: Keys) -> RatePolicy:
+        """The rates in force now (the settings', or their runtime overrides), kept current as the options change."""
+        policy = cls(classes={name: parse_rate(str(runtime[f"rate_{name}"]), name=f"rate_{name}")
+                              for name in _RATE_CLASSES},
+                     address_factor=settings.rate_address_factor, keys=keys)
+        runtime.on_change(policy.option_changed)
+        return policy
+
+    def option_changed(self, name: str, value: object) -> None:
+        """A runtime option changed (:meth:`RuntimeConfig.on_change`): a ``rate_*`` one replaces its buckets."""
+        if name.startswith("rate_"):
+            self.classes[name.removeprefix("rate_")] = parse_rate(str(value), name=name)
 
     def _keep(self, address_only: bool) -> float:
         """How long an owner's hash of buckets must last after a charge: its slowest bucket's refill, plus a second."""

@@ -4,7 +4,7 @@
 never blocks and never does I/O: it turns the record into a ``LogRecord``
 message (with the request id and session of the RPC that logged it, from the
 ContextVars) and puts it on a bounded queue — from any thread — which one task
-publishes to the Redis channel ``dv:logs``. Each record is redacted first
+publishes to the Redis channel ``<prefix>logs`` (``dv:logs``). Each record is redacted first
 (:mod:`daveloper.logredaction`), like the JSON log's. When the queue is full the record
 is dropped and counted, so a log storm can slow nothing. Records of the Redis
 client itself are not published (they could feed back into the publisher).
@@ -27,14 +27,13 @@ import redis.asyncio as aioredis
 from daveloper.errors import Unavailable
 from daveloper.infra.redis import redis_call
 from daveloper.jsonlog import extra_fields
-from daveloper.keys import DEFAULT_KEYS
+from daveloper.keys import DEFAULT_KEYS, Keys
 from daveloper.logredaction import RedactingFilter, Redactor
 from daveloper.rpc.context import request_id_var, session_id_var
 from generated.daveloper.v1 import LogLevel, LogRecord
 
-__all__ = ["CHANNEL", "LEVELS", "LogPublisher", "tail"]
+__all__ = ["LEVELS", "LogPublisher", "tail"]
 
-CHANNEL = DEFAULT_KEYS.logs_channel
 LEVELS = {logging.DEBUG: LogLevel.DEBUG, logging.INFO: LogLevel.INFO, logging.WARNING: LogLevel.WARNING,
           logging.ERROR: LogLevel.ERROR, logging.CRITICAL: LogLevel.ERROR}
 _QUIET = ("redis", "daveloper.logstream", "asyncio")
@@ -48,8 +47,9 @@ class LogPublisher(logging.Handler):
     """Publishes log records to Redis (see the module docstring)."""
 
     def __init__(self, redis: aioredis.Redis, *, instance: str, capacity: int = 10_000,
-                 redactor: Redactor | None = None) -> None:
+                 redactor: Redactor | None = None, keys: Keys = DEFAULT_KEYS) -> None:
         super().__init__()
+        self._channel = keys.logs_channel
         # Without configured secrets, credentials are still redacted by their shape.
         self.addFilter(RedactingFilter(redactor or Redactor()))
         self._redis = redis
@@ -108,16 +108,17 @@ class LogPublisher(logging.Handler):
         while True:
             payload = await self._queue.get()
             try:
-                await redis_call(self._redis.publish(CHANNEL, payload))  # redis_call: no cancel is lost
+                await redis_call(self._redis.publish(self._channel, payload))  # redis_call: no cancel is lost
             except (Unavailable, aioredis.RedisError):
                 self.dropped += 1
 
 
-async def tail(redis: aioredis.Redis, accept: Callable[[LogRecord], bool]) -> AsyncIterator[LogRecord]:
+async def tail(redis: aioredis.Redis, accept: Callable[[LogRecord], bool], *,
+               keys: Keys = DEFAULT_KEYS) -> AsyncIterator[LogRecord]:
     """Records published by any instance from now on that ``accept`` lets through."""
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     try:
-        await redis_call(pubsub.subscribe(CHANNEL))
+        await redis_call(pubsub.subscribe(keys.logs_channel))
         while True:
             message = await redis_call(pubsub.get_message(timeout=5.0))
             if message is None or message.get("type") != "message":

@@ -2,7 +2,7 @@
 
 The options and their defaults are fixed here (:data:`OPTIONS`; the defaults of
 limits come from :class:`~daveloper.config.Settings`). An override is one field
-of the Redis hash ``dv:config``, written only through :func:`set_option`, which
+of the Redis hash ``<prefix>config`` (``dv:config``), written only through :func:`set_option`, which
 validates it (so a bad value never reaches an instance) and records who changed
 what in the audit log. Every instance re-reads the hash every ``interval``
 seconds (1 s), applies what changed and logs each change, old and new value;
@@ -27,7 +27,7 @@ from daveloper.audit import AuditLog
 from daveloper.config import Settings, parse_rate
 from daveloper.errors import ConfigError, DaveloperError, InvalidArgument
 from daveloper.infra.redis import redis_call, reply_text
-from daveloper.keys import DEFAULT_KEYS
+from daveloper.keys import DEFAULT_KEYS, Keys
 
 __all__ = ["CONFIG_KEY", "OPTIONS", "Option", "RuntimeConfig", "list_options", "set_option", "unset_option"]
 
@@ -111,8 +111,10 @@ _WEB_TOOLS = frozenset({"scrape_url", "github_repo"})
 class RuntimeConfig:
     """This instance's view of the options: defaults, plus the overrides in Redis as last read."""
 
-    def __init__(self, redis: aioredis.Redis, settings: Settings, *, interval: float = 1.0) -> None:
+    def __init__(self, redis: aioredis.Redis, settings: Settings, *, interval: float = 1.0,
+                 keys: Keys = DEFAULT_KEYS) -> None:
         self._redis = redis
+        self._key = keys.config
         self._defaults = defaults(settings)
         self._values = dict(self._defaults)
         self._instance = settings.instance_id
@@ -140,7 +142,7 @@ class RuntimeConfig:
 
     async def refresh(self) -> None:
         """Read the overrides and apply what changed."""
-        raw = await redis_call(self._redis.hgetall(CONFIG_KEY))
+        raw = await redis_call(self._redis.hgetall(self._key))
         overrides: dict[str, bool | int | str] = {}
         invalid: dict[str, str] = {}
         for key, stored in raw.items():
@@ -173,27 +175,28 @@ class RuntimeConfig:
             await asyncio.sleep(self._interval)
 
 
-async def set_option(redis: aioredis.Redis, name: str, raw: str, *, by: str) -> bool | int | str:
+async def set_option(redis: aioredis.Redis, name: str, raw: str, *, by: str,
+                     keys: Keys = DEFAULT_KEYS) -> bool | int | str:
     """Validate and store an override; every instance applies it within a second. Returns the value."""
     value = _option(name).parse(raw)
     text = raw.strip().lower()
-    await redis_call(redis.hset(CONFIG_KEY, name, text))
-    await AuditLog(redis, retention_seconds=30 * 24 * 3600, instance=by).record(
+    await redis_call(redis.hset(keys.config, name, text))
+    await AuditLog(redis, retention_seconds=30 * 24 * 3600, instance=by, keys=keys).record(
         "config.changed", session_id="", option=name, value=text)
     return value
 
 
-async def unset_option(redis: aioredis.Redis, name: str, *, by: str) -> bool:
+async def unset_option(redis: aioredis.Redis, name: str, *, by: str, keys: Keys = DEFAULT_KEYS) -> bool:
     """Remove an override (the default applies again); whether there was one."""
     _option(name)
-    removed = bool(await redis_call(redis.hdel(CONFIG_KEY, name)))
+    removed = bool(await redis_call(redis.hdel(keys.config, name)))
     if removed:
-        await AuditLog(redis, retention_seconds=30 * 24 * 3600, instance=by).record(
+        await AuditLog(redis, retention_seconds=30 * 24 * 3600, instance=by, keys=keys).record(
             "config.changed", session_id="", option=name, value="(default)")
     return removed
 
 
-async def list_options(redis: aioredis.Redis) -> Mapping[str, str]:
+async def list_options(redis: aioredis.Redis, *, keys: Keys = DEFAULT_KEYS) -> Mapping[str, str]:
     """The overrides stored now, by name."""
-    raw = await redis_call(redis.hgetall(CONFIG_KEY))
+    raw = await redis_call(redis.hgetall(keys.config))
     return {reply_text(k): reply_text(v) for k, v in sorted(raw.items())}

@@ -20,7 +20,6 @@ from daveloper.app import App, open_app
 from daveloper.config import Settings
 from daveloper.documents.ingest import ingestion_scope
 from daveloper.keys import Keys
-from daveloper.metrics import METRICS
 from daveloper.ownership import WorkLeases
 from daveloper.scraper.jobs import JobStore, job_scope
 from generated.daveloper.v1 import (
@@ -74,7 +73,7 @@ async def test_a_turn_of_a_lost_instance_fails_with_the_text_it_had_streamed(
     app: App, channel: Channel, token: str, redis: aioredis.Redis, lost: WorkLeases
 ) -> None:
     session = await session_id(channel, token)
-    reaped = METRICS.registry.get_sample_value("daveloper_work_reaped_total", {"kind": "turn"}) or 0
+    reaped = app.metrics.registry.get_sample_value("daveloper_work_reaped_total", {"kind": "turn"}) or 0
     turn = Turn(id="turn_lost", user_text="hello?", state=TurnState.RUNNING, create_time=now())
     conversations = Conversations(redis)
     await conversations.save(session, Conversation(id="c1", title="hello?", create_time=now(), update_time=now(),
@@ -105,7 +104,7 @@ async def test_a_turn_of_a_lost_instance_fails_with_the_text_it_had_streamed(
     assert record.assistant_text == "Half an answer"
     # The lease is gone: nothing is reaped twice.
     assert await redis.zcard(Keys().work) == 0
-    assert METRICS.registry.get_sample_value("daveloper_work_reaped_total", {"kind": "turn"}) == reaped + 1
+    assert app.metrics.registry.get_sample_value("daveloper_work_reaped_total", {"kind": "turn"}) == reaped + 1
 
 
 async def test_a_job_of_a_lost_instance_fails_and_frees_its_slot(

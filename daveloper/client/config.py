@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from daveloper.config import Settings
 from daveloper.errors import ConfigError
+from daveloper.keys import Keys
 from daveloper.runtime import OPTIONS, defaults, list_options, set_option, unset_option
 
 __all__ = ["config_command", "redis_url"]
@@ -37,19 +38,20 @@ async def config_command(action: str, name: str | None, value: str | None, env: 
     settings = Settings.from_env(env)
     client = aioredis.Redis.from_url(redis_url(settings), socket_timeout=5, socket_connect_timeout=5)
     by = f"cli@{socket.gethostname()}"
+    keys = Keys(settings.redis_prefix)
     try:
         if action == "set":
             assert name is not None
             assert value is not None
-            stored = await set_option(client, name, value, by=by)
+            stored = await set_option(client, name, value, by=by, keys=keys)
             print(f"{name} = {stored} (every instance applies it within a second)", file=out)
             return 0
         if action == "unset":
             assert name is not None
-            removed = await unset_option(client, name, by=by)
+            removed = await unset_option(client, name, by=by, keys=keys)
             print(f"{name}: back to its default" if removed else f"{name} was not set", file=out)
             return 0
-        overrides = await list_options(client)
+        overrides = await list_options(client, keys=keys)
         fallback = defaults(settings)
         for option in OPTIONS.values():
             if action == "get" and option.name != name:

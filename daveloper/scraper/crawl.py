@@ -211,7 +211,7 @@ class _Crawl:
         self._spec = spec
         self._plan = plan
         self._run = run
-        self._robots = RobotsCache(crawler.fetcher, crawler._redis)
+        self._robots = RobotsCache(crawler.fetcher, crawler._redis, prefix=crawler._keys.robots())
         self._sites = {seed.host for seed in plan.seeds}
         self._seen: set[URL] = set()
         self._hashes: set[str] = set()

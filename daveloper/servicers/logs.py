@@ -8,6 +8,7 @@ import redis.asyncio as aioredis
 
 from daveloper.audit import AuditLog
 from daveloper.errors import InvalidArgument, PermissionDenied
+from daveloper.keys import DEFAULT_KEYS, Keys
 from daveloper.logstream import tail
 from daveloper.rpc import Authenticator, Call, Servicer
 from daveloper.servicers.heartbeat import Heartbeats, heartbeat
@@ -31,9 +32,10 @@ class LogsService(Servicer):
     base = LogsServiceBase
 
     def __init__(self, *, auth: Authenticator, audit: AuditLog, redis: aioredis.Redis,
-                 heartbeat_seconds: float = 15.0) -> None:
+                 heartbeat_seconds: float = 15.0, keys: Keys = DEFAULT_KEYS) -> None:
         super().__init__(auth=auth)
         self._audit = audit
+        self._keys = keys
         self._redis = redis
         self._heartbeat_seconds = heartbeat_seconds
 
@@ -53,7 +55,7 @@ class LogsService(Servicer):
                     and record.logger.startswith(request.logger_prefix))
 
         async with Heartbeats(call, self._heartbeat_seconds, lambda: TailResponse(heartbeat=heartbeat())) as out:
-            async for record in tail(self._redis, accept):
+            async for record in tail(self._redis, accept, keys=self._keys):
                 await out.send(TailResponse(record=record))
 
     async def ListAuditEvents(self, request: ListAuditEventsRequest, call: Call[Any, Any]) -> ListAuditEventsResponse:

@@ -11,7 +11,6 @@ from grpclib.const import Cardinality
 
 from daveloper.app import App, open_app
 from daveloper.config import Settings
-from daveloper.metrics import METRICS
 from generated.daveloper.v1 import (
     AgentServiceStub,
     CancelTurnRequest,
@@ -125,7 +124,7 @@ async def test_cancel_from_another_connection_closes_the_upstream_stream(
     app: App, token: str, llm: FakeOpenAI
 ) -> None:
     llm.enqueue(Script(text=["partial ", "answer "], stall=True))
-    cancels = METRICS.registry.get_sample_value("daveloper_cancel_latency_seconds_count", {"kind": "turn"}) or 0
+    cancels = app.metrics.registry.get_sample_value("daveloper_cancel_latency_seconds_count", {"kind": "turn"}) or 0
     first, second = (Channel(app.grpc_addr.host, app.grpc_addr.port) for _ in range(2))
     try:
         chat = AgentServiceStub(first).chat([ChatRequest(send=SendMessage(conversation_id="k", text="go"))],
@@ -152,7 +151,8 @@ async def test_cancel_from_another_connection_closes_the_upstream_stream(
     assert completed.text == "partial answer "
     assert got.turns[0].state is TurnState.COMPLETED
     assert got.turns[0].assistant_text == "partial answer "
-    assert METRICS.registry.get_sample_value("daveloper_cancel_latency_seconds_count", {"kind": "turn"}) == cancels + 1
+    assert app.metrics.registry.get_sample_value("daveloper_cancel_latency_seconds_count",
+                                                 {"kind": "turn"}) == cancels + 1
 
 
 async def test_a_turn_running_on_one_instance_is_watched_on_another(

@@ -62,10 +62,11 @@ def make_embedder(
     dimensions: int | None = None,
     device: str = "cpu",
     redactor: OutboundRedactor | None = None,
+    prefix: str = "dv:",
 ) -> ClosableEmbedder:
     """The embedder called ``name`` (see the module docstring); close it with ``aclose()``.
 
-    ``redis`` enables the embedding cache for the dense half. The ``openai_*``,
+    ``redis`` enables the embedding cache for the dense half (its keys under ``prefix``). The ``openai_*``,
     ``dense_size`` and ``dimensions`` arguments configure ``openai``; ``device``
     configures ``minilm``. Unknown names and missing extras raise ``ConfigError``.
     """
@@ -86,5 +87,5 @@ def make_embedder(
     else:
         raise ConfigError(f"unknown embedder {name!r}: choose one of {', '.join(EMBEDDERS)}")
     if redis is not None:
-        dense = CachedEmbedder(dense, redis, ttl=cache_ttl)
+        dense = CachedEmbedder(dense, redis, ttl=cache_ttl, prefix=prefix)
     return HybridEmbedder(BM25Embedder(), dense)
