@@ -57,7 +57,7 @@ async def open_gateway(settings: Settings, *, metrics: Metrics | None = None) ->
                                                                 token=settings.metrics_token))
         if settings.redis_url is not None:
             redis = await stack.enter_async_context(open_redis(settings, metrics=metrics))
-            registry = InstanceRegistry(redis, ttl_seconds=settings.lease_seconds)
+            registry = InstanceRegistry(redis, ttl_seconds=settings.lease_seconds, prefix=settings.redis_prefix)
             health.add(redis_probe(redis))
         edge = await stack.enter_async_context(open_edge(settings, upstreams=settings.upstreams, health=health,
                                                          registry=registry, metrics=metrics))
