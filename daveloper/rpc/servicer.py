@@ -18,7 +18,8 @@ Handler shapes follow the RPC's cardinality:
   ``call.send()``, from as many tasks as it likes (or yield responses instead of sending)
 
 Methods the servicer does not define keep the generated behaviour (UNIMPLEMENTED).
-Every method requires a valid session unless marked :func:`public`.
+Every method requires a valid session unless marked :func:`public`. A servicer may
+refuse calls before they are authenticated with :meth:`Servicer.precheck`.
 """
 
 from __future__ import annotations
@@ -70,6 +71,13 @@ class Servicer:
     def __init__(self, *, auth: Authenticator) -> None:
         self._auth = auth
 
+    def precheck(self, method: str) -> None:
+        """Raise to refuse a call of ``method`` (the full path) before it is authenticated; by default nothing.
+
+        For in-process checks only (no I/O): a refusal here costs the server no Redis round trip and no
+        request decoding, which matters when thousands are refused at once.
+        """
+
     def __mapping__(self) -> dict[str, Handler]:
         mapping: dict[str, Handler] = self.base().__mapping__()
         for path, handler in mapping.items():
@@ -86,7 +94,10 @@ class Servicer:
         auth = self._auth
         gate = auth if isinstance(auth, Gate) else None
 
+        precheck = self.precheck
+
         async def handle(stream: Stream[Any, Any]) -> None:
+            precheck(path)
             principal = None if is_public else await auth.authenticate(stream.metadata)
             if principal is not None:
                 session_id_var.set(principal.session_id)

@@ -43,6 +43,7 @@ MAX_CLIENT_ID_CHARS = 128
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 
+_CHAT = "/daveloper.v1.AgentService/Chat"
 # ChatEvent field numbers (agent.proto) that the Chat stream reads off stored events.
 _TURN_ID, _TURN_COMPLETED, _TURN_FAILED = 3, 15, 16
 
@@ -80,6 +81,13 @@ class AgentService(Servicer):
         self._conversations = conversations
         self._events = events
         self._heartbeat_seconds = heartbeat_seconds
+
+    def precheck(self, method: str) -> None:
+        if method == _CHAT:
+            # A saturated instance refuses a new Chat stream before authenticating it: in a burst, every refused
+            # stream's authentication and first message would take loop time from the turns already admitted
+            # (a stream opened earlier is still refused per message, in _chat).
+            self._agent.check_capacity()
 
     async def Chat(self, call: Call[ChatRequest, ChatResponse | Encoded]) -> None:
         delivered = 0  # the last seq sent, for heartbeats

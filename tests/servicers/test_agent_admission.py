@@ -77,6 +77,13 @@ async def test_a_turn_past_the_limit_is_refused_at_once_with_a_retry_delay(app: 
         assert refused.value.status is Status.UNAVAILABLE
         assert reason(refused.value) == "TURNS_SATURATED"
         assert retry_seconds(refused.value) == 1.0
+        # A new stream is refused before it is authenticated (no Redis round trip): even a bad token learns only
+        # that this instance is saturated.
+        with pytest.raises(GRPCError) as early:
+            async for _ in stub.chat([ChatRequest(send=SendMessage(conversation_id="c", text="one more"))],
+                                     timeout=10, metadata=bearer("not-a-token")):
+                pass
+        assert (early.value.status, reason(early.value)) == (Status.UNAVAILABLE, "TURNS_SATURATED")
         # One finishes: the next turn is admitted.
         await stub.cancel_turn(CancelTurnRequest(conversation_id="a", turn_id=first.turn_id), timeout=5,
                                metadata=bearer(token))
