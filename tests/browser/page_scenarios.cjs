@@ -52,19 +52,23 @@ async function openPage(browser) {
 }
 
 async function upload(page, name, text) {
-  // Record every value the progress bar takes.
+  // Record every value the new file's progress bar takes.
   await page.evaluate(() => {
     window.progressValues = [];
-    const bar = document.getElementById('upload-progress');
-    new MutationObserver(() => window.progressValues.push(bar.value))
-      .observe(bar, { attributes: true, attributeFilter: ['value'] });
+    new MutationObserver((records) => {
+      for (const record of records) {
+        if (record.target.matches?.('[data-testid="upload-progress"]')) window.progressValues.push(record.target.value);
+      }
+    }).observe(document.getElementById('uploads'), { attributes: true, attributeFilter: ['value'], subtree: true });
   });
+  const uploads = await page.locator('[data-testid="upload"]').count();
   await page.locator('#upload-file').setInputFiles({ name, mimeType: 'text/markdown', buffer: Buffer.from(text) });
-  await page.locator('#upload-button').click();
-  await page.locator('#upload-status', { hasText: 'stored' }).waitFor();
+  const row = page.locator('[data-testid="upload"]').nth(uploads);
+  await row.locator('[data-testid="upload-status"]', { hasText: 'stored' }).waitFor();
+  await page.locator('#documents li', { hasText: name.replace(/\.md$/, '') }).first().waitFor().catch(() => {});
   return {
     progressValues: await page.evaluate(() => window.progressValues),
-    progress: await page.locator('#upload-progress').evaluate((bar) => ({ value: bar.value, max: bar.max })),
+    progress: await row.locator('[data-testid="upload-progress"]').evaluate((bar) => ({ value: bar.value, max: bar.max })),
     documents: await page.locator('#documents li').allTextContents(),
   };
 }
@@ -267,17 +271,20 @@ const scenarios = {
 
   /** Scrape a small local site and watch the log fill up. */
   async scrape(page, seen) {
-    await page.locator('#scrape-url').fill(argument);
-    await page.locator('#scrape-depth').fill('1');
-    await page.locator('#scrape-max-pages').fill('5');
-    await page.locator('#scrape-ingest').check();
-    await page.locator('#scrape-button').click();
-    await page.locator('#scrape-log [data-kind="finished"]').waitFor();
+    await page.locator('#job-target').fill(argument);
+    await page.locator('#job-depth').fill('1');
+    await page.locator('#job-max-pages').fill('5');
+    await page.locator('#job-ingest').check();
+    await page.locator('#job-button').click();
+    await page.locator('[data-testid="job-log"] [data-kind="finished"]').waitFor();
     await page.locator('#documents li').nth(2).waitFor();
     return {
-      log: await page.locator('#scrape-log li').evaluateAll((items) => items.map((li) => ({ kind: li.dataset.kind, text: li.textContent }))),
+      log: await page.locator('[data-testid="job-log"] li').evaluateAll((items) => items.map((li) => ({ kind: li.dataset.kind, text: li.textContent }))),
       documents: await page.locator('#documents li').allTextContents(),
-      scrapeButtonEnabled: await page.locator('#scrape-button').isEnabled(),
+      scrapeButtonEnabled: await page.locator('#job-button').isEnabled(),
+      jobState: await page.locator('[data-testid="job-state"]').first().textContent(),
+      jobCounts: await page.locator('[data-testid="job-counts"]').first().textContent(),
+      jobBar: await page.locator('[data-testid="job"] progress').first().evaluate((bar) => ({ value: bar.value, max: bar.max })),
     };
   },
 };

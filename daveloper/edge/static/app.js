@@ -1,50 +1,67 @@
 /**
- * The chat page: session, streaming chat with tools and citations, stop, upload with progress,
- * scrape log, and resume after a dropped connection. Its only transport is ./client.js.
+ * The chat page: conversations, streamed answers rendered as Markdown with their sources,
+ * documents, crawl and GitHub jobs, session usage. Its only transport is ./client.js.
  *
  * Resume: every chat event carries the conversation log's `seq`. The page remembers the last
- * seq it rendered; after a drop it reconnects (exponential backoff with jitter) and calls
- * AgentService/Watch with `afterSeq` = that seq, so the answer continues where it stopped.
- * Events at or below the last seq are ignored, so nothing is shown twice. A message whose
- * turn never started is resent with the same client message id (the server deduplicates it).
+ * seq it rendered; after a drop it reconnects (exponential backoff with jitter, shown as a
+ * countdown) and calls AgentService/Watch with `afterSeq` = that seq, so the answer continues
+ * where it stopped. Events at or below the last seq are ignored, so nothing is shown twice. A
+ * message whose turn never started is resent with the same client message id (the server
+ * deduplicates it). The URL names the open conversation (`?c=<id>`): a reload reopens it from
+ * GetConversation and follows a turn still running with Watch.
+ *
+ * Stalls: long streams carry a heartbeat every `limits.heartbeatMs` of quiet. When a running
+ * turn hears nothing (no event, no heartbeat) for 2.5 intervals the page says "stalled" and
+ * pings the socket; no pong drops the socket (and reconnects), a pong restarts the stream.
  */
 import { connect, ConnectionClosed, FATAL_CLOSE_CODES, RpcError } from './client.js';
+import { renderMarkdown } from './markdown.js';
+import {
+  $, el, testid, formatBytes, formatTime, shorten, randomHex, sleep, durationMs, describeError, retryDelayOf,
+} from './ui.js';
+import { Documents } from './documents.js';
+import { Jobs } from './jobs.js';
 
 const SESSION = '/daveloper.v1.SessionService/';
 const AGENT = '/daveloper.v1.AgentService/';
-const DOCUMENTS = '/daveloper.v1.DocumentService/';
-const SCRAPER = '/daveloper.v1.ScraperService/';
 const TOKEN_KEY = 'daveloper.token';
 const BACKOFF_MIN_MS = 250;
-const BACKOFF_MAX_MS = 5000;
-const UPLOAD_CHUNK_BYTES = 64 * 1024;
-const FINISH_STATES = {
-  FINISH_REASON_CANCELLED: 'cancelled',
-  FINISH_REASON_INTERRUPTED: 'interrupted',
+const BACKOFF_MAX_MS = 8000;
+const DEFAULT_HEARTBEAT_MS = 15000;
+const FINISH = {
+  FINISH_REASON_CANCELLED: ['cancelled', 'stopped'],
+  FINISH_REASON_INTERRUPTED: ['interrupted', 'interrupted: the server stopped before the answer was finished'],
+  FINISH_REASON_LENGTH: ['completed', 'cut off at the token limit'],
+  FINISH_REASON_TOOL_LIMIT: ['completed', 'stopped at the tool-call limit'],
 };
-// Weight of each ingestion stage in the single progress bar (start %, end %).
-const STAGE_SPAN = {
-  INGEST_STAGE_RECEIVING: [0, 40],
-  INGEST_STAGE_PARSING: [40, 50],
-  INGEST_STAGE_CHUNKING: [50, 60],
-  INGEST_STAGE_EMBEDDING: [60, 90],
-  INGEST_STAGE_STORING: [90, 100],
-};
-
-const $ = (id) => document.getElementById(id);
 
 const state = {
   token: localStorage.getItem(TOKEN_KEY) || '',
   conn: null,
+  limits: {},
   connecting: false,
   attempt: 0,
-  chat: null,
-  conversationId: `conv_${randomHex(10)}`,
-  lastSeq: 0,
-  current: null, // the running turn: {clientMessageId, text, turnId, view, stopRequested, done}
-  turns: new Map(), // turn id → turn
-  scrape: null, // {jobId, lastSeq, done, call}
+  retryNow: null, // resolves the reconnect countdown early
+  chat: null, // the Chat stream of this connection
+  watch: null, // the Watch call following the running turn
+  conversationId: '', // the open conversation ('' until the first message of a new one)
+  loaded: false, // the open conversation's stored turns are on the page
+  lastSeq: 0, // highest seq rendered in the open conversation
+  turns: new Map(), // turn id → turn (open conversation)
+  running: null, // the open conversation's turn in flight: {clientMessageId, text, turnId, view, done, ...}
+  lastActivity: 0, // when the running turn's stream last said anything (event or heartbeat)
+  lastEvent: 0, // when it last carried an event
+  probing: false,
+  conversations: [],
+  retryUntil: 0, // rate limited until then
 };
+
+const page = {
+  get conn() { return state.conn; },
+  refreshUsage: () => refreshUsage(),
+};
+const documents = new Documents(page);
+const jobs = new Jobs(page, () => documents.refresh());
 
 /* ---------- connection and session ---------- */
 
@@ -84,25 +101,23 @@ async function reconnect() {
         const conn = await openSession();
         state.attempt = 0;
         conn.onclose = (info) => onDisconnect(conn, info);
-        conn.ongoaway = () => setStatus('reconnecting', 'server restarting…');
+        conn.ongoaway = () => setStatus('reconnecting', 'the server is restarting…');
         state.conn = conn;
+        state.limits = conn.limits || {};
         state.chat = null;
         $('session-id').textContent = conn.session;
         setStatus('connected', 'connected');
-        setEnabled(true);
         onConnected();
         return;
       } catch (error) {
         if (error instanceof ConnectionClosed && FATAL_CLOSE_CODES.has(error.closeCode)) {
-          setStatus('failed', `refused: ${error.message}`);
+          setStatus('failed', `refused by the server (${error.closeCode}): reload the page`);
           return;
         }
-        // Exponential backoff with jitter: 250 ms, 500 ms, … up to 5 s, each scaled by 0.5–1.
+        // Exponential backoff with jitter: 250 ms, 500 ms, … up to 8 s, each scaled by 0.5–1.
         const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** state.attempt);
-        const delay = Math.round(ceiling * (0.5 + Math.random() / 2));
         state.attempt += 1;
-        setStatus('reconnecting', `offline, retrying in ${(delay / 1000).toFixed(1)} s`);
-        await sleep(delay);
+        await countdown(Math.round(ceiling * (0.5 + Math.random() / 2)));
       }
     }
   } finally {
@@ -110,11 +125,30 @@ async function reconnect() {
   }
 }
 
+/** Wait `ms`, showing "offline, retrying in N s" each second; "Retry now" ends it early. */
+async function countdown(ms) {
+  const end = Date.now() + ms;
+  const retry = $('retry-now');
+  const early = new Promise((resolve) => { state.retryNow = resolve; });
+  retry.hidden = ms < 1500;
+  while (Date.now() < end) {
+    const left = end - Date.now();
+    setStatus('reconnecting', `offline — retrying in ${Math.ceil(left / 1000)} s`);
+    // eslint-disable-next-line no-await-in-loop
+    if (await Promise.race([sleep(Math.min(1000, left)).then(() => false), early.then(() => true)])) break;
+  }
+  state.retryNow = null;
+  retry.hidden = true;
+}
+
 function onDisconnect(conn, info) {
   if (state.conn !== conn) return;
   state.conn = null;
   state.chat = null;
-  setEnabled(false);
+  state.watch = null;
+  updateComposer();
+  documents.setConnected(false);
+  jobs.setConnected(false);
   if (info.byClient) return;
   state.attempt = Math.max(state.attempt, 1);
   setStatus('reconnecting', `connection lost (${info.code}), reconnecting…`);
@@ -123,21 +157,191 @@ function onDisconnect(conn, info) {
 }
 
 function onConnected() {
-  refreshDocuments();
-  resumeTurn();
-  resumeScrape();
+  updateComposer();
+  documents.setConnected(true);
+  jobs.setConnected(true);
+  refreshConversations();
+  refreshUsage();
+  if (state.conversationId && !state.loaded) loadConversation(state.conversationId);
+  else resumeTurn();
 }
 
 function setStatus(kind, text) {
-  const el = $('connection-status');
-  el.dataset.state = kind;
-  el.textContent = text;
+  const status = $('connection-status');
+  status.dataset.state = kind;
+  status.textContent = text;
 }
 
-function setEnabled(connected) {
-  $('send-button').disabled = !connected;
-  $('upload-button').disabled = !connected;
-  $('scrape-button').disabled = !connected || Boolean(state.scrape && !state.scrape.done);
+function heartbeatMs() {
+  const ms = Number(state.limits.heartbeatMs);
+  return Number.isFinite(ms) && ms > 0 ? ms : DEFAULT_HEARTBEAT_MS;
+}
+
+/* ---------- usage ---------- */
+
+const QUOTA_NAMES = {
+  documents: 'Documents', stored_bytes: 'Stored', concurrent_turns: 'Answers at once',
+  concurrent_jobs: 'Jobs at once', scrape_pages_today: 'Pages fetched today', sockets: 'Connections',
+};
+
+async function refreshUsage() {
+  if (!state.conn) return;
+  let reply;
+  try {
+    reply = await state.conn.unary(`${SESSION}GetSession`, {});
+  } catch {
+    return; // shown again on the next refresh
+  }
+  const body = $('usage-body');
+  const table = el('table', 'usage-table');
+  const caption = el('caption', '', reply.session?.expireTime
+    ? `Session expires ${new Date(reply.session.expireTime).toLocaleString()}` : 'Session');
+  table.append(caption);
+  for (const quota of reply.quotas || []) {
+    const bytes = quota.name.endsWith('bytes');
+    const used = bytes ? formatBytes(quota.used) : String(quota.used || 0);
+    const limit = bytes ? formatBytes(quota.limit) : String(quota.limit || 0);
+    const row = el('tr');
+    row.dataset.quota = quota.name;
+    row.append(el('th', '', QUOTA_NAMES[quota.name] || quota.name), el('td', '', `${used} of ${limit}`));
+    table.append(row);
+  }
+  for (const rate of reply.rateLimits || []) {
+    const row = el('tr');
+    row.dataset.rate = rate.methodClass;
+    row.append(el('th', '', `${rate.methodClass.replace(/_/g, ' ')} now`),
+      el('td', '', `${Math.floor(rate.available || 0)} of ${rate.burst} (${Math.round(rate.perMinute || 0)}/min)`));
+    table.append(row);
+  }
+  body.replaceChildren(table);
+  const docs = (reply.quotas || []).find((q) => q.name === 'documents');
+  $('usage-summary').textContent = docs ? `Usage · ${docs.used || 0} docs` : 'Usage';
+}
+
+/* ---------- conversations ---------- */
+
+function conversationFromUrl() {
+  return new URLSearchParams(location.search).get('c') || '';
+}
+
+async function refreshConversations() {
+  if (!state.conn) return;
+  try {
+    const reply = await state.conn.unary(`${AGENT}ListConversations`, { pageSize: 100 });
+    state.conversations = reply.conversations || [];
+  } catch (error) {
+    if (!lostConnection(error)) showChatError(describeError(error));
+    return;
+  }
+  renderConversationList();
+}
+
+function renderConversationList() {
+  const list = $('conversation-list');
+  const items = state.conversations.map((conversation) => {
+    const item = testid(el('li', 'conversation'), 'conversation');
+    item.dataset.conversationId = conversation.id;
+    const open = el('a', 'conversation-open');
+    open.href = `?c=${encodeURIComponent(conversation.id)}`;
+    open.append(el('span', 'conversation-title', conversation.title || 'Untitled'),
+      el('span', 'conversation-time', formatTime(conversation.updateTime || conversation.createTime)));
+    if (conversation.id === state.conversationId) open.setAttribute('aria-current', 'page');
+    const remove = testid(el('button', 'icon-button conversation-delete', '×'), 'delete-conversation');
+    remove.type = 'button';
+    remove.title = 'Delete conversation';
+    remove.setAttribute('aria-label', `Delete conversation “${shorten(conversation.title, 40)}”`);
+    item.append(open, remove);
+    return item;
+  });
+  if (!items.length) items.push(el('li', 'empty', 'No conversations yet.'));
+  list.replaceChildren(...items);
+}
+
+/** Show a conversation (or a new, empty one with id ''); `push` adds a history entry. */
+function openConversation(id, { push = true } = {}) {
+  if (push) {
+    const url = id ? `?c=${encodeURIComponent(id)}` : location.pathname;
+    history.pushState({ c: id }, '', url);
+  }
+  state.watch?.cancel();
+  state.watch = null;
+  state.conversationId = id;
+  state.loaded = !id;
+  state.lastSeq = 0;
+  state.turns = new Map();
+  state.running = null;
+  $('transcript').replaceChildren();
+  showChatError('');
+  const known = state.conversations.find((c) => c.id === id);
+  $('chat-title').textContent = id ? (known?.title || 'Conversation') : 'New conversation';
+  renderConversationList();
+  updateComposer();
+  closeNavOnNarrow();
+  if (id && state.conn) loadConversation(id);
+}
+
+async function loadConversation(id) {
+  let reply;
+  try {
+    reply = await state.conn.unary(`${AGENT}GetConversation`, { conversationId: id });
+  } catch (error) {
+    if (state.conversationId !== id || lostConnection(error)) return;
+    if (error.code === 'not_found') {
+      state.loaded = true;
+      showChatError('This conversation does not exist (any more): start a new one below.');
+    } else {
+      showChatError(describeError(error));
+    }
+    return;
+  }
+  if (state.conversationId !== id || state.loaded) return;
+  state.loaded = true;
+  $('chat-title').textContent = reply.conversation?.title || 'Conversation';
+  for (const stored of reply.turns || []) {
+    const turn = newTurn(stored.userText, stored.clientMessageId);
+    turn.turnId = stored.id;
+    turn.view.root.dataset.turnId = stored.id;
+    state.turns.set(stored.id, turn);
+    (stored.toolCalls || []).forEach((call) => addToolCall(turn, call));
+    (stored.toolResults || []).forEach((result) => addToolResult(turn, result));
+    (stored.citations || []).forEach((citation) => addCitation(turn, citation));
+    if (stored.state === 'TURN_STATE_RUNNING') {
+      // Follow it live: Watch from the start, skipping events of the turns already shown.
+      state.running = turn;
+      setTurnStatus(turn, 'running', 'answering…');
+      continue;
+    }
+    turn.text = stored.assistantText || stored.failure?.partialText || '';
+    renderAnswer(turn);
+    if (stored.state === 'TURN_STATE_FAILED') {
+      endTurn(turn, 'failed', `failed: ${describeError(stored.failure || {})}`);
+    } else {
+      const [kind, words] = FINISH[stored.finishReason] || ['completed', 'done'];
+      endTurn(turn, kind, kind === 'completed' && words === 'done' ? doneText(stored) : words);
+    }
+  }
+  updateComposer();
+  if (state.running) {
+    state.running.sentAt = Date.now();
+    state.lastActivity = Date.now();
+    resumeTurn();
+  }
+  $('transcript').lastElementChild?.scrollIntoView({ block: 'end' });
+}
+
+async function deleteConversation(id) {
+  const conversation = state.conversations.find((c) => c.id === id);
+  // eslint-disable-next-line no-alert
+  if (!window.confirm(`Delete the conversation “${shorten(conversation?.title || id, 60)}”? This cannot be undone.`)) return;
+  try {
+    await state.conn.unary(`${AGENT}DeleteConversation`, { conversationId: id });
+  } catch (error) {
+    showChatError(describeError(error));
+    return;
+  }
+  state.conversations = state.conversations.filter((c) => c.id !== id);
+  if (state.conversationId === id) openConversation('');
+  renderConversationList();
 }
 
 /* ---------- chat ---------- */
@@ -149,34 +353,54 @@ function chatStream() {
   state.chat = chat;
   (async () => {
     try {
-      for await (const response of chat) handleEvent(response.event);
+      for await (const response of chat) {
+        heard(response);
+        if (response.event) handleEvent(response.event);
+      }
     } catch (error) {
-      if (serverLost(error)) resumeSoon();
-      else if (!isConnectionLoss(error)) failCurrent(error);
+      if (chat.abandoned || lostConnection(error)) return;
+      if (serverLost(error)) {
+        resumeSoon();
+        return;
+      }
+      // The stream ended with an error (rate limited, quota): the message that was not started fails.
+      failPending(error);
+      resumeSoon(); // a turn that was running on this stream continues through Watch
+    } finally {
+      if (state.chat === chat) state.chat = null;
     }
   })();
   return chat;
 }
 
 async function sendMessage(text) {
-  const turn = {
-    clientMessageId: `msg_${randomHex(12)}`, text, turnId: '', stopRequested: false, done: false,
-    view: renderTurn(text),
-  };
-  state.current = turn;
-  $('stop-button').disabled = false;
+  if (!state.conversationId) {
+    // A new conversation is named by the page; the server creates it with the first turn.
+    state.conversationId = `conv_${randomHex(10)}`;
+    state.loaded = true;
+    // The bare page (a new conversation) becomes this conversation's entry rather than a second one.
+    const method = history.state?.c ? 'pushState' : 'replaceState';
+    history[method]({ c: state.conversationId }, '', `?c=${state.conversationId}`);
+    $('chat-title').textContent = shorten(text, 80);
+  }
+  showChatError('');
+  const turn = newTurn(text, `msg_${randomHex(12)}`);
+  turn.sentAt = Date.now();
+  state.lastActivity = Date.now();
+  state.running = turn;
+  updateComposer();
   if (state.conn) await sendTurn(turn);
   // Otherwise resumeTurn sends it once connected.
 }
 
 async function sendTurn(turn) {
   await chatStream().send({
-    send: { conversationId: state.conversationId, text: turn.text, clientMessageId: turn.clientMessageId },
+    send: { conversationId: state.conversationId, text: turn.userText, clientMessageId: turn.clientMessageId },
   });
 }
 
 function stopTurn() {
-  const turn = state.current;
+  const turn = state.running;
   if (!turn || turn.done) return;
   turn.stopRequested = true;
   setTurnStatus(turn, 'running', 'stopping…');
@@ -186,13 +410,12 @@ function stopTurn() {
 
 function requestCancel(turn) {
   if (!state.conn) return; // sent again by resumeTurn once reconnected
-  chatStream().send({ cancel: { conversationId: state.conversationId, turnId: turn.turnId } })
-    .catch(() => {});
+  chatStream().send({ cancel: { conversationId: state.conversationId, turnId: turn.turnId } }).catch(() => {});
 }
 
-/** After a reconnect: continue the running turn from the last seq seen. */
+/** After a reconnect (or a stream that ended): continue the running turn from the last seq seen. */
 async function resumeTurn() {
-  const turn = state.current;
+  const turn = state.running;
   if (!turn || turn.done || !state.conn) return;
   if (!turn.turnId) {
     // The turn may never have reached the server: resend it; the same client message id makes
@@ -201,17 +424,39 @@ async function resumeTurn() {
     return;
   }
   if (turn.stopRequested) requestCancel(turn);
-  const watch = state.conn.serverStream(`${AGENT}Watch`, {
-    conversationId: state.conversationId, afterSeq: String(state.lastSeq),
-  });
+  state.watch?.cancel();
+  const conversationId = state.conversationId;
+  const watch = state.conn.serverStream(`${AGENT}Watch`, { conversationId, afterSeq: String(state.lastSeq) });
+  state.watch = watch;
   try {
     for await (const response of watch) {
-      handleEvent(response.event);
+      heard(response);
+      if (response.event) handleEvent(response.event);
       if (turn.done) break; // Watch tails forever; leaving the loop cancels it
     }
   } catch (error) {
+    if (watch.abandoned || state.watch !== watch || error.code === 'canceled' || lostConnection(error)) return;
     if (serverLost(error)) resumeSoon();
-    else if (!isConnectionLoss(error)) failCurrent(error);
+    else if (state.running === turn) endTurn(turn, 'failed', `failed: ${describeError(error)}`);
+  } finally {
+    if (state.watch === watch) state.watch = null;
+  }
+}
+
+/** Anything heard on a stream that carries the running turn: it is alive. */
+function heard(response) {
+  const now = Date.now();
+  state.lastActivity = now;
+  if (response.event) state.lastEvent = now;
+  const turn = state.running;
+  if (turn && turn.stalled) {
+    turn.stalled = false;
+    turn.view.root.dataset.stalled = 'false';
+    setTurnStatus(turn, 'running', turn.text ? 'answering…' : 'thinking…');
+  }
+  if (response.heartbeat && turn && !turn.done && turn.turnId && now - state.lastEvent > heartbeatMs()) {
+    const quiet = Math.round((now - Math.max(state.lastEvent, turn.sentAt || 0)) / 1000);
+    setTurnStatus(turn, 'running', `still working (the server is alive; ${quiet} s since the last update)…`);
   }
 }
 
@@ -222,98 +467,242 @@ function handleEvent(event) {
   state.lastSeq = seq;
   let turn = state.turns.get(event.turnId);
   if (!turn && event.turnStarted) {
-    turn = state.current && state.current.clientMessageId === event.turnStarted.clientMessageId
-      ? state.current : null;
-    if (!turn) return;
+    const running = state.running;
+    if (running && !running.turnId && running.clientMessageId === event.turnStarted.clientMessageId) {
+      turn = running;
+    } else {
+      // A turn started elsewhere (another tab): show it too.
+      turn = newTurn(event.turnStarted.userText || '', event.turnStarted.clientMessageId);
+      if (!state.running || state.running.done) state.running = turn;
+    }
     turn.turnId = event.turnId;
     turn.view.root.dataset.turnId = event.turnId;
     state.turns.set(event.turnId, turn);
     setTurnStatus(turn, 'running', 'thinking…');
     if (turn.stopRequested) requestCancel(turn);
+    if (!state.conversations.some((c) => c.id === state.conversationId)) refreshConversations();
+    updateComposer();
   }
-  if (!turn) return;
-  const { view } = turn;
+  if (!turn || turn.done) return; // a finished turn, shown from GetConversation already
   if (event.tokenDelta) {
-    view.answer.append(document.createTextNode(event.tokenDelta.text || ''));
+    turn.text += event.tokenDelta.text || '';
+    renderAnswer(turn);
     if (!turn.stopRequested) setTurnStatus(turn, 'running', 'answering…');
   } else if (event.toolCall) {
-    const item = element('li', 'tool-call', 'calls ');
-    item.dataset.testid = 'tool-call';
-    item.append(element('code', 'tool-name', event.toolCall.name || ''), ' ',
-      element('code', 'tool-args', event.toolCall.argumentsJson || '{}'));
-    view.tools.append(item);
+    addToolCall(turn, event.toolCall);
+    setTurnStatus(turn, 'running', `running ${event.toolCall.name}…`);
   } else if (event.toolResult) {
-    const result = event.toolResult;
-    const item = element('li', result.isError ? 'tool-result is-error' : 'tool-result',
-      `↳ ${result.name || 'tool'}${result.isError ? ' failed' : ''}: ${shorten(result.content || '', 200)}`);
-    item.dataset.testid = 'tool-result';
-    view.tools.append(item);
+    addToolResult(turn, event.toolResult);
   } else if (event.citation) {
-    view.citations.append(renderCitation(event.citation));
+    addCitation(turn, event.citation);
   } else if (event.turnCompleted) {
     const done = event.turnCompleted;
-    const kind = FINISH_STATES[done.finishReason] || 'completed';
     // The deltas must add up to the final text; data-verified lets a reader (or test) check it.
-    view.root.dataset.verified = String(view.answer.textContent === (done.text || ''));
-    endTurn(turn, kind, kind === 'completed' ? 'done' : kind);
+    turn.view.root.dataset.verified = String(turn.text === (done.text || ''));
+    turn.text = done.text || turn.text;
+    renderAnswer(turn);
+    const [kind, words] = FINISH[done.finishReason] || ['completed', 'done'];
+    endTurn(turn, kind, kind === 'completed' && words === 'done' ? doneText(done) : words);
   } else if (event.turnFailed) {
-    const failure = event.turnFailed.failure || {};
-    endTurn(turn, 'failed', `failed: ${failure.message || failure.reason || 'unknown error'}`);
+    const failed = event.turnFailed;
+    if (failed.partialText && failed.partialText.length > turn.text.length) {
+      turn.text = failed.partialText;
+      renderAnswer(turn);
+    }
+    endTurn(turn, 'failed', `failed: ${describeError(failed.failure || {})}`);
   }
+}
+
+function doneText(done) {
+  const parts = ['done'];
+  const seconds = durationMs(done.duration);
+  if (seconds !== null) parts.push(`${(seconds / 1000).toFixed(1)} s`);
+  if (done.usage?.totalTokens) parts.push(`${done.usage.totalTokens} tokens`);
+  return parts.join(' · ');
 }
 
 function endTurn(turn, kind, text) {
   turn.done = true;
+  turn.stalled = false;
+  turn.view.root.dataset.stalled = 'false';
   setTurnStatus(turn, kind, text);
   turn.view.answer.setAttribute('aria-busy', 'false');
-  if (state.current === turn) {
-    state.current = null;
-    $('stop-button').disabled = true;
+  turn.view.root.querySelectorAll('.tool[data-state="running"]').forEach((tool) => {
+    tool.dataset.state = 'unfinished';
+    tool.querySelector('.tool-state').textContent = 'no result';
+  });
+  if (state.running === turn) {
+    state.running = null;
+    if (state.watch) state.watch.cancel();
+    refreshConversations();
+    refreshUsage();
+    if (kind === 'completed' && turn.toolNames?.some((name) => name !== 'search_documents')) documents.refresh();
   }
+  updateComposer();
 }
 
-function failCurrent(error) {
-  const turn = state.current;
-  if (turn && !turn.done) endTurn(turn, 'failed', `failed: ${error.code || ''} ${error.message}`);
+/** The turn that had not started when its stream failed (rate limited, …): fail it in words. */
+function failPending(error) {
+  const turn = state.running;
+  if (!turn || turn.done || turn.turnId) return;
+  const words = describeError(error);
+  endTurn(turn, 'failed', `not sent: ${words}`);
+  const retryMs = retryDelayOf(error);
+  if (retryMs) state.retryUntil = Date.now() + retryMs;
+  showChatError(words, retryMs);
+  const input = $('chat-input');
+  if (!input.value.trim()) input.value = turn.userText; // nothing typed is lost
+  updateComposer();
 }
 
-function renderTurn(text) {
-  const root = element('li', 'turn');
-  root.dataset.testid = 'turn';
-  const answer = element('div', 'answer');
-  answer.dataset.testid = 'answer';
+/* ---------- rendering a turn ---------- */
+
+function newTurn(userText, clientMessageId) {
+  const turn = {
+    clientMessageId, userText, text: '', turnId: '', done: false, stopRequested: false, stalled: false,
+    key: randomHex(4), tools: new Map(), toolNames: [], citations: new Map(), view: null,
+  };
+  const root = testid(el('li', 'turn'), 'turn');
+  root.dataset.state = 'running';
+  const user = el('div', 'user-message');
+  user.append(el('span', 'sr-only', 'You: '), testid(el('p', 'user-text', userText), 'user-text'));
+  const assistant = el('div', 'assistant-message');
+  const tools = el('ul', 'tools');
+  tools.setAttribute('aria-label', 'Tool calls');
+  const answer = testid(el('div', 'answer markdown'), 'answer');
   answer.setAttribute('aria-live', 'polite');
   answer.setAttribute('aria-busy', 'true'); // announced once, when complete
-  const tools = element('ul', 'tools');
-  tools.setAttribute('aria-label', 'Tool calls');
-  const citations = element('ol', 'citations');
-  citations.dataset.testid = 'citations';
-  citations.setAttribute('aria-label', 'Sources');
-  const status = element('p', 'turn-status', 'sending…');
-  status.dataset.testid = 'turn-status';
-  root.append(element('p', 'user-text', text), tools, answer, citations, status);
-  root.dataset.state = 'running';
+  const status = testid(el('p', 'turn-status', 'sending…'), 'turn-status');
+  status.setAttribute('role', 'status');
+  const sources = el('section', 'sources');
+  sources.hidden = true;
+  const heading = el('h3', 'sources-heading', 'Sources');
+  heading.id = `sources-${turn.key}`;
+  const citations = testid(el('ol', 'citations'), 'citations');
+  citations.setAttribute('aria-labelledby', heading.id);
+  sources.append(heading, citations);
+  assistant.append(tools, answer, sources, status);
+  root.append(user, assistant);
   $('transcript').append(root);
   root.scrollIntoView({ block: 'end' });
-  return { root, answer, tools, citations, status };
+  turn.view = { root, answer, tools, sources, citations, status };
+  return turn;
 }
 
-function renderCitation(citation) {
-  const item = element('li', 'citation', `[${citation.index ?? '?'}] `);
-  item.dataset.testid = 'citation';
-  const title = citation.title || citation.documentId || 'source';
-  const url = citation.location && citation.location.url;
-  if (url && /^https?:\/\//i.test(url)) {
-    const link = element('a', '', title);
-    link.href = url;
-    link.rel = 'noopener noreferrer';
-    link.target = '_blank';
-    item.append(link);
-  } else {
-    item.append(element('span', 'citation-title', title));
+function renderAnswer(turn) {
+  const { answer } = turn.view;
+  const nearBottom = isNearBottom();
+  answer.replaceChildren(renderMarkdown(turn.text, { citation: (n) => citationMarker(turn, n) }));
+  if (nearBottom) turn.view.root.scrollIntoView({ block: 'end' });
+}
+
+function isNearBottom() {
+  const scroller = document.scrollingElement;
+  return scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 160;
+}
+
+function citationMarker(turn, n) {
+  const link = testid(el('a', 'cite', `[${n}]`), 'cite-marker');
+  link.href = `#src-${turn.key}-${n}`;
+  link.dataset.index = String(n);
+  link.setAttribute('aria-label', `source ${n}`);
+  return link;
+}
+
+function argumentsSummary(json) {
+  try {
+    const args = JSON.parse(json || '{}');
+    return Object.entries(args).map(([key, value]) => `${key}: ${typeof value === 'string' ? `“${value}”` : JSON.stringify(value)}`).join(', ');
+  } catch {
+    return json || '';
   }
-  if (citation.snippet) item.title = citation.snippet;
-  return item;
+}
+
+function prettyJson(json) {
+  try {
+    return JSON.stringify(JSON.parse(json || '{}'), null, 2);
+  } catch {
+    return json || '';
+  }
+}
+
+function addToolCall(turn, call) {
+  turn.toolNames.push(call.name || '');
+  const item = testid(el('li', 'tool'), 'tool-call');
+  item.dataset.state = 'running';
+  const details = el('details');
+  const summary = el('summary');
+  summary.append(el('span', 'tool-icon', '⚙'), el('code', 'tool-name', call.name || 'tool'), ' ',
+    el('span', 'tool-args-short', shorten(argumentsSummary(call.argumentsJson), 90)), ' ',
+    el('span', 'tool-state', 'running…'));
+  const body = el('div', 'tool-detail');
+  body.append(el('h4', '', 'Arguments'), el('pre', 'tool-args', prettyJson(call.argumentsJson)));
+  details.append(summary, body);
+  item.append(details);
+  turn.view.tools.append(item);
+  turn.tools.set(call.callId || `call-${turn.tools.size}`, item);
+}
+
+function addToolResult(turn, result) {
+  let item = turn.tools.get(result.callId);
+  if (!item) {
+    addToolCall(turn, { callId: result.callId, name: result.name, argumentsJson: '{}' });
+    item = turn.tools.get(result.callId);
+  }
+  const ms = durationMs(result.duration);
+  item.dataset.state = result.isError ? 'failed' : 'done';
+  item.querySelector('.tool-state').textContent = result.isError ? 'failed'
+    : `done${ms !== null ? ` in ${ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(1)} s`}` : ''}`;
+  const body = item.querySelector('.tool-detail');
+  body.append(el('h4', '', result.isError ? 'Error' : 'Result'),
+    testid(el('pre', result.isError ? 'tool-result is-error' : 'tool-result', result.content || '(empty)'), 'tool-result'));
+}
+
+function locationText(location = {}) {
+  const parts = [];
+  if (location.headingPath?.length) parts.push(location.headingPath.join(' › '));
+  if (location.page) parts.push(`page ${location.page}`);
+  if (location.startLine) {
+    parts.push(location.endLine && location.endLine !== location.startLine
+      ? `lines ${location.startLine}–${location.endLine}` : `line ${location.startLine}`);
+  }
+  return parts.join(' · ');
+}
+
+function addCitation(turn, citation) {
+  const n = Number(citation.index || turn.citations.size + 1);
+  if (turn.citations.has(n)) return;
+  turn.citations.set(n, citation);
+  const item = testid(el('li', 'citation'), 'citation');
+  item.id = `src-${turn.key}-${n}`;
+  item.dataset.index = String(n);
+  const details = el('details');
+  const summary = el('summary');
+  const title = citation.title || citation.documentId || 'source';
+  summary.append(`[${n}] `, el('span', 'citation-title', title));
+  const where = locationText(citation.location);
+  if (where) summary.append(' ', el('span', 'citation-where', `— ${where}`));
+  const body = el('div', 'citation-body');
+  if (citation.snippet) body.append(testid(el('blockquote', 'citation-passage', citation.snippet), 'citation-passage'));
+  const origin = el('p', 'citation-origin');
+  const url = citation.location?.url;
+  if (url && /^https?:\/\//i.test(url)) {
+    const link = el('a', '', url);
+    link.href = url;
+    link.rel = 'noopener noreferrer nofollow';
+    link.target = '_blank';
+    origin.append('From ', link);
+  } else {
+    origin.append('From the document ', el('strong', '', title.split(' > ')[0]));
+  }
+  if (where) origin.append(el('br'), `at ${where}`);
+  body.append(origin);
+  details.append(summary, body);
+  item.append(details);
+  // Keep the list in marker order whatever order the citations came in.
+  const after = [...turn.view.citations.children].find((other) => Number(other.dataset.index) > n);
+  turn.view.citations.insertBefore(item, after || null);
+  turn.view.sources.hidden = false;
 }
 
 function setTurnStatus(turn, kind, text) {
@@ -321,177 +710,84 @@ function setTurnStatus(turn, kind, text) {
   turn.view.status.textContent = text;
 }
 
-/* ---------- documents ---------- */
+/* ---------- composer and stalls ---------- */
 
-async function refreshDocuments() {
-  if (!state.conn) return;
-  try {
-    const listed = await state.conn.unary(`${DOCUMENTS}ListDocuments`, { pageSize: 100 });
-    const list = $('documents');
-    list.replaceChildren(...(listed.documents || []).map(renderDocument));
-  } catch (error) {
-    if (!isConnectionLoss(error)) uploadStatus(`could not list documents: ${error.message}`);
+function updateComposer() {
+  const running = Boolean(state.running && !state.running.done);
+  const limited = state.retryUntil > Date.now();
+  $('send-button').disabled = !state.conn || running || limited;
+  $('stop-button').disabled = !running;
+  $('chat-form').dataset.busy = String(running);
+}
+
+let errorTimer = null;
+
+/** A message above the composer; with `retryMs`, a countdown that re-enables Send at zero. */
+function showChatError(text, retryMs) {
+  const box = $('chat-error');
+  clearInterval(errorTimer);
+  box.textContent = text;
+  box.hidden = !text;
+  if (!retryMs) return;
+  const tick = () => {
+    const left = state.retryUntil - Date.now();
+    if (left <= 0) {
+      clearInterval(errorTimer);
+      box.textContent = 'You can send again.';
+      updateComposer();
+      return;
+    }
+    box.textContent = text.replace(/try again in \d+ s/i, `try again in ${Math.ceil(left / 1000)} s`);
+  };
+  errorTimer = setInterval(tick, 1000);
+}
+
+function checkStall() {
+  const turn = state.running;
+  if (!turn || turn.done || !state.conn || !turn.sentAt) return;
+  const quiet = Date.now() - state.lastActivity;
+  if (quiet < heartbeatMs() * 2.5) return;
+  if (!turn.stalled) {
+    turn.stalled = true;
+    turn.view.root.dataset.stalled = 'true';
   }
+  setTurnStatus(turn, 'running', `stalled: nothing from the server for ${Math.round(quiet / 1000)} s; checking the connection…`);
+  probeConnection();
 }
 
-function renderDocument(doc) {
-  const item = element('li', 'document', `${doc.title || doc.name} (${doc.chunkCount || 0} chunks)`);
-  item.dataset.documentId = doc.id;
-  return item;
-}
-
-async function upload(file) {
-  const progress = $('upload-progress');
-  progress.value = 0;
-  uploadStatus(`uploading ${file.name}…`);
-  $('upload-button').disabled = true;
-  const call = state.conn.bidi(`${DOCUMENTS}Upload`);
-  const reading = (async () => {
-    for await (const response of call) {
-      const event = response.event || {};
-      if (event.progress) {
-        const { stage, done = '0', total = '0' } = event.progress;
-        const [from, to] = STAGE_SPAN[stage] || [0, 0];
-        const fraction = Number(total) > 0 ? Number(done) / Number(total) : 1;
-        progress.value = Math.max(progress.value, from + (to - from) * fraction);
-        uploadStatus(`${stageName(stage)} ${done}/${total}`);
-      } else if (event.stored) {
-        progress.value = 100;
-        uploadStatus(`stored ${event.stored.name} (${event.stored.chunkCount || 0} chunks)`);
-      } else if (event.failed) {
-        uploadStatus(`failed: ${event.failed.message || event.failed.reason}`);
-      }
-    }
-  })();
+/** A silent stream: ping the socket. No pong: drop it (and reconnect). A pong: restart the stream. */
+async function probeConnection() {
+  const conn = state.conn;
+  if (state.probing || !conn) return;
+  state.probing = true;
   try {
-    await call.send({
-      header: { fileName: file.name, mediaType: file.type || '', sizeBytes: String(file.size) },
-    });
-    for (let offset = 0; offset < file.size; offset += UPLOAD_CHUNK_BYTES) {
-      const bytes = new Uint8Array(await file.slice(offset, offset + UPLOAD_CHUNK_BYTES).arrayBuffer());
-      await call.send({ chunk: toBase64(bytes) });
+    const limit = Math.min(5000, Math.max(1000, heartbeatMs()));
+    const answered = await Promise.race([conn.ping().then(() => true, () => false), sleep(limit).then(() => false)]);
+    if (state.conn !== conn) return;
+    if (!answered) {
+      conn.abort('no answer from the server');
+      return;
     }
-    call.end();
-    await reading;
-  } catch (error) {
-    call.cancel();
-    await reading.catch(() => {});
-    uploadStatus(`upload failed: ${error.code || ''} ${error.message}`);
+    if (state.chat) {
+      state.chat.abandoned = true;
+      state.chat.cancel();
+      state.chat = null;
+    }
+    if (state.watch) {
+      state.watch.abandoned = true;
+      state.watch.cancel();
+      state.watch = null;
+    }
+    state.lastActivity = Date.now();
+    resumeTurn();
   } finally {
-    $('upload-button').disabled = !state.conn;
+    state.probing = false;
   }
-  refreshDocuments();
-}
-
-function uploadStatus(text) {
-  $('upload-status').textContent = text;
-}
-
-function stageName(stage) {
-  return (stage || '').replace('INGEST_STAGE_', '').toLowerCase();
-}
-
-/* ---------- scraping ---------- */
-
-async function startScrape(spec) {
-  $('scrape-log').replaceChildren();
-  state.scrape = { jobId: '', lastSeq: 0, done: false, call: null };
-  setEnabled(Boolean(state.conn));
-  $('scrape-cancel').disabled = false;
-  logLine('info', `starting scrape of ${spec.urls[0]}`);
-  await followJob(state.conn.serverStream(`${SCRAPER}Scrape`, { spec }));
-}
-
-async function resumeScrape() {
-  const job = state.scrape;
-  if (!job || job.done || !job.jobId) return;
-  logLine('info', `reconnected, following job ${job.jobId} from event ${job.lastSeq}`);
-  await followJob(state.conn.serverStream(`${SCRAPER}WatchJob`, {
-    jobId: job.jobId, afterSeq: String(job.lastSeq),
-  }));
-}
-
-async function followJob(call) {
-  const job = state.scrape;
-  job.call = call;
-  try {
-    for await (const response of call) {
-      handleJobEvent(job, response.event || {});
-      if (job.done) break; // WatchJob tails forever
-    }
-  } catch (error) {
-    if (isConnectionLoss(error) && job.jobId) return; // resumeScrape continues after reconnecting
-    logLine('error', `scrape ended: ${error.code} ${error.message}`);
-    finishJob(job);
-  }
-}
-
-function handleJobEvent(job, event) {
-  const seq = Number(event.seq || 0);
-  if (seq <= job.lastSeq) return;
-  job.lastSeq = seq;
-  job.jobId = job.jobId || event.jobId || '';
-  if (event.queued) {
-    logLine('queued', `job ${event.jobId} queued`);
-  } else if (event.pageFetched) {
-    const page = event.pageFetched;
-    logLine('page-fetched', `fetched ${page.httpStatus || ''} ${page.url}${page.title ? ` — ${page.title}` : ''}`
-      + ` (${page.sizeBytes || 0} bytes, depth ${page.depth || 0})`);
-  } else if (event.pageSkipped) {
-    logLine('page-skipped', `skipped ${event.pageSkipped.url} (${event.pageSkipped.reason})`);
-  } else if (event.pageFailed) {
-    const failure = event.pageFailed.failure || {};
-    logLine('page-failed', `failed ${event.pageFailed.url}: ${failure.message || failure.reason || ''}`);
-  } else if (event.log) {
-    logLine('log', `[${(event.log.level || 'info').toLowerCase()}] ${event.log.message}`);
-  } else if (event.progress) {
-    logLine('progress', `progress: ${statsText(event.progress.stats)}`);
-  } else if (event.finished) {
-    const finished = event.finished;
-    const outcome = (finished.state || '').replace('JOB_STATE_', '').toLowerCase();
-    const failure = finished.failure ? ` — ${finished.failure.message}` : '';
-    logLine('finished', `finished: ${outcome}, ${statsText(finished.stats)}${failure}`);
-    finishJob(job);
-    refreshDocuments();
-  }
-}
-
-function finishJob(job) {
-  job.done = true;
-  $('scrape-cancel').disabled = true;
-  setEnabled(Boolean(state.conn));
-}
-
-async function cancelScrape() {
-  const job = state.scrape;
-  if (!job || job.done || !state.conn) return;
-  if (!job.jobId) {
-    job.call?.cancel();
-    return;
-  }
-  try {
-    await state.conn.unary(`${SCRAPER}CancelJob`, { jobId: job.jobId });
-  } catch (error) {
-    logLine('error', `cancel failed: ${error.message}`);
-  }
-}
-
-function statsText(stats = {}) {
-  return `${stats.pagesFetched || 0} fetched, ${stats.pagesSkipped || 0} skipped, `
-    + `${stats.pagesFailed || 0} failed, ${stats.documentsIngested || 0} ingested`;
-}
-
-function logLine(kind, text) {
-  const log = $('scrape-log');
-  const item = element('li', '', text);
-  item.dataset.kind = kind;
-  log.append(item);
-  log.scrollTop = log.scrollHeight;
 }
 
 /* ---------- small helpers ---------- */
 
-function isConnectionLoss(error) {
+function lostConnection(error) {
   return error instanceof RpcError && error.code === 'unavailable' && !state.conn;
 }
 
@@ -505,32 +801,13 @@ function resumeSoon() {
   setTimeout(() => { resumeTurn().catch(() => {}); }, 200 + Math.random() * 300);
 }
 
-function element(tag, className, text) {
-  const el = document.createElement(tag);
-  if (className) el.className = className;
-  if (text !== undefined) el.textContent = text;
-  return el;
+function closeNavOnNarrow() {
+  if (window.matchMedia('(max-width: 56rem)').matches) setNav(false);
 }
 
-function shorten(text, max) {
-  const flat = text.replace(/\s+/g, ' ').trim();
-  return flat.length > max ? `${flat.slice(0, max - 1)}…` : flat;
-}
-
-function randomHex(bytes) {
-  return Array.from(crypto.getRandomValues(new Uint8Array(bytes)), (b) => b.toString(16).padStart(2, '0')).join('');
-}
-
-function toBase64(bytes) {
-  let binary = '';
-  for (let i = 0; i < bytes.length; i += 0x8000) {
-    binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-  }
-  return btoa(binary);
-}
-
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
+function setNav(open) {
+  document.body.dataset.nav = open ? 'open' : 'closed';
+  $('nav-toggle').setAttribute('aria-expanded', String(open));
 }
 
 /* ---------- wiring ---------- */
@@ -539,34 +816,67 @@ $('chat-form').addEventListener('submit', (event) => {
   event.preventDefault();
   const input = $('chat-input');
   const text = input.value.trim();
-  if (!text || (state.current && !state.current.done)) return;
+  if (!text || $('send-button').disabled) return;
   input.value = '';
-  sendMessage(text).catch(failCurrent);
+  sendMessage(text).catch((error) => failPending(error));
 });
 $('chat-input').addEventListener('keydown', (event) => {
-  if (event.key === 'Enter' && !event.shiftKey) {
+  if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
     event.preventDefault();
     $('chat-form').requestSubmit();
   }
 });
+document.addEventListener('keydown', (event) => {
+  if (event.key === 'Escape' && state.running && !state.running.done) {
+    event.preventDefault();
+    stopTurn();
+  }
+});
 $('stop-button').addEventListener('click', stopTurn);
-$('upload-form').addEventListener('submit', (event) => {
-  event.preventDefault();
-  const file = $('upload-file').files[0];
-  if (file && state.conn) upload(file);
+$('retry-now').addEventListener('click', () => state.retryNow?.());
+$('usage-summary').parentElement.addEventListener('toggle', (event) => { if (event.target.open) refreshUsage(); });
+$('new-conversation').addEventListener('click', () => {
+  openConversation('');
+  $('chat-input').focus();
 });
-$('scrape-form').addEventListener('submit', (event) => {
+$('nav-toggle').addEventListener('click', () => setNav(document.body.dataset.nav !== 'open'));
+$('conversation-list').addEventListener('click', (event) => {
+  const item = event.target.closest('[data-conversation-id]');
+  if (!item) return;
   event.preventDefault();
-  if (!state.conn) return;
-  startScrape({
-    urls: [$('scrape-url').value.trim()],
-    maxDepth: Number($('scrape-depth').value) || 0,
-    maxPages: Number($('scrape-max-pages').value) || 0,
-    sameSiteOnly: true,
-    ingest: $('scrape-ingest').checked,
-  });
+  const id = item.dataset.conversationId;
+  if (event.target.closest('.conversation-delete')) deleteConversation(id);
+  else if (id !== state.conversationId) openConversation(id);
+  else closeNavOnNarrow();
 });
-$('scrape-cancel').addEventListener('click', cancelScrape);
+$('transcript').addEventListener('click', (event) => {
+  const marker = event.target.closest('a.cite');
+  if (marker) {
+    event.preventDefault();
+    const source = document.getElementById(marker.getAttribute('href').slice(1));
+    if (!source) return;
+    source.querySelector('details').open = true;
+    source.classList.add('flash');
+    setTimeout(() => source.classList.remove('flash'), 1200);
+    source.scrollIntoView({ block: 'nearest' });
+    source.querySelector('summary').focus();
+    return;
+  }
+  const copy = event.target.closest('.md-copy');
+  if (copy) {
+    const code = copy.closest('figure').querySelector('code').textContent;
+    navigator.clipboard.writeText(code).then(
+      () => { copy.textContent = 'Copied'; },
+      () => { copy.textContent = 'Copy failed'; },
+    ).finally(() => setTimeout(() => { copy.textContent = 'Copy'; }, 1500));
+  }
+});
+window.addEventListener('popstate', () => {
+  const id = conversationFromUrl();
+  if (id !== state.conversationId) openConversation(id, { push: false });
+});
+setInterval(checkStall, 1000);
+setInterval(() => { if (state.retryUntil && state.retryUntil <= Date.now()) { state.retryUntil = 0; updateComposer(); } }, 1000);
 
 /** For tests and debugging in the console: drop the socket as a network failure would. */
 window.daveloper = Object.freeze({
@@ -574,6 +884,14 @@ window.daveloper = Object.freeze({
   get conversationId() { return state.conversationId; },
   get lastSeq() { return state.lastSeq; },
   get token() { return state.token; },
+  get heartbeatMs() { return heartbeatMs(); },
 });
 
+const narrow = window.matchMedia('(max-width: 56rem)');
+setNav(!narrow.matches);
+narrow.addEventListener('change', () => setNav(!narrow.matches));
+state.conversationId = conversationFromUrl();
+state.loaded = !state.conversationId;
+$('chat-title').textContent = state.conversationId ? 'Conversation' : 'New conversation';
+updateComposer();
 reconnect();

@@ -56,6 +56,12 @@ export class RpcError extends Error {
     const info = this.details.find((d) => d.type === 'google.rpc.ErrorInfo');
     return info ? errorInfoReason(info.value) : '';
   }
+
+  /** The delay of the google.rpc.RetryInfo detail in ms (null when there is none): when to retry. */
+  get retryDelayMs() {
+    const info = this.details.find((d) => d.type === 'google.rpc.RetryInfo');
+    return info ? retryInfoDelayMs(info.value) : null;
+  }
 }
 
 /** The socket closed before the handshake finished (`closeCode` as in {@link CloseCode}). */
@@ -376,35 +382,66 @@ export class Call {
   }
 }
 
-/** The `reason` (field 1) of a base64 google.rpc.ErrorInfo: a tiny protobuf reader. */
+/** The `reason` (field 1) of a base64 google.rpc.ErrorInfo ('' when malformed). */
 function errorInfoReason(value) {
+  const reason = protoFields(base64Bytes(value)).find((f) => f.field === 1 && f.bytes);
+  return reason ? new TextDecoder().decode(reason.bytes) : '';
+}
+
+/** google.rpc.RetryInfo's retry_delay (field 1, a Duration: seconds 1, nanos 2) in ms, or null. */
+function retryInfoDelayMs(value) {
+  const delay = protoFields(base64Bytes(value)).find((f) => f.field === 1 && f.bytes);
+  if (!delay) return null;
+  let ms = 0;
+  for (const f of protoFields(delay.bytes)) {
+    if (f.field === 1 && f.varint !== undefined) ms += f.varint * 1000;
+    if (f.field === 2 && f.varint !== undefined) ms += f.varint / 1e6;
+  }
+  return Math.round(ms);
+}
+
+function base64Bytes(value) {
   try {
-    const b64 = value.replace(/-/g, '+').replace(/_/g, '/');
+    const b64 = String(value).replace(/-/g, '+').replace(/_/g, '/');
     const bin = atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4));
-    const bytes = Uint8Array.from(bin, (c) => c.charCodeAt(0));
-    let pos = 0;
-    const varint = () => {
-      let result = 0;
-      let shift = 0;
-      let byte;
-      do {
-        byte = bytes[pos++];
-        result += (byte & 0x7f) * 2 ** shift;
-        shift += 7;
-      } while (byte & 0x80);
-      return result;
-    };
+    return Uint8Array.from(bin, (c) => c.charCodeAt(0));
+  } catch {
+    return new Uint8Array(0);
+  }
+}
+
+/** The top-level fields of a protobuf message: a tiny reader for varint and length-delimited fields. */
+function protoFields(bytes) {
+  const fields = [];
+  let pos = 0;
+  const varint = () => {
+    let result = 0;
+    let shift = 0;
+    let byte;
+    do {
+      if (pos >= bytes.length) throw new Error('truncated');
+      byte = bytes[pos++];
+      result += (byte & 0x7f) * 2 ** shift;
+      shift += 7;
+    } while (byte & 0x80);
+    return result;
+  };
+  try {
     while (pos < bytes.length) {
       const key = varint();
-      const wire = key & 7;
-      if (wire === 0) { varint(); continue; }
-      if (wire !== 2) return '';
-      const length = varint();
-      if (key >> 3 === 1) return new TextDecoder().decode(bytes.subarray(pos, pos + length));
-      pos += length;
+      const wire = key % 8;
+      const field = Math.floor(key / 8);
+      if (wire === 0) fields.push({ field, varint: varint() });
+      else if (wire === 2) {
+        const length = varint();
+        fields.push({ field, bytes: bytes.subarray(pos, pos + length) });
+        pos += length;
+      } else if (wire === 1) pos += 8;
+      else if (wire === 5) pos += 4;
+      else break;
     }
   } catch {
-    // a malformed detail has no reason
+    // a malformed detail yields the fields read so far
   }
-  return '';
+  return fields;
 }
