@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import ipaddress
 import ssl
@@ -81,6 +83,24 @@ async def test_grpc_and_the_edge_serve_tls_only(tls_app: tuple[App, Path]) -> No
                                    ssl=client) as ws:
             await ws.send_json({"type": "hello", "token": ""})
             assert (await ws.receive_json(timeout=5))["type"] == "welcome"
+
+
+async def test_a_tls_handshake_never_finished_is_closed_after_the_header_timeout(settings: Settings,
+                                                                                 tmp_path: Path) -> None:
+    # asyncio's default bound is 60 s, and the connection guard only sees a connection once its
+    # handshake is done: without a bound, a socket that never says ClientHello stays open a minute.
+    cert, key = self_signed(tmp_path)
+    async with open_app(settings.replace(tls_cert_file=cert, tls_key_file=key, header_timeout_seconds=0.3)) as app:
+        edge_host, edge_port = app.edge.url.removeprefix("https://").rsplit(":", 1)
+        for host, port in ((app.grpc_addr.host, app.grpc_addr.port), (edge_host, int(edge_port))):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"\x16\x03\x01")  # the start of a TLS record, then nothing
+            try:
+                async with asyncio.timeout(10):  # far below the 60 s default, far above 0.3 s
+                    with contextlib.suppress(ConnectionError):
+                        assert await reader.read() == b""
+            finally:
+                writer.close()
 
 
 def test_tls_needs_both_files(tmp_path: Path) -> None:

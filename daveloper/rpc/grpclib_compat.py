@@ -1,8 +1,9 @@
 """Every use of a private grpclib attribute, in one place (grpclib is pinned at 0.4.9).
 
 grpclib has no public API for a few things the server and the edge need: the
-listening socket (to stop accepting while calls drain), the HTTP/2 settings
-(to decode header bytes as Latin-1), whether a stream already sent its
+listening socket (to stop accepting while calls drain), a bound on its
+connections' TLS handshake (``start`` passes none), the HTTP/2 settings (to
+decode header bytes as Latin-1), whether a stream already sent its
 trailers, and the protocol-level stream (to cap a message before its body is
 read). Each is one small function here, so an upgrade of grpclib is a review
 of this file and ``tests/rpc/test_grpclib_compat.py``, which exercises every
@@ -16,6 +17,7 @@ renamed attribute must raise, not silently change behaviour.
 from __future__ import annotations
 
 import asyncio
+import ssl as ssl_
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,6 +36,7 @@ __all__ = [
     "mark_ended",
     "request_sent",
     "set_header_encoding",
+    "start",
     "stream_closable",
     "trailers_sent",
     "wrap_protocol_factory",
@@ -62,6 +65,22 @@ def set_header_encoding(srv: server.Server, encoding: str) -> None:
 def listener(srv: server.Server) -> asyncio.AbstractServer | None:
     """The listening socket's server once :meth:`~grpclib.server.Server.start` ran (grpclib does not expose it)."""
     return srv._server
+
+
+async def start(srv: server.Server, host: str, port: int, *, ssl: ssl_.SSLContext | None = None, backlog: int = 100,
+                ssl_handshake_timeout: float | None = None) -> None:
+    """:meth:`~grpclib.server.Server.start` on a TCP address, with a bound on each connection's TLS handshake.
+
+    grpclib's ``start`` passes none to ``create_server``, so asyncio's default (60 s) held a
+    connection that never finished its handshake that long, before any of our guards could see
+    it (the protocol they wrap is only given the connection once the handshake is done).
+    """
+    if srv._server is not None:
+        raise RuntimeError("Server is already started")
+    srv._server = await srv._loop.create_server(
+        srv._protocol_factory, host, port, backlog=backlog, ssl=ssl,
+        ssl_handshake_timeout=ssl_handshake_timeout if ssl is not None else None)
+    srv._server_closed_fut = srv._loop.create_future()
 
 
 def wrap_protocol_factory(srv: server.Server, wrap: Callable[[Callable[[], Any]], Callable[[], Any]]) -> None:

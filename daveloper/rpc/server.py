@@ -80,8 +80,10 @@ async def open_grpc_server(settings: Settings, services: Mapping[Any, Iterable[s
                  per_address=settings.max_connections_per_address,
                  on_refused=lambda reason: metrics.connections_refused.labels("grpc", reason).inc(),
                  shared=settings.trusted_proxies)
-    await server.start(settings.grpc_addr.host, settings.grpc_addr.port, ssl=grpc_context(settings),
-                       backlog=settings.listen_backlog)
+    # The TLS handshake is bounded like the preface after it (grpclib's own start leaves asyncio's 60 s).
+    await grpclib_compat.start(server, settings.grpc_addr.host, settings.grpc_addr.port, ssl=grpc_context(settings),
+                               backlog=settings.listen_backlog,
+                               ssl_handshake_timeout=settings.header_timeout_seconds or None)
     try:
         yield GrpcServer(server, interceptor, Address(settings.grpc_addr.host,
                                                       _bound_port(server) or settings.grpc_addr.port))

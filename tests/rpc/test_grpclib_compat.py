@@ -66,7 +66,7 @@ async def served() -> AsyncIterator[tuple[_Echo, Server]]:
 
     grpclib_compat.wrap_protocol_factory(server, counting)
     assert grpclib_compat.listener(server) is None  # not started yet
-    await server.start("127.0.0.1", 0)
+    await grpclib_compat.start(server, "127.0.0.1", 0)  # no TLS: no handshake to bound
     try:
         yield echo, server
     finally:
