@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from daveloper.errors import Unavailable
 from daveloper.eventlog._store import ScopeKeys, redis_call
-from daveloper.infra.pubsub import open_pubsub, publish_command
+from daveloper.infra.pubsub import open_pubsub, publish_command, pubsub_call
 
 __all__ = ["ControlChannel"]
 
@@ -145,13 +145,13 @@ class ControlChannel:
         self._confirming = (channel, confirmed)
         try:
             async with asyncio.timeout(self._subscribe_timeout):
-                await redis_call(self._pubsub.subscribe(channel))
+                await pubsub_call(self._pubsub.subscribe(channel))
                 self._ensure_dispatcher()
                 await confirmed
         except BaseException as exc:
             del self._watches[channel]
-            with contextlib.suppress(RedisError):
-                await self._pubsub.unsubscribe(channel)
+            with contextlib.suppress(RedisError, Unavailable):
+                await pubsub_call(self._pubsub.unsubscribe(channel))
             if isinstance(exc, TimeoutError):
                 raise Unavailable("event log control channel: subscription not confirmed",
                                   retry_after=1.0) from exc
@@ -166,7 +166,7 @@ class ControlChannel:
                 return
             del self._watches[channel]
             try:
-                await redis_call(self._pubsub.unsubscribe(channel))
+                await pubsub_call(self._pubsub.unsubscribe(channel))
             except (RedisError, Unavailable) as exc:  # harmless: notices for unwatched channels are dropped
                 log.warning("event log control channel: unsubscribe failed: %s", exc)
 

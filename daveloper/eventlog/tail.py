@@ -37,8 +37,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from daveloper.errors import Unavailable
-from daveloper.eventlog._store import redis_call
-from daveloper.infra.pubsub import open_pubsub
+from daveloper.infra.pubsub import open_pubsub, pubsub_call
 
 __all__ = ["RESYNC", "UNREACHABLE", "VERIFY", "Follower", "Item", "TailEntry", "Tails", "parse_tail_message"]
 
@@ -169,7 +168,7 @@ class Tails:
                 async with self._changing:
                     self._unconfirmed[channel] = self._unconfirmed.get(channel, 0) + 1
                     try:
-                        await redis_call(self._pubsub.subscribe(channel))
+                        await pubsub_call(self._pubsub.subscribe(channel))
                     except BaseException:
                         # Not sent (Redis away): no confirmation will come for it, and a count left
                         # behind would make the next follower of this scope wait for one forever.
@@ -217,7 +216,7 @@ class Tails:
             return
         async with self._changing:
             try:
-                await redis_call(self._pubsub.unsubscribe(channel))
+                await pubsub_call(self._pubsub.unsubscribe(channel))
             except (RedisError, Unavailable) as exc:  # harmless: messages of unfollowed channels are dropped
                 log.warning("event log tail: unsubscribe failed: %s", exc)
 

@@ -27,15 +27,20 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Coroutine
-from typing import Any, Protocol
+from collections.abc import Awaitable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ClusterDownError, RedisClusterException, RedisError
 
-__all__ = ["PubSubLike", "ShardedPubSub", "open_pubsub", "publish_command"]
+from daveloper.errors import Unavailable
+from daveloper.infra.redis import redis_call
+
+__all__ = ["PubSubLike", "ShardedPubSub", "open_pubsub", "publish_command", "pubsub_call"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,21 @@ class PubSubLike(Protocol):
 def publish_command(redis: Any) -> str:
     """``SPUBLISH`` on a cluster (channels are sharded there), else ``PUBLISH``; for use inside scripts too."""
     return "SPUBLISH" if isinstance(redis, RedisCluster) else "PUBLISH"
+
+
+async def pubsub_call(call: Awaitable[T]) -> T:
+    """Await a (un)subscribe on a shared pub/sub connection, as :func:`redis_call` does.
+
+    One more failure means "Redis went away" here: when the connection drops,
+    the task reading it disconnects it, and a command being written on it at
+    that moment meets redis-py's torn-down writer (``AttributeError`` on
+    ``None``) rather than a ``ConnectionError``. Both are ``Unavailable``,
+    which callers retry.
+    """
+    try:
+        return await redis_call(call)
+    except AttributeError as exc:
+        raise Unavailable("pub/sub connection reset during a command", retry_after=0.5) from exc
 
 
 def open_pubsub(redis: Any) -> PubSubLike:
