@@ -16,7 +16,7 @@ a breaker can be given another judgement (``classify``). A call through
 ``UNAVAILABLE``, reason ``UPSTREAM_TIMEOUT``.
 
 ``state`` is ``"closed"``, ``"half_open"`` or ``"open"``; listeners hear each
-change (the metrics listener sets ``daveloper_circuit_state``), and the change
+change (with ``metrics``, a listener sets ``daveloper_circuit_state``), and the change
 is logged on ``daveloper.breaker`` (WARNING on open, INFO otherwise).
 
 Small enough to write here. Of the asyncio breakers on PyPI, aiobreaker has had
@@ -40,9 +40,9 @@ from enum import StrEnum
 from typing import Any
 
 from daveloper.errors import Unavailable
-from daveloper.metrics import METRICS
+from daveloper.metrics import Metrics
 
-__all__ = ["BreakerMap", "BreakerProbe", "CircuitBreaker", "CircuitState", "Listener", "is_failure", "report_state"]
+__all__ = ["BreakerMap", "BreakerProbe", "CircuitBreaker", "CircuitState", "Listener", "is_failure"]
 
 log = logging.getLogger("daveloper.breaker")
 
@@ -74,11 +74,6 @@ def is_failure(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError | ConnectionError)
 
 
-def report_state(breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
-    """The metrics listener: ``daveloper_circuit_state{name=<breaker>}``."""
-    METRICS.circuit_state.labels(breaker.name).set(new.level)
-
-
 @dataclass(slots=True)
 class _Slot:
     index: int
@@ -92,7 +87,7 @@ class CircuitBreaker:
     def __init__(self, name: str, *, failures: int = 5, reset_seconds: float = 30.0,
                  failure_ratio: float | None = None, window_seconds: float = 60.0, min_calls: int = 10,
                  timeout: float | None = None, classify: Callable[[BaseException], bool] = is_failure,
-                 clock: Callable[[], float] = time.monotonic, report: bool = True,
+                 clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None,
                  listeners: Sequence[Listener] = ()) -> None:
         self.name = name
         self.failures = failures
@@ -104,15 +99,18 @@ class CircuitBreaker:
         self.timeout = timeout
         self.classify = classify
         self._clock = clock
-        self._report = report
-        self._listeners = [*([report_state] if report else []), *listeners]
+        #: Refused calls are counted in ``metrics`` (none given: not counted, as a map's per-host breakers).
+        self._rejections = metrics.circuit_rejections.labels(name) if metrics is not None else None
+        self._listeners = [*listeners]
         self._consecutive = 0
         self._window: deque[_Slot] = deque()
         self._opened_at = 0.0
         self._probing = False
         self.state = CircuitState.CLOSED
-        if report:
-            METRICS.circuit_state.labels(name).set(0)
+        if metrics is not None:  # the metrics listener: daveloper_circuit_state{name=<breaker>}
+            level = metrics.circuit_state.labels(name)
+            level.set(0)
+            self._listeners.insert(0, lambda breaker, old, new: level.set(new.level))
 
     def on_change(self, listener: Listener) -> None:
         """Call ``listener(breaker, old, new)`` after every change of state."""
@@ -145,8 +143,8 @@ class CircuitBreaker:
         if self.state is CircuitState.HALF_OPEN and not self._probing:
             self._probing = True  # this call is the probe
             return
-        if self._report:
-            METRICS.circuit_rejections.labels(self.name).inc()
+        if self._rejections is not None:
+            self._rejections.inc()
         raise Unavailable(f"{self.name} is failing; not calling it for {max(left, 0.0):.1f} s more",
                           reason="CIRCUIT_OPEN", retry_after=max(left, 0.1), metadata={"upstream": self.name})
 
@@ -271,24 +269,25 @@ class BreakerMap:
     """One breaker per key (e.g. per web host), the least recently used dropped beyond ``size``.
 
     Per-key breakers are not exported as metrics (unbounded label values); the
-    map counts its open ones in ``daveloper_circuits_open{name=<name>}``.
+    map counts its open ones in ``daveloper_circuits_open{name=<name>}`` of ``metrics`` (if given).
     """
 
     def __init__(self, name: str, *, size: int = 1024, failures: int = 5, reset_seconds: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None) -> None:
         self.name = name
         self._size = size
         self._failures = failures
         self._reset = reset_seconds
         self._clock = clock
         self._breakers: OrderedDict[str, CircuitBreaker] = OrderedDict()
-        METRICS.circuits_open.labels(name).set_function(lambda: self.open_count)
+        if metrics is not None:
+            metrics.circuits_open.labels(name).set_function(lambda: self.open_count)
 
     def __getitem__(self, key: str) -> CircuitBreaker:
         breaker = self._breakers.get(key)
         if breaker is None:
             breaker = CircuitBreaker(f"{self.name}:{key}", failures=self._failures, reset_seconds=self._reset,
-                                     clock=self._clock, report=False)
+                                     clock=self._clock)
             self._breakers[key] = breaker
             if len(self._breakers) > self._size:
                 self._breakers.popitem(last=False)

@@ -17,7 +17,7 @@ from daveloper.edge.bridge import upstream_probe
 from daveloper.errors import ConfigError
 from daveloper.health import HealthMonitor
 from daveloper.infra.redis import open_redis, redis_probe
-from daveloper.metrics import METRICS, Metrics, open_metrics_server
+from daveloper.metrics import Metrics, open_metrics_server
 from daveloper.registry import InstanceRegistry
 
 __all__ = ["Gateway", "open_gateway"]
@@ -48,7 +48,7 @@ async def open_gateway(settings: Settings, *, metrics: Metrics | None = None) ->
     if not settings.upstreams and settings.redis_url is None:
         raise ConfigError("role edge needs gRPC instances: set DAVELOPER_UPSTREAMS, or DAVELOPER_REDIS_URL to "
                           "find the instances registered there")
-    metrics = metrics or METRICS
+    metrics = metrics if metrics is not None else Metrics()
     async with contextlib.AsyncExitStack() as stack:
         registry = None
         health = HealthMonitor([], metrics=metrics)

@@ -27,7 +27,7 @@ from daveloper.audit import AuditLog
 from daveloper.config import Settings, parse_rate
 from daveloper.errors import FailedPrecondition, PermissionDenied, ResourceExhausted, Unauthenticated
 from daveloper.keys import DEFAULT_KEYS, Keys
-from daveloper.metrics import METRICS, Metrics
+from daveloper.metrics import Metrics
 from daveloper.ratelimit import Bucket, RateLimiter, Verdict
 from daveloper.rpc.call import Call, Principal
 from daveloper.rpc.context import client_address_var, method_var
@@ -141,7 +141,7 @@ class Guard:
                  switches: Callable[[str], bool] = lambda feature: True, metrics: Metrics | None = None) -> None:
         #: Whether a feature (``chat``, ``uploads``, ``scraping``) is on (runtime options).
         self._switches = switches
-        self._rate_limited = (metrics or METRICS).rate_limited
+        self._rate_limited = (metrics if metrics is not None else Metrics()).rate_limited
         self._store = store
         self._limiter = limiter
         self._policy = policy

@@ -17,7 +17,7 @@ from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
 
 from daveloper.infra import HealthProbe
-from daveloper.metrics import METRICS, Metrics
+from daveloper.metrics import Metrics
 
 __all__ = ["HealthMonitor"]
 
@@ -29,7 +29,7 @@ class HealthMonitor:
 
     def __init__(self, probes: Sequence[HealthProbe], *, interval: float = 2.0,
                  advisory: Sequence[HealthProbe] = (), metrics: Metrics | None = None) -> None:
-        self._up = (metrics or METRICS).dependency_up
+        self._up = (metrics if metrics is not None else Metrics()).dependency_up
         self._probes = [*probes, *advisory]
         #: Probes that only the services needing them follow, not overall health and /readyz
         #: (the LLM endpoint: without it sessions, documents and search still work).

@@ -2,9 +2,10 @@
 
 An app counts into one :class:`Metrics` (its own registry, never
 prometheus-client's global one) and hands it to every component it builds:
-``serve`` uses the process's :data:`METRICS`; a caller may pass its own, as
-tests do to read one app's values while other apps run in the same process.
-A component built without one counts into :data:`METRICS`. Label children are
+``serve`` makes the process's and passes it down; a caller of ``open_app``
+may pass its own (tests read one app's values while other apps run in the
+same process). There is no module-level instance: a component built without
+one (by hand, in a test) counts into a registry of its own. Label children are
 bound once where the label values are known ahead (a method, a provider, an
 outcome) and cached per label value otherwise (Redis commands), so a call
 costs a dict lookup and an increment.
@@ -48,7 +49,7 @@ from daveloper.config import Address
 from daveloper.tracing import enabled as tracing_enabled
 from daveloper.tracing import span
 
-__all__ = ["METRICS", "MethodSeries", "Metrics", "instrument_qdrant", "instrument_redis", "metrics_handler",
+__all__ = ["MethodSeries", "Metrics", "instrument_qdrant", "instrument_redis", "metrics_handler",
            "open_metrics_server"]
 
 T = TypeVar("T")
@@ -204,10 +205,6 @@ class MethodSeries:
         requests.inc()
 
 
-#: The process's metrics: what ``serve`` exports, and what a component given none counts into.
-METRICS = Metrics()
-
-
 def _timed(call: Callable[..., Awaitable[T]], metrics: Metrics, dependency: str,
            operation: str | None = None) -> Callable[..., Any]:
     @functools.wraps(call)
@@ -229,7 +226,7 @@ def instrument_redis(client: aioredis.Redis, metrics: Metrics | None = None) -> 
     (scripts included) goes through, and one on each pipeline's ``execute``.
     Pub/sub connections are not timed: their reads wait for messages.
     """
-    metrics = metrics or METRICS
+    metrics = metrics if metrics is not None else Metrics()
     client.execute_command = _timed(client.execute_command, metrics, "redis")  # type: ignore[method-assign]
     make_pipeline = client.pipeline
 
@@ -251,7 +248,7 @@ QDRANT_OPERATIONS = ("list_collections", "describe", "create_collection", "creat
 
 def instrument_qdrant(client: T, metrics: Metrics | None = None) -> T:
     """Time the vector engine calls in :data:`QDRANT_OPERATIONS` on this engine instance."""
-    metrics = metrics or METRICS
+    metrics = metrics if metrics is not None else Metrics()
     for name in QDRANT_OPERATIONS:
         setattr(client, name, _timed(getattr(client, name), metrics, "qdrant", name))
     return client
@@ -272,11 +269,11 @@ def metrics_handler(metrics: Metrics, *, token: str | None = None) -> Handler:
 
 
 @contextlib.asynccontextmanager
-async def open_metrics_server(addr: Address, metrics: Metrics | None = None, *,
+async def open_metrics_server(addr: Address, metrics: Metrics, *,
                               token: str | None = None) -> AsyncIterator[Address]:
     """Serve ``GET /metrics`` alone on ``addr`` (for instances without an edge); yields the bound address."""
     app = web.Application()
-    app.router.add_get("/metrics", metrics_handler(metrics or METRICS, token=token))
+    app.router.add_get("/metrics", metrics_handler(metrics, token=token))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:

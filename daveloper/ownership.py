@@ -37,7 +37,7 @@ from redis.asyncio.client import Pipeline
 from daveloper.errors import DaveloperError, Unavailable
 from daveloper.infra.redis import redis_call, reply_text
 from daveloper.keys import Keys
-from daveloper.metrics import METRICS, Metrics
+from daveloper.metrics import Metrics
 
 __all__ = ["NoProgress", "OrphanHandler", "WorkLeases"]
 
@@ -96,7 +96,7 @@ class WorkLeases:
     def __init__(self, redis: aioredis.Redis, *, owner: str, ttl_seconds: float = 15.0, prefix: str = "dv:",
                  batch: int = 100, stall_seconds: float = 600.0, metrics: Metrics | None = None) -> None:
         self._redis = redis
-        metrics = metrics or METRICS
+        metrics = metrics if metrics is not None else Metrics()
         self._reaped, self._stalled = metrics.work_reaped, metrics.work_stalled
         self._owner = owner
         self.ttl_seconds = ttl_seconds

@@ -22,7 +22,7 @@ from daveloper.app import App, open_app
 from daveloper.breaker import BreakerMap, BreakerProbe, CircuitBreaker, CircuitState
 from daveloper.config import Settings
 from daveloper.errors import DaveloperError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from daveloper.metrics import METRICS
+from daveloper.metrics import Metrics
 from daveloper.scraper.fetcher import Fetcher, FetchLimits, open_http_session
 from daveloper.scraper.github import GitHubClient
 from daveloper.scraper.safety import AddressPolicy
@@ -55,7 +55,7 @@ def refused(breaker: CircuitBreaker) -> Unavailable:
 
 def test_opens_after_consecutive_failures_and_recovers_through_one_probe() -> None:
     clock = Clock()
-    breaker = CircuitBreaker("unit", failures=3, reset_seconds=10, clock=clock, report=False)
+    breaker = CircuitBreaker("unit", failures=3, reset_seconds=10, clock=clock)
     for _ in range(2):
         breaker.check()
         breaker.outcome(Unavailable("down"))
@@ -84,7 +84,7 @@ def test_opens_after_consecutive_failures_and_recovers_through_one_probe() -> No
 
 
 def test_an_upstream_that_answers_no_is_healthy() -> None:
-    breaker = CircuitBreaker("unit", failures=1, clock=Clock(), report=False)
+    breaker = CircuitBreaker("unit", failures=1, clock=Clock())
     for answer in (InvalidArgument("bad request"), NotFound("no such repo"), ValueError("parsing")):
         breaker.check()
         breaker.outcome(answer)
@@ -93,7 +93,7 @@ def test_an_upstream_that_answers_no_is_healthy() -> None:
 
 async def test_a_cancelled_probe_lets_the_next_one_through() -> None:
     clock = Clock()
-    breaker = CircuitBreaker("unit", failures=1, reset_seconds=1, clock=clock, report=False)
+    breaker = CircuitBreaker("unit", failures=1, reset_seconds=1, clock=clock)
     with pytest.raises(ConnectionError):
         async with breaker.guard():
             raise ConnectionError("refused")
@@ -109,7 +109,7 @@ async def test_a_cancelled_probe_lets_the_next_one_through() -> None:
 def test_state_changes_reach_listeners_and_the_log(caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
     heard: list[tuple[str, str, str]] = []
-    breaker = CircuitBreaker("unit", failures=1, reset_seconds=5, clock=clock, report=False,
+    breaker = CircuitBreaker("unit", failures=1, reset_seconds=5, clock=clock,
                              listeners=[lambda b, old, new: heard.append((b.name, old, new))])
     caplog.set_level(logging.INFO, logger="daveloper.breaker")
     assert breaker.state == "closed"
@@ -132,7 +132,7 @@ def test_a_listener_that_fails_does_not_change_the_outcome() -> None:
     def broken(breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
         raise RuntimeError("observer bug")
 
-    breaker = CircuitBreaker("unit", failures=1, clock=Clock(), report=False)
+    breaker = CircuitBreaker("unit", failures=1, clock=Clock())
     breaker.on_change(broken)
     breaker.failure()
     assert state(breaker) is CircuitState.OPEN
@@ -140,8 +140,7 @@ def test_a_listener_that_fails_does_not_change_the_outcome() -> None:
 
 def test_opens_when_the_failure_ratio_in_the_window_is_reached() -> None:
     clock = Clock()
-    breaker = CircuitBreaker("unit", failures=100, failure_ratio=0.5, window_seconds=10, min_calls=4, clock=clock,
-                             report=False)
+    breaker = CircuitBreaker("unit", failures=100, failure_ratio=0.5, window_seconds=10, min_calls=4, clock=clock)
     for failed in (True, True, True):  # too few calls to judge
         breaker.outcome(TimeoutError() if failed else None)
     assert state(breaker) is CircuitState.CLOSED
@@ -155,7 +154,7 @@ def test_opens_when_the_failure_ratio_in_the_window_is_reached() -> None:
 
 
 async def test_a_call_that_outlives_its_timeout_is_a_failure() -> None:
-    breaker = CircuitBreaker("unit", failures=2, reset_seconds=60, timeout=0.05, clock=Clock(), report=False)
+    breaker = CircuitBreaker("unit", failures=2, reset_seconds=60, timeout=0.05, clock=Clock())
     with pytest.raises(Unavailable) as timed_out:
         async with breaker.guard():
             await asyncio.Event().wait()
@@ -169,14 +168,15 @@ async def test_a_call_that_outlives_its_timeout_is_a_failure() -> None:
 
 
 def test_per_host_breakers_are_independent_and_bounded() -> None:
-    hosts = BreakerMap("unit_hosts", size=2, failures=1, clock=Clock())
+    metrics = Metrics()
+    hosts = BreakerMap("unit_hosts", size=2, failures=1, clock=Clock(), metrics=metrics)
     hosts["down.example"].failure()
     assert hosts["down.example"].open
     assert not hosts["up.example"].open
     assert hosts.open_count == 1
     hosts["third.example"].check()  # the least recently used entry goes
     assert len(hosts) == 2
-    assert METRICS.registry.get_sample_value("daveloper_circuits_open", {"name": "unit_hosts"}) == 0
+    assert metrics.registry.get_sample_value("daveloper_circuits_open", {"name": "unit_hosts"}) == 0
 
 
 # ---- the LLM endpoint, through the real app and the openai SDK -------------------------------------------------
@@ -230,7 +230,7 @@ async def test_a_failing_model_endpoint_is_refused_fast_then_recovers(
     assert refusal.failure is not None
     assert refusal.failure.reason == "CIRCUIT_OPEN"
     assert len(llm.requests) == 2  # refused without asking the endpoint
-    assert METRICS.registry.get_sample_value("daveloper_circuit_state", {"name": "llm"}) == 2
+    assert app.metrics.registry.get_sample_value("daveloper_circuit_state", {"name": "llm"}) == 2
     # Chat is not serving, the rest of the server is.
     await until_health(channel, "daveloper.v1.AgentService", HealthCheckResponse.NOT_SERVING)
     assert await health(channel, "") == HealthCheckResponse.SERVING
@@ -244,7 +244,7 @@ async def test_a_failing_model_endpoint_is_refused_fast_then_recovers(
     assert completed is not None
     assert completed.text == "Back again."
     await until_health(channel, "daveloper.v1.AgentService", HealthCheckResponse.SERVING)
-    assert METRICS.registry.get_sample_value("daveloper_circuit_state", {"name": "llm"}) == 0
+    assert app.metrics.registry.get_sample_value("daveloper_circuit_state", {"name": "llm"}) == 0
 
 
 async def test_a_stalled_model_endpoint_fails_the_round_with_unavailable(
@@ -265,8 +265,7 @@ async def stream_once(model: GuardedChatModel) -> list[ModelEvent]:
 @pytest.fixture
 async def guarded(llm: FakeOpenAI) -> AsyncIterator[tuple[GuardedChatModel, Clock]]:
     clock = Clock()
-    breaker = CircuitBreaker("llm-test", failures=2, reset_seconds=30, classify=is_model_failure, clock=clock,
-                             report=False)
+    breaker = CircuitBreaker("llm-test", failures=2, reset_seconds=30, classify=is_model_failure, clock=clock)
     inner = OpenAIChatModel(base_url=llm.url, api_key="sk-test", default_model="m", max_retries=0)
     yield GuardedChatModel(inner, breaker, first_event_seconds=0.3), clock
     await inner.aclose()
@@ -313,7 +312,7 @@ async def test_a_request_the_endpoint_rejects_does_not_open_the_breaker(
 async def test_the_reachability_probe_asks_the_endpoint_through_the_breaker(llm: FakeOpenAI) -> None:
     inner = OpenAIChatModel(base_url=llm.url, api_key="sk-test", default_model="m", max_retries=0)
     clock = Clock()
-    breaker = CircuitBreaker("llm-probe", failures=2, reset_seconds=30, clock=clock, report=False)
+    breaker = CircuitBreaker("llm-probe", failures=2, reset_seconds=30, clock=clock)
     probe = BreakerProbe("llm", breaker, request=inner.ping, every=0)
     try:
         assert probe.name == "llm"
@@ -365,7 +364,7 @@ async def test_readiness_reports_an_unreachable_model_endpoint_but_stays_up(
 
 async def test_github_failing_opens_its_breaker(redis: aioredis.Redis) -> None:
     async with FakeGitHub() as github, aiohttp.ClientSession() as session:
-        breaker = CircuitBreaker("github-test", failures=1, reset_seconds=60, report=False)
+        breaker = CircuitBreaker("github-test", failures=1, reset_seconds=60)
         client = GitHubClient(session, redis, base_url=github.url, token="ghp_test", timeout=5, breaker=breaker)
         github.fail(502, times=3)  # every attempt of one request
         with pytest.raises(Unavailable) as first:
@@ -382,7 +381,7 @@ async def test_github_failing_opens_its_breaker(redis: aioredis.Redis) -> None:
 async def test_github_recovers_through_a_probe_after_the_cool_down(redis: aioredis.Redis) -> None:
     clock = Clock()
     async with FakeGitHub() as github, aiohttp.ClientSession() as session:
-        breaker = CircuitBreaker("github-test", failures=1, reset_seconds=60, clock=clock, report=False)
+        breaker = CircuitBreaker("github-test", failures=1, reset_seconds=60, clock=clock)
         client = GitHubClient(session, redis, base_url=github.url, token="ghp_test", timeout=5, breaker=breaker)
         github.fail(503, times=3)
         with pytest.raises(Unavailable):

@@ -50,7 +50,7 @@ from redis import Redis as SyncRedis
 from daveloper.config import Address, Settings
 from daveloper.edge import http as edge_http
 from daveloper.edge.server import build_app
-from daveloper.metrics import METRICS
+from daveloper.metrics import Metrics
 from generated.daveloper.v1 import GetSessionRequest, SessionServiceStub
 from tests.grpc_helpers import bearer
 
@@ -390,7 +390,7 @@ def test_kubernetes_edge_pods_find_the_instances_in_redis_and_answer_http_probes
 
 
 def test_probe_paths_are_routes_of_the_edge() -> None:
-    app = build_app(SimpleNamespace(settings=DEFAULTS, metrics=METRICS))  # type: ignore[arg-type]
+    app = build_app(SimpleNamespace(settings=DEFAULTS, metrics=Metrics()))  # type: ignore[arg-type]
     handlers = {(r.method, r.resource.canonical): r.handler for r in app.router.routes() if r.resource is not None}
     assert handlers[("GET", "/healthz")] is edge_http.healthz
     assert handlers[("GET", "/readyz")] is edge_http.readyz

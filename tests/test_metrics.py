@@ -161,6 +161,17 @@ async def test_metrics_count_what_the_server_did(app: App, channel: Channel, htt
     assert got("daveloper_llm_time_to_first_event_seconds_count", provider="offline") == rounds
     assert value(after, "daveloper_dependency_up", dependency="redis") == 1
     assert value(after, "process_resident_memory_bytes") > 0
+    # The breakers count into the app's registry too: the LLM's, GitHub's and the scraper's per-host map.
+    for breaker in ("llm", "github"):
+        assert ("daveloper_circuit_state", (("name", breaker),)) in after
+    assert ("daveloper_circuits_open", (("name", "scrape_hosts"),)) in after
+
+
+def test_no_module_holds_a_metrics_registry() -> None:
+    """Every component counts into the Metrics it is given: none is kept at module level to fall back on."""
+    import daveloper.metrics
+
+    assert not [name for name, held in vars(daveloper.metrics).items() if isinstance(held, Metrics)]
 
 
 async def test_a_grpc_only_instance_serves_metrics_on_its_own_port(

@@ -21,7 +21,6 @@ from grpclib.exceptions import GRPCError
 from daveloper.app import App
 from daveloper.config import Settings
 from daveloper.keys import Keys
-from daveloper.metrics import METRICS
 from generated.daveloper.v1 import (
     AgentServiceStub,
     ChatRequest,
@@ -91,14 +90,14 @@ def settings(settings: Settings, llm: FakeOpenAI, site: Hanging) -> Settings:
                             scrape_allow=(f"127.0.0.1:{site.port}",), scrape_timeout_seconds=50.0)
 
 
-def stalled(kind: str) -> float:
-    return METRICS.registry.get_sample_value("daveloper_work_stalled_total", {"kind": kind}) or 0
+def stalled(app: App, kind: str) -> float:
+    return app.metrics.registry.get_sample_value("daveloper_work_stalled_total", {"kind": kind}) or 0
 
 
 async def test_a_turn_whose_model_stream_stalls_fails_with_its_text_and_closes_the_stream(
     app: App, channel: Channel, token: str, llm: FakeOpenAI, redis: aioredis.Redis
 ) -> None:
-    before = stalled("turn")
+    before = stalled(app, "turn")
     llm.enqueue(Script(text=["Half ", "an answer"], stall=True))
     agent = AgentServiceStub(channel)
     responses = [r async for r in agent.chat([ChatRequest(send=SendMessage(conversation_id="c", text="hi"))],
@@ -115,13 +114,13 @@ async def test_a_turn_whose_model_stream_stalls_fails_with_its_text_and_closes_t
     assert turn.state is TurnState.FAILED
     assert turn.failure is not None
     assert turn.failure.reason == "NO_PROGRESS"
-    assert stalled("turn") == before + 1
+    assert stalled(app, "turn") == before + 1
     assert await redis.zcard(Keys().work) == 0  # its lease was released with its end
 
 
 async def test_a_job_whose_page_never_answers_fails_and_closes_the_fetch(app: App, channel: Channel, token: str,
                                                                          site: Hanging) -> None:
-    before = stalled("job")
+    before = stalled(app, "job")
     spec = ScrapeSpec(urls=[site.url("/hang")], max_depth=0, max_pages=1)
     events = [r.event async for r in ScraperServiceStub(channel).scrape(ScrapeRequest(spec=spec), timeout=30,
                                                                            metadata=bearer(token))
@@ -132,11 +131,11 @@ async def test_a_job_whose_page_never_answers_fails_and_closes_the_fetch(app: Ap
     assert finished.failure is not None
     assert finished.failure.reason == "NO_PROGRESS"
     await asyncio.wait_for(site.closed.wait(), 5)
-    assert stalled("job") == before + 1
+    assert stalled(app, "job") == before + 1
 
 
 async def test_an_upload_whose_bytes_stop_coming_fails(app: App, channel: Channel, token: str) -> None:
-    before = stalled("ingestion")
+    before = stalled(app, "ingestion")
     events: list[IngestEvent] = []
 
     async def upload() -> None:
@@ -154,4 +153,4 @@ async def test_an_upload_whose_bytes_stop_coming_fails(app: App, channel: Channe
     assert refused.value.status is Status.UNAVAILABLE
     assert events[-1].failed is not None
     assert events[-1].failed.reason == "NO_PROGRESS"
-    assert stalled("ingestion") == before + 1
+    assert stalled(app, "ingestion") == before + 1

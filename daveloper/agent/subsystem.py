@@ -73,7 +73,8 @@ async def open_agent(core: Core, auth: Authenticator, documents: Documents, scra
     settings, redis, prefix = core.settings, core.redis, core.settings.redis_prefix
     async with contextlib.AsyncExitStack() as stack:
         breaker = CircuitBreaker("llm", failures=settings.breaker_failures,
-                                 reset_seconds=settings.breaker_reset_seconds, classify=is_model_failure)
+                                 reset_seconds=settings.breaker_reset_seconds, classify=is_model_failure,
+                                 metrics=core.metrics)
         llm = chat_model or make_chat_model(settings.chat_provider, base_url=settings.llm_base_url,
                                             api_key=settings.llm_api_key, model=settings.llm_model,
                                             redactor=core.redactor)

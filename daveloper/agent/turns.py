@@ -50,7 +50,7 @@ from daveloper.eventlog import EventLog
 from daveloper.infra.redis import redis_call
 from daveloper.jobs import BackgroundJobs
 from daveloper.leases import LeaseSet
-from daveloper.metrics import METRICS, Metrics
+from daveloper.metrics import Metrics
 from daveloper.ownership import WorkLeases
 from daveloper.tracing import span
 from generated.daveloper.v1 import (
@@ -79,7 +79,7 @@ class Agent:
                  work: WorkLeases | None = None, limits: Callable[[str], int] | None = None,
                  metrics: Metrics | None = None) -> None:
         self._events = events
-        self._metrics = metrics = metrics or METRICS
+        self._metrics = metrics = metrics if metrics is not None else Metrics()
         self._first_event = metrics.llm_first_event.labels(settings.provider)
         #: Limits changed at run time (``max_tool_rounds``, ``quota_concurrent_turns``), else the settings'.
         self._limits = limits

@@ -35,7 +35,7 @@ from daveloper.documents.versions import commit_version, discard_version
 from daveloper.errors import DaveloperError, Unavailable, to_failure
 from daveloper.eventlog import EventLog
 from daveloper.jobs import BackgroundJobs
-from daveloper.metrics import METRICS, Metrics
+from daveloper.metrics import Metrics
 from daveloper.ownership import WorkLeases
 from daveloper.rpc.encoded import varint
 from generated.daveloper.v1 import (
@@ -127,7 +127,7 @@ class Ingestor:
         metrics: Metrics | None = None,
     ) -> None:
         self._events = events
-        metrics = metrics or METRICS
+        metrics = metrics if metrics is not None else Metrics()
         self._stored, self._failed, self._cancelled = (metrics.ingestions.labels(outcome)
                                                        for outcome in ("stored", "failed", "cancelled"))
         self._bytes, self._seconds = metrics.ingested_bytes, metrics.ingest_seconds

@@ -27,7 +27,7 @@ from daveloper.config import Address
 from daveloper.edge.codec import Method, UnrepresentableMessage
 from daveloper.edge.status import RpcStatus, edge_status, status_reason
 from daveloper.infra import TimedProbe
-from daveloper.metrics import METRICS
+from daveloper.metrics import Metrics
 from daveloper.rpc import grpclib_compat
 
 __all__ = ["Backend", "NoUpstream", "RawCodec", "RawStatusDetailsCodec", "Upstream", "call_status", "end_sending",
@@ -125,8 +125,10 @@ class Upstream:
     """
 
     def __init__(self, addrs: Sequence[Address], *, ssl: ssl.SSLContext | None = None,
-                 eject_seconds: float = 2.0) -> None:
+                 eject_seconds: float = 2.0, metrics: Metrics | None = None) -> None:
         self._ssl = ssl
+        #: Calls sent on to another server, by cause (``refused``, ``draining``, ``unavailable``).
+        self.retries = (metrics if metrics is not None else Metrics()).edge_upstream_retries
         self.eject_seconds = eject_seconds
         self._backends: dict[Address, Backend] = {}
         self._turn = 0
@@ -226,7 +228,7 @@ class UpstreamCall:
                     await stream.__aexit__(type(exc), exc, exc.__traceback__)
                 self._upstream.eject(backend, repr(exc))
                 self._avoid.add(backend)
-                METRICS.edge_upstream_retries.labels("refused").inc()
+                self._upstream.retries.labels("refused").inc()
                 continue
             except BaseException:
                 backend.give_back(pooled)
@@ -313,7 +315,7 @@ async def unary(upstream: Upstream, method: Method, request: bytes, *,
         tried.append(backend)
         if not (draining or method.idempotent) or upstream.pick(tried) is None:
             return response, status
-        METRICS.edge_upstream_retries.labels("draining" if draining else "unavailable").inc()
+        upstream.retries.labels("draining" if draining else "unavailable").inc()
         log.info("retrying %s on another server", method.path, extra={"upstream": str(backend.addr)})
 
 

@@ -19,7 +19,7 @@ from daveloper.edge.socket import EdgeSocket
 from daveloper.edge.state import EdgeState
 from daveloper.edge.wire import wire_for
 from daveloper.health import HealthMonitor
-from daveloper.metrics import METRICS, Metrics, metrics_handler
+from daveloper.metrics import Metrics, metrics_handler
 from daveloper.registry import InstanceRegistry
 from daveloper.rpc.connections import ConnectionGuard, RequestStart
 from daveloper.tls import edge_context, loopback_client_context
@@ -164,12 +164,13 @@ async def open_edge(settings: Settings, *, upstreams: Sequence[Address], health:
 
     Calls go to the gRPC servers ``upstreams`` (this process's ``App.grpc_addr``
     or remote ones) and, with a ``registry``, to every instance registered
-    there. Sockets, streams and ``GET /metrics`` use ``metrics`` (default: the process's).
+    there. Sockets, streams, upstream retries and ``GET /metrics`` use ``metrics`` (none given: the edge's own).
     On exit: go-away, drain, close.
     """
     upstream_tls = loopback_client_context() if settings.tls_cert_file else None
-    upstream = Upstream(upstreams, ssl=upstream_tls)
-    state = EdgeState(settings, MessageCodec(load_descriptor_pool()), upstream, health, metrics or METRICS)
+    metrics = metrics if metrics is not None else Metrics()
+    upstream = Upstream(upstreams, ssl=upstream_tls, metrics=metrics)
+    state = EdgeState(settings, MessageCodec(load_descriptor_pool()), upstream, health, metrics)
     # handler_cancellation: a client that disconnects cancels its handler, and with it the
     # upstream call (a server stream would otherwise wait, holding it, until its next message).
     runner = web.AppRunner(build_app(state), access_log=None, handle_signals=False,

@@ -16,7 +16,7 @@ from daveloper.edge.bridge import Upstream, unary
 from daveloper.edge.codec import MessageCodec
 from daveloper.edge.protocol import CloseCode, ProtocolViolation
 from daveloper.health import HealthMonitor
-from daveloper.metrics import METRICS, Metrics
+from daveloper.metrics import Metrics
 from daveloper.rpc.interceptor import CLIENT_ADDRESS_KEY
 from daveloper.sessions import MAX_TOKEN_CHARS, well_formed_token
 
@@ -52,7 +52,7 @@ class EdgeState:
     codec: MessageCodec
     upstream: Upstream
     health: HealthMonitor
-    metrics: Metrics = METRICS
+    metrics: Metrics
     draining: bool = False
     sockets: set[EdgeSocket] = field(default_factory=set)
     #: Origins of the edge's own pages (set once it is bound: see ``server.own_origins``).

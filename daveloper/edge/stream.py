@@ -33,7 +33,7 @@ from daveloper.edge.metadata import expose
 from daveloper.edge.protocol import Frame, FrameType
 from daveloper.edge.status import RpcStatus, edge_status, status_reason
 from daveloper.edge.wire import Wire
-from daveloper.metrics import METRICS, Metrics
+from daveloper.metrics import Metrics
 from daveloper.tracing import inject, server_span, set_status
 
 __all__ = ["BridgedStream", "Outbox", "StreamError"]
@@ -127,7 +127,7 @@ class BridgedStream:
         metrics: Metrics | None = None,
     ) -> None:
         self.id = stream_id
-        self._metrics = metrics or METRICS
+        self._metrics = metrics if metrics is not None else Metrics()
         self.method = method
         self._outbox = outbox
         self._wire = wire

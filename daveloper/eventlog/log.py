@@ -18,7 +18,7 @@ from daveloper.eventlog._store import ScopeKeys, redis_call
 from daveloper.eventlog.control import ControlChannel
 from daveloper.eventlog.tail import GONE_NOTICE, RESYNC, UNREACHABLE, Tails
 from daveloper.infra.pubsub import publish_command
-from daveloper.metrics import METRICS, Metrics
+from daveloper.metrics import Metrics
 
 __all__ = ["Entry", "EventLog"]
 
@@ -122,7 +122,7 @@ class EventLog:
         self._retention = retention
         self._ttl_seconds = ttl_seconds
         self._prefix = prefix
-        metrics = metrics or METRICS
+        metrics = metrics if metrics is not None else Metrics()
         self._starts, self._resumes = metrics.eventlog_reads.labels("start"), metrics.eventlog_reads.labels("resume")
         self._expired_cursors = metrics.eventlog_expired
         self._cancel_seconds = metrics.cancel_seconds

@@ -35,7 +35,7 @@ from grpclib.server import Server, Stream
 from h2.exceptions import StreamClosedError
 
 from daveloper.errors import InvalidArgument, ResourceExhausted, Unavailable, to_grpc_error
-from daveloper.metrics import METRICS, Metrics
+from daveloper.metrics import Metrics
 from daveloper.rpc import grpclib_compat
 from daveloper.rpc.context import client_address_var, method_var, request_id_var, trailers_var
 from daveloper.tracing import server_span, set_status
@@ -84,7 +84,7 @@ class Interceptor:
     def __init__(self, *, max_message_bytes: int, trusted_proxies: Sequence[str] = (),
                  metrics: Metrics | None = None) -> None:
         self.max_message_bytes = max_message_bytes
-        self._metrics = metrics or METRICS
+        self._metrics = metrics if metrics is not None else Metrics()
         self._trusted = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
         self._draining = False
         self._drain_deadline: float | None = None

@@ -30,6 +30,7 @@ from daveloper.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from daveloper.metrics import Metrics
 from daveloper.scraper.safety import AddressPolicy, GuardedResolver, Refusal, normalise_url, refusal_reason
 from daveloper.tracing import span
 
@@ -152,7 +153,8 @@ def http_error(status: int, url: URL) -> DaveloperError:
 class Fetcher:
     """Fetches URLs for crawl jobs; one per process, shared by every job."""
 
-    def __init__(self, session: aiohttp.ClientSession, policy: AddressPolicy, limits: FetchLimits) -> None:
+    def __init__(self, session: aiohttp.ClientSession, policy: AddressPolicy, limits: FetchLimits, *,
+                 metrics: Metrics | None = None) -> None:
         self._session = session
         self._policy = policy
         self._resolver = GuardedResolver(policy)
@@ -161,7 +163,7 @@ class Fetcher:
         self._hosts: dict[str, _HostGate] = {}
         #: One breaker per host: a site that keeps failing is refused at once, others are not affected.
         self.breakers = BreakerMap("scrape_hosts", failures=limits.host_failures,
-                                   reset_seconds=limits.host_reset_seconds)
+                                   reset_seconds=limits.host_reset_seconds, metrics=metrics)
 
     @property
     def policy(self) -> AddressPolicy:

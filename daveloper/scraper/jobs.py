@@ -31,7 +31,7 @@ from daveloper.infra.redis import reply_text
 from daveloper.jobs import BackgroundJobs
 from daveloper.keys import Keys
 from daveloper.leases import LeaseSet
-from daveloper.metrics import METRICS, Metrics
+from daveloper.metrics import Metrics
 from daveloper.ownership import WorkLeases
 from daveloper.paging import next_page_token, page_offset
 from generated.daveloper.v1 import (
@@ -177,7 +177,7 @@ class JobRun:
     def __init__(self, job: Job, session_id: str, events: EventLog, store: JobStore, limits: JobLimits,
                  metrics: Metrics | None = None) -> None:
         self.job = job
-        self._pages = (metrics or METRICS).scrape_pages
+        self._pages = (metrics if metrics is not None else Metrics()).scrape_pages
         self.session_id = session_id
         self.stats = JobStats()
         self._events = events

@@ -77,7 +77,7 @@ async def open_scraper(core: Core, auth: Authenticator, documents: Documents) ->
     policy = AddressPolicy.from_entries(settings.scrape_allow)
     async with contextlib.AsyncExitStack() as stack:
         http = await stack.enter_async_context(open_http_session(policy, limits))
-        fetcher = Fetcher(http, policy, limits)
+        fetcher = Fetcher(http, policy, limits, metrics=metrics)
         stack.push_async_callback(fetcher.aclose)
         # GitHub's API root is the operator's choice, not a user's: it needs no address policy.
         github_http = await stack.enter_async_context(aiohttp.ClientSession())
@@ -93,7 +93,7 @@ async def open_scraper(core: Core, auth: Authenticator, documents: Documents) ->
             client=GitHubClient(github_http, core.redis, base_url=settings.github_api_url, token=settings.github_token,
                                 timeout=settings.scrape_timeout_seconds, prefix=prefix,
                                 breaker=CircuitBreaker("github", failures=settings.breaker_failures,
-                                                       reset_seconds=settings.breaker_reset_seconds)),
+                                                       reset_seconds=settings.breaker_reset_seconds, metrics=metrics)),
             ingest=documents.ingest_page,
             limits=GitHubLimits(max_file_bytes=min(settings.scrape_max_page_bytes, 1 << 20)),
         )

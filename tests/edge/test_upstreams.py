@@ -15,7 +15,6 @@ from daveloper.app import App, open_app
 from daveloper.config import Address, Settings
 from daveloper.errors import ConfigError
 from daveloper.gateway import Gateway, open_gateway
-from daveloper.metrics import METRICS
 from daveloper.registry import InstanceRegistry
 from tests.edge.client import connect, status
 from tests.test_cli import free_port
@@ -80,13 +79,14 @@ async def test_calls_refused_by_a_draining_instance_move_to_another(
 ) -> None:
     a, b = pair
     async with gateway(settings, upstreams=[a.grpc_addr, b.grpc_addr], discover=False) as gw:
-        retried = METRICS.registry.get_sample_value("daveloper_edge_upstream_retries_total", {"cause": "draining"})
+        retries = gw.edge.state.metrics.registry
+        retried = retries.get_sample_value("daveloper_edge_upstream_retries_total", {"cause": "draining"})
         await a.interceptor.drain(0)  # a now refuses every new call with UNAVAILABLE, reason DRAINING
         # CreateSession is not idempotent: it moves only because a refused it before running it.
         assert await create_sessions(http, gw, 4) == [200] * 4
         assert gw.edge.state.upstream.available == [b.grpc_addr]
-        assert METRICS.registry.get_sample_value("daveloper_edge_upstream_retries_total",
-                                                 {"cause": "draining"}) > (retried or 0)
+        assert retries.get_sample_value("daveloper_edge_upstream_retries_total",
+                                        {"cause": "draining"}) > (retried or 0)
         # The same over a WebSocket stream.
         client = await connect(http, gw.edge)
         for stream_id in (1, 3, 5):
