@@ -162,6 +162,7 @@ const flows = {
     await page.waitForFunction(() => document.querySelectorAll('[data-testid="upload"]').length === 4
       && [...document.querySelectorAll('[data-testid="upload"]')].every((row) => ['stored', 'failed'].includes(row.dataset.state)));
     await page.waitForFunction(() => document.querySelectorAll('#documents li').length === 4);
+    await shoot(page, 'documents');
     const flow = {
       uploadStates: await page.locator('[data-testid="upload"]').evaluateAll((rows) => rows.map((row) => row.dataset.state)),
       progressValues: await page.evaluate(() => window.progress),
@@ -182,7 +183,7 @@ const flows = {
     await page.locator('#usage-summary').click();
     await page.locator('[data-testid="usage"] tr[data-quota="documents"]', { hasText: '3 of 500' }).waitFor();
     flow.usage = await page.locator('[data-testid="usage"]').textContent();
-    await shoot(page, 'documents');
+    await shoot(page, 'search-and-usage', () => page.evaluate(() => window.scrollTo(0, 0)));
     await page.locator('#usage-summary').click();
     return flow;
   },
@@ -283,7 +284,9 @@ const flows = {
     await page.waitForFunction((id) => document.querySelector('[data-testid="conversation"]')?.dataset.conversationId === id, flow.second);
     flow.sidebarAfterSecond = await page.locator('[data-testid="conversation"]').evaluateAll((items) => items.map((i) => i.dataset.conversationId));
     flow.titles = await page.locator('.conversation-title').allTextContents();
-    await shoot(page, 'conversations');
+    await shoot(page, 'conversations', () => page.evaluate(() => {
+      if (document.body.dataset.nav !== 'open') document.getElementById('nav-toggle').click();
+    }));
     const shown = async (id, turns) => {
       await page.waitForFunction(([want, count]) => window.daveloper.conversationId === want
         && document.querySelectorAll('[data-testid="turn"]:not([data-state="running"])').length >= count, [id, turns]);
@@ -457,7 +460,7 @@ const flows = {
     await card.locator('[data-kind="page-fetched"]').first().waitFor({ state: 'attached' });
     const crawlId = await card.getAttribute('data-job-id');
     const flow = { crawlId, stateBeforeReload: await card.locator('[data-testid="job-state"]').textContent() };
-    await shoot(page, 'jobs');
+    await shoot(page, 'jobs', () => card.scrollIntoViewIfNeeded());
     await page.reload();
     await connected(page);
     const again = page.locator(`[data-job-id="${crawlId}"]`);

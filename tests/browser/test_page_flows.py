@@ -194,7 +194,7 @@ def check_documents(flow: dict[str, Any]) -> None:
     assert "Frobnicator guide" in names, names
     assert any("dropped" in name for name in names), names
     meta = flow["guideMeta"]
-    for fact in ("Markdown", " B", "chunks", "v1"):
+    for fact in ("frobnicator.md", "Markdown", " B", "1 chunk", "v1", "just now"):
         assert fact in meta, meta
     # Search finds the passage and says where it is.
     assert "Frobnicator guide" in flow["searchHits"][0], flow["searchHits"]

@@ -546,7 +546,7 @@ function failPending(error) {
   const turn = state.running;
   if (!turn || turn.done || turn.turnId) return;
   const words = describeError(error);
-  endTurn(turn, 'failed', `not sent: ${words}`);
+  endTurn(turn, 'failed', 'not sent');
   const retryMs = retryDelayOf(error);
   if (retryMs) state.retryUntil = Date.now() + retryMs;
   showChatError(words, retryMs);
@@ -737,7 +737,7 @@ function showChatError(text, retryMs) {
       updateComposer();
       return;
     }
-    box.textContent = text.replace(/try again in \d+ s/i, `try again in ${Math.ceil(left / 1000)} s`);
+    box.textContent = text.replace(/(try again in )\d+( s)/i, `$1${Math.ceil(left / 1000)}$2`);
   };
   errorTimer = setInterval(tick, 1000);
 }

@@ -107,7 +107,7 @@ export class Documents {
     remove.setAttribute('aria-label', `Delete document “${shorten(name, 40)}”`);
     head.append(title, remove);
     const type = MEDIA_NAMES[doc.mediaType] || doc.language || (doc.mediaType || '').split('/').pop() || 'file';
-    const facts = [doc.title && doc.name && doc.title !== doc.name ? doc.name : '', type, formatBytes(doc.sizeBytes), `${doc.chunkCount || 0} chunks`, `v${doc.version || 1}`,
+    const facts = [doc.title && doc.name && doc.title !== doc.name ? doc.name : '', type, formatBytes(doc.sizeBytes), `${doc.chunkCount || 0} chunk${doc.chunkCount === 1 ? '' : 's'}`, `v${doc.version || 1}`,
       formatTime(doc.updateTime || doc.createTime)].filter(Boolean);
     const meta = testid(el('div', 'document-meta', facts.join(' · ')), 'document-meta');
     item.append(head, meta);
@@ -173,7 +173,7 @@ export class Documents {
         location.startLine ? `lines ${location.startLine}–${location.endLine || location.startLine}` : '']
         .filter(Boolean).join(' · ');
       summary.append(el('strong', '', hit.documentName || hit.chunk?.documentId || 'document'),
-        where ? el('span', 'hit-where', ` — ${where}`) : '', el('span', 'hit-score', ` ${Number(hit.score || 0).toFixed(2)}`));
+        where ? el('span', 'hit-where', ` — ${where}`) : '', el('span', 'hit-score', ` (score ${Number(hit.score || 0).toFixed(2)})`));
       const preview = el('p', 'hit-preview', shorten(hit.chunk?.text, 180));
       details.append(summary, el('blockquote', 'hit-text', hit.chunk?.text || ''));
       item.append(details, preview);
@@ -254,7 +254,7 @@ export class Documents {
     }
     if (stored) {
       bar.value = 100;
-      say(`stored: ${stored.chunkCount || 0} chunks${stored.version > 1 ? `, version ${stored.version}` : ''}`, 'stored');
+      say(`stored: ${stored.chunkCount || 0} chunk${stored.chunkCount === 1 ? '' : 's'}${stored.version > 1 ? `, version ${stored.version}` : ''}`, 'stored');
     } else {
       say(`failed: ${describeError(failure || { message: 'the upload ended without a result' })}`, 'failed');
     }
