@@ -24,8 +24,10 @@ refuse calls before they are authenticated with :meth:`Servicer.precheck`.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from grpclib.const import Cardinality, Handler
@@ -71,12 +73,14 @@ class Servicer:
     def __init__(self, *, auth: Authenticator) -> None:
         self._auth = auth
 
-    def precheck(self, method: str) -> None:
-        """Raise to refuse a call of ``method`` (the full path) before it is authenticated; by default nothing.
+    def precheck(self, method: str) -> AbstractContextManager[object]:
+        """What a call of ``method`` (the full path) holds while it runs, entered before it is authenticated;
+        entering it may refuse the call (raise). By default nothing.
 
         For in-process checks only (no I/O): a refusal here costs the server no Redis round trip and no
         request decoding, which matters when thousands are refused at once.
         """
+        return contextlib.nullcontext()
 
     def __mapping__(self) -> dict[str, Handler]:
         mapping: dict[str, Handler] = self.base().__mapping__()
@@ -97,7 +101,10 @@ class Servicer:
         precheck = self.precheck
 
         async def handle(stream: Stream[Any, Any]) -> None:
-            precheck(path)
+            with precheck(path):
+                await serve(stream)
+
+        async def serve(stream: Stream[Any, Any]) -> None:
             principal = None if is_public else await auth.authenticate(stream.metadata)
             if principal is not None:
                 session_id_var.set(principal.session_id)

@@ -7,8 +7,10 @@ import contextlib
 import functools
 import secrets
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
+from daveloper.agent.admission import held_reservation
 from daveloper.agent.conversations import Conversations, validate_conversation_id
 from daveloper.agent.feed import TurnFeed
 from daveloper.agent.turns import Agent, conversation_scope
@@ -82,12 +84,13 @@ class AgentService(Servicer):
         self._events = events
         self._heartbeat_seconds = heartbeat_seconds
 
-    def precheck(self, method: str) -> None:
+    def precheck(self, method: str) -> AbstractContextManager[object]:
         if method == _CHAT:
-            # A saturated instance refuses a new Chat stream before authenticating it: in a burst, every refused
-            # stream's authentication and first message would take loop time from the turns already admitted
-            # (a stream opened earlier is still refused per message, in _chat).
-            self._agent.check_capacity()
+            # A new Chat stream holds a starting slot until its first message is read, so that in a burst the
+            # streams past the limit are refused before their authentication and first message take loop time
+            # from the turns already admitted (see daveloper.agent.admission); later messages are checked in _chat.
+            return self._agent.admission.reservation()
+        return super().precheck(method)
 
     async def Chat(self, call: Call[ChatRequest, ChatResponse | Encoded]) -> None:
         delivered = 0  # the last seq sent, for heartbeats
@@ -154,6 +157,8 @@ class AgentService(Servicer):
 
         try:
             async for request in call:
+                if (reservation := held_reservation.get()) is not None:
+                    reservation.release()  # its first message is here: it is checked (and counted) as a turn now
                 if request.send is not None:
                     _validate_send(request.send)
                     self._agent.check_capacity()  # before the charge: a refused turn costs no rate budget

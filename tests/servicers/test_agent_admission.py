@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from grpclib.client import Channel, Stream
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
-from daveloper.app import App
+from daveloper.app import App, open_app
 from daveloper.config import Settings
 from generated.daveloper.v1 import (
     AgentServiceStub,
@@ -18,9 +20,11 @@ from generated.daveloper.v1 import (
     ChatEvent,
     ChatRequest,
     ChatResponse,
+    CreateSessionRequest,
     FinishReason,
     GetConversationRequest,
     SendMessage,
+    SessionServiceStub,
     WatchRequest,
 )
 from tests.agent.openai_server import FakeOpenAI, Script
@@ -96,3 +100,33 @@ async def test_a_turn_past_the_limit_is_refused_at_once_with_a_retry_delay(app: 
     conversation = await stub.get_conversation(GetConversationRequest(conversation_id="c"), timeout=5,
                                                metadata=bearer(token))
     assert len(conversation.turns) == 1
+
+
+async def test_a_new_stream_holds_a_starting_slot_until_its_first_message(settings: Settings, llm: FakeOpenAI,
+                                                                          redis: Any) -> None:
+    # One turn may be starting: a stream that has not sent its first message yet holds that slot, so the
+    # next new stream is refused on arrival, before its token is even checked.
+    async with open_app(settings.replace(max_running_turns=10, max_starting_turns=1)) as app:
+        channel = Channel(app.grpc_addr.host, app.grpc_addr.port)
+        try:
+            token = (await SessionServiceStub(channel).create_session(CreateSessionRequest(), timeout=5)).token
+            stream: Stream[ChatRequest, ChatResponse]
+            async with channel.request("/daveloper.v1.AgentService/Chat", Cardinality.STREAM_STREAM,
+                                       ChatRequest, ChatResponse, timeout=30, metadata=bearer(token)) as stream:
+                await stream.send_request()
+                while app.interceptor.inflight < 1:  # noqa: ASYNC110 - its handler runs: the slot is held
+                    await asyncio.sleep(0.01)
+                with pytest.raises(GRPCError) as refused:
+                    async for _ in AgentServiceStub(channel).chat(
+                            [ChatRequest(send=SendMessage(text="too soon"))], timeout=10,
+                            metadata=bearer("not-a-token")):
+                        pass
+                assert (refused.value.status, reason(refused.value)) == (Status.UNAVAILABLE, "TURNS_SATURATED")
+                # Its first message gives the slot back and its turn takes it: the turn starts.
+                await stream.send_message(ChatRequest(send=SendMessage(conversation_id="held", text="go")))
+                while (message := await stream.recv_message()) is not None and message.event.token_delta is None:
+                    pass
+                assert message is not None
+                await stream.cancel()
+        finally:
+            channel.close()
