@@ -240,6 +240,8 @@ async def chats(app: Child, port: int, token: str, turns: int, model: str) -> di
         request = ChatRequest(send=SendMessage(text=f"turn {i}", options=ChatOptions(model=model)))
         try:
             async for response in stub.chat([request], timeout=600, metadata=metadata):
+                if response.event is None:
+                    continue  # a heartbeat: the stream was quiet (a loaded machine, a slow first token)
                 delta = response.event.token_delta
                 if delta is not None:
                     now = _now_ns()
