@@ -133,7 +133,60 @@ async function dangerous(page) {
   });
 }
 
+/** Markdown the renderer must turn into text or safe links, never into markup or script. */
+const HOSTILE_MARKDOWN = [
+  '<script>window.__xss = 1</script>', '<img src=x onerror="window.__xss=2">', '<svg><script>window.__xss=3</script></svg>',
+  '[a](javascript:window.__xss=4)', '[b](JAVASCRIPT:window.__xss=5)', '[c]( javascript:window.__xss=6)',
+  '[d](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)', '[e](vbscript:msgbox)', '[f](&#106;avascript:alert(1))',
+  '![g](javascript:window.__xss=7)', '![h](https://203.0.113.9/pixel.png)', '<javascript:window.__xss=8>',
+  '[i](https://ok.example/"onmouseover="window.__xss=9)', 'https://ok.example/<script>window.__xss=10</script>',
+  '<a href="javascript:window.__xss=11">j</a>', '**<img src=x onerror="window.__xss=12">**', '`<b onclick=x>`',
+  '| <img src=x onerror=1> | b |\n|---|---|\n| [k](javascript:1) | <iframe> |',
+  '> <object data=x></object>\n> - <embed src=x>', '```\n<script>window.__xss=13</script>\n```',
+  '<style>body{display:none}</style>', '<link rel=stylesheet href=https://203.0.113.9/x.css>',
+];
+
 const flows = {
+  /** The renderer on its own: hostile Markdown stays text; structure comes out right, also half-streamed. */
+  async renderer(page) {
+    return page.evaluate(async (hostile) => {
+      const { renderMarkdown } = await import('/markdown.js');
+      const box = document.createElement('div');
+      const render = (text) => {
+        box.replaceChildren(renderMarkdown(text, {}));
+        return box;
+      };
+      const dangerous = [];
+      const hrefs = [];
+      for (const text of hostile) {
+        render(text);
+        for (const node of box.querySelectorAll('*')) {
+          if (!['P', 'A', 'SPAN', 'STRONG', 'EM', 'CODE', 'PRE', 'FIGURE', 'FIGCAPTION', 'BUTTON', 'UL', 'OL', 'LI',
+            'BLOCKQUOTE', 'DIV', 'TABLE', 'THEAD', 'TBODY', 'TR', 'TH', 'TD'].includes(node.tagName)) dangerous.push(node.tagName);
+          for (const attr of node.attributes) {
+            if (!['class', 'href', 'rel', 'target', 'type', 'aria-label', 'data-testid', 'data-language'].includes(attr.name)) dangerous.push(`${node.tagName}[${attr.name}]`);
+          }
+          if (node.tagName === 'A') hrefs.push(node.getAttribute('href'));
+        }
+      }
+      const shape = (text) => {
+        render(text);
+        return box.innerHTML.replace(/ (class|rel|target|type|aria-label|data-testid)="[^"]*"/g, '');
+      };
+      return {
+        dangerous, hrefs, xss: window.__xss ?? null,
+        nested: shape('- a\n  - b\n    1. c\n- d'),
+        ordered: shape('3. three\n4. four'),
+        table: shape('| x | y |\n|:-|:-:|\n| a\\|b | `c|d` |'),
+        openFence: shape('```js\nconst a = 1;'),
+        openBold: shape('so **bol'),
+        heading: shape('# Title\ntext under it'),
+        quote: shape('> quoted\n> - item'),
+        softBreak: shape('one\ntwo'),
+      };
+    }, HOSTILE_MARKDOWN);
+  },
+
   /** Several files at once and one dropped, each with its progress; the list; search; delete; usage. */
   async documents(page) {
     await page.evaluate(() => {
@@ -492,7 +545,7 @@ const flows = {
   try {
     ({ page } = await newPage(browser));
     result.token = await page.evaluate(() => window.daveloper.token);
-    for (const name of ['documents', 'answer', 'xss', 'conversations', 'reload', 'states', 'jobs']) {
+    for (const name of ['renderer', 'documents', 'answer', 'xss', 'conversations', 'reload', 'states', 'jobs']) {
       running = name;
       const started = Date.now();
       result[name === 'conversations' ? 'conversationsFlow' : name] = await flows[name](page);

@@ -172,6 +172,7 @@ async def test_every_flow_of_the_page(settings: Settings, redis: aioredis.Redis,
     assert {urlsplit(url).netloc for url in result["requests"]} == {origin}, result["requests"]
     assert all(urlsplit(url).scheme in ("http", "ws") for url in result["requests"])
 
+    check_renderer(result["renderer"])
     check_documents(result["documents"])
     check_answer(result["answer"], stored["answer"])
     check_xss(result["xss"])
@@ -181,6 +182,24 @@ async def test_every_flow_of_the_page(settings: Settings, redis: aioredis.Redis,
     check_stall(result["stall"], stored["stall"])
     check_rate_limit(result["rateLimit"])
     check_jobs(result["jobs"], jobs, site)
+
+
+def check_renderer(flow: dict[str, Any]) -> None:
+    assert flow["dangerous"] == [], flow["dangerous"]
+    assert flow["xss"] is None
+    # Only http(s) links survive; the quote in the URL stays inside the href.
+    assert flow["hrefs"] == ["https://203.0.113.9/pixel.png", "https://ok.example/\"onmouseover=\"window.__xss=9",
+                             "https://ok.example/"], flow["hrefs"]
+    assert flow["nested"] == "<ul><li>a<ul><li>b<ol><li>c</li></ol></li></ul></li><li>d</li></ul>", flow["nested"]
+    assert flow["ordered"] == '<ol start="3"><li>three</li><li>four</li></ol>', flow["ordered"]
+    assert "<td>a|b</td>" in flow["table"], flow["table"]
+    assert "<th class" not in flow["table"]
+    assert flow["openFence"].startswith("<figure>"), flow["openFence"]  # an unfinished fence is already code
+    assert '<code data-language="js"><span>const</span> a = <span>1</span>;</code>' in flow["openFence"]
+    assert flow["openBold"] == "<p>so **bol</p>"  # a half-typed ** is text until it closes
+    assert flow["heading"] == "<h3>Title</h3><p>text under it</p>", flow["heading"]
+    assert flow["quote"] == "<blockquote><p>quoted</p><ul><li>item</li></ul></blockquote>", flow["quote"]
+    assert flow["softBreak"] == "<p>one\ntwo</p>"
 
 
 def check_documents(flow: dict[str, Any]) -> None:
