@@ -12,6 +12,13 @@ Redis, forwarders) in milliseconds. Log level WARNING; rate limits, quotas and t
 per-session socket cap are lifted as in ``_app.py`` (all sessions share one client
 address).
 
+With ``--redis-cluster`` the same deployment runs a second time, right after the
+first and with the same client, sessions and seeds, on a **Valkey Cluster of 3
+primaries and 3 replicas** (``tests/cluster/valkey_cluster.py``, the test suite's
+cluster, from the same bundled ``valkey-server``) in place of the single Valkey:
+``DAVELOPER_REDIS_URL=redis+cluster://…``, sharded pub/sub, every session's keys on
+the node its hash tag picks. Its Valkey figures are the six nodes' together.
+
 **The client** (this process, uvloop, one aiohttp ``ClientSession``) creates N sessions
 (``POST /daveloper.v1.SessionService/CreateSession``), opens one socket per session
 (``daveloper.v1.json``, ``hello`` with its token), split evenly across the two edges,
@@ -54,7 +61,8 @@ messages, and ``end`` with an ``ok`` ``close``. It creates no sessions (the clie
 skips ``CreateSession``), stores nothing and runs no agent: it is the floor of what
 the same socket traffic costs, not a chat server.
 
-    .venv/bin/python -m scripts.bench.load [--quick] [--sessions 1000] [--seconds 60] [--think 10-20] [--json]
+    .venv/bin/python -m scripts.bench.load [--quick] [--sessions 1000] [--seconds 60] [--think 10-20]
+                                           [--redis-cluster] [--json]
 """
 
 from __future__ import annotations
@@ -86,10 +94,12 @@ import aiohttp
 import redis.asyncio as aioredis
 import uvloop
 from aiohttp import WSMsgType, web
+from redis.asyncio.cluster import RedisCluster
 
 from daveloper.infra.process import die_with_parent
 from daveloper.infra.valkey import EmbeddedValkey
 from scripts.bench._stats import percentile, table
+from tests.cluster.valkey_cluster import ValkeyCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBPROTOCOL = "daveloper.v1.json"
@@ -289,17 +299,37 @@ def cluster_env(root: Path, name: str, role: str, redis_url: str) -> dict[str, s
 
 
 @contextlib.asynccontextmanager
-async def open_cluster(root: Path) -> AsyncIterator[tuple[list[Server], list[Server], Server]]:
-    """Valkey, 2 gRPC instances and 2 edges, ready and discovered; yields (grpc, edges, valkey)."""
+async def open_redis(root: Path, cluster: bool) -> AsyncIterator[tuple[str, Any, list[Server]]]:
+    """One embedded Valkey, or (``cluster``) a 3 primary + 3 replica Valkey Cluster; yields (URL, client, nodes)."""
+    if not cluster:
+        async with EmbeddedValkey(root / "redis") as valkey, aioredis.Redis.from_url(valkey.url) as redis:
+            assert valkey.pid is not None
+            yield valkey.url, redis, [Server("valkey", None, valkey.pid)]
+        return
+    nodes = ValkeyCluster(root / "redis-cluster")
+    await asyncio.to_thread(nodes.start)
+    try:
+        first = nodes.primaries[0]
+        async with RedisCluster(host="127.0.0.1", port=first.port) as redis:
+            yield nodes.url, redis, [Server(f"valkey-{'primary' if n in nodes.primaries else 'replica'}-{i % 3 + 1}",
+                                            None, n.process.pid) for i, n in enumerate(nodes.nodes)
+                                     if n.process is not None]
+    finally:
+        await asyncio.to_thread(nodes.stop)
+
+
+@contextlib.asynccontextmanager
+async def open_cluster(root: Path, *, redis_cluster: bool = False,
+                       ) -> AsyncIterator[tuple[list[Server], list[Server], list[Server]]]:
+    """Valkey (or a Valkey Cluster), 2 gRPC instances, 2 edges, ready and discovered; yields (grpc, edges, valkeys)."""
     tasks: set[asyncio.Task[None]] = set()
     servers: list[Server] = []
-    async with EmbeddedValkey(root / "redis") as valkey, aioredis.Redis.from_url(valkey.url) as redis:
-        assert valkey.pid is not None
+    async with open_redis(root, redis_cluster) as (redis_url, redis, valkeys):
         try:
             roles = {"grpc-1": "grpc", "grpc-2": "grpc", "edge-1": "edge", "edge-2": "edge"}
             for started in asyncio.as_completed([spawn(
                     name, ["-m", "daveloper", "serve", "--role", role, f"--{role}-addr", "127.0.0.1:0"],
-                    env=cluster_env(root, name, role, valkey.url), log=root / f"{name}.log", tasks=tasks)
+                    env=cluster_env(root, name, role, redis_url), log=root / f"{name}.log", tasks=tasks)
                     for name, role in roles.items()]):
                 servers.append(await started)  # each one, so that a failed start still stops the others
             servers.sort(key=lambda s: s.name)
@@ -317,7 +347,7 @@ async def open_cluster(root: Path) -> AsyncIterator[tuple[list[Server], list[Ser
             await asyncio.sleep(DISCOVERY_SECONDS)  # every edge has applied the listing with both instances
             for server in servers:  # start-up warnings (an edge up before the instances) are not the load's
                 server.log_offset = server.log.stat().st_size if server.log else 0
-            yield grpc, edges, Server("valkey", None, valkey.pid)
+            yield grpc, edges, valkeys
         finally:
             try:
                 await stop(servers)
@@ -599,6 +629,24 @@ def per_socket(result: dict[str, Any], names: list[str]) -> float:
     return growth / max(int(result["connected"]), 1)
 
 
+async def deployment(root: Path, args: argparse.Namespace, *, redis_cluster: bool) -> dict[str, Any]:
+    """Start the scale-out deployment on one Valkey or a Valkey Cluster, drive the load, stop it; the figures."""
+    root.mkdir()  # noqa: ASYNC240 - an empty local directory, before anything runs
+    async with open_cluster(root, redis_cluster=redis_cluster) as (grpc, edges, valkeys):
+        servers = [*edges, *grpc, *valkeys]
+        result = await drive([e.address for e in edges], {s.name: s.pid for s in servers}, args, True)
+        result["server_log_problems"] = {s.name: log_problems(s) for s in servers}
+    names = [s.name for s in servers]
+    per_turn = result["cpu_ms_per_turn"]
+    per_turn["all servers"] = sum(per_turn[n] for n in names)
+    per_turn["edges"] = sum(per_turn[e.name] for e in edges)
+    per_turn["grpc"] = sum(per_turn[g.name] for g in grpc)
+    per_turn["valkey"] = sum(per_turn[v.name] for v in valkeys)
+    result["rss_per_socket"] = {"edges": per_socket(result, [e.name for e in edges]),
+                                "all servers": per_socket(result, names)}
+    return result
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     main = asyncio.current_task()
     assert main is not None
@@ -608,23 +656,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "fd_limit": raise_fd_limit(), "cores": os.cpu_count()}}
     with tempfile.TemporaryDirectory(prefix="daveloper-load-") as tmp:
         root = Path(tmp)
-        async with open_cluster(root) as (grpc, edges, valkey):
-            servers = [*edges, *grpc, valkey]
-            cluster = await drive([e.address for e in edges], {s.name: s.pid for s in servers}, args, True)
-            cluster["server_log_problems"] = {s.name: log_problems(s) for s in servers}
+        cluster = await deployment(root / "single", args, redis_cluster=False)
+        if args.redis_cluster:
+            results["redis_cluster"] = await deployment(root / "redis-cluster", args, redis_cluster=True)
         frames = max(2, round(cluster["events_per_turn"]))
         size = round(cluster["event_bytes"])
         async with open_bare(root, frames, size) as bare_server:
             bare = await drive([bare_server.address], {"bare": bare_server.pid}, args, False)
             bare["frames_per_turn"], bare["frame_bytes"] = frames, size
             bare["server_log_problems"] = {"bare": log_problems(bare_server)}
-    names = [s.name for s in servers]
-    cluster["cpu_ms_per_turn"]["all servers"] = sum(cluster["cpu_ms_per_turn"][n] for n in names)
-    cluster["cpu_ms_per_turn"]["edges"] = sum(cluster["cpu_ms_per_turn"][e.name] for e in edges)
-    cluster["rss_per_socket"] = {"edges": per_socket(cluster, [e.name for e in edges]),
-                                 "all servers": per_socket(cluster, names)}
     bare["rss_per_socket"] = {"bare": per_socket(bare, ["bare"])}
-    for side in (cluster, bare):
+    for side in (cluster, bare, *([results["redis_cluster"]] if args.redis_cluster else [])):
         side["servers_busy"] = sum(cpu for name, cpu in side["cpu_s"].items() if name != "client") / side["seconds"]
         side["client_busy"] = side["cpu_s"]["client"] / side["seconds"]
     results["cluster"], results["bare"] = cluster, bare
@@ -645,7 +687,9 @@ def mib(value: float) -> str:
 
 def report(results: dict[str, Any]) -> str:
     config, cluster, bare, ratios = results["config"], results["cluster"], results["bare"], results["ratios"]
-    sides = (("edge cluster", cluster), ("bare aiohttp", bare))
+    sides = (("deployment, one Valkey", cluster),
+             *([("deployment, Valkey Cluster 3+3", results["redis_cluster"])] if "redis_cluster" in results else []),
+             ("bare aiohttp", bare))
 
     def ms(figures: dict[str, float], *qs: int) -> str:
         return " / ".join(f"{figures[f'p{q}']:.1f}" for q in qs) if figures else "-"
@@ -663,8 +707,8 @@ def report(results: dict[str, Any]) -> str:
             lines.append(f"{name} errors: {r['error_kinds']}; first: {r['error_samples'][:3]}")
     mean_think = sum(config["think"]) / 2
     lines.append(f"turns per gRPC instance: {cluster['owners']}; cores busy over the load (of {config['cores']}): "
-                 f"cluster servers {cluster['servers_busy']:.2f}, bare server {bare['servers_busy']:.2f}, client "
-                 f"{cluster['client_busy']:.2f} / {bare['client_busy']:.2f}"
+                 + ", ".join(f"{name} servers {r['servers_busy']:.2f} (client {r['client_busy']:.2f})"
+                             for name, r in sides)
                  + (f"; the sessions offer at most {config['sessions'] / mean_think:,.0f} turns/s"
                     if mean_think else ""))
 
@@ -679,12 +723,15 @@ def report(results: dict[str, Any]) -> str:
         ["process", "CPU s", "CPU ms/turn", "busy", "RSS before sockets", "at load start", "peak", "end",
          "growth over 2nd half", "2 s after close"],
         [process_row(name, r, proc) for name, r in sides for proc in r["memory"]])]
-    lines.append(f"CPU ms per turn: all cluster servers {cluster['cpu_ms_per_turn']['all servers']:.2f}, "
-                 f"edges {cluster['cpu_ms_per_turn']['edges']:.2f}, bare {bare['cpu_ms_per_turn']['bare']:.2f}; "
+    for name, r in sides[:-1]:
+        lines.append(f"CPU ms per turn, {name}: all servers {r['cpu_ms_per_turn']['all servers']:.2f}, edges "
+                     f"{r['cpu_ms_per_turn']['edges']:.2f}, gRPC {r['cpu_ms_per_turn']['grpc']:.2f}, Valkey "
+                     f"{r['cpu_ms_per_turn']['valkey']:.2f}")
+    lines.append(f"CPU ms per turn, bare {bare['cpu_ms_per_turn']['bare']:.2f}; "
                  f"RSS per socket KiB: edges {cluster['rss_per_socket']['edges'] / 1024:.1f}, "
                  f"bare {bare['rss_per_socket']['bare'] / 1024:.1f}")
     lines.append("ratios cluster/bare: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
-    problems = {name: found for r in (cluster, bare) for name, found in r["server_log_problems"].items() if found}
+    problems = {name: found for _, r in sides for name, found in r["server_log_problems"].items() if found}
     if problems:
         lines.append(f"server log warnings/errors: { {n: len(p) for n, p in problems.items()} }; first: "
                      f"{next(iter(problems.values()))[:3]}")
@@ -708,6 +755,8 @@ def main() -> None:
                              "1-3 s saturates 2 cores with 1000 sessions)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the think times and questions (default 1)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 60 sessions, 4 s, think 1-3 s")
+    parser.add_argument("--redis-cluster", action="store_true",
+                        help="run the deployment a second time on a 3 primary + 3 replica Valkey Cluster")
     parser.add_argument("--json", action="store_true", help="print raw results as JSON")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--frames", type=int, default=5, help=argparse.SUPPRESS)
