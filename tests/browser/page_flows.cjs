@@ -523,11 +523,23 @@ const flows = {
     flow.finished = await again.locator('[data-kind="finished"]').textContent();
     flow.log = await again.locator('[data-testid="job-log"] li').allTextContents();
     flow.counts = await again.locator('[data-testid="job-counts"]').textContent();
+    await page.locator('#job-target').fill('octo-org/hello-world');
+    await page.locator('#job-button').click();
+    await page.waitForFunction((id) => document.querySelector('[data-testid="job"]')?.dataset.jobId !== id, crawlId);
+    const github = page.locator('[data-testid="job"]').first();
+    await github.locator('[data-kind="finished"]').waitFor({ state: 'attached' });
+    flow.github = {
+      id: await github.getAttribute('data-job-id'),
+      kind: await github.locator('.job-kind').textContent(),
+      target: await github.locator('.job-target').textContent(),
+      finished: await github.locator('[data-kind="finished"]').textContent(),
+      log: await github.locator('[data-testid="job-log"] li').allTextContents(),
+    };
     await page.locator('#job-target').fill(`${siteUrl}/stuck`);
     await page.locator('#job-depth').fill('0');
     await page.locator('#job-button').click();
     const stuck = page.locator('[data-testid="job"]').first();
-    await page.waitForFunction((id) => document.querySelector('[data-testid="job"]')?.dataset.jobId !== id, crawlId);
+    await page.waitForFunction((id) => document.querySelector('[data-testid="job"]')?.dataset.jobId !== id, flow.github.id);
     flow.cancelId = await stuck.getAttribute('data-job-id');
     await stuck.locator('[data-testid="job-cancel"]').click();
     await stuck.locator('[data-testid="job-state"]', { hasText: 'cancelled' }).waitFor();

@@ -31,6 +31,7 @@ from daveloper.config import Address, Settings
 from daveloper.edge import open_edge
 from tests.agent.openai_server import FakeOpenAI, Script, ScriptedCall
 from tests.browser.conftest import ARTIFACTS, CSP, run_node
+from tests.scraper.github_server import FakeGitHub
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -148,8 +149,9 @@ async def rpc(http: aiohttp.ClientSession, base: str, token: str, method: str, b
 async def test_every_flow_of_the_page(settings: Settings, redis: aioredis.Redis, chromium: Path,
                                       http: aiohttp.ClientSession) -> None:
     screenshots = os.environ.get("DAVELOPER_SCREENSHOTS", "")
-    async with KeyedModel(api_key="sk-test") as llm, local_site() as site:
+    async with KeyedModel(api_key="sk-test") as llm, local_site() as site, FakeGitHub() as github:
         configured = settings.replace(
+            github_api_url=github.url, github_token=github.token,
             llm_provider="openai", llm_base_url=llm.url, llm_api_key="sk-test", coalesce_chars=0,
             heartbeat_seconds=1.0, rate_chat_turns="12/min", scrape_allow=(site.host_port,),
             edge_addr=Address("127.0.0.1", 0))
@@ -362,6 +364,12 @@ def check_jobs(flow: dict[str, Any], listed: dict[str, Any], site: Site) -> None
     assert any(f"{site.url}/slowdocs/a" in line for line in flow["log"]), flow["log"]
     assert flow["counts"].startswith("3 fetched, 0 skipped, 0 failed, 3 ingested"), flow["counts"]
     assert flow["cancelled"] == "cancelled"
+    # A GitHub ingestion (a local server speaking GitHub's REST API) from an owner/repo.
+    assert flow["github"]["kind"] == "GitHub"
+    assert flow["github"]["target"] == "octo-org/hello-world"
+    assert flow["github"]["finished"].startswith("finished: succeeded"), flow["github"]
+    assert any("README.md" in line for line in flow["github"]["log"]), flow["github"]["log"]
     states = {job["id"]: job["state"] for job in listed["jobs"]}
     assert states[flow["crawlId"]] == "JOB_STATE_SUCCEEDED"
     assert states[flow["cancelId"]] == "JOB_STATE_CANCELLED"
+    assert states[flow["github"]["id"]] == "JOB_STATE_SUCCEEDED"
