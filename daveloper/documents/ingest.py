@@ -27,11 +27,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from daveloper.documents.catalog import Catalog, document_id_for
+from daveloper.documents.catalog import Catalog
 from daveloper.documents.model import ChunkDraft, Embedder, Vectors
 from daveloper.documents.pool import ChunkBatch, DocumentPool, Outline, Stage
 from daveloper.documents.store import ChunkStore
-from daveloper.documents.versions import commit_version, discard_version
+from daveloper.documents.versions import commit_version, discard_version, document_id_of
 from daveloper.errors import DaveloperError, Unavailable, to_failure
 from daveloper.eventlog import EventLog
 from daveloper.jobs import BackgroundJobs
@@ -286,8 +286,9 @@ class Ingestor:
         # hashlib releases the GIL: hashing 30 MB in a thread keeps the loop serving meanwhile
         digest = hashlib.sha256(data) if size < HASH_IN_THREAD_BYTES else await asyncio.to_thread(hashlib.sha256, data)
         content_hash = digest.hexdigest()
-        document_id = document_id_for(ingestion.session_id, content_hash,
-                                      client_document_id=ingestion.client_document_id, source_uri=ingestion.source_uri)
+        document_id = await document_id_of(self._catalog, ingestion.session_id, content_hash,
+                                           client_document_id=ingestion.client_document_id,
+                                           source_uri=ingestion.source_uri)
         existing = await self._catalog.find(ingestion.session_id, document_id)
         if existing is not None and existing.content_hash == content_hash:
             return existing  # identical content: nothing new to store

@@ -21,16 +21,35 @@ from __future__ import annotations
 import asyncio
 import datetime
 
-from daveloper.documents.catalog import Catalog
+from daveloper.documents.catalog import Catalog, document_id_for
 from daveloper.documents.model import Hit
 from daveloper.documents.store import ChunkStore
 from daveloper.errors import FailedPrecondition
 from generated.daveloper.v1 import Document
 
-__all__ = ["commit_version", "current_chunks", "discard_version"]
+__all__ = ["commit_version", "current_chunks", "discard_version", "document_id_of"]
 
 #: Reads of a document's current version that retry when a new version replaced it between the two reads.
 _CURRENT_READS = 3
+
+
+async def document_id_of(catalog: Catalog, session_id: str, content_hash: str, *, client_document_id: str = "",
+                         source_uri: str = "") -> str:
+    """The id of the document that content with this identity is a version of.
+
+    :func:`~daveloper.documents.catalog.document_id_for`, except for a client id the catalog already
+    maps to a document: that document keeps its id. Documents stored before versions had ids
+    derived from their content, a client id mapped to one; new content for that client id replaces
+    it (as its version 2) instead of becoming a second document beside it, and the client keeps the
+    id it knew. A migration done lazily, one document at its next upload, with no pass over the data.
+    (Crawled pages of that time were not indexed by their URL: there is nothing to find them by.
+    A changed page stores a new document, and its old copy goes with the session or its deletion.)
+    """
+    if client_document_id:
+        mapped = await catalog.find_by_client_id(session_id, client_document_id)
+        if mapped is not None:
+            return str(mapped.id)
+    return document_id_for(session_id, content_hash, client_document_id=client_document_id, source_uri=source_uri)
 
 
 async def commit_version(catalog: Catalog, store: ChunkStore, session_id: str, draft: Document, *,

@@ -11,6 +11,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from daveloper.app import App
+from daveloper.keys import Keys
 from generated.daveloper.v1 import (
     CancelIngestionRequest,
     DeleteDocumentRequest,
@@ -136,3 +137,22 @@ async def test_deleting_a_replaced_document_removes_every_version(docs: Document
     assert await app.catalog.usage(owner) == (0, 0)
     assert await revisions(docs, token) == set()
     assert (await app.catalog.visibility(owner))[1] == []
+
+
+async def test_a_document_stored_before_versions_is_replaced_by_new_content_for_its_client_id(
+        docs: DocumentServiceStub, token: str, app: App) -> None:
+    # Before versions a document's id came from its content; the client id only mapped to it.
+    owner = await session_id(docs.channel, token)
+    legacy = stored(await upload(docs, token, requests("m.md", manual(1), chunk_size=4096)))
+    legacy.client_document_id, legacy.version, legacy.ingestion_id = "m", 0, ""
+    keys = Keys()
+    await app.redis.set(keys.document(owner, legacy.id), bytes(legacy))
+    await app.redis.hset(keys.document_clients(owner), "m", legacy.id)
+
+    second = stored(await upload(docs, token, requests("m.md", manual(2, 20), chunk_size=4096,
+                                                       client_document_id="m")))
+    assert (second.id, second.version, second.client_document_id) == (legacy.id, 2, "m")  # the id it had
+    listed = await docs.list_documents(ListDocumentsRequest(), timeout=5, metadata=bearer(token))
+    assert listed.documents == [second]
+    assert await revisions(docs, token) == {"2"}
+    assert await app.chunk_store.count(owner) == second.chunk_count  # the legacy version's points are gone
