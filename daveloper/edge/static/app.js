@@ -311,8 +311,8 @@ async function loadConversation(id) {
       setTurnStatus(turn, 'running', 'answering…');
       continue;
     }
-    turn.text = stored.assistantText || stored.failure?.partialText || '';
-    renderAnswer(turn);
+    turn.text = stored.assistantText || '';
+    renderAnswerNow(turn);
     if (stored.state === 'TURN_STATE_FAILED') {
       endTurn(turn, 'failed', `failed: ${describeError(stored.failure || {})}`);
     } else {
@@ -500,14 +500,14 @@ function handleEvent(event) {
     // The deltas must add up to the final text; data-verified lets a reader (or test) check it.
     turn.view.root.dataset.verified = String(turn.text === (done.text || ''));
     turn.text = done.text || turn.text;
-    renderAnswer(turn);
+    renderAnswerNow(turn);
     const [kind, words] = FINISH[done.finishReason] || ['completed', 'done'];
     endTurn(turn, kind, kind === 'completed' && words === 'done' ? doneText(done) : words);
   } else if (event.turnFailed) {
     const failed = event.turnFailed;
     if (failed.partialText && failed.partialText.length > turn.text.length) {
       turn.text = failed.partialText;
-      renderAnswer(turn);
+      renderAnswerNow(turn);
     }
     endTurn(turn, 'failed', `failed: ${describeError(failed.failure || {})}`);
   }
@@ -522,6 +522,7 @@ function doneText(done) {
 }
 
 function endTurn(turn, kind, text) {
+  if (turn.frame) renderAnswerNow(turn);
   turn.done = true;
   turn.stalled = false;
   turn.view.root.dataset.stalled = 'false';
@@ -589,7 +590,24 @@ function newTurn(userText, clientMessageId) {
   return turn;
 }
 
+/** Render the answer now; a long one at most once a frame, so a long answer costs no more per delta. */
 function renderAnswer(turn) {
+  if (turn.text.length < 4000 || turn.done) {
+    renderAnswerNow(turn);
+    return;
+  }
+  if (turn.frame) return;
+  turn.frame = requestAnimationFrame(() => {
+    turn.frame = 0;
+    renderAnswerNow(turn);
+  });
+}
+
+function renderAnswerNow(turn) {
+  if (turn.frame) {
+    cancelAnimationFrame(turn.frame);
+    turn.frame = 0;
+  }
   const { answer } = turn.view;
   const nearBottom = isNearBottom();
   answer.replaceChildren(renderMarkdown(turn.text, { citation: (n) => citationMarker(turn, n) }));
