@@ -523,6 +523,13 @@ const flows = {
     flow.finished = await again.locator('[data-kind="finished"]').textContent();
     flow.log = await again.locator('[data-testid="job-log"] li').allTextContents();
     flow.counts = await again.locator('[data-testid="job-counts"]').textContent();
+    await page.locator('#new-conversation').click();
+    await ask(page, 'Show sources about slow page arrive');
+    await page.locator(finished).waitFor();
+    await lastTurn(page).locator('a.cite').first().click();
+    const cited = lastTurn(page).locator('[data-testid="citation"]').first();
+    flow.citedUrl = await cited.locator('.citation-origin a').getAttribute('href');
+    flow.citedSummary = await cited.locator('summary').textContent();
     await page.locator('#job-target').fill('octo-org/hello-world');
     await page.locator('#job-button').click();
     await page.waitForFunction((id) => document.querySelector('[data-testid="job"]')?.dataset.jobId !== id, crawlId);

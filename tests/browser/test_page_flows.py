@@ -80,10 +80,13 @@ class KeyedModel(FakeOpenAI):
     @staticmethod
     def answer(question: str, after_tool: bool) -> Script:
         if "sources" in question:
+            _, about, topic = question.partition("sources about ")
+            topic = topic if about else "frobnicator widget queue"
             if not after_tool:
-                query = ['{"query": ', '"frobnicator widget queue"}']
-                return Script(tool_calls=[ScriptedCall("search_documents", query)])
-            return Script(text=MARKDOWN_ANSWER, delay=0.03)
+                return Script(tool_calls=[ScriptedCall("search_documents", [json.dumps({"query": topic})])])
+            if "frobnicator" in topic:
+                return Script(text=MARKDOWN_ANSWER, delay=0.03)
+            return Script(text=["It says so [1]."])
         if "markup" in question:
             return Script(text=XSS_ANSWER, delay=0.01)
         if "slow" in question:
@@ -373,3 +376,6 @@ def check_jobs(flow: dict[str, Any], listed: dict[str, Any], site: Site) -> None
     assert states[flow["crawlId"]] == "JOB_STATE_SUCCEEDED"
     assert states[flow["cancelId"]] == "JOB_STATE_CANCELLED"
     assert states[flow["github"]["id"]] == "JOB_STATE_SUCCEEDED"
+    # An answer citing a crawled page links to the page's URL.
+    assert flow["citedUrl"].startswith(f"{site.url}/slowdocs/"), flow["citedUrl"]
+    assert flow["citedSummary"].startswith("[1] "), flow["citedSummary"]
