@@ -371,7 +371,7 @@ const flows = {
   async reload(page) {
     await page.locator('#new-conversation').click();
     await ask(page, 'A slow answer, please');
-    await page.waitForFunction(() => /Part 3 /.test(document.querySelector('[data-testid="turn"]:last-child [data-testid="answer"]')?.textContent || ''));
+    await page.waitForFunction(() => /Part 1 /.test(document.querySelector('[data-testid="turn"]:last-child [data-testid="answer"]')?.textContent || ''));
     const beforeReload = await lastTurn(page).locator('[data-testid="answer"]').textContent();
     await page.reload();
     await connected(page);
@@ -447,8 +447,8 @@ const flows = {
       muted.add(current); // nothing more reaches the page on this socket: no events, no heartbeats, no pongs
       await page.locator('[data-testid="turn"][data-stalled="true"]').waitFor();
       flow.stalledStatus = await lastTurn(page).locator('[data-testid="turn-status"]').textContent();
+      mode = 'refuse'; // before the page drops the silent socket (a pong that never comes)
       await shoot(page, 'stalled');
-      mode = 'refuse';
       await page.locator('#connection-status', { hasText: /retrying in \d+ s/ }).waitFor();
       flow.countdown = await page.locator('#connection-status').textContent();
       mode = 'pass';
@@ -519,6 +519,7 @@ const flows = {
     const again = page.locator(`[data-job-id="${crawlId}"]`);
     await again.waitFor();
     flow.stateAfterReload = await again.locator('[data-testid="job-state"]').textContent();
+    await fetch(`${siteUrl}/release`); // the slow pages may answer now (a request from this script, not the page)
     await again.locator('[data-kind="finished"]').waitFor({ state: 'attached' });
     flow.finished = await again.locator('[data-kind="finished"]').textContent();
     flow.log = await again.locator('[data-testid="job-log"] li').allTextContents();

@@ -35,8 +35,9 @@ from tests.scraper.github_server import FakeGitHub
 
 pytestmark = pytest.mark.timeout(150)
 
-#: Seconds a crawled page of the slow site takes: a reload lands while the job runs.
-SLOW_CRAWL_SECONDS = 1.5
+#: At most this long, the slow site's pages wait for the flow to release them (``GET /release``),
+#: so that a reload surely lands while the crawl runs.
+SLOW_CRAWL_SECONDS = 20.0
 
 MARKDOWN_ANSWER = [
     "## Frobnicator", " summary\n\n",
@@ -102,7 +103,7 @@ class Site:
 
 @contextlib.asynccontextmanager
 async def local_site() -> AsyncIterator[Site]:
-    """Docs to crawl: ``/docs/`` (three quick pages), ``/slowdocs/`` (pages that take a while), ``/stuck``."""
+    """Docs to crawl: ``/docs/`` (three quick pages), ``/slowdocs/`` (pages that wait for ``/release``), ``/stuck``."""
     pages = {
         "/docs/": ("Widget docs", "Start here to learn about widgets.", ["/docs/install", "/docs/usage"]),
         "/docs/install": ("Installing widgets", "Install the widget with the package manager.", ["/docs/usage"]),
@@ -111,13 +112,13 @@ async def local_site() -> AsyncIterator[Site]:
         "/slowdocs/a": ("Slow page A", "This page took a while to arrive.", []),
         "/slowdocs/b": ("Slow page B", "So did this one, eventually.", []),
     }
-    release = asyncio.Event()
+    release, slow_pages = asyncio.Event(), asyncio.Event()
 
     async def page(request: web.Request) -> web.Response:
         title, text, links = pages[request.path]
         if request.path.startswith("/slowdocs/") and request.path != "/slowdocs/":
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(release.wait(), SLOW_CRAWL_SECONDS)
+                await asyncio.wait_for(slow_pages.wait(), SLOW_CRAWL_SECONDS)
         anchors = "".join(f'<a href="{href}">{href}</a> ' for href in links)
         return web.Response(text=f"<!doctype html><title>{title}</title><h1>{title}</h1><p>{text}</p>{anchors}",
                             content_type="text/html")
@@ -130,7 +131,12 @@ async def local_site() -> AsyncIterator[Site]:
     application = web.Application()
     for path in pages:
         application.router.add_get(path, page)
+    async def release_slow_pages(request: web.Request) -> web.Response:
+        slow_pages.set()
+        return web.Response(text="released")
+
     application.router.add_get("/stuck", stuck)
+    application.router.add_get("/release", release_slow_pages)
     runner = web.AppRunner(application, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -156,7 +162,7 @@ async def test_every_flow_of_the_page(settings: Settings, redis: aioredis.Redis,
         configured = settings.replace(
             github_api_url=github.url, github_token=github.token,
             llm_provider="openai", llm_base_url=llm.url, llm_api_key="sk-test", coalesce_chars=0,
-            heartbeat_seconds=1.0, rate_chat_turns="12/min", scrape_allow=(site.host_port,),
+            heartbeat_seconds=1.0, rate_chat_turns="12/h", scrape_allow=(site.host_port,),
             edge_addr=Address("127.0.0.1", 0))
         async with open_app(configured) as app, \
                 open_edge(configured, upstreams=[app.grpc_addr], health=app.health) as edge:
