@@ -345,6 +345,7 @@ const flows = {
         && document.querySelectorAll('[data-testid="turn"]:not([data-state="running"])').length >= count, [id, turns]);
       return {
         url: page.url(),
+        title: await page.title(),
         turns: await page.locator('[data-testid="turn"]').count(),
         userTexts: await page.locator('[data-testid="user-text"]').allTextContents(),
         hasTable: await page.locator('#transcript table').count() > 0,

@@ -302,7 +302,9 @@ def check_conversations(flow: dict[str, Any], stored: dict[str, tuple[int, Any]]
     assert flow["back"]["turns"] >= 1
     assert flow["back"]["hasTable"]
     assert flow["back"]["sources"] == 2
+    assert flow["back"]["title"] == "Show the frobnicator sources in detail · Daveloper"  # in the history list too
     assert flow["forward"]["url"].endswith(f"?c={second}")
+    assert flow["forward"]["title"] == "hello there · Daveloper"
     assert flow["forward"]["userTexts"] == ["hello there"]
     assert flow["afterReload"]["userTexts"] == ["hello there"]
     assert flow["activeAfterReload"] == second

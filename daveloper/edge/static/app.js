@@ -166,6 +166,12 @@ function onConnected() {
   else resumeTurn();
 }
 
+/** The open conversation's title, on the page and in the tab (and so in the history list). */
+function setTitle(title) {
+  $('chat-title').textContent = title;
+  document.title = `${shorten(title, 60)} · Daveloper`;
+}
+
 function setStatus(kind, text) {
   const status = $('connection-status');
   status.dataset.state = kind;
@@ -273,7 +279,7 @@ function openConversation(id, { push = true } = {}) {
   $('transcript').replaceChildren();
   showChatError('');
   const known = state.conversations.find((c) => c.id === id);
-  $('chat-title').textContent = id ? (known?.title || 'Conversation') : 'New conversation';
+  setTitle(id ? (known?.title || 'Conversation') : 'New conversation');
   renderConversationList();
   updateComposer();
   closeNavOnNarrow();
@@ -296,7 +302,7 @@ async function loadConversation(id) {
   }
   if (state.conversationId !== id || state.loaded) return;
   state.loaded = true;
-  $('chat-title').textContent = reply.conversation?.title || 'Conversation';
+  setTitle(reply.conversation?.title || 'Conversation');
   for (const stored of reply.turns || []) {
     const turn = newTurn(stored.userText, stored.clientMessageId);
     turn.turnId = stored.id;
@@ -381,7 +387,7 @@ async function sendMessage(text) {
     // The bare page (a new conversation) becomes this conversation's entry rather than a second one.
     const method = history.state?.c ? 'pushState' : 'replaceState';
     history[method]({ c: state.conversationId }, '', `?c=${state.conversationId}`);
-    $('chat-title').textContent = shorten(text, 80);
+    setTitle(shorten(text, 80));
   }
   showChatError('');
   const turn = newTurn(text, `msg_${randomHex(12)}`);
@@ -910,6 +916,6 @@ setNav(!narrow.matches);
 narrow.addEventListener('change', () => setNav(!narrow.matches));
 state.conversationId = conversationFromUrl();
 state.loaded = !state.conversationId;
-$('chat-title').textContent = state.conversationId ? 'Conversation' : 'New conversation';
+setTitle(state.conversationId ? 'Conversation' : 'New conversation');
 updateComposer();
 reconnect();
