@@ -380,7 +380,8 @@ const flows = {
     const stateAfterReload = await lastTurn(page).getAttribute('data-state');
     await page.locator(finished).waitFor();
     result.conversations.reload = await where(page);
-    return { beforeReload, stateAfterReload, ...(await turnInfo(page)) };
+    const toolCalls = await lastTurn(page).locator('[data-testid="tool-call"]').count();
+    return { beforeReload, stateAfterReload, toolCalls, ...(await turnInfo(page)) };
   },
 
   /** Keys, Send/Stop while a turn runs, Esc stops, and a dropped socket mid-answer. */

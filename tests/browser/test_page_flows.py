@@ -90,7 +90,9 @@ class KeyedModel(FakeOpenAI):
             return Script(text=["It says so [1]."])
         if "markup" in question:
             return Script(text=XSS_ANSWER, delay=0.01)
-        if "slow" in question:
+        if "slow" in question:  # a search first, so a reload has a tool call to show again
+            if not after_tool:
+                return Script(tool_calls=[ScriptedCall("search_documents", ['{"query": "widget queue"}'])])
             return SLOW_ANSWER
         return Script(text=["A short answer", " to: ", question[:40], "."])
 
@@ -321,6 +323,7 @@ def check_reload(flow: dict[str, Any], stored: tuple[int, Any]) -> None:
     assert flow["beforeReload"]
     assert flow["beforeReload"] != turn["assistantText"]
     assert flow["stateAfterReload"] == "running"
+    assert flow["toolCalls"] == 1  # the tool call made before the reload shows, once
     assert flow["state"] == "completed"
     assert flow["verified"] == "true"
     assert flow["text"] == turn["assistantText"]

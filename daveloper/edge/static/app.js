@@ -308,15 +308,16 @@ async function loadConversation(id) {
     turn.turnId = stored.id;
     turn.view.root.dataset.turnId = stored.id;
     state.turns.set(stored.id, turn);
-    (stored.toolCalls || []).forEach((call) => addToolCall(turn, call));
-    (stored.toolResults || []).forEach((result) => addToolResult(turn, result));
-    (stored.citations || []).forEach((citation) => addCitation(turn, citation));
     if (stored.state === 'TURN_STATE_RUNNING') {
-      // Follow it live: Watch from the start, skipping events of the turns already shown.
+      // Follow it live: Watch from the start (its tool calls, text and sources come again),
+      // skipping the events of the turns already shown.
       state.running = turn;
       setTurnStatus(turn, 'running', 'answering…');
       continue;
     }
+    (stored.toolCalls || []).forEach((call) => addToolCall(turn, call));
+    (stored.toolResults || []).forEach((result) => addToolResult(turn, result));
+    (stored.citations || []).forEach((citation) => addCitation(turn, citation));
     turn.text = stored.assistantText || '';
     renderAnswerNow(turn);
     if (stored.state === 'TURN_STATE_FAILED') {
@@ -731,7 +732,8 @@ function addCitation(turn, citation) {
 
 function setTurnStatus(turn, kind, text) {
   turn.view.root.dataset.state = kind;
-  turn.view.status.textContent = text;
+  // The status is a live region: write it only when it changes, so it is announced once.
+  if (turn.view.status.textContent !== text) turn.view.status.textContent = text;
 }
 
 /* ---------- composer and stalls ---------- */
@@ -774,8 +776,8 @@ function checkStall() {
   if (!turn.stalled) {
     turn.stalled = true;
     turn.view.root.dataset.stalled = 'true';
+    setTurnStatus(turn, 'running', `stalled: nothing from the server for ${Math.round(quiet / 1000)} s; checking the connection…`);
   }
-  setTurnStatus(turn, 'running', `stalled: nothing from the server for ${Math.round(quiet / 1000)} s; checking the connection…`);
   probeConnection();
 }
 
