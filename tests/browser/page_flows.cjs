@@ -507,6 +507,10 @@ const flows = {
 
   /** A crawl followed live, the page reloaded while it runs (WatchJob resumes), and a cancelled one. */
   async jobs(page) {
+    await page.locator('#job-target').fill('ftp://files.example/pub');
+    await page.locator('#job-button').click();
+    await page.locator('#job-status:not(:empty)').waitFor();
+    const refused = await page.locator('#job-status').textContent();
     await page.locator('#job-target').fill(`${siteUrl}/slowdocs/`);
     await page.locator('#job-depth').fill('1');
     await page.locator('#job-max-pages').fill('5');
@@ -514,7 +518,7 @@ const flows = {
     const card = page.locator('[data-testid="job"]').first();
     await card.locator('[data-kind="page-fetched"]').first().waitFor({ state: 'attached' });
     const crawlId = await card.getAttribute('data-job-id');
-    const flow = { crawlId, stateBeforeReload: await card.locator('[data-testid="job-state"]').textContent() };
+    const flow = { refused, crawlId, stateBeforeReload: await card.locator('[data-testid="job-state"]').textContent() };
     await shoot(page, 'jobs', () => card.scrollIntoViewIfNeeded());
     await page.reload();
     await connected(page);

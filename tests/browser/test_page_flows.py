@@ -371,6 +371,9 @@ def check_rate_limit(flow: dict[str, Any]) -> None:
 
 
 def check_jobs(flow: dict[str, Any], listed: dict[str, Any], site: Site) -> None:
+    # A start URL the server refuses is said in words; no job is made of it.
+    assert flow["refused"].startswith(("That was not accepted: ", "Not allowed: ")), flow["refused"]
+    assert "only http and https" in flow["refused"], flow["refused"]
     # A crawl followed live, resumed with WatchJob after a reload, to the end.
     assert flow["stateBeforeReload"] in ("queued", "running")
     assert flow["stateAfterReload"] in ("queued", "running")

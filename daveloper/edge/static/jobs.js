@@ -8,7 +8,8 @@
 import { $, el, testid, formatTime, shorten, describeError } from './ui.js';
 
 const SCRAPER = '/daveloper.v1.ScraperService/';
-const REPOSITORY = /^(?:https?:\/\/github\.com\/)?([\w.-]+\/[\w.-]+?)(?:\.git)?\/?$/i;
+// owner/repo, or a github.com URL of one (an owner has no dots, so example.org/docs is a site).
+const REPOSITORY = /^(?:https?:\/\/github\.com\/)?([\w-]+\/[\w.-]+?)(?:\.git)?\/?$/i;
 const FINISHED = new Set(['JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED']);
 
 export class Jobs {
@@ -130,7 +131,10 @@ export class Jobs {
           spec: { repository: repository[1], includeReadme: true, includeDocs: true, maxFiles: maxPages, ingest },
         })
         : await conn.unary(`${SCRAPER}StartScrape`, {
-          spec: { urls: [target], maxDepth: Number($('job-depth').value) || 0, maxPages, sameSiteOnly: true, ingest },
+          spec: {
+            urls: [/^[a-z][\w+.-]*:\/\//i.test(target) ? target : `https://${target}`], // a bare host gets https
+            maxDepth: Number($('job-depth').value) || 0, maxPages, sameSiteOnly: true, ingest,
+          },
         });
       const entry = this.show(reply.job);
       entry.view.log.closest('details').open = true;

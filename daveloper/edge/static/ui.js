@@ -89,6 +89,8 @@ export function describeError(error) {
   if (code === 'deadline_exceeded') return 'The server took too long to answer; try again.';
   if (code === 'not_found') return `Not found: ${message || 'it may have been deleted'}.`;
   if (code === 'invalid_argument') return `That was not accepted: ${message}.`;
+  if (code === 'permission_denied') return `Not allowed: ${message}.`;
+  if (code === 'failed_precondition') return `Not possible now: ${message}.`;
   if (code === 'canceled') return 'Cancelled.';
   return message ? `Error: ${message}${retry}` : `Error (${code || 'unknown'}).${retry}`;
 }
