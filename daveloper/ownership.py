@@ -139,13 +139,21 @@ class WorkLeases:
         self._owned.add(member)
 
     async def release(self, kind: str, work_id: str) -> None:
-        """The work ended (its final event is written): drop the lease."""
+        """The work ended (its final event is written): drop the lease.
+
+        If Redis does not answer, the lease is left to lapse (it is no longer renewed): the reaper
+        then hands it to its handler, which finds the work ended and only tidies up. The caller's
+        end stands either way, so the failure is not raised.
+        """
         member = self._member(kind, work_id)
         self._owned.discard(member)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(self._set, member)
-            pipe.hdel(self._data, member)
-            await redis_call(pipe.execute())
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._set, member)
+                pipe.hdel(self._data, member)
+                await redis_call(pipe.execute())
+        except Unavailable as exc:
+            log.info("a work lease was left to lapse: %s", exc, extra={"work": member})
 
     def release_in(self, pipe: Pipeline, kind: str, work_id: str) -> None:
         """Queue :meth:`release` on ``pipe`` (with the work's last writes)."""

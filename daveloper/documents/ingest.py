@@ -27,12 +27,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis.asyncio as aioredis
+
+from daveloper.agent.retry import retry_unavailable
 from daveloper.documents.catalog import Catalog
 from daveloper.documents.model import ChunkDraft, Embedder, Vectors
 from daveloper.documents.pool import ChunkBatch, DocumentPool, Outline, Stage
 from daveloper.documents.store import ChunkStore
 from daveloper.documents.versions import commit_version, discard_version, document_id_of
-from daveloper.errors import DaveloperError, Unavailable, to_failure
+from daveloper.errors import DaveloperError, FailedPrecondition, Unavailable, to_failure, translated
 from daveloper.eventlog import EventLog
 from daveloper.jobs import BackgroundJobs
 from daveloper.metrics import Metrics
@@ -54,6 +57,8 @@ log = logging.getLogger("daveloper.documents")
 RECEIVE_PROGRESS_BYTES = 1 << 20
 #: Progress events wait at most this long to be appended together with the ones after them.
 PROGRESS_SECONDS = 0.1
+#: How long an ingestion's end is retried while Redis does not answer, before the reaper is left to record it.
+END_RETRY_SECONDS = 15.0
 #: Larger documents are hashed in a thread.
 HASH_IN_THREAD_BYTES = 1 << 20
 
@@ -170,8 +175,13 @@ class Ingestor:
         await self._catalog.start_ingestion(ingestion.id, ingestion.session_id, ingestion.file_name)
         if self._work is not None:
             await self._work.claim("ingestion", ingestion.id, session=ingestion.session_id)
-        await self._emit(ingestion, started=IngestStarted(file_name=ingestion.file_name,
-                                                          media_type=ingestion.media_type))
+        try:
+            await self._emit(ingestion, started=IngestStarted(file_name=ingestion.file_name,
+                                                              media_type=ingestion.media_type))
+        except BaseException:
+            if self._work is not None:  # not renewed: the reaper fails it once Redis answers
+                self._work.disown("ingestion", ingestion.id)
+            raise
 
     async def received(self, ingestion: Ingestion, data: bytes, *, expected: int) -> None:
         ingestion.data += data
@@ -181,10 +191,34 @@ class Ingestor:
 
     def fail_later(self, ingestion: Ingestion, error: BaseException) -> None:
         """Record a failure from a handler that is itself being cancelled (the client left)."""
-        self._jobs.spawn(self._fail(ingestion, error), name=f"fail {ingestion.id}")
+        self._jobs.spawn(self._ended(ingestion, lambda: self._fail(ingestion, error)), name=f"fail {ingestion.id}")
 
     async def fail(self, ingestion: Ingestion, error: BaseException) -> Failure:
-        return await self._fail(ingestion, error)
+        await self._ended(ingestion, lambda: self._fail(ingestion, error))
+        return to_failure(error)
+
+    async def _ended(self, ingestion: Ingestion, end: Callable[[], Awaitable[object]]) -> None:
+        """Run ``end``, the writes that end the ingestion: retried while Redis restarts; if they still
+        fail, the work lease is left to lapse and the reaper ends the ingestion (:meth:`fail_orphan`).
+
+        An end that escaped here would leave the ingestion running for ever, its lease renewed.
+        """
+        async def attempt() -> None:
+            try:
+                await end()
+            except FailedPrecondition as exc:
+                if exc.reason != "EVENT_LOG_FINISHED":
+                    raise  # else an earlier try wrote the final event and lost the reply
+            except aioredis.RedisError as exc:
+                raise translated(exc) from exc
+
+        try:
+            await retry_unavailable(attempt, seconds=END_RETRY_SECONDS, what="ingestion end")
+        except DaveloperError as exc:
+            log.warning("an ingestion's end could not be recorded; its lease lapses and the reaper records it: %s",
+                        exc, extra={"ingestion_id": ingestion.id})
+            if self._work is not None:
+                self._work.disown("ingestion", ingestion.id)
 
     async def fail_orphan(self, fields: Mapping[str, str]) -> None:
         """Fail an ingestion whose instance stopped (its lease lapsed), removing the chunks it stored."""
@@ -214,15 +248,17 @@ class Ingestor:
         except asyncio.CancelledError:
             # Shutdown: record why the ingestion ended, then let the cancel through.
             interrupted = Unavailable("server shut down during ingestion", reason="INTERRUPTED", retry_after=0)
-            await asyncio.shield(self._abandon(ingestion, interrupted))
+            await asyncio.shield(self._ended(ingestion, lambda: self._abandon(ingestion, interrupted)))
             raise
         except Exception as exc:  # a failure, or Cancelled
-            outcome = exc
+            outcome = translated(exc)  # e.g. Redis unreachable: UNAVAILABLE, not a fault of ours
         if isinstance(outcome, Document):
-            await self._emit(ingestion, final=True, stored=outcome)
+            document = outcome
+            await self._ended(ingestion, lambda: self._emit(ingestion, final=True, stored=document))
             log.info("document stored", extra={"document_id": outcome.id, "chunks": outcome.chunk_count})
         else:
-            await self._abandon(ingestion, outcome)
+            error = outcome
+            await self._ended(ingestion, lambda: self._abandon(ingestion, error))
 
     def receiving(self, ingestion: Ingestion) -> contextlib.AbstractAsyncContextManager[None]:
         """Around the receipt of an upload's bytes: a client that sends none for the leases' ``stall_seconds``

@@ -25,7 +25,18 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from daveloper.errors import Cancelled, DaveloperError, Internal, NotFound, ResourceExhausted, Unavailable, to_failure
+from daveloper.agent.retry import retry_unavailable
+from daveloper.errors import (
+    Cancelled,
+    DaveloperError,
+    FailedPrecondition,
+    Internal,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+    to_failure,
+    translated,
+)
 from daveloper.eventlog import Entry, EventLog
 from daveloper.infra.redis import reply_text
 from daveloper.jobs import BackgroundJobs
@@ -57,6 +68,8 @@ log = logging.getLogger("daveloper.scraper")
 LEASE_SECONDS = 30.0
 #: At most one progress event per this many seconds (the final one is always sent).
 PROGRESS_INTERVAL = 0.5
+#: How long a job's end is retried while Redis does not answer, before the reaper is left to record it.
+END_RETRY_SECONDS = 15.0
 
 # KEYS[1] day counter; ARGV: pages, limit, ttl. Takes the pages only if they fit.
 _TAKE = """
@@ -235,6 +248,14 @@ class JobRun:
 Work = Callable[[JobRun], Coroutine[Any, Any, None]]
 
 
+def _failure_of(exc: BaseException) -> BaseException:
+    """``exc`` as one of our errors; a group (a crawl's pages fail together) as its first error if all are ours."""
+    if isinstance(exc, BaseExceptionGroup):
+        errors = [_failure_of(inner) for inner in exc.exceptions]
+        return errors[0] if all(isinstance(error, DaveloperError) for error in errors) else exc
+    return translated(exc)
+
+
 class JobRunner:
     """Starts jobs and owns their life cycle."""
 
@@ -292,29 +313,48 @@ class JobRunner:
 
     async def _run(self, run: JobRun, work: Work) -> None:
         job = run.job
-        job.state = JobState.RUNNING
-        await self._save(run)
         failure: Failure | None = None
         heartbeat = asyncio.create_task(self._heartbeat(run))
         try:
+            job.state = JobState.RUNNING
+            await self._save(run)
             await self._events.run_cancellable(run.scope, self._watched(run, work))
             state = JobState.SUCCEEDED
         except asyncio.CancelledError:
             interrupted = Unavailable("the server shut down while the job ran", reason="INTERRUPTED", retry_after=0)
-            await asyncio.shield(self._finish(run, JobState.FAILED, to_failure(interrupted)))
+            await asyncio.shield(self._end(run, JobState.FAILED, to_failure(interrupted)))
             raise
         except Cancelled:
             state = JobState.CANCELLED
         except DaveloperError as exc:
             state, failure = JobState.FAILED, to_failure(exc)
         except Exception as exc:
-            log.error("job failed", exc_info=exc, extra={"job_id": job.id})
-            state, failure = JobState.FAILED, to_failure(Internal("the job failed unexpectedly"))
+            error = _failure_of(exc)  # e.g. Redis unreachable: UNAVAILABLE, not a fault of ours
+            if not isinstance(error, DaveloperError):
+                log.error("job failed", exc_info=exc, extra={"job_id": job.id})
+                error = Internal("the job failed unexpectedly")
+            state, failure = JobState.FAILED, to_failure(error)
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-        await self._finish(run, state, failure)
+        await self._end(run, state, failure)
+
+    async def _end(self, run: JobRun, state: JobState, failure: Failure | None) -> None:
+        """Record the job's end from its own task: retried while Redis restarts, else left to the reaper.
+
+        An end that cannot be written must not leave the job running for ever: its work lease is no
+        longer renewed, so it lapses and the reaper (here or elsewhere) writes the end once Redis
+        answers (:meth:`fail_orphan`).
+        """
+        try:
+            await retry_unavailable(lambda: self._finish(run, state, failure), seconds=END_RETRY_SECONDS,
+                                    what="job end")
+        except (DaveloperError, aioredis.RedisError) as exc:
+            log.warning("a job's end could not be recorded; its lease lapses and the reaper records it: %s", exc,
+                        extra={"job_id": run.job.id})
+            if self._work is not None:
+                self._work.disown("job", run.job.id)
 
     async def _watched(self, run: JobRun, work: Work) -> None:
         """``work``, stopped (``NO_PROGRESS``) if it appends no event for the leases' ``stall_seconds``."""
@@ -325,15 +365,20 @@ class JobRunner:
             await work(run)
 
     async def _finish(self, run: JobRun, state: JobState, failure: Failure | None) -> None:
+        """Save the job's end and append its final event (once: a retry finds the log finished), then free it."""
         run.job.state = state
         run.job.failure = failure
+        await self._save(run)
         try:
-            await self._save(run)
             await run.emit(final=True, finished=JobFinished(state=state, stats=run.stats, failure=failure))
-        finally:
+        except FailedPrecondition as exc:
+            if exc.reason != "EVENT_LOG_FINISHED":
+                raise  # else an earlier try appended it and lost the reply
+        # The session's slot lapses by itself if this fails; the work lease is then found ended.
+        with contextlib.suppress(DaveloperError, aioredis.RedisError):
             await self._store.release(run.session_id, run.job.id)
-            if self._work is not None:
-                await self._work.release("job", run.job.id)
+        if self._work is not None:
+            await self._work.release("job", run.job.id)
         log.info("job finished", extra={"job_id": run.job.id, "state": state.name,
                                         "pages": run.stats.pages_fetched})
 
@@ -344,14 +389,17 @@ class JobRunner:
             job = await self._store.get(session_id, job_id)
         except NotFound:
             return  # the session was deleted meanwhile
+        if await self._events.finished(job_scope(job_id)):
+            await self._store.release(session_id, job_id)
+            return
+        run = JobRun(job, session_id, self._events, self._store, self.limits, self._metrics)
+        run.stats = job.stats or JobStats()
         if job.state in (JobState.QUEUED, JobState.RUNNING):
-            run = JobRun(job, session_id, self._events, self._store, self.limits, self._metrics)
-            run.stats = job.stats or JobStats()
             lost = Unavailable("the server running this job stopped; start it again", reason="OWNER_LOST",
                                retry_after=0, metadata={"owner": fields.get("owner", "")})
             await self._finish(run, JobState.FAILED, to_failure(lost))
-        else:
-            await self._store.release(session_id, job_id)
+        else:  # its end was saved, but its final event not written (Redis went away in between)
+            await self._finish(run, job.state, job.failure)
 
     async def _save(self, run: JobRun) -> None:
         run.job.update_time = _now()
