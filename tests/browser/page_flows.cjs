@@ -238,6 +238,35 @@ const flows = {
     flow.usage = await page.locator('[data-testid="usage"]').textContent();
     await shoot(page, 'search-and-usage', () => page.evaluate(() => window.scrollTo(0, 0)));
     await page.locator('#usage-summary').click();
+    // The socket drops once the whole file is sent and the server is processing it: the page
+    // follows the ingestion with WatchIngestion to its end instead of calling it failed.
+    await page.evaluate(() => {
+      const uploads = document.getElementById('uploads');
+      const before = uploads.children.length;
+      const observer = new MutationObserver(() => {
+        const row = uploads.children[before];
+        const status = row?.querySelector('[data-testid="upload-status"]')?.textContent || '';
+        if (/^(parsing|chunking|embedding|storing)/.test(status)) {
+          observer.disconnect();
+          window.droppedAt = status;
+          window.daveloper.dropConnection();
+        }
+      });
+      observer.observe(uploads, { childList: true, subtree: true, characterData: true });
+    });
+    const big = Array.from({ length: 400 }, (_, i) => `## Section ${i}\n\nThe widget queue note number ${i} says the frobnicator is fine.\n`).join('\n');
+    await page.locator('#upload-file').setInputFiles({ name: 'big-notes.md', mimeType: 'text/markdown', buffer: Buffer.from(big) });
+    const bigRow = page.locator('[data-testid="upload"]').last();
+    await page.waitForFunction(() => ['stored', 'failed'].includes(document.querySelector('#uploads li:last-child')?.dataset.state));
+    flow.resumedUpload = {
+      droppedAt: await page.evaluate(() => window.droppedAt),
+      state: await bigRow.getAttribute('data-state'),
+      resumed: await bigRow.getAttribute('data-resumed'),
+      status: await bigRow.locator('[data-testid="upload-status"]').textContent(),
+    };
+    await connected(page);
+    await page.locator('#documents li', { hasText: 'big-notes' }).locator('[data-testid="delete-document"]').click();
+    await page.waitForFunction(() => !/big-notes/.test(document.getElementById('documents').textContent));
     return flow;
   },
 

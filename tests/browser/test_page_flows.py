@@ -235,6 +235,12 @@ def check_documents(flow: dict[str, Any]) -> None:
     assert flow["afterDelete"] == flow["beforeDelete"] - 1
     assert not any("dropped" in name for name in flow["namesAfterDelete"])
     assert "Documents3 of 500" in flow["usage"], flow["usage"]
+    # A socket lost while the server processes an upload: the page follows it to the end.
+    resumed = flow["resumedUpload"]
+    assert resumed["droppedAt"], resumed
+    assert resumed["resumed"] == "true", resumed
+    assert resumed["state"] == "stored", resumed
+    assert resumed["status"].startswith("stored: "), resumed
 
 
 def check_answer(flow: dict[str, Any], stored: tuple[int, Any]) -> None:

@@ -217,24 +217,31 @@ export class Documents {
       if (kind) row.dataset.state = kind;
     };
     say('uploading…', 'running');
+    // What the events said so far: the ingestion's id and last seq let WatchIngestion take over
+    // when the connection goes after the whole file was sent (the server goes on storing it).
+    const ingestion = { id: '', lastSeq: 0, stored: null, failure: null };
+    const apply = (event) => {
+      const seq = Number(event.seq || 0);
+      if (seq && seq <= ingestion.lastSeq) return;
+      ingestion.lastSeq = seq || ingestion.lastSeq;
+      ingestion.id = ingestion.id || event.ingestionId || '';
+      if (event.progress) {
+        const { stage, done = '0', total = '0' } = event.progress;
+        const [from, to] = STAGE_SPAN[stage] || [0, 0];
+        const fraction = Number(total) > 0 ? Number(done) / Number(total) : 1;
+        bar.value = Math.max(bar.value, from + (to - from) * fraction);
+        say(`${(stage || '').replace('INGEST_STAGE_', '').toLowerCase()} ${done}/${total}`);
+      } else if (event.stored) {
+        ingestion.stored = event.stored;
+      } else if (event.failed) {
+        ingestion.failure = event.failed;
+      }
+    };
     const call = this.page.conn.bidi(`${DOCUMENTS}Upload`);
-    let stored = null;
-    let failure = null;
+    let sent = false;
     const reading = (async () => {
       for await (const response of call) {
-        const event = response.event;
-        if (!event) continue; // a heartbeat
-        if (event.progress) {
-          const { stage, done = '0', total = '0' } = event.progress;
-          const [from, to] = STAGE_SPAN[stage] || [0, 0];
-          const fraction = Number(total) > 0 ? Number(done) / Number(total) : 1;
-          bar.value = Math.max(bar.value, from + (to - from) * fraction);
-          say(`${(stage || '').replace('INGEST_STAGE_', '').toLowerCase()} ${done}/${total}`);
-        } else if (event.stored) {
-          stored = event.stored;
-        } else if (event.failed) {
-          failure = event.failed;
-        }
+        if (response.event) apply(response.event); // else a heartbeat
       }
     })();
     try {
@@ -246,20 +253,54 @@ export class Documents {
         await call.send({ chunk: toBase64(bytes) });
       }
       call.end();
+      sent = true;
       await reading;
     } catch (error) {
       call.cancel();
       await reading.catch(() => {});
-      failure = failure || error;
+      const lost = error.code === 'unavailable' && sent && ingestion.id && !ingestion.stored && !ingestion.failure;
+      if (lost) {
+        row.dataset.resumed = 'true';
+        say('connection lost; following the upload again…');
+        await this.followIngestion(ingestion, apply);
+      }
+      ingestion.failure = ingestion.failure || (ingestion.stored ? null : error);
     }
+    const { stored, failure } = ingestion;
     if (stored) {
       bar.value = 100;
-      say(`stored: ${stored.chunkCount || 0} chunk${stored.chunkCount === 1 ? '' : 's'}${stored.version > 1 ? `, version ${stored.version}` : ''}`, 'stored');
+      const chunks = `${stored.chunkCount || 0} chunk${stored.chunkCount === 1 ? '' : 's'}`;
+      say(`stored: ${chunks}${stored.version > 1 ? `, version ${stored.version}` : ''}`, 'stored');
     } else {
       say(`failed: ${describeError(failure || { message: 'the upload ended without a result' })}`, 'failed');
     }
     await this.refresh();
     this.page.refreshUsage();
+  }
+
+  /** Follow an ingestion with WatchIngestion from its last event, across reconnects (for up to a minute). */
+  async followIngestion(ingestion, apply) {
+    const until = Date.now() + 60000;
+    while (!ingestion.stored && !ingestion.failure && Date.now() < until) {
+      const conn = this.page.conn;
+      if (!conn) {
+        // eslint-disable-next-line no-await-in-loop
+        await new Promise((resolve) => { setTimeout(resolve, 250); });
+        continue;
+      }
+      const watch = conn.serverStream(`${DOCUMENTS}WatchIngestion`, {
+        ingestionId: ingestion.id, afterSeq: String(ingestion.lastSeq),
+      });
+      try {
+        // eslint-disable-next-line no-await-in-loop
+        for await (const response of watch) {
+          if (response.event) apply(response.event);
+          if (ingestion.stored || ingestion.failure) break; // WatchIngestion tails until the end
+        }
+      } catch (error) {
+        if (error.code !== 'unavailable') ingestion.failure = error;
+      }
+    }
   }
 }
 
