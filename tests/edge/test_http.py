@@ -191,6 +191,25 @@ async def test_a_non_ascii_bearer_token_is_401_not_500(edge: Edge, http: aiohttp
     assert "t\u00e9st" not in json.dumps(body)
 
 
+async def test_an_over_long_bearer_token_is_401_before_any_upstream_call(app: App, edge: Edge,
+                                                                        http: aiohttp.ClientSession) -> None:
+    # Longer than any token the server issues, short enough for aiohttp's header line limit: our check
+    # refuses it, before it is encoded into upstream metadata (HPACK is superlinear in header size).
+    def upstream_calls() -> float:
+        return sum(sample.value for metric in app.metrics.registry.collect() if metric.name == "daveloper_rpc_requests"
+                   for sample in metric.samples if sample.name.endswith("_total"))
+
+    before = upstream_calls()
+    code, body, _ = await post(http, edge, "/daveloper.v1.SessionService/GetSession", {},
+                               Authorization="Bearer " + "A" * 6000)
+    assert code == 401
+    assert body["code"] == "unauthenticated"
+    assert "AAAA" not in json.dumps(body)
+    assert upstream_calls() == before
+    await post(http, edge, "/daveloper.v1.SessionService/CreateSession", {})
+    assert upstream_calls() == before + 1  # what a call that does go upstream counts
+
+
 async def test_a_client_leaving_a_server_stream_cancels_the_upstream_call_at_once(
         app: App, edge: Edge, caplog: pytest.LogCaptureFixture) -> None:
     # Ten `curl --max-time 1` Watch calls: each upstream call used to stay open (holding what
