@@ -456,7 +456,9 @@ const flows = {
   async stall(browser) {
     let mode = 'pass';
     let current = 0;
-    const muted = new Set();
+    const muted = new Set(); // sockets that deliver nothing more
+    const quietStreams = new Map(); // socket → highest stream id whose messages are no longer delivered
+    const opened = new Map(); // socket → highest stream id the page opened
     const { context, page } = await newPage(browser, {
       route: (context) => context.routeWebSocket(/\/ws$/, (ws) => {
         result.requests.push(ws.url());
@@ -467,12 +469,47 @@ const flows = {
         current += 1;
         const id = current;
         const server = ws.connectToServer();
-        ws.onMessage((message) => server.send(message));
-        server.onMessage((message) => { if (!muted.has(id)) ws.send(message); });
+        ws.onMessage((message) => {
+          const frame = JSON.parse(message);
+          if (frame.type === 'open') opened.set(id, frame.id);
+          server.send(message);
+        });
+        server.onMessage((message) => {
+          if (muted.has(id)) return;
+          const frame = JSON.parse(message);
+          if (frame.type === 'msg' && frame.id <= (quietStreams.get(id) ?? 0)) return;
+          ws.send(message);
+        });
       }),
     });
     try {
       const flow = { heartbeatMs: await page.evaluate(() => window.daveloper.heartbeatMs) };
+      // 1. The turn's stream goes quiet but the socket answers pings: the page keeps the socket
+      // and follows the turn on a new stream (Watch).
+      await page.evaluate(() => {
+        // The stall may last only as long as a ping: record it rather than poll for it.
+        window.stalled = [];
+        new MutationObserver((records) => records.forEach((record) => {
+          if (record.target.dataset.stalled === 'true' || record.oldValue === 'true') {
+            window.stalled.push(record.target.querySelector('[data-testid="turn-status"]').textContent);
+          }
+        })).observe(document.getElementById('transcript'),
+          { attributes: true, attributeFilter: ['data-stalled'], attributeOldValue: true, subtree: true });
+      });
+      await ask(page, 'A slow answer on a quiet stream, please');
+      await answerStarted(page);
+      const socketsBefore = current;
+      quietStreams.set(current, opened.get(current));
+      await page.waitForFunction(() => window.stalled.length > 0);
+      await page.locator(finished).waitFor();
+      flow.quiet = {
+        ...(await turnInfo(page)), socketsOpened: current - socketsBefore,
+        stalled: await page.evaluate(() => window.stalled),
+      };
+      result.conversations.quiet = await where(page);
+      // 2. The socket goes silent (no events, no heartbeats, no pongs): the page drops it and
+      // reconnects; the first reconnect is refused, so it counts down to the next.
+      await page.locator('#new-conversation').click();
       await ask(page, 'A very slow answer, please');
       await answerStarted(page);
       muted.add(current); // nothing more reaches the page on this socket: no events, no heartbeats, no pongs

@@ -192,7 +192,7 @@ async def test_every_flow_of_the_page(settings: Settings, redis: aioredis.Redis,
     check_conversations(result["conversationsFlow"], stored)
     check_reload(result["reload"], stored["reload"])
     check_states(result["states"], stored["states"])
-    check_stall(result["stall"], stored["stall"])
+    check_stall(result["stall"], stored["stall"], stored["quiet"])
     check_rate_limit(result["rateLimit"])
     check_jobs(result["jobs"], jobs, site)
 
@@ -355,8 +355,15 @@ def check_states(flow: dict[str, Any], stored: tuple[int, Any]) -> None:
     assert conversation["turns"][-1]["assistantText"] == flow["dropped"]["text"]
 
 
-def check_stall(flow: dict[str, Any], stored: tuple[int, Any]) -> None:
+def check_stall(flow: dict[str, Any], stored: tuple[int, Any], quiet: tuple[int, Any]) -> None:
     assert flow["heartbeatMs"] == 1000
+    # A quiet stream on a live socket: the same socket, the turn followed to its end on a new stream.
+    assert flow["quiet"]["stalled"][0].startswith("stalled"), flow["quiet"]
+    assert flow["quiet"]["socketsOpened"] == 0
+    assert flow["quiet"]["state"] == "completed"
+    assert flow["quiet"]["verified"] == "true"
+    assert flow["quiet"]["text"] == quiet[1]["turns"][-1]["assistantText"]
+    # A silent socket: dropped, a refused reconnect counted down, then the rest of the answer.
     assert flow["stalledStatus"].startswith("stalled"), flow["stalledStatus"]
     assert flow["countdown"], "a failed reconnect showed a countdown"
     assert flow["state"] == "completed"
