@@ -43,6 +43,7 @@ from generated.daveloper.v1 import (
     IngestEvent,
     JobEvent,
     JobState,
+    ListDocumentsRequest,
     ScraperServiceStub,
     ScrapeSpec,
     SendMessage,
@@ -404,8 +405,16 @@ async def test_hundreds_of_dropped_clients_and_a_valkey_restart_lose_nothing_and
                             check_log(events)
                             checked += 1
                 documents, scraper = DocumentServiceStub(channel), ScraperServiceStub(channel)
+                failed: set[str] = set()
                 for token, ingestion_id in chaos.ingestions:
-                    check_ingestion(await ended_ingestion(documents, token, ingestion_id))
+                    ingestion = await ended_ingestion(documents, token, ingestion_id)
+                    check_ingestion(ingestion)
+                    if ingestion[-1].failed is not None:
+                        failed.add(ingestion_id)
+                for token in tokens:  # a failed upload stored nothing
+                    listed = await documents.list_documents(ListDocumentsRequest(page_size=1000), timeout=5,
+                                                            metadata=bearer(token))
+                    assert failed.isdisjoint(d.ingestion_id for d in listed.documents)
                 for token, job_id in chaos.jobs:
                     check_job(await ended_job(scraper, token, job_id))
             assert checked > len(tokens)
