@@ -133,7 +133,7 @@ function renderList(lines, start, parent, options) {
   }
   for (const { body } of items) {
     const item = el('li');
-    const blockish = body.length > 1 && body.slice(1).some((l) => !l.trim() || startsBlock(body, body.indexOf(l)));
+    const blockish = body.some((line, k) => k > 0 && (!line.trim() || startsBlock(body, k)));
     if (!blockish && !startsBlock(body, 0)) {
       renderInline(body.join('\n'), item, options);
     } else {
@@ -340,13 +340,7 @@ function highlight(code, language, parent) {
     else if (/^["'`]/.test(token)) kind = 's';
     else if (/^\d/.test(token)) kind = 'n';
     else if (KEYWORDS.has(token)) kind = 'k';
-    if (!kind) {
-      if (token.startsWith('/') || token.startsWith('#')) {
-        // not a comment in this language: highlight nothing of it but keep scanning after its first char
-        continue;
-      }
-      continue;
-    }
+    if (!kind) continue; // a plain word, or comment syntax of another language: left as text
     if (m.index > last) parent.append(document.createTextNode(code.slice(last, m.index)));
     parent.append(el('span', `tok-${kind}`, token));
     last = m.index + token.length;
