@@ -254,8 +254,18 @@ class Agent:
                                                create_time=created, token_delta=TokenDelta(text=text))))
         turn.appends += 1
         writer = (turn.writer or turn.record.id, turn.appends)
-        first = await retry_unavailable(lambda: self._events.append_many(turn.scope, payloads, writer=writer),
-                                        seconds=self._settings.redis_retry_seconds, what="turn event")
+
+        async def append() -> int:
+            try:
+                return await self._events.append_many(turn.scope, payloads, writer=writer)
+            except Unavailable:
+                # The stream stops waiting on this instance: it reads the log, which fails UNAVAILABLE
+                # at once while Redis is away (the client resumes later); the turn itself retries.
+                if turn.feed is not None:
+                    turn.feed.close()
+                raise
+
+        first = await retry_unavailable(append, seconds=self._settings.redis_retry_seconds, what="turn event")
         if turn.feed is not None:
             turn.feed.push(first, payloads, ends_turn="turn_completed" in kind or "turn_failed" in kind)
         return first + len(payloads) - 1

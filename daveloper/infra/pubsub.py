@@ -75,15 +75,16 @@ def publish_command(redis: Any) -> str:
 async def pubsub_call(call: Awaitable[T]) -> T:
     """Await a (un)subscribe on a shared pub/sub connection, as :func:`redis_call` does.
 
-    One more failure means "Redis went away" here: when the connection drops,
+    Two more failures mean "Redis went away" here. When the connection drops,
     the task reading it disconnects it, and a command being written on it at
     that moment meets redis-py's torn-down writer (``AttributeError`` on
-    ``None``) rather than a ``ConnectionError``. Both are ``Unavailable``,
-    which callers retry.
+    ``None``); or the command reconnects and reads its handshake replies while
+    that task reads too (``RuntimeError``: two readers of one stream). Like a
+    ``ConnectionError``, both are ``Unavailable``, which callers retry.
     """
     try:
         return await redis_call(call)
-    except AttributeError as exc:
+    except (AttributeError, RuntimeError) as exc:
         raise Unavailable("pub/sub connection reset during a command", retry_after=0.5) from exc
 
 
