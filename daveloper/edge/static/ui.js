@@ -83,7 +83,10 @@ export function describeError(error) {
   if (reason === 'UPLOAD_TOO_LARGE') return `The file is too large for this server (${message}).`;
   if (reason === 'PARSE_BUDGET_EXCEEDED') return 'The file took too much work to read; try a smaller or simpler file.';
   if (reason === 'CIRCUIT_OPEN' || reason === 'UPSTREAM_TIMEOUT') return `The model or site is not answering right now.${retry || ' Try again in a little while.'}`;
-  if (code === 'resource_exhausted') return retry ? `Rate limited:${retry}` : `Rate limited (${message || 'too many requests'}). Try again in a moment.`;
+  if (code === 'resource_exhausted') {
+    return retry ? `Rate limited: try again in ${Math.max(1, Math.ceil(retryMs / 1000))} s.`
+      : `Rate limited (${message || 'too many requests'}). Try again in a moment.`;
+  }
   if (code === 'unauthenticated') return 'Your session has expired or was deleted: reload the page to start a new one.';
   if (code === 'unavailable') return `The server is unavailable right now.${retry || ' The page keeps retrying.'}`;
   if (code === 'deadline_exceeded') return 'The server took too long to answer; try again.';
