@@ -54,6 +54,8 @@ PATH_SEPARATOR = " > "
 _Spans = list[tuple[int, int]]
 #: Cuts ``text[start:end]`` into consecutive units that cover it.
 _Splitter = Callable[[str, int, int], _Spans]
+#: Spans with their token counts.
+_CountedSpans = list[tuple[int, int, int]]
 #: A sentence ends at . ! ? before whitespace, or at a fullwidth (CJK) stop, which no space follows.
 _SENTENCE_END = re.compile(r"(?<=[.!?\u3002\uff01\uff1f])[\"')\]]*\s+|(?<=[\u3002\uff01\uff1f])")
 _BLANK_LINES = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)*")
@@ -79,21 +81,28 @@ class _Piece:
     end_line: int
 
 
-def chunk(doc: ParsedDocument, *, max_tokens: int = MAX_TOKENS, overlap_tokens: int = 40) -> list[ChunkDraft]:
-    """Cut ``doc`` into chunks of at most ``max_tokens`` (prefix included), indexed 0..n-1; deterministic."""
+def chunk(doc: ParsedDocument, *, max_tokens: int = MAX_TOKENS, overlap_tokens: int = 40,
+          block_tokens: Sequence[int] | None = None) -> list[ChunkDraft]:
+    """Cut ``doc`` into chunks of at most ``max_tokens`` (prefix included), indexed 0..n-1; deterministic.
+
+    ``block_tokens``: ``count_tokens`` of each block's text, when the caller has counted them already.
+    """
     if max_tokens < 8 or not 0 <= overlap_tokens <= max_tokens // 2:
         raise ValueError(f"need max_tokens >= 8 and 0 <= overlap_tokens <= max_tokens // 2, "
                          f"got {max_tokens} and {overlap_tokens}")
-    packer = _Packer(doc.blocks, max_tokens, overlap_tokens, code=bool(doc.language))
+    if block_tokens is not None and len(block_tokens) != len(doc.blocks):
+        raise ValueError(f"{len(block_tokens)} block token counts for {len(doc.blocks)} blocks")
+    packer = _Packer(doc.blocks, max_tokens, overlap_tokens, code=bool(doc.language),
+                     block_tokens=block_tokens or [count_tokens(block.text) for block in doc.blocks])
     if doc.language:
         _pack_code(packer)
     else:
         _pack_prose(packer)
     packer.close(carry=False)
     return [
-        ChunkDraft(index=index, text=text, token_count=count_tokens(text), heading_path=path,
+        ChunkDraft(index=index, text=text, token_count=tokens, heading_path=path,
                    page=page, start_line=start_line, end_line=end_line)
-        for index, (text, path, page, start_line, end_line) in enumerate(packer.chunks)
+        for index, (text, tokens, path, page, start_line, end_line) in enumerate(packer.chunks)
     ]
 
 
@@ -156,31 +165,36 @@ def _sections(blocks: Sequence[Block]) -> list[tuple[int | None, list[int]]]:
 class _Packer:
     """Collects pieces into chunks under the budget; renders each closed chunk."""
 
-    def __init__(self, blocks: Sequence[Block], max_tokens: int, overlap_tokens: int, *, code: bool = False) -> None:
+    def __init__(self, blocks: Sequence[Block], max_tokens: int, overlap_tokens: int, *, code: bool = False,
+                 block_tokens: Sequence[int]) -> None:
         self.blocks = blocks
+        self.block_tokens = block_tokens
         #: A source file's chunk text is exactly its lines: its definition path is not written into it.
         self.code = code
         self.max_tokens = max_tokens
         self.overlap_tokens = overlap_tokens
         self.current: list[_Piece] = []
         self.overlap: _Piece | None = None
-        #: (text, heading path, page, start line, end line) of each closed chunk
-        self.chunks: list[tuple[str, tuple[str, ...], int, int, int]] = []
+        #: (text, tokens, heading path, page, start line, end line) of each closed chunk
+        self.chunks: list[tuple[str, int, tuple[str, ...], int, int, int]] = []
+        #: heading path → (its prefix, the prefix's tokens)
+        self._prefixes: dict[tuple[str, ...], tuple[str, int]] = {}
         #: offsets of the newlines in each block's text, to turn offsets into line numbers
         self._newlines: dict[int, list[int]] = {}
 
     def heading(self, index: int) -> _Piece:
         block = self.blocks[index]
-        return _Piece(index, 0, len(block.text), block.text, count_tokens(block.text),
+        return _Piece(index, 0, len(block.text), block.text, self.block_tokens[index],
                       (*block.heading_path, block.text), block.level, block.page, block.start_line, block.end_line)
 
     def split(self, index: int, block: Block) -> list[_Piece]:
         """The block as pieces that fit with its prefix and an overlap."""
-        budget = self.max_tokens - count_tokens(self.prefix(block.heading_path)) - self.overlap_tokens
-        spans = _pack_spans(block.text, 0, len(block.text), budget, _UNITS[block.kind])
-        return [piece for start, end in spans if (piece := self.piece(index, start, end)) is not None]
+        budget = self.max_tokens - self.prefix_tokens(block.heading_path) - self.overlap_tokens
+        spans = _pack_spans(block.text, 0, len(block.text), budget, _UNITS[block.kind], self.block_tokens[index])
+        return [piece for start, end, tokens in spans if (piece := self.piece(index, start, end, tokens)) is not None]
 
-    def piece(self, index: int, start: int, end: int) -> _Piece | None:
+    def piece(self, index: int, start: int, end: int, tokens: int | None = None) -> _Piece | None:
+        """``text[start:end]`` of block ``index`` without its blank lines around; ``tokens``: its count if known."""
         block = self.blocks[index]
         text = block.text
         if match := _LEADING_BLANK_LINES.match(text, start, end):
@@ -196,20 +210,31 @@ class _Packer:
                 self._newlines[index] = [match.start() for match in re.finditer("\n", text)]
             return block.start_line + bisect.bisect_left(self._newlines[index], offset)
 
-        return _Piece(index, start, end, text[start:end], count_tokens(text[start:end]), block.heading_path,
+        body = text[start:end]  # stripping whitespace leaves the count as it was
+        return _Piece(index, start, end, body, count_tokens(body) if tokens is None else tokens, block.heading_path,
                       0, block.page, line(start), line(end - 1))
 
     def prefix(self, path: tuple[str, ...]) -> str:
-        if self.code:
-            return ""
-        for candidate in (PATH_SEPARATOR.join(path), path[-1] if path else ""):
-            if count_tokens(candidate) <= self.max_tokens // 4:
-                return candidate
-        return ""
+        return self._prefix(path)[0]
+
+    def prefix_tokens(self, path: tuple[str, ...]) -> int:
+        return self._prefix(path)[1]
+
+    def _prefix(self, path: tuple[str, ...]) -> tuple[str, int]:
+        if (known := self._prefixes.get(path)) is not None:
+            return known
+        found = "", 0
+        if not self.code:
+            for candidate in (PATH_SEPARATOR.join(path), path[-1] if path else ""):
+                if (tokens := count_tokens(candidate)) <= self.max_tokens // 4:
+                    found = candidate, tokens
+                    break
+        self._prefixes[path] = found
+        return found
 
     def fits(self, pieces: list[_Piece]) -> bool:
         path, body = self.layout([*self.current, *pieces])
-        return count_tokens(self.prefix(path)) + sum(piece.tokens for piece in body) <= self.max_tokens
+        return self.prefix_tokens(path) + sum(piece.tokens for piece in body) <= self.max_tokens
 
     def add(self, piece: _Piece) -> None:
         self.current.append(piece)
@@ -245,23 +270,29 @@ class _Packer:
         self.overlap = self.tail(last) if carry and not last.level else None
         self.current = []
         parts: list[str] = []
+        # Whitespace between pieces makes the count additive (no token spans whitespace); pieces
+        # joined without it (a word cut in two) are counted again as a whole.
+        additive = True
         for position, piece in enumerate(body):
             if position:
                 # within one block, the source's own whitespace; between blocks, a blank line
                 before = body[position - 1]
                 same = before.block == piece.block and before.end <= piece.start
                 if same:
-                    parts.append(self.blocks[piece.block].text[before.end : piece.start])
+                    gap = self.blocks[piece.block].text[before.end : piece.start]
+                    additive = additive and gap.isspace()
+                    parts.append(gap)
                 elif self.code and before.end_line and piece.start_line > before.end_line:
                     parts.append("\n" * (piece.start_line - before.end_line))  # the blank lines between units
                 else:
                     parts.append("\n\n")
             parts.append(piece.text)
-        prefix = self.prefix(path)
+        prefix, tokens = self._prefix(path)
         text = (prefix + "\n\n" if prefix else "") + "".join(parts)
+        tokens = tokens + sum(piece.tokens for piece in body) if additive else count_tokens(text)
         pages = [piece.page for piece in body if piece.page]
         starts = [piece.start_line for piece in body if piece.start_line]
-        self.chunks.append((text, path, pages[0] if pages else 0, min(starts, default=0),
+        self.chunks.append((text, tokens, path, pages[0] if pages else 0, min(starts, default=0),
                             max((piece.end_line for piece in body), default=0)))
 
     def tail(self, piece: _Piece) -> _Piece | None:
@@ -279,18 +310,27 @@ class _Packer:
         return self.piece(piece.block, piece.start + start, piece.end)
 
 
-def _pack_spans(text: str, start: int, end: int, budget: int, units: Sequence[_Splitter]) -> _Spans:
-    """Greedy: consecutive units while they fit; a unit too large alone is split by the next kind of unit."""
-    if count_tokens(text[start:end]) <= budget:
-        return [(start, end)]
+def _pack_spans(text: str, start: int, end: int, budget: int, units: Sequence[_Splitter],
+                whole: int | None = None) -> _CountedSpans:
+    """Greedy: consecutive units while they fit; a unit too large alone is split by the next kind of unit.
+
+    Each span comes with its token count. Units end after whitespace (or after a fullwidth stop,
+    a token of its own), so a run of units counts the sum of its units' counts. ``whole``: the
+    count of ``text[start:end]`` if known.
+    """
+    if whole is None:
+        whole = count_tokens(text[start:end])
+    if whole <= budget:
+        return [(start, end, whole)]
     if not units:  # one "word" longer than the budget: no character is ever more than one token
-        return [(offset, min(offset + budget, end)) for offset in range(start, end, budget)]
-    spans: _Spans = []
+        return [(offset, stop, count_tokens(text[offset:stop]))
+                for offset in range(start, end, budget) if (stop := min(offset + budget, end))]
+    spans: _CountedSpans = []
     open_start, open_end, open_tokens = start, start, 0
     for unit_start, unit_end in units[0](text, start, end):
         tokens = count_tokens(text[unit_start:unit_end])
         if open_tokens and open_tokens + tokens > budget:
-            spans.append((open_start, open_end))
+            spans.append((open_start, open_end, open_tokens))
             open_start, open_tokens = unit_start, 0
         if tokens > budget:
             spans.extend(_pack_spans(text, unit_start, unit_end, budget, units[1:]))
@@ -299,7 +339,7 @@ def _pack_spans(text: str, start: int, end: int, budget: int, units: Sequence[_S
             open_tokens += tokens
         open_end = unit_end
     if open_tokens:
-        spans.append((open_start, open_end))
+        spans.append((open_start, open_end, open_tokens))
     return spans
 
 

@@ -43,7 +43,6 @@ import socket
 import struct
 import sys
 import time
-from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -165,22 +164,23 @@ def run(job: Job, data: bytes, send: Callable[..., None], embedder: BM25Embedder
     send("stage", "parsing", 1, 1)
     # Every chunk holds at most MAX_TOKENS and every token lands in one: a cheap lower bound
     # that refuses a hostile document (30 MB of one line) before the expensive chunking.
-    least = math.ceil(sum(count_tokens(block.text) for block in parsed.blocks) / MAX_TOKENS)
+    block_tokens = [count_tokens(block.text) for block in parsed.blocks]
+    least = math.ceil(sum(block_tokens) / MAX_TOKENS)
     if least > job.max_chunks:
         raise _OverBudget(Limit.CHUNKS, f"the document makes at least {least} chunks; "
                                         f"the limit is {job.max_chunks}")
-    drafts = chunk(parsed)
+    drafts = chunk(parsed, block_tokens=block_tokens)
     if len(drafts) > job.max_chunks:
         raise _OverBudget(Limit.CHUNKS, f"the document makes {len(drafts)} chunks; the limit is {job.max_chunks}")
     send("outline", parsed.media_type, parsed.title, parsed.language, len(drafts))
     send("stage", "chunking", len(drafts), len(drafts))
     reported = time.monotonic()
     for start in range(0, len(drafts), BATCH):
-        rows = []
-        for draft in drafts[start:start + BATCH]:
-            vector = embedder.document_vector(draft.text)
-            rows.append((draft.text, draft.token_count, draft.heading_path, draft.page, draft.start_line,
-                         draft.end_line, array("I", vector.indices).tobytes(), array("d", vector.values).tobytes()))
+        batch = drafts[start:start + BATCH]
+        rows = [(draft.text, draft.token_count, draft.heading_path, draft.page, draft.start_line, draft.end_line,
+                 indices, values)
+                for draft, (indices, values) in zip(batch, embedder.document_rows([d.text for d in batch]),
+                                                    strict=True)]
         send("chunks", rows)
         done = min(start + BATCH, len(drafts))
         if time.monotonic() - reported >= PROGRESS_INTERVAL or done == len(drafts):

@@ -56,6 +56,16 @@ def test_every_chunk_fits_the_budget(name: str, max_tokens: int, overlap_tokens:
     assert chunk(doc, max_tokens=max_tokens, overlap_tokens=overlap_tokens) == drafts  # deterministic
 
 
+@pytest.mark.parametrize("name", DOCUMENTS)
+def test_block_counts_given_by_the_caller_give_the_same_chunks(name: str) -> None:
+    doc = DOCUMENTS[name]()
+    counts = [count_tokens(block.text) for block in doc.blocks]
+    assert chunk(doc, max_tokens=80, overlap_tokens=20, block_tokens=counts) == chunk(doc, max_tokens=80,
+                                                                                      overlap_tokens=20)
+    with pytest.raises(ValueError, match="block token counts"):
+        chunk(doc, block_tokens=counts[:-1])
+
+
 def test_big_markdown_keeps_heading_paths_and_never_mixes_sections() -> None:
     doc = parse(samples.big_markdown(sections=6, paragraphs=8).encode(), file_name="manual.md")
     drafts = chunk(doc, max_tokens=120, overlap_tokens=20)

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import math
 import struct
+from array import array
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,19 @@ async def test_queries_weigh_each_unique_term_once() -> None:
     assert vectors.sparse is not None
     assert sorted(vectors.sparse.indices) == sorted({term_index("cach")})
     assert vectors.sparse.values == (1.0,)
+
+
+def test_document_rows_are_the_document_vectors_as_machine_arrays() -> None:
+    embedder = BM25Embedder()
+    texts = ["", "the of and", "parse_config parseConfig HTTPServer2 parsing configs " * 3,
+             "cache cache cache miss", *(f"function number{i} parses über configuration files " * i for i in range(40))]
+    rows = embedder.document_rows(texts)
+    assert len(rows) == len(texts)
+    for text, (indices, values) in zip(texts, rows, strict=True):
+        vector = embedder.document_vector(text)
+        assert tuple(array("I", indices)) == vector.indices
+        assert tuple(array("d", values)) == vector.values  # bit for bit, not approximately
+    assert embedder.document_rows([]) == []
 
 
 async def test_large_batches_give_the_same_vectors_off_the_event_loop() -> None:
