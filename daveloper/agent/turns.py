@@ -259,9 +259,10 @@ class Agent:
             try:
                 return await self._events.append_many(turn.scope, payloads, writer=writer)
             except Unavailable:
-                # The stream stops waiting on this instance: it reads the log, which fails UNAVAILABLE
-                # at once while Redis is away (the client resumes later); the turn itself retries.
-                if turn.feed is not None:
+                # Redis is down: the stream stops waiting on this instance and reads the log, which fails
+                # UNAVAILABLE at once (the client resumes later); the turn itself retries. A cluster's
+                # failover is ridden out by the stream as by the turn.
+                if turn.feed is not None and await self._events.down():
                     turn.feed.close()
                 raise
 

@@ -18,6 +18,7 @@ from daveloper.eventlog._store import ScopeKeys, redis_call
 from daveloper.eventlog.control import ControlChannel
 from daveloper.eventlog.tail import GONE_NOTICE, RESYNC, UNREACHABLE, Tails
 from daveloper.infra.pubsub import publish_command
+from daveloper.infra.redis import redis_down
 from daveloper.metrics import Metrics
 
 __all__ = ["Entry", "EventLog"]
@@ -144,6 +145,10 @@ class EventLog:
             await self._tails.aclose()
         finally:
             await self._control.aclose()
+
+    async def down(self) -> bool:
+        """Whether Redis does not answer at all (a lone server that is down; never a cluster's failover)."""
+        return await redis_down(self._redis)
 
     @property
     def scopes_followed(self) -> int:

@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 
 from daveloper.errors import Unavailable
 from daveloper.infra.pubsub import open_pubsub, pubsub_call
+from daveloper.infra.redis import redis_down
 
 __all__ = ["RESYNC", "UNREACHABLE", "VERIFY", "Follower", "Item", "TailEntry", "Tails", "parse_tail_message"]
 
@@ -267,10 +268,7 @@ class Tails:
         (``RESYNC``); a Redis that is down would leave every stream waiting unseen until its
         client's deadline, so its readers are told instead (and fail UNAVAILABLE).
         """
-        try:
-            async with asyncio.timeout(_READ_SECONDS):
-                await self._redis.ping()
-        except (RedisError, TimeoutError, OSError):
+        if await redis_down(self._redis, within=_READ_SECONDS):
             for feed in self._feeds.values():
                 for follower in feed.followers:
                     follower.push(UNREACHABLE)

@@ -38,8 +38,8 @@ from daveloper.metrics import Metrics, instrument_redis
 T = TypeVar("T")
 
 __all__ = [
-    "MAX_BLOCK_MS", "SOCKET_TIMEOUT", "connect_redis", "is_cluster", "open_redis", "redis_call", "redis_probe",
-    "reply_text",
+    "MAX_BLOCK_MS", "SOCKET_TIMEOUT", "connect_redis", "is_cluster", "open_redis", "redis_call", "redis_down",
+    "redis_probe", "reply_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,23 @@ register_translation(_UNREACHABLE, _unreachable)
 def is_cluster(client: Any) -> bool:
     """Whether ``client`` talks to a Redis/Valkey Cluster (keys of one script must share a slot)."""
     return isinstance(client, RedisCluster)
+
+
+async def redis_down(client: Any, *, within: float = 1.0) -> bool:
+    """Whether a single Redis server does not answer a PING within ``within`` seconds.
+
+    Always False on a cluster: there one shard failing over is not "Redis is
+    down" (its replica takes over, and writes retried meanwhile go through),
+    and a PING would go to every node, the failed one included.
+    """
+    if is_cluster(client):
+        return False
+    try:
+        async with asyncio.timeout(within):
+            await client.ping()
+    except (RedisError, TimeoutError, OSError):
+        return True
+    return False
 
 
 async def redis_call(call: Awaitable[T]) -> T:
