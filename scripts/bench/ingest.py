@@ -4,9 +4,10 @@
   HTML, text, PDF, DOCX; ~20 MB) uploaded through real gRPC ``DocumentService/Upload``
   streams (C at a time, one session) into the app on its embedded defaults (Valkey,
   Qdrant Edge, BM25, the document pool), first byte to the last ``stored`` event.
-  Baseline: the same corpus through parse → chunk → embed in this process, one
-  document after another, with no transport, event log or storage (the CPU floor
-  of the pipeline on one core).
+  Baseline: the same corpus through the document worker's own pipeline (parse →
+  chunk → embed → the pickled frames) in this process, one document after another,
+  with no transport, event log or storage (the CPU floor of the pipeline on one
+  core), and that floor's process CPU time per stage.
 * **Health during a hostile upload**: ``grpc.health.v1.Health/Check`` round trips,
   back to back from another connection, while a 30 MB upload of one line runs.
   With the default budget it is refused (PARSE_BUDGET_EXCEEDED, chunk cap) in
@@ -17,8 +18,11 @@
   document is parsed, chunked and embedded the way ingestion did before the pool,
   in a thread of the server's process (``asyncio.to_thread``: it holds the GIL).
 
-Peak RSS: the benchmark process (the server and its clients) and the pool's
-workers (their high-water marks, read before the app closes).
+The uploads come from a client process of its own (it generates the corpus
+itself), so that the figures of the benchmark process are the server's: its CPU
+time during the uploads and its peak RSS (read right after them), beside the CPU
+time of the client, the pool's workers and the Qdrant Edge engine process, and
+their high-water marks (read before the app closes).
 
     .venv/bin/python -m scripts.bench.ingest [--quick] [--megabytes MB] [--concurrency C] [--json]
 """
@@ -35,6 +39,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
+import pickle
 import resource
 import tempfile
 import time
@@ -47,9 +53,12 @@ from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest
 
 from daveloper.app import App, open_app
-from daveloper.documents.chunking import chunk
+from daveloper.documents.chunking import MAX_TOKENS, chunk
 from daveloper.documents.embeddings.bm25 import BM25Embedder
 from daveloper.documents.parsing import parse
+from daveloper.documents.tokens import count_tokens
+from daveloper.documents.worker import BATCH, Job, cpu_seconds
+from daveloper.documents.worker import run as worker_run
 from generated.daveloper.v1 import (
     CreateSessionRequest,
     DocumentServiceStub,
@@ -62,6 +71,7 @@ from scripts.bench._stats import summary_us, table
 from scripts.bench.documents import corpus
 
 PIECE = 1 << 20  # bytes per Upload chunk message
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def peak_rss_mib() -> float:
@@ -122,8 +132,9 @@ async def health_while(channel: Channel, work: asyncio.Future[Any]) -> list[floa
     return samples
 
 
-async def ingest_corpus(app: App, files: list[tuple[str, bytes]], concurrency: int) -> dict[str, Any]:
-    channel = Channel(app.grpc_addr.host, app.grpc_addr.port)
+async def upload_corpus(host: str, port: int, files: list[tuple[str, bytes]], concurrency: int) -> dict[str, Any]:
+    """Upload ``files``, ``concurrency`` at a time, into one new session; wall time of the uploads."""
+    channel = Channel(host, port)
     try:
         token = (await SessionServiceStub(channel).create_session(CreateSessionRequest(), timeout=10)).token
         stub, pending, chunks = DocumentServiceStub(channel), list(reversed(files)), 0
@@ -136,27 +147,101 @@ async def ingest_corpus(app: App, files: list[tuple[str, bytes]], concurrency: i
                 assert outcome == "stored", (name, outcome)
                 chunks += count
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         async with asyncio.TaskGroup() as tasks:
             for _ in range(concurrency):
                 tasks.create_task(uploader())
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
         channel.close()
-    size = sum(len(d) for _, d in files)
-    return {"seconds": elapsed, "mb_per_s": size / 1e6 / elapsed, "chunks": chunks, "chunks_per_s": chunks / elapsed}
+    return {"seconds": elapsed, "chunks": chunks, "cpu_seconds": cpu}
+
+
+async def ingest_corpus(app: App, megabytes: float, concurrency: int) -> dict[str, Any]:
+    """The corpus uploaded by a client process of its own, so that the server's CPU time and peak RSS are its own
+    (the client generates the corpus, then starts when told, and reports its wall and CPU time)."""
+    client = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "scripts.bench.ingest", "--client", app.grpc_addr.host, str(app.grpc_addr.port),
+        "--megabytes", str(megabytes), "--concurrency", str(concurrency),
+        cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert client.stdin is not None
+    assert client.stdout is not None
+    corpus_info = json.loads(await client.stdout.readline())  # the corpus is ready
+    others = other_cpu_seconds(app)
+    cpu = time.process_time()
+    client.stdin.write(b"go\n")
+    await client.stdin.drain()
+    uploaded = json.loads(await client.stdout.readline())
+    cpu = time.process_time() - cpu
+    others = {name: spent - others.get(name, 0.0) for name, spent in other_cpu_seconds(app).items()}
+    assert await client.wait() == 0
+    elapsed, chunks = uploaded["seconds"], uploaded["chunks"]
+    return {"seconds": elapsed, "mb_per_s": corpus_info["bytes"] / 1e6 / elapsed, "chunks": chunks,
+            "chunks_per_s": chunks / elapsed,
+            "cpu_seconds": {"server": cpu, "client": uploaded["cpu_seconds"], **others}}
+
+
+async def client_main(host: str, port: int, megabytes: float, concurrency: int) -> None:
+    """``--client``: generate the corpus, say so, wait for ``go``, upload, report."""
+    files = corpus(megabytes)
+    print(json.dumps({"files": len(files), "bytes": sum(len(d) for _, d in files)}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    print(json.dumps(await upload_corpus(host, port, files, concurrency)), flush=True)
+
+
+def other_cpu_seconds(app: App) -> dict[str, float]:
+    """CPU seconds used so far by the pool's live workers (together) and the engine process."""
+    assert app.documents_pool is not None
+    workers = [cpu_seconds(worker.pid) for worker in app.documents_pool._all]
+    engine = cpu_seconds(pid) if (pid := getattr(app.qdrant, "pid", None)) is not None else None
+    return {"pool workers": sum(w for w in workers if w is not None), "engine": engine or 0.0}
 
 
 def pipeline_floor(files: list[tuple[str, bytes]]) -> dict[str, Any]:
-    embedder, chunks, started = BM25Embedder(), 0, time.perf_counter()
+    """The worker's ``run`` on each document, its frames pickled as a worker sends them."""
+    embedder, chunks = BM25Embedder(), 0
+
+    def send(*message: Any) -> None:
+        nonlocal chunks
+        pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        if message[0] == "chunks":
+            chunks += len(message[1])
+
+    started, cpu = time.perf_counter(), time.process_time()
     for name, data in files:
-        drafts = chunk(parse(data, file_name=name))
-        for draft in drafts:
-            embedder.document_vector(draft.text)
-        chunks += len(drafts)
-    elapsed = time.perf_counter() - started
+        worker_run(Job(file_name=name, declared_type="", max_chunks=1 << 30), data, send, embedder)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     size = sum(len(d) for _, d in files)
-    return {"seconds": elapsed, "mb_per_s": size / 1e6 / elapsed, "chunks": chunks, "chunks_per_s": chunks / elapsed}
+    return {"seconds": elapsed, "cpu_seconds": cpu, "mb_per_s": size / 1e6 / elapsed, "chunks": chunks,
+            "chunks_per_s": chunks / elapsed, "stages": pipeline_stages(files)}
+
+
+def pipeline_stages(files: list[tuple[str, bytes]]) -> dict[str, float]:
+    """Process CPU seconds of each step of the worker's pipeline over ``files`` (a second pass: caches warm)."""
+    embedder, clock = BM25Embedder(), time.process_time
+    stages = dict.fromkeys(("parse", "count", "chunk", "embed", "frames"), 0.0)
+    for name, data in files:
+        t0 = clock()
+        parsed = parse(data, file_name=name)
+        t1 = clock()
+        block_tokens = [count_tokens(block.text) for block in parsed.blocks]
+        math.ceil(sum(block_tokens) / MAX_TOKENS)
+        t2 = clock()
+        drafts = chunk(parsed, block_tokens=block_tokens)
+        t3 = clock()
+        frames = []
+        for start in range(0, len(drafts), BATCH):
+            batch = drafts[start:start + BATCH]
+            frames.append((batch, embedder.document_rows([d.text for d in batch])))
+        t4 = clock()
+        for batch, vectors in frames:
+            pickle.dumps(("chunks", [(d.text, d.token_count, d.heading_path, d.page, d.start_line, d.end_line, i, v)
+                                     for d, (i, v) in zip(batch, vectors, strict=True)]),
+                         protocol=pickle.HIGHEST_PROTOCOL)
+        t5 = clock()
+        for stage, spent in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+            stages[stage] += spent
+    return stages
 
 
 async def health_during_upload(app: App, data: bytes) -> dict[str, Any]:
@@ -200,17 +285,17 @@ async def health_during_upload(app: App, data: bytes) -> dict[str, Any]:
 
 
 async def run(megabytes: float, concurrency: int, hostile_mb: int, max_chunks: int) -> dict[str, Any]:
-    files = corpus(megabytes)
     with tempfile.TemporaryDirectory() as tmp:
         settings = bench_settings(Path(tmp) / "app", parse_max_chunks=max_chunks, parse_cpu_seconds=300.0)
         async with open_app(settings) as app:
             assert app.documents_pool is not None
             await app.documents_pool.ready()
-            ingestion = await ingest_corpus(app, files, concurrency)
+            ingestion = await ingest_corpus(app, megabytes, concurrency)
             ingestion["peak_rss_mib"] = peak_rss_mib()
             ingestion["worker_peak_rss_mib"] = workers_peak_rss_mib(app)
             ingestion["engine_peak_rss_mib"] = engine_peak_rss_mib(app)
             health = await health_during_upload(app, one_line(hostile_mb))
+    files = corpus(megabytes)  # after the server's peak RSS was read: the client process uploaded its own copy
     floor = pipeline_floor(files)
     return {"corpus": {"files": len(files), "bytes": sum(len(d) for _, d in files)}, "concurrency": concurrency,
             "max_chunks": max_chunks,
@@ -229,8 +314,13 @@ def report(results: dict[str, Any]) -> str:
          f"{f['chunks_per_s']:.0f}"],
         ["ratio daveloper/floor (throughput)", "", f"{i['mb_per_s'] / f['mb_per_s']:.2f}", "", ""],
     ]))
-    lines.append(f"peak RSS: server process {i['peak_rss_mib']:.0f} MiB (the benchmark's corpus and clients "
-                 f"included), Qdrant Edge engine process {i['engine_peak_rss_mib']:.0f} MiB, largest pool worker "
+    lines.append("CPU during the upload, s: " + ", ".join(f"{k} {v:.1f}" for k, v in i["cpu_seconds"].items()))
+    stages = f["stages"]
+    lines.append(f"floor: {f['cpu_seconds']:.2f} s of process CPU; per stage (a second pass): "
+                 + ", ".join(f"{stage} {spent:.2f} s" for stage, spent in stages.items())
+                 + f" (sum {sum(stages.values()):.2f} s)")
+    lines.append(f"peak RSS: server process {i['peak_rss_mib']:.0f} MiB (the uploading client runs in a process of "
+                 f"its own), Qdrant Edge engine process {i['engine_peak_rss_mib']:.0f} MiB, largest pool worker "
                  f"{i['worker_peak_rss_mib']:.0f} MiB")
     u, idle, thread = h["upload"], h["idle"], h["thread"]
     lines.append(f"\nHealth/Check during a {h['document_mb']:.0f} MB one-line document "
@@ -260,7 +350,11 @@ def main() -> None:
                         help="the chunk cap during the run (the default cap, 10000, refuses the one-line document)")
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     parser.add_argument("--json", action="store_true", help="print raw results as JSON")
+    parser.add_argument("--client", nargs=2, metavar=("HOST", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.client:
+        uvloop.run(client_main(args.client[0], int(args.client[1]), args.megabytes, args.concurrency))
+        return
     if args.quick:
         args.megabytes, args.hostile_megabytes = 0.25, 1
     results = uvloop.run(run(args.megabytes, args.concurrency, args.hostile_megabytes, args.hostile_max_chunks))
