@@ -166,6 +166,9 @@ async def qdrant_traces(qdrant: VectorEngine, session_id: str) -> list[str]:
 
 async def test_the_sweeper_leaves_no_key_or_point_of_an_expired_session(app: App, channel: Channel,
                                                                         site: Site) -> None:
+    # The document workers start first: their start-up (seconds on a loaded machine) is not idle time of A's.
+    app.documents_pool.start()
+    await app.documents_pool.ready()
     a_id, a_token = await create(channel)
     a_ids = await give_data(channel, a_token, site)
     b_id, b_token = await create(channel)
