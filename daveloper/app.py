@@ -99,10 +99,11 @@ class App:
 
 
 @contextlib.asynccontextmanager
-async def _open_front(core: Core, grpc_addr: Address, health: HealthMonitor,
+async def _open_front(core: Core, grpc: GrpcServer, health: HealthMonitor,
                       tasks: asyncio.TaskGroup) -> AsyncIterator[tuple[Edge | None, asyncio.Task[None] | None]]:
     """Role ``grpc``: register in Redis for edges to find; otherwise serve the edge in front of this server."""
     settings = core.settings
+    grpc_addr = grpc.addr
     if settings.role == "grpc":
         registry = InstanceRegistry(core.redis, ttl_seconds=settings.lease_seconds, prefix=settings.redis_prefix)
         registration = tasks.create_task(registry.heartbeat(settings.advertise_addr or grpc_addr),
@@ -113,7 +114,7 @@ async def _open_front(core: Core, grpc_addr: Address, health: HealthMonitor,
             registration.cancel()
         return
     async with open_edge(settings, upstreams=[grpc_addr, *settings.upstreams], health=health,
-                         metrics=core.metrics) as edge:
+                         metrics=core.metrics, local=(grpc_addr, grpc.server)) as edge:
         yield edge, None
 
 
@@ -148,7 +149,7 @@ async def open_app(settings: Settings, *, metrics: Metrics | None = None,
                 ("health-monitor", health.run()), ("session-sweeper", sweeper.run()),
                 ("runtime-options", core.runtime.run()), ("work-leases", core.work.run()))]
             try:
-                async with _open_front(core, grpc.addr, health, tasks) as (edge, registration):
+                async with _open_front(core, grpc, health, tasks) as (edge, registration):
                     app = App(settings, grpc.addr, core.redis, core.qdrant, core.events, access.sessions,
                               documents.catalog, documents.chunk_store, documents.search, core.jobs, health,
                               grpc.interceptor, grpc.server, edge, registration, metrics, documents.pool, grpc)

@@ -2,7 +2,9 @@
 
 The edge is an ordinary gRPC client of the servicers (in this process or
 another), so deadlines, metadata, auth, cancellation and status behave exactly
-as for native clients. Messages pass through as bytes (:class:`RawCodec`) and
+as for native clients. The server of the edge's own process is called through
+a :class:`~daveloper.rpc.local.LocalChannel` (the same grpclib streams, no
+HTTP/2 connection in between); others over HTTP/2. Messages pass through as bytes (:class:`RawCodec`) and
 error details as the raw ``google.rpc.Status`` (:class:`RawStatusDetailsCodec`;
 grpclib's own codec would drop detail types it does not know).
 """
@@ -21,6 +23,7 @@ from grpclib.const import Status
 from grpclib.encoding.base import CodecBase, StatusDetailsCodecBase
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.health.v1.health_pb2 import HealthCheckResponse
+from grpclib.server import Server
 from h2.exceptions import H2Error
 
 from daveloper.config import Address
@@ -29,6 +32,7 @@ from daveloper.edge.status import RpcStatus, edge_status, status_reason
 from daveloper.infra import TimedProbe
 from daveloper.metrics import Metrics
 from daveloper.rpc import grpclib_compat
+from daveloper.rpc.local import LocalChannel
 
 __all__ = ["Backend", "NoUpstream", "RawCodec", "RawStatusDetailsCodec", "Upstream", "call_status", "end_sending",
            "status_of", "unary", "upstream_probe"]
@@ -71,11 +75,16 @@ class _PooledChannel:
 
 
 class Backend:
-    """A pool of HTTP/2 connections to one gRPC server, grown when the open ones are busy."""
+    """A pool of HTTP/2 connections to one gRPC server, grown when the open ones are busy.
 
-    def __init__(self, addr: Address, *, ssl: ssl.SSLContext | None = None) -> None:
+    With ``local`` (the grpclib server listening on ``addr`` in this process), one
+    in-process channel to it instead.
+    """
+
+    def __init__(self, addr: Address, *, ssl: ssl.SSLContext | None = None, local: Server | None = None) -> None:
         self.addr = addr
         self._ssl = ssl
+        self._local = local
         self._pool: list[_PooledChannel] = []
         #: Not chosen before this time (``loop.time()``): it refused a connection or is draining.
         self.ejected_until = 0.0
@@ -85,14 +94,22 @@ class Backend:
         self.calls = 0
 
     def _new_channel(self) -> _PooledChannel:
-        pooled = _PooledChannel(Channel(self.addr.host, self.addr.port, ssl=self._ssl, codec=RawCodec(),
-                                        status_details_codec=RawStatusDetailsCodec()))
+        channel = (LocalChannel(self._local, codec=RawCodec(), status_details_codec=RawStatusDetailsCodec())
+                   if self._local is not None else
+                   Channel(self.addr.host, self.addr.port, ssl=self._ssl, codec=RawCodec(),
+                           status_details_codec=RawStatusDetailsCodec()))
+        pooled = _PooledChannel(channel)
         self._pool.append(pooled)
         return pooled
 
+    @property
+    def local(self) -> bool:
+        """Whether calls go to this process's own server, in process."""
+        return self._local is not None
+
     def lease(self) -> _PooledChannel:
         pooled = min(self._pool, key=lambda p: p.active, default=None)
-        if pooled is None or pooled.active >= STREAMS_PER_CHANNEL:
+        if pooled is None or (pooled.active >= STREAMS_PER_CHANNEL and self._local is None):
             pooled = self._new_channel()
         pooled.active += 1
         self.calls += 1
@@ -125,8 +142,11 @@ class Upstream:
     """
 
     def __init__(self, addrs: Sequence[Address], *, ssl: ssl.SSLContext | None = None,
-                 eject_seconds: float = 2.0, metrics: Metrics | None = None) -> None:
+                 eject_seconds: float = 2.0, metrics: Metrics | None = None,
+                 local: tuple[Address, Server] | None = None) -> None:
         self._ssl = ssl
+        #: The gRPC server of this process and its address: called in process, not over a socket.
+        self._local = local
         #: Calls sent on to another server, by cause (``refused``, ``draining``, ``unavailable``).
         self.retries = (metrics if metrics is not None else Metrics()).edge_upstream_retries
         self.eject_seconds = eject_seconds
@@ -145,7 +165,8 @@ class Upstream:
                     backend.close()
         for addr in wanted:
             if addr not in self._backends:
-                self._backends[addr] = Backend(addr, ssl=self._ssl)
+                local = self._local[1] if self._local is not None and self._local[0] == addr else None
+                self._backends[addr] = Backend(addr, ssl=self._ssl, local=local)
                 log.info("upstream added", extra={"upstream": str(addr)})
 
     @property

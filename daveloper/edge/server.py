@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
+from grpclib.server import Server
 
 from daveloper.config import Address, Settings
 from daveloper.descriptors import load_descriptor_pool
@@ -159,17 +160,21 @@ class Edge:
 
 @contextlib.asynccontextmanager
 async def open_edge(settings: Settings, *, upstreams: Sequence[Address], health: HealthMonitor,
-                    registry: InstanceRegistry | None = None, metrics: Metrics | None = None) -> AsyncIterator[Edge]:
+                    registry: InstanceRegistry | None = None, metrics: Metrics | None = None,
+                    local: tuple[Address, Server] | None = None) -> AsyncIterator[Edge]:
     """Start the edge on ``settings.edge_addr`` (port 0 = a free port) and yield it.
 
     Calls go to the gRPC servers ``upstreams`` (this process's ``App.grpc_addr``
     or remote ones) and, with a ``registry``, to every instance registered
-    there. Sockets, streams, upstream retries and ``GET /metrics`` use ``metrics`` (none given: the edge's own).
+    there. ``local`` names the gRPC server of this process (its address and
+    grpclib ``Server``): calls to that address run in process, with no HTTP/2
+    connection in between. Sockets, streams, upstream retries and ``GET /metrics``
+    use ``metrics`` (none given: the edge's own).
     On exit: go-away, drain, close.
     """
     upstream_tls = loopback_client_context() if settings.tls_cert_file else None
     metrics = metrics if metrics is not None else Metrics()
-    upstream = Upstream(upstreams, ssl=upstream_tls, metrics=metrics)
+    upstream = Upstream(upstreams, ssl=upstream_tls, metrics=metrics, local=local)
     state = EdgeState(settings, MessageCodec(load_descriptor_pool()), upstream, health, metrics)
     # handler_cancellation: a client that disconnects cancels its handler, and with it the
     # upstream call (a server stream would otherwise wait, holding it, until its next message).

@@ -21,7 +21,7 @@ import ssl as ssl_
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from grpclib import client, server
+from grpclib import client, server, utils
 from grpclib.const import Cardinality
 
 __all__ = [
@@ -31,10 +31,13 @@ __all__ = [
     "cardinality",
     "drop_recv_data",
     "end_sent",
+    "fail_next_step",
     "listener",
     "mark_cancelled",
     "mark_ended",
+    "new_handler",
     "request_sent",
+    "server_closed",
     "set_header_encoding",
     "start",
     "stream_closable",
@@ -50,6 +53,7 @@ PINNED = "0.4.9"
 PRIVATE_ATTRIBUTES: dict[type[Any], tuple[str, ...]] = {
     server.Stream: ("_send_trailing_metadata_done",),
     client.Stream: ("_send_request_done", "_end_done", "_recv_trailing_metadata_done", "_cancel_done"),
+    utils.Wrapper: ("_error",),
 }
 
 RecvData = Callable[[int], Awaitable[bytes]]
@@ -83,6 +87,23 @@ async def start(srv: server.Server, host: str, port: int, *, ssl: ssl_.SSLContex
     srv._server_closed_fut = srv._loop.create_future()
 
 
+def new_handler(srv: server.Server) -> server.Handler:
+    """A request handler of ``srv`` for calls that come from no connection (:mod:`daveloper.rpc.local`).
+
+    Built as ``srv`` builds one per connection, and registered with it, so the
+    server's ``close`` cancels its calls and ``wait_closed`` waits for them.
+    """
+    handler = server.Handler(srv._mapping, srv._codec, srv._status_details_codec, srv.__dispatch__)
+    srv._handlers.add(handler)
+    return handler
+
+
+def server_closed(srv: server.Server) -> bool:
+    """Whether ``srv.close()`` was called (its closed future is resolved)."""
+    closed = srv._server_closed_fut
+    return closed is not None and closed.done()
+
+
 def wrap_protocol_factory(srv: server.Server, wrap: Callable[[Callable[[], Any]], Callable[[], Any]]) -> None:
     """Make ``srv`` accept connections through ``wrap(its protocol factory)``; call before ``start``."""
     srv._protocol_factory = wrap(srv._protocol_factory)  # type: ignore[method-assign]
@@ -110,6 +131,17 @@ def wrap_recv_data(stream: server.Stream[Any, Any], wrap: Callable[[RecvData], R
 def drop_recv_data(stream: server.Stream[Any, Any]) -> None:
     """Undo :func:`wrap_recv_data`: the wrapper refers to the stream that refers to it (a reference cycle)."""
     stream._stream.__dict__.pop("recv_data", None)
+
+
+# ---- grpclib.utils.Wrapper ----
+
+def fail_next_step(wrapper: utils.Wrapper, error: Exception) -> None:
+    """Make the next ``with wrapper`` of a call (or the one running) raise ``error``, without cancelling a task.
+
+    ``Wrapper.cancel`` does both; a cancel that reaches a task still waiting inside
+    the wrapper leaves the task's cancel count raised (grpclib never uncancels it).
+    """
+    wrapper._error = error
 
 
 # ---- grpclib.client.Stream ----

@@ -17,9 +17,12 @@ def edge_settings(settings: Settings) -> Settings:
     return settings.replace(edge_addr=Address("127.0.0.1", 0))
 
 
-@pytest.fixture
-async def edge(edge_settings: Settings, app: App) -> AsyncIterator[Edge]:
-    async with open_edge(edge_settings, upstreams=[app.grpc_addr], health=app.health) as running:
+@pytest.fixture(params=["local", "http2"])
+async def edge(request: pytest.FixtureRequest, edge_settings: Settings, app: App) -> AsyncIterator[Edge]:
+    """An edge calling the app in process (as ``daveloper serve`` does) or over HTTP/2 (a separate gateway)."""
+    local = (app.grpc_addr, app.server) if request.param == "local" else None
+    async with open_edge(edge_settings, upstreams=[app.grpc_addr], health=app.health, local=local) as running:
+        assert [b.local for b in running.state.upstream.backends] == [local is not None]
         yield running
 
 

@@ -98,7 +98,7 @@ async def test_server_streaming_until_deadline(edge: Edge, http: aiohttp.ClientS
     client = await connect(http, edge, protocol=protocol)
     request: Any = b"" if client.binary else {}
     frames = await client.call(1, HEALTH_WATCH, request, timeoutMs=300)
-    assert status(frames)["code"] == "deadline_exceeded"
+    assert status(frames)["code"] == "deadline_exceeded", frames
     (first,) = messages(frames)
     assert first == (b"\x08\x01" if client.binary else {"status": "SERVING"})
 
@@ -206,7 +206,7 @@ async def test_deadline_on_a_unary_call_waiting_for_its_message(edge: Edge, http
     client = await connect(http, edge)
     await client.send({"type": "open", "id": 1, "method": CREATE, "timeoutMs": 200})  # never sends the request
     frames = await client.until_close(1)
-    assert status(frames)["code"] == "deadline_exceeded"
+    assert status(frames)["code"] == "deadline_exceeded", frames
 
 
 async def test_flow_control_credits(edge: Edge, http: aiohttp.ClientSession) -> None:

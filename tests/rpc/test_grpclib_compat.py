@@ -14,8 +14,10 @@ import pytest
 from grpclib.client import Channel
 from grpclib.client import Stream as ClientStream
 from grpclib.const import Cardinality, Handler
+from grpclib.exceptions import StreamTerminatedError
 from grpclib.server import Server
 from grpclib.server import Stream as ServerStream
+from grpclib.utils import Wrapper
 
 from daveloper.edge.bridge import RawCodec
 from daveloper.rpc import grpclib_compat
@@ -117,3 +119,21 @@ async def test_every_accessor_works_on_a_real_call(served: tuple[_Echo, Server])
     assert echo.seen == {"cardinality": Cardinality.UNARY_UNARY, "before": False, "after": True, "dropped": True}
     assert echo.sizes[:1] == [5]
     assert echo.connections == 1  # the channel's one connection came through the wrapped factory
+
+
+async def test_the_accessors_of_in_process_calls_work_on_a_real_server(served: tuple[_Echo, Server]) -> None:
+    _, server = served
+    handler = grpclib_compat.new_handler(server)
+    assert handler in server._handlers
+    assert not handler.closing
+    assert not grpclib_compat.server_closed(server)
+    server.close()
+    assert grpclib_compat.server_closed(server)
+    assert handler.closing  # the server's close reaches calls that came from no connection
+
+
+def test_a_wrapper_told_to_fail_fails_its_next_step() -> None:
+    wrapper = Wrapper()
+    grpclib_compat.fail_next_step(wrapper, StreamTerminatedError("reset"))
+    with pytest.raises(StreamTerminatedError), wrapper:
+        pass
