@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from generated.daveloper.v1 import Failure
+if TYPE_CHECKING:  # the generated package is ~20 MiB of imports the vector engine's process never needs
+    from generated.daveloper.v1 import Failure
 
 __all__ = [
     "DOMAIN",
@@ -247,6 +249,8 @@ def to_grpc_error(exc: BaseException, *, request_id: str = "") -> GRPCError:
 
 def to_failure(exc: BaseException, *, request_id: str = "") -> Failure:
     """The ``Failure`` a stream event carries for ``exc`` (same status as the RPC error would be)."""
+    from generated.daveloper.v1 import Failure
+
     exc = translated(exc)
     error = to_grpc_error(exc, request_id=request_id)
     source = exc if isinstance(exc, DaveloperError) else None
