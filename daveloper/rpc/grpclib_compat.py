@@ -4,8 +4,9 @@ grpclib has no public API for a few things the server and the edge need: the
 listening socket (to stop accepting while calls drain), a bound on its
 connections' TLS handshake (``start`` passes none), the HTTP/2 settings (to
 decode header bytes as Latin-1), whether a stream already sent its
-trailers, and the protocol-level stream (to cap a message before its body is
-read). Each is one small function here, so an upgrade of grpclib is a review
+trailers, the protocol-level stream (to cap a message before its body is
+read), and, for calls served in process (:mod:`daveloper.rpc.local`), a request
+handler of the server's own and a call wrapper's pending error. Each is one small function here, so an upgrade of grpclib is a review
 of this file and ``tests/rpc/test_grpclib_compat.py``, which exercises every
 function against a real server and client and fails loudly when an attribute
 is gone.
