@@ -49,7 +49,6 @@ from typing import Any
 
 from daveloper.documents.chunking import MAX_TOKENS, chunk
 from daveloper.documents.embeddings.bm25 import BM25Embedder
-from daveloper.documents.parsing import parse
 from daveloper.documents.tokens import count_tokens
 from daveloper.errors import InvalidArgument
 
@@ -159,6 +158,10 @@ class _OverBudget(Exception):
 
 def run(job: Job, data: bytes, send: Callable[..., None], embedder: BM25Embedder) -> None:
     """Parse, chunk and embed one document, sending its frames (see the module docstring)."""
+    # Here, not at the top: the server imports this module for the pool's protocol, and the parsers
+    # (markdown-it, lxml) would be ~10 MiB of its memory it never uses.
+    from daveloper.documents.parsing import parse
+
     parsed = parse(data, file_name=job.file_name, declared_type=job.declared_type)
     del data
     send("stage", "parsing", 1, 1)

@@ -6,10 +6,10 @@ connections' TLS handshake (``start`` passes none), the HTTP/2 settings (to
 decode header bytes as Latin-1), whether a stream already sent its
 trailers, the protocol-level stream (to cap a message before its body is
 read), and, for calls served in process (:mod:`daveloper.rpc.local`), a request
-handler of the server's own and a call wrapper's pending error. Each is one small function here, so an upgrade of grpclib is a review
-of this file and ``tests/rpc/test_grpclib_compat.py``, which exercises every
-function against a real server and client and fails loudly when an attribute
-is gone.
+handler of the server's own and a call wrapper's pending error. Each is one
+small function here, so an upgrade of grpclib is a review of this file and
+``tests/rpc/test_grpclib_compat.py``, which exercises every function against a
+real server and client and fails loudly when an attribute is gone.
 
 The accessors read attributes directly (never ``getattr`` with a default): a
 renamed attribute must raise, not silently change behaviour.
