@@ -36,6 +36,7 @@ from daveloper.agent.retry import retry_unavailable
 from daveloper.agent.rounds import TurnRounds
 from daveloper.agent.running import RunningTurn, conversation_scope, observe_end, turn_scope
 from daveloper.agent.settings import DEFAULT_SYSTEM_PROMPT, AgentSettings
+from daveloper.agent.tokenwire import TokenEvents
 from daveloper.agent.tools import Toolbox
 from daveloper.errors import (
     Cancelled,
@@ -99,6 +100,8 @@ class Agent:
         self.admission = TurnAdmission(max_running=settings.max_running_turns,
                                        max_starting=settings.max_starting_turns,
                                        retry_seconds=settings.saturated_retry_seconds)
+        #: Token deltas, most of a turn's events, encoded with upb (:mod:`daveloper.agent.tokenwire`).
+        self._tokens = TokenEvents()
         self._rounds = TurnRounds(conversations=conversations, model=model, tools=tools, settings=settings,
                                   metrics=metrics, emit=self._emit, model_called=self.admission.started,
                                   limit=self._limit)
@@ -246,12 +249,15 @@ class Agent:
         first try was stored return that seq instead of storing the events twice.
         """
         created = now()
-        payloads = [bytes(ChatEvent(conversation_id=turn.conversation_id, turn_id=turn.record.id,
-                                    create_time=created, **kind))]
+        delta = kind.get("token_delta")
+        payloads = [
+            self._tokens.encode(turn.conversation_id, turn.record.id, created, delta.text)
+            if isinstance(delta, TokenDelta) and len(kind) == 1 else
+            bytes(ChatEvent(conversation_id=turn.conversation_id, turn_id=turn.record.id, create_time=created, **kind))
+        ]
         if turn.unsent:
             text, turn.unsent = turn.unsent, ""
-            payloads.insert(0, bytes(ChatEvent(conversation_id=turn.conversation_id, turn_id=turn.record.id,
-                                               create_time=created, token_delta=TokenDelta(text=text))))
+            payloads.insert(0, self._tokens.encode(turn.conversation_id, turn.record.id, created, text))
         turn.appends += 1
         writer = (turn.writer or turn.record.id, turn.appends)
 
