@@ -47,6 +47,8 @@ __all__ = ["WINDOW", "LocalChannel"]
 WINDOW = 65_535
 
 _Headers = list[tuple[str, str]]
+#: What grpclib reports for a stream its peer reset (``protocol.EventsProcessor.process_stream_reset``).
+_RESET = "Stream reset by remote party, error_code: 0"
 
 
 class _Peer:
@@ -247,7 +249,7 @@ class _End:
             self.trailers_received.set()
 
     def _reset_by_peer(self) -> None:
-        self.__terminated__("Stream reset by remote party, error_code: 0")
+        self.__terminated__(_RESET)
 
     def __terminated__(self, reason: str) -> None:
         if self.wrapper is not None:
@@ -271,8 +273,7 @@ class _ServerEnd(_End):
             self.reset_done = self.peer_end.reset_done = True
             self._inbound.abort()
             if self.peer_end.wrapper is not None:
-                grpclib_compat.fail_next_step(self.peer_end.wrapper, StreamTerminatedError(
-                    "Stream reset by remote party, error_code: 0"))
+                grpclib_compat.fail_next_step(self.peer_end.wrapper, StreamTerminatedError(_RESET))
             return
         super().reset_nowait(error_code)
 
