@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import pickle
 import resource
 import tempfile
@@ -64,7 +65,7 @@ from generated.daveloper.v1 import (
     UploadRequest,
 )
 from scripts.bench._app import bench_settings
-from scripts.bench._stats import summary_us, table
+from scripts.bench._stats import rss_of, summary_us, table
 
 # The pipeline's own modules (the floor) and the corpus's generators (fpdf, python-docx, fontTools, PIL:
 # ~40 MiB) are imported where they are used, after the server's RSS was read: the server process's
@@ -109,17 +110,16 @@ class TogetherRss:
     """
 
     def __init__(self, app: App) -> None:
-        self._paths = ["/proc/self/statm", f"/proc/{getattr(app.qdrant, 'pid', None)}/statm"]
-        self._page = resource.getpagesize()
+        self._pids = [os.getpid(), getattr(app.qdrant, "pid", None)]
         self.peak_mib = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
     def _rss_mib(self) -> float:
         total = 0
-        for path in self._paths:
-            with contextlib.suppress(OSError, ValueError), open(path) as statm:
-                total += int(statm.read().split()[1]) * self._page
+        for pid in self._pids:
+            with contextlib.suppress(OSError, RuntimeError, TypeError):  # an engine restarting, or none
+                total += rss_of(pid)  # type: ignore[arg-type]
         return total / (1 << 20)
 
     def _run(self) -> None:

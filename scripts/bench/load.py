@@ -98,7 +98,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from daveloper.infra.process import die_with_parent
 from daveloper.infra.valkey import EmbeddedValkey
-from scripts.bench._stats import percentile, table
+from scripts.bench._stats import percentile, rss_of, table
 from tests.cluster.valkey_cluster import ValkeyCluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,14 +131,6 @@ def raise_fd_limit() -> int:
     if hard == resource.RLIM_INFINITY or soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def rss_of(pid: int) -> int:
-    """Resident set size of a process in bytes (``VmRSS``)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def cpu_of(pid: int) -> float:
