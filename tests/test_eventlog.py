@@ -320,9 +320,8 @@ async def test_cancel_reaches_the_owner_from_another_client(
             assert not b.is_set()
             async with log.cancellation("a") as late:  # joins the cancelled watch
                 assert late.is_set()
-        assert await redis.pubsub_numsub("dv:control:{a}", "dv:control:{b}") == [
-            (b"dv:control:{a}", 0), (b"dv:control:{b}", 0)
-        ]
+        # Leaving does not wait for the UNSUBSCRIBE; it follows at once.
+        await eventually(lambda: _numsub_is(redis, ["dv:control:{a}", "dv:control:{b}"], 0))
     finally:
         await other_client.aclose()
     await log.aclose()
@@ -337,6 +336,64 @@ async def test_cancel_survives_a_lost_subscriber_connection(log: EventLog, redis
         assert await log.request_cancel("job") is True
         await asyncio.wait_for(cancelled.wait(), 5)
         assert await redis.pubsub_numsub("dv:control:{job}") == [(b"dv:control:{job}", 1)]
+
+
+async def test_watches_that_come_and_go_together_change_subscriptions_in_batches(
+    log: EventLog, redis: aioredis.Redis
+) -> None:
+    scopes = [f"turn:{i}" for i in range(300)]
+    for scope in scopes[::7]:  # requested before their owners watch: seen from the durable flag
+        assert await log.request_cancel(scope) is True
+    before = await _command_calls(redis)
+    async with contextlib.AsyncExitStack() as stack:
+        events = await asyncio.gather(*(stack.enter_async_context(log.cancellation(scope)) for scope in scopes))
+        assert [scope for scope, event in zip(scopes, events, strict=True) if event.is_set()] == scopes[::7]
+        channels = [f"dv:control:{{{scope}}}" for scope in scopes]
+        assert await _numsub_is(redis, channels, 1)
+        entered = await _command_calls(redis)
+        assert await log.request_cancel(scopes[1]) is True  # a live one: the notice reaches it
+        await asyncio.wait_for(events[1].wait(), 2)
+    await eventually(lambda: _numsub_is(redis, channels, 0))
+    left = await _command_calls(redis)
+    # 300 owners, a few rounds of changes (one each, were the burst to arrive in one loop turn); the flags
+    # read in as few pipelined batches of EXISTS.
+    assert entered.get("subscribe", 0) - before.get("subscribe", 0) <= 5
+    assert left.get("unsubscribe", 0) - entered.get("unsubscribe", 0) <= 5
+    assert entered.get("exists", 0) - before.get("exists", 0) == 300
+
+
+async def test_leaving_a_watch_does_not_wait_for_other_scopes_subscriptions(
+    log: EventLog, redis: aioredis.Redis, redis_url: str
+) -> None:
+    first = log.cancellation("first")
+    await first.__aenter__()
+    pauser = aioredis.Redis.from_url(redis_url)
+    try:
+        await pauser.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # SUBSCRIBE is not answered meanwhile
+        second = asyncio.create_task(_enter_and_leave(log, "second"))
+        await asyncio.sleep(0.1)
+        assert not second.done()  # waiting for its confirmation
+        # Leaving "first" is not queued behind the subscription of "second".
+        await asyncio.wait_for(first.__aexit__(None, None, None), 1)
+    finally:
+        await pauser.aclose()
+    assert await asyncio.wait_for(second, 5) is False  # then "second" is confirmed in its turn
+    await eventually(lambda: _numsub_is(redis, ["dv:control:{first}", "dv:control:{second}"], 0))
+
+
+async def _enter_and_leave(log: EventLog, scope: str) -> bool:
+    async with log.cancellation(scope) as cancelled:
+        return cancelled.is_set()
+
+
+async def _command_calls(redis: aioredis.Redis) -> dict[str, int]:
+    stats = await redis.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+
+
+async def _numsub_is(redis: aioredis.Redis, channels: list[str], expected: int) -> bool:
+    counts = await redis.pubsub_numsub(*channels)
+    return all(count == expected for _, count in counts)
 
 
 async def _count_pubsub_clients(redis: aioredis.Redis, expected: int) -> bool:

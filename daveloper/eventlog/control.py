@@ -56,8 +56,12 @@ class _Watch:
     """The owners (one event each) waiting for a cancel of one scope in this instance."""
 
     flag_key: str
+    #: True once the subscription is confirmed and the flag was read; False if it could not be set up.
+    ready: asyncio.Future[bool]
     events: set[asyncio.Event] = field(default_factory=set)
     cancelled: bool = False
+    #: Its SUBSCRIBE was sent: a confirmation for the channel from then on is its own.
+    sent: bool = False
 
     def fire(self) -> None:
         self.cancelled = True
@@ -66,7 +70,16 @@ class _Watch:
 
 
 class ControlChannel:
-    """Delivers cancel requests from any instance to the owner of a scope's work."""
+    """Delivers cancel requests from any instance to the owner of a scope's work.
+
+    Watches come and go in bursts (1,000 turns start, or end, within a second), so
+    subscriptions change in batches: entering or leaving a watch only marks its
+    channel, and one task brings the connection's subscriptions in line with the
+    watches, one ``SUBSCRIBE`` and one ``UNSUBSCRIBE`` for all that changed since
+    its last round. Confirmed channels have their flags read in one pipelined round
+    trip. Leaving a watch never waits: the end of a turn does not queue behind
+    other turns' subscription changes.
+    """
 
     def __init__(
         self, redis: aioredis.Redis, *, prefix: str, ttl_seconds: int, subscribe_timeout: float = 10.0
@@ -77,11 +90,16 @@ class ControlChannel:
         self._subscribe_timeout = subscribe_timeout
         self._request = redis.register_script(_REQUEST_CANCEL.replace("PUBLISH", publish_command(redis)))
         self._pubsub = open_pubsub(redis)  # takes its connection at the first SUBSCRIBE; sharded on a cluster
+        #: Every watch from its first owner until its channel is unsubscribed (or never was).
         self._watches: dict[bytes, _Watch] = {}
-        # Subscription changes are serialized so that a SUBSCRIBE confirmation
-        # read by the dispatcher can only belong to the subscription in flight.
-        self._changing = asyncio.Lock()
-        self._confirming: tuple[bytes, asyncio.Future[None]] | None = None
+        #: Channels sent SUBSCRIBE and no UNSUBSCRIBE since.
+        self._subscribed: set[bytes] = set()
+        #: Channels whose subscription may have to change (an ordered set), for the next round of changes.
+        self._changed: dict[bytes, None] = {}
+        #: Channels confirmed by the server whose flag is still to be read.
+        self._confirmed: dict[bytes, None] = {}
+        self._changes: asyncio.Task[None] | None = None
+        self._checks: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._closed = False
@@ -105,70 +123,129 @@ class ControlChannel:
         When the block starts, the subscription is confirmed and any earlier
         request has been seen (the event is then already set).
         Raises :class:`~daveloper.errors.Unavailable` if Redis cannot confirm
-        the subscription within ``subscribe_timeout``.
+        the subscription within ``subscribe_timeout``. Leaving the block does not wait.
         """
+        if self._closed:
+            raise RuntimeError("control channel is closed")
         keys = ScopeKeys.of(self._prefix, scope)
+        watch = self._watches.get(keys.channel)
+        if watch is None:
+            watch = self._watches[keys.channel] = _Watch(keys.cancel, asyncio.get_running_loop().create_future())
         event = asyncio.Event()
-        async with self._changing:
-            if self._closed:
-                raise RuntimeError("control channel is closed")
-            watch = self._watches.get(keys.channel)
-            if watch is None:
-                watch = _Watch(keys.cancel)
-                await self._subscribe(keys.channel, watch)
-            watch.events.add(event)
-            if watch.cancelled:
-                event.set()
+        watch.events.add(event)
+        if watch.cancelled:
+            event.set()
+        if keys.channel not in self._subscribed:
+            self._change(keys.channel)
         try:
+            if not await self._ready(watch):
+                raise Unavailable("event log control channel: subscription not confirmed", retry_after=1.0)
             yield event
         finally:
             watch.events.discard(event)
             if not watch.events:
-                await self._release(keys.channel, watch)
+                self._change(keys.channel)
 
-    async def aclose(self) -> None:
-        """Stop the dispatcher and close the pub/sub connection."""
-        self._closed = True
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            # asyncio.wait, not `await task`: it neither raises the task's
-            # CancelledError nor swallows one aimed at us.
-            await asyncio.wait([self._dispatcher])
-            self._report_crash(self._dispatcher)
-        await self._pubsub.aclose()
-
-    async def _subscribe(self, channel: bytes, watch: _Watch) -> None:
-        # Registered first: the dispatcher looks the watch up when the
-        # confirmation arrives, to check the durable flag.
-        self._watches[channel] = watch
-        confirmed = asyncio.get_running_loop().create_future()
-        self._confirming = (channel, confirmed)
+    async def _ready(self, watch: _Watch) -> bool:
+        if watch.ready.done():
+            return watch.ready.result()
         try:
             async with asyncio.timeout(self._subscribe_timeout):
-                await pubsub_call(self._pubsub.subscribe(channel))
-                self._ensure_dispatcher()
-                await confirmed
-        except BaseException as exc:
-            del self._watches[channel]
-            with contextlib.suppress(RedisError, Unavailable):
-                await pubsub_call(self._pubsub.unsubscribe(channel))
-            if isinstance(exc, TimeoutError):
-                raise Unavailable("event log control channel: subscription not confirmed",
-                                  retry_after=1.0) from exc
-            raise
-        finally:
-            self._confirming = None
+                return await asyncio.shield(watch.ready)  # shared by the watch's owners
+        except TimeoutError:
+            return False
 
-    async def _release(self, channel: bytes, watch: _Watch) -> None:
-        async with self._changing:
-            # Someone may have joined this watch while we waited for the lock.
-            if self._closed or watch.events or self._watches.get(channel) is not watch:
-                return
-            del self._watches[channel]
+    async def aclose(self) -> None:
+        """Stop the tasks and close the pub/sub connection."""
+        self._closed = True
+        tasks = [task for task in (self._dispatcher, self._changes, self._checks) if task is not None]
+        for task in tasks:
+            task.cancel()
+        # asyncio.wait, not `await task`: it neither raises the task's CancelledError nor swallows one aimed at us.
+        if tasks:
+            await asyncio.wait(tasks)
+        for task in tasks:
+            self._report_crash(task)
+        for watch in self._watches.values():
+            if not watch.ready.done():
+                watch.ready.set_result(False)
+        await self._pubsub.aclose()
+
+    def _change(self, channel: bytes) -> None:
+        self._changed[channel] = None
+        if not self._closed and (self._changes is None or self._changes.done()):
+            self._changes = asyncio.create_task(self._apply_changes(), name="eventlog-control-changes")
+
+    async def _apply_changes(self) -> None:
+        """Subscribe the channels watched and unsubscribe the ones left, a batch per round, until none changed.
+
+        The only task that sends (un)subscriptions, so they reach the connection in the order decided.
+        """
+        while self._changed:
+            changed, self._changed = self._changed, {}
+            subscribe: list[bytes] = []
+            unsubscribe: list[bytes] = []
+            for channel in changed:
+                watch = self._watches.get(channel)
+                if watch is not None and watch.events:
+                    if channel not in self._subscribed:
+                        watch.sent = True  # before the send: its confirmation may be read before we resume
+                        subscribe.append(channel)
+                    continue
+                if watch is not None:  # nobody watches it any more
+                    del self._watches[channel]
+                if channel in self._subscribed:
+                    unsubscribe.append(channel)
+            if unsubscribe:
+                self._subscribed.difference_update(unsubscribe)
+                try:
+                    await pubsub_call(self._pubsub.unsubscribe(*unsubscribe))
+                except (RedisError, Unavailable) as exc:  # harmless: notices for unwatched channels are dropped
+                    log.warning("event log control channel: unsubscribe failed: %s", exc)
+            if subscribe:
+                self._subscribed.update(subscribe)
+                try:
+                    await pubsub_call(self._pubsub.subscribe(*subscribe))
+                except (RedisError, Unavailable) as exc:
+                    log.warning("event log control channel: subscribe failed: %s", exc)
+                    self._subscribed.difference_update(subscribe)
+                    for channel in subscribe:
+                        self._settle(channel, False)
+                    continue
+                self._ensure_dispatcher()
+
+    def _settle(self, channel: bytes, ready: bool) -> None:
+        watch = self._watches.get(channel)
+        if watch is not None and not watch.ready.done():
+            watch.ready.set_result(ready)
+
+    def _check(self, channel: bytes) -> None:
+        """Read ``channel``'s flag soon, with those of every channel confirmed meanwhile."""
+        self._confirmed[channel] = None
+        if self._checks is None or self._checks.done():
+            self._checks = asyncio.create_task(self._check_flags(), name="eventlog-control-flags")
+
+    async def _check_flags(self) -> None:
+        """Every confirmed (re)subscription may have missed notices; the durable flags have not."""
+        while self._confirmed:
+            batch = [(channel, watch) for channel in self._confirmed if (watch := self._watches.get(channel))]
+            self._confirmed.clear()
+            if not batch:
+                continue
             try:
-                await pubsub_call(self._pubsub.unsubscribe(channel))
-            except (RedisError, Unavailable) as exc:  # harmless: notices for unwatched channels are dropped
-                log.warning("event log control channel: unsubscribe failed: %s", exc)
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for _, watch in batch:
+                        pipe.exists(watch.flag_key)
+                    flags = await redis_call(pipe.execute())
+            except (RedisError, Unavailable) as exc:
+                log.warning("event log control channel: cancel flags not read: %s", exc)
+                for channel, _ in batch:
+                    self._settle(channel, False)
+                continue
+            for (channel, watch), flag in zip(batch, flags, strict=True):
+                if flag and not watch.cancelled:
+                    watch.fire()
+                self._settle(channel, True)
 
     def _ensure_dispatcher(self) -> None:
         if self._dispatcher is not None and not self._dispatcher.done():
@@ -199,24 +276,20 @@ class ControlChannel:
             try:
                 message = await self._pubsub.get_message(timeout=_READ_SECONDS)
                 if message is not None:
-                    await self._handle(message)
+                    self._handle(message)
             except RedisError as exc:
                 # redis-py reconnects and re-subscribes on the next read; the
                 # resulting confirmations re-check every flag (see _handle).
                 log.warning("event log control channel: %s; reconnecting", exc)
                 await asyncio.sleep(_RECONNECT_DELAY)
 
-    async def _handle(self, message: dict[str, Any]) -> None:
+    def _handle(self, message: dict[str, Any]) -> None:
         kind, channel = message["type"], message["channel"]
         watch = self._watches.get(channel)
+        if watch is None:
+            return
         if kind == "message":
-            if watch is not None and message["data"] == _CANCEL:
+            if message["data"] == _CANCEL:
                 watch.fire()
-        elif kind == "subscribe":
-            # Every confirmed (re)subscription, ours or redis-py's after a
-            # reconnect, may have missed notices; the durable flag has not.
-            if watch is not None and not watch.cancelled and await self._redis.exists(watch.flag_key):
-                watch.fire()
-            confirming = self._confirming
-            if confirming is not None and confirming[0] == channel and not confirming[1].done():
-                confirming[1].set_result(None)
+        elif kind == "subscribe" and watch.sent:  # ours, or redis-py's again after a reconnect
+            self._check(channel)
