@@ -34,6 +34,7 @@ from daveloper.eventlog import EventLog
 from daveloper.gateway import open_gateway
 from daveloper.health import HealthMonitor
 from daveloper.infra.core import Core, open_core
+from daveloper.infra.heap import tune_collector
 from daveloper.jobs import BackgroundJobs
 from daveloper.metrics import Metrics, open_metrics_server
 from daveloper.registry import InstanceRegistry
@@ -188,6 +189,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
                 print(f"daveloper: gRPC listening on {app.grpc_addr}", flush=True)
                 if app.web is not None:
                     print(f"daveloper: web page, WebSocket (/ws) and HTTP/JSON on {app.web.url}", flush=True)
+            tune_collector()  # once up: what start-up allocated is never scanned again (daveloper.infra.heap)
             if ready is not None:
                 ready.set()
             await stop.wait()

@@ -146,6 +146,10 @@ def test_sigterm_drains_open_stream_with_a_status_and_stops_owned_valkey(served:
     assert "shutting down" in err
     assert elapsed < 2 + 5, elapsed  # drain deadline plus start-up slack, not a benchmark
     assert gone_within(valkey, 5), "embedded valkey survived the shutdown"
+    assert served.process.stderr is not None
+    tuned = [json.loads(line) for line in served.process.stderr.read().splitlines() if "collector tuned" in line]
+    assert tuned
+    assert tuned[0]["frozen_objects"] > 10_000  # start-up's heap, out of every later collection
 
 
 def test_sigkill_of_the_server_leaves_no_valkey_behind(served: Served) -> None:
