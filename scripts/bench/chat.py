@@ -35,6 +35,7 @@ if not __package__:  # run as a file: make the repository root importable
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import re
@@ -122,6 +123,7 @@ def serve_app(llm_url: str, data_dir: str, limits: str, dump: str = "") -> None:
     import resource
 
     from daveloper.app import open_app
+    from daveloper.infra.heap import tune_collector
     from scripts.bench._app import bench_settings
 
     async def main() -> None:
@@ -130,13 +132,18 @@ def serve_app(llm_url: str, data_dir: str, limits: str, dump: str = "") -> None:
         if limits == "none":  # every turn admitted: the phases measure 1,000 concurrent turns
             overrides.update(max_running_turns=10**6, max_starting_turns=10**6)
         async with open_app(bench_settings(Path(data_dir), **overrides)) as app:
+            if not os.environ.get("BENCH_DEFAULT_GC"):  # as `daveloper serve` does once ready
+                tune_collector()
             print(app.grpc_addr.port, flush=True)
             reader = asyncio.StreamReader()
             await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
                                                                sys.stdin)
             profile: cProfile.Profile | None = None
+            stalls = Stalls()
             while line := (await reader.readline()).decode().strip():
-                if line == "cpu":
+                if line == "stalls":  # the loop's stalls and the collector's pauses since the last ask
+                    print(json.dumps(stalls.take()), flush=True)
+                elif line == "cpu":
                     usage = resource.getrusage(resource.RUSAGE_SELF)
                     valkey = await app.redis.info("cpu")
                     stats = await app.redis.info("commandstats")
@@ -165,6 +172,37 @@ def serve_app(llm_url: str, data_dir: str, limits: str, dump: str = "") -> None:
                     print(json.dumps({"profile": out.getvalue()}), flush=True)
 
     uvloop.run(main())
+
+
+class Stalls:
+    """The loop's lateness (a 5 ms ticker) and the cyclic collector's pauses, per generation."""
+
+    def __init__(self) -> None:
+        self._lags: list[float] = []
+        self._gc: dict[int, list[float]] = {}
+        self._gc_start = 0.0
+        gc.callbacks.append(self._collected)
+        self._task = asyncio.create_task(self._tick())
+
+    def _collected(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self._gc.setdefault(info["generation"], []).append(time.perf_counter() - self._gc_start)
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + 0.005
+            await asyncio.sleep(0.005)
+            self._lags.append(loop.time() - due)
+
+    def take(self) -> dict[str, Any]:
+        lags, self._lags = self._lags, []
+        pauses, self._gc = self._gc, {}
+        return {"loop_lag_ms": {**_ms(lags), "max": max(lags, default=0) * 1000},
+                "gc": {str(gen): {"count": len(times), "total_ms": sum(times) * 1000, "max_ms": max(times) * 1000}
+                       for gen, times in sorted(pauses.items())}}
 
 
 class Child:
@@ -223,21 +261,26 @@ async def baseline(llm_url: str, turns: int, tokens: int) -> dict[str, Any]:
     return {"tokens": received, "seconds": elapsed, "tokens_per_s": received / elapsed}
 
 
-async def chats(app: Child, port: int, token: str, turns: int, model: str) -> dict[str, Any]:
-    """``turns`` concurrent turns; tokens, latencies and the app's and Valkey's CPU over the phase."""
+async def chats(app: Child, port: int, token: str, turns: int, model: str, *, ramp: float = 0.0) -> dict[str, Any]:
+    """``turns`` concurrent turns, started evenly over ``ramp`` seconds (0: all at once); tokens, latencies
+    and the app's and Valkey's CPU over the phase."""
     channels = [Channel("127.0.0.1", port) for _ in range(max(1, turns // STREAMS_PER_CHANNEL))]
     latencies: list[float] = []
     emitted: list[int] = []  # the emit time of each latency sample
     first: list[float] = []
     first_at: list[int] = []  # when each turn's first token arrived
+    last: list[float] = []  # each turn's last token: it goes out with the turn's end
     received = events = refused = 0
     metadata = {"authorization": f"Bearer {token}"}
 
     async def client(i: int) -> None:
         nonlocal received, events, refused
         stub = AgentServiceStub(channels[i % len(channels)])
+        if ramp:
+            await asyncio.sleep(i * ramp / turns)
         sent = time.perf_counter()
         request = ChatRequest(send=SendMessage(text=f"turn {i}", options=ChatOptions(model=model)))
+        newest = (0, 0.0)  # this turn's latest-emitted token and its latency
         try:
             async for response in stub.chat([request], timeout=600, metadata=metadata):
                 if response.event is None:
@@ -247,6 +290,8 @@ async def chats(app: Child, port: int, token: str, turns: int, model: str) -> di
                     now = _now_ns()
                     stamps = [int(stamp) for stamp in STAMP.findall(delta.text)]
                     latencies.extend((now - stamp) / 1e9 for stamp in stamps)
+                    if stamps:
+                        newest = max(newest, (stamps[-1], (now - stamps[-1]) / 1e9))
                     emitted.extend(stamps)
                     received += len(stamps)
                     events += 1
@@ -258,13 +303,17 @@ async def chats(app: Child, port: int, token: str, turns: int, model: str) -> di
                     raise RuntimeError(f"turn failed: {response.event.turn_failed.failure}")
         except GRPCError:
             refused += 1
+        if newest[0]:
+            last.append(newest[1])
 
     try:
+        await app.ask("stalls")
         before = await app.ask("cpu")
         started = time.perf_counter()
         await asyncio.gather(*(client(i) for i in range(turns)))
         elapsed = time.perf_counter() - started
         after = await app.ask("cpu")
+        stalls = await app.ask("stalls")
     finally:
         for channel in channels:
             channel.close()
@@ -278,7 +327,7 @@ async def chats(app: Child, port: int, token: str, turns: int, model: str) -> di
             "redis_commands": {name: round((calls - before["by_command"].get(name, 0)) / max(turns - refused, 1), 2)
                                for name, calls in sorted(after["by_command"].items(), key=lambda item: -item[1])
                                if calls > before["by_command"].get(name, 0)},
-            "latency_ms": _ms(latencies), "first_token_ms": _ms(first),
+            "latency_ms": _ms(latencies), "first_token_ms": _ms(first), "last_token_ms": _ms(last), **stalls,
             # Tokens emitted once every turn had its first token: streaming, no turn starting any more.
             "steady_latency_ms": _ms([latency for latency, at in zip(latencies, emitted, strict=True)
                                       if first_at and at >= max(first_at)])}
@@ -311,7 +360,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     profiling = args.profile and name.startswith(args.profile)
                     if profiling:
                         await app.ask("profile")
-                    results[name] = await chats(app, int(port), token, args.turns, model)
+                    # Paced: the turns start over one token interval, so the LLM emits 500 tokens/s evenly rather
+                    # than in waves whose shape would follow how fast the server starts turns.
+                    ramp = args.paced_interval_ms / 1000 if name == "paced" and args.paced_ramp else 0.0
+                    results[name] = await chats(app, int(port), token, args.turns, model, ramp=ramp)
                     if profiling:
                         results["profile"] = (await app.ask("report"))["profile"]
             finally:
@@ -351,6 +403,16 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
         steady = paced["steady_latency_ms"]
         lines.append(f"\npaced, steady state (no turn starting): LLM emit → client p50 / p99 "
                      f"{steady.get('p50', 0):.1f} / {steady.get('p99', 0):.1f} ms")
+        ending = paced["last_token_ms"]
+        lines.append(f"paced, each turn's last token (sent with the turn's end): p50 / p99 "
+                     f"{ending.get('p50', 0):.1f} / {ending.get('p99', 0):.1f} ms")
+    for name in ("full speed", "paced"):
+        if res := r.get(name):
+            lag = res["loop_lag_ms"]
+            pauses = ", ".join(f"gen{gen} {c['count']} x (total {c['total_ms']:.0f} ms, max {c['max_ms']:.1f} ms)"
+                               for gen, c in res["gc"].items())
+            lines.append(f"{name}: the app's loop late p50 / p99 / max {lag.get('p50', 0):.1f} / "
+                         f"{lag.get('p99', 0):.1f} / {lag['max']:.0f} ms; collector pauses: {pauses or 'none'}")
     if start := r.get("turn start"):
         lines.append("")
         lines.append(table(["turn start (1-token turns)", "turns/s", "app+Valkey CPU ms / turn", "app / Valkey s",
@@ -382,7 +444,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=50, help="tokens per turn at full speed")
     parser.add_argument("--paced-tokens", type=int, default=15, help="tokens per paced turn")
     parser.add_argument("--paced-interval-ms", type=int, default=2000, help="LLM pause before each paced token")
-    parser.add_argument("--profile", choices=["full", "turn"], help="cProfile the app during a phase")
+    parser.add_argument("--paced-ramp", action=argparse.BooleanOptionalAction, default=True,
+                        help="start the paced turns evenly over one token interval (default) or all at once")
+    parser.add_argument("--profile", choices=["full", "turn", "paced"], help="cProfile the app during a phase")
     parser.add_argument("--profile-dump", default="", metavar="PATH",
                         help="also write the profile's pstats to PATH (for callers and callees)")
     parser.add_argument("--phases", default=",".join(PHASES),
