@@ -8,6 +8,7 @@ versions below kill the pub/sub connections on every primary instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 import redis.asyncio as aioredis
@@ -27,6 +28,10 @@ for _name in (
     "test_cancel_survives_a_lost_subscriber_connection",
     "test_idle_followers_hold_no_connection_and_send_no_commands",
     "test_the_client_must_return_bytes",
+    # PUBSUB NUMSUB and one server's command counts (a sharded SSUBSCRIBE takes one slot's channels
+    # only); CLIENT PAUSE of the one server.
+    "test_watches_that_come_and_go_together_change_subscriptions_in_batches",
+    "test_leaving_a_watch_does_not_wait_for_other_scopes_subscriptions",
 ):
     assert hasattr(test_eventlog, _name), _name  # renamed upstream: update this list
     del globals()[_name]
@@ -78,7 +83,8 @@ async def test_cancel_reaches_the_owner_from_another_client(log: EventLog, redis
             assert await other.request_cancel("a") is True
             await asyncio.wait_for(asyncio.gather(a1.wait(), a2.wait()), 2)
             assert not b.is_set()
-        assert await _shard_subscribers(other_client, b"dv:control:{a}") == 0
+        # Leaving does not wait for the SUNSUBSCRIBE; it follows at once.
+        await eventually(lambda: _subscribers_are(other_client, [b"dv:control:{a}"], 0))
     finally:
         await other_client.aclose()
 
@@ -93,6 +99,26 @@ async def test_cancel_survives_a_lost_subscriber_connection(
         assert await log.request_cancel("job") is True
         await asyncio.wait_for(cancelled.wait(), 5)
         await eventually(lambda: _has_one_subscriber(redis, b"dv:control:{job}"))
+
+
+async def test_watches_that_come_and_go_together_are_all_subscribed_and_flags_seen(
+    log: EventLog, redis: RedisCluster
+) -> None:
+    scopes = [f"turn:{i}" for i in range(100)]
+    for scope in scopes[::7]:
+        assert await log.request_cancel(scope) is True
+    channels = [f"dv:control:{{{scope}}}".encode() for scope in scopes]
+    async with contextlib.AsyncExitStack() as stack:
+        events = await asyncio.gather(*(stack.enter_async_context(log.cancellation(scope)) for scope in scopes))
+        assert [scope for scope, event in zip(scopes, events, strict=True) if event.is_set()] == scopes[::7]
+        assert await _subscribers_are(redis, channels, 1)
+        assert await log.request_cancel(scopes[1]) is True
+        await asyncio.wait_for(events[1].wait(), 2)
+    await eventually(lambda: _subscribers_are(redis, channels, 0))
+
+
+async def _subscribers_are(redis: aioredis.Redis, channels: list[bytes], expected: int) -> bool:
+    return all([await _shard_subscribers(redis, channel) == expected for channel in channels])
 
 
 async def _has_one_subscriber(redis: aioredis.Redis, channel: bytes) -> bool:
