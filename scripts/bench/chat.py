@@ -12,17 +12,22 @@ provider pointed at it, and this driver (the gRPC clients). Phases, in one run:
   ``token_delta``), LLM emit → client p50/p99.
 * **turn start**: ``--turns`` one-token turns at once: app + Valkey CPU per turn, turns/s, Redis
   commands per turn.
-* **paced**: ``--turns`` turns at ``--paced-interval-ms`` per token (2,000 ms: 0.5 token/s each):
-  LLM emit → client p50/p99 over all tokens and in the steady state (tokens emitted after every turn
-  had its first token: no turn is starting any more), delivered tokens/s, CPU per 1k tokens.
+* **paced**: ``--turns`` turns at ``--paced-interval-ms`` per token (2,000 ms: 0.5 token/s each),
+  started evenly over one interval (``--no-paced-ramp``: all at once): LLM emit → client p50/p99
+  over all tokens, in the steady state (tokens emitted after every turn had its first token: no
+  turn is starting any more) and for each turn's last token (sent with the turn's end), delivered
+  tokens/s, CPU per 1k tokens.
 * **saturated**: the full-speed load against a second app with the default admission limits
   (``max_running_turns`` 500, ``max_starting_turns`` 64): turns admitted and refused (UNAVAILABLE,
   ``TURNS_SATURATED``, RetryInfo), admitted first token p50/p99.
 
 CPU is the app process's (``/proc``) plus Valkey's (``INFO cpu``), read before and after each phase.
+The app also reports, per phase, how late its loop ran (a 5 ms ticker) and the cyclic collector's
+pauses per generation; it tunes its collector as ``daveloper serve`` does (``BENCH_DEFAULT_GC=1``:
+CPython's defaults).
 
     .venv/bin/python -m scripts.bench.chat [--quick] [--turns 1000] [--tokens 50] [--json]
-        [--profile {full,start}]   # cProfile of the app during that phase, top 40 by own time
+        [--profile {full,turn,paced}]   # cProfile of the app during that phase, top 40 by own time
 """
 
 from __future__ import annotations
