@@ -38,7 +38,7 @@ from daveloper.infra.heap import tune_collector
 from daveloper.jobs import BackgroundJobs
 from daveloper.metrics import Metrics, open_metrics_server
 from daveloper.registry import InstanceRegistry
-from daveloper.rpc import Interceptor
+from daveloper.rpc import Interceptor, proto_defaults
 from daveloper.rpc.server import GrpcServer, open_grpc_server
 from daveloper.scraper.subsystem import open_scraper
 from daveloper.sessions import SessionStore
@@ -129,6 +129,7 @@ async def open_app(settings: Settings, *, metrics: Metrics | None = None,
     the server and closes everything in reverse order.
     """
     metrics = metrics if metrics is not None else Metrics()
+    proto_defaults.install()  # every message this process encodes: half the cost (daveloper.rpc.proto_defaults)
     async with contextlib.AsyncExitStack() as stack:
         core = await stack.enter_async_context(open_core(settings, metrics))
         access = open_access(core)
