@@ -31,7 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from daveloper.config import Settings
 from daveloper.errors import ConfigError, Unavailable, register_translation
-from daveloper.infra import TimedProbe, redacted_url
+from daveloper.infra import TimedProbe, redacted_url, resp
 from daveloper.infra.valkey import EmbeddedValkey
 from daveloper.metrics import Metrics, instrument_redis
 
@@ -179,6 +179,7 @@ def connect_redis(url: str, *, max_connections: int = 2000, **extra: Any) -> Red
         "driver_info": _driver_info(),
         **extra,
     }
+    resp.install()  # commands packed in C (daveloper.infra.resp)
     scheme = url.partition("://")[0].lower()
     if scheme not in ("redis+cluster", "rediss+cluster"):
         return Redis.from_url(url, **options)
