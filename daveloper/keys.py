@@ -83,12 +83,12 @@ FAMILIES: tuple[KeyFamily, ...] = (
               "daveloper.agent.conversations"),
     KeyFamily("emb:<model>:{<session>}:<digest>", "string", "cache TTL", "daveloper.documents.embeddings.cache"),
     KeyFamily("toolcache:{<session>}:<digest>", "string", "tool cache TTL", "daveloper.agent.tools"),
-    KeyFamily("jobs:{<session>}", "zset", "job TTL", "daveloper.scraper.jobs"),
-    KeyFamily("scrapepages:{<session>}:<day>", "string", "two days", "daveloper.scraper.jobs"),
+    KeyFamily("jobs:{<session>}", "zset", "job TTL", "daveloper.scraper.job_store"),
+    KeyFamily("scrapepages:{<session>}:<day>", "string", "two days", "daveloper.scraper.job_store"),
     KeyFamily("scrapeseen:{<session>}:<digest>", "string", "crawl TTL", "daveloper.scraper.crawl"),
     KeyFamily("sessionkeys:{<session>}", "set", "longest TTL of its members", "daveloper.sessions"),
     # job scope (looked up by id alone, written alone)
-    KeyFamily("job:<job>", "hash", "job TTL", "daveloper.scraper.jobs"),
+    KeyFamily("job:<job>", "hash", "job TTL", "daveloper.scraper.job_store"),
     KeyFamily("ingestion:<ingestion>", "hash", "ingestion TTL", "daveloper.documents.catalog"),
     # event-log scope
     KeyFamily("log:{<scope>}", "stream", "log TTL after the last append", "daveloper.eventlog"),

@@ -21,7 +21,8 @@ from daveloper.config import Settings
 from daveloper.documents.ingest import ingestion_scope
 from daveloper.keys import Keys
 from daveloper.ownership import WorkLeases
-from daveloper.scraper.jobs import JobStore, job_scope
+from daveloper.scraper.job_store import JobStore
+from daveloper.scraper.jobs import job_scope
 from generated.daveloper.v1 import (
     AgentServiceStub,
     ChatEvent,

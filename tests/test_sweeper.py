@@ -15,7 +15,8 @@ from daveloper.agent.conversations import Conversations
 from daveloper.app import App
 from daveloper.config import Settings
 from daveloper.documents.ingest import ingestion_scope
-from daveloper.scraper.jobs import JobStore, job_scope
+from daveloper.scraper.job_store import JobStore
+from daveloper.scraper.jobs import job_scope
 from daveloper.servicers.agent import purge_conversations
 from daveloper.servicers.vector import delete_session_vectors, session_collection_prefix
 from daveloper.sessions import SessionStore, TokenSigner

@@ -23,7 +23,8 @@ from daveloper.scraper.crawl import Crawler, CrawlLimits, RefusalHook
 from daveloper.scraper.fetcher import Fetcher, FetchLimits, open_http_session
 from daveloper.scraper.github import GitHubClient
 from daveloper.scraper.github_ingest import GitHubIngest, GitHubLimits
-from daveloper.scraper.jobs import JobLimits, JobRunner, JobStore, job_scope
+from daveloper.scraper.job_store import JobStore
+from daveloper.scraper.jobs import JobLimits, JobRunner, job_scope
 from daveloper.scraper.safety import AddressPolicy, Refusal
 from daveloper.servicers.scraper import ScraperService
 from daveloper.usage import QuotaReading, count_leases, counter

@@ -18,7 +18,8 @@ from daveloper.eventlog import EventLog
 from daveloper.keys import Keys
 from daveloper.scraper.crawl import Crawler, CrawlLimits
 from daveloper.scraper.fetcher import Fetcher, FetchLimits, open_http_session
-from daveloper.scraper.jobs import JobLimits, JobRun, JobStore
+from daveloper.scraper.job_store import JobStore
+from daveloper.scraper.jobs import JobLimits, JobRun
 from daveloper.scraper.safety import AddressPolicy
 from generated.daveloper.v1 import (
     CancelJobRequest,
