@@ -1,11 +1,13 @@
 """Crawl jobs: breadth-first from the seeds, within the spec's depth, page and URL limits.
 
-Each URL is considered once (in canonical form). Before it takes a share of
-the page budget it must pass the spec's filters (same site, include and
-exclude patterns) and the site's robots.txt; every URL turned away is
-reported once with a stable reason. Fetched pages are reported with their
-status, size and title, optionally ingested into the session's documents
-(with the URL as source), and their links offered to the frontier.
+A spec is first checked against the server's limits into a plan
+(:mod:`daveloper.scraper.crawl_plan`), before a job exists. Each URL is
+considered once (in canonical form). Before it takes a share of the page
+budget it must pass the spec's filters (same site, include and exclude
+patterns) and the site's robots.txt; every URL turned away is reported once
+with a stable reason. Fetched pages are reported with their status, size and
+title, optionally ingested into the session's documents (with the URL as
+source), and their links offered to the frontier.
 
 Conditional requests: a page's ETag and Last-Modified, and the links it had,
 are kept per session in Redis; a re-crawl sends them, and a ``304`` page is
@@ -17,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from yarl import URL
@@ -27,14 +27,15 @@ from yarl import URL
 from daveloper.errors import DaveloperError, InvalidArgument, ResourceExhausted
 from daveloper.infra.redis import redis_call
 from daveloper.keys import Keys
+from daveloper.scraper.crawl_plan import CrawlLimits, CrawlPlan, plan_crawl
 from daveloper.scraper.extract import canonical_url, decode, is_html, parse_html, parse_sitemap
 from daveloper.scraper.fetcher import Fetcher, Response
 from daveloper.scraper.jobs import JobRun, Work
 from daveloper.scraper.robots import RobotsCache
-from daveloper.scraper.safety import SCHEMES, Refusal, normalise_url
+from daveloper.scraper.safety import Refusal, normalise_url
 from generated.daveloper.v1 import Document, PageFetched, ScrapeSpec
 
-__all__ = ["CrawlLimits", "Crawler", "PageIngest", "SkipReason"]
+__all__ = ["Crawler", "PageIngest", "SkipReason"]
 
 #: Ingests one fetched page: (session, bytes, name, media type, source URL, metadata) → the document.
 PageIngest = Callable[[str, bytes, str, str, str, dict[str, str]], Awaitable[Document]]
@@ -58,34 +59,6 @@ class SkipReason:
     UNSUPPORTED_TYPE = "UNSUPPORTED_TYPE"
 
 
-@dataclass(frozen=True, slots=True)
-class CrawlLimits:
-    """Server-side bounds on what a crawl spec may ask for."""
-
-    default_max_pages: int = 100
-    max_pages: int = 2000
-    max_depth: int = 10
-    max_seeds: int = 50
-    max_patterns: int = 20
-    max_pattern_length: int = 300
-    #: Pages fetched in parallel by one crawl (the fetcher bounds all crawls together).
-    workers: int = 8
-    #: Sitemaps (indexes included) read per seed site.
-    max_sitemaps: int = 5
-    #: Fetched pages of one crawl being ingested at once. Ingestion runs beside the fetching (the
-    #: document pool parses while the next pages download); past this many, fetching waits.
-    ingesting: int = 32
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    seeds: tuple[URL, ...]
-    max_depth: int
-    max_pages: int
-    include: tuple[re.Pattern[str], ...]
-    exclude: tuple[re.Pattern[str], ...]
-
-
 class Crawler:
     """Validates crawl specs and runs crawls; one per process."""
 
@@ -100,58 +73,9 @@ class Crawler:
         self.limits = limits
         self._keys = Keys(prefix)
 
-    def plan(self, spec: ScrapeSpec) -> _Plan:
-        """Check a spec; INVALID_ARGUMENT with one violation per bad field, PERMISSION_DENIED for blocked seeds."""
-        violations: dict[str, str] = {}
-        seeds: list[URL] = []
-        if not spec.urls:
-            violations["spec.urls"] = "give at least one http(s) URL to start from"
-        if len(spec.urls) > self.limits.max_seeds:
-            violations["spec.urls"] = f"at most {self.limits.max_seeds} seed URLs"
-        for i, text in enumerate(spec.urls[:self.limits.max_seeds]):
-            try:
-                raw = URL(text.strip())
-            except ValueError:
-                raw = URL()
-            if raw.scheme and raw.scheme not in SCHEMES:
-                self.fetcher.policy.check_url(raw)  # file:, ftp: ...: refused as policy, not as a typo
-            if (url := canonical_url(raw) if raw.is_absolute() else None) is None:
-                violations[f"spec.urls[{i}]"] = "is not an absolute http(s) URL"
-                continue
-            try:
-                url = normalise_url(url)
-            except InvalidArgument as invalid:
-                violations[f"spec.urls[{i}]"] = invalid.violations[0][1] if invalid.violations else invalid.message
-                continue
-            self.fetcher.policy.check_url(url)
-            seeds.append(url)
-        if spec.max_depth > self.limits.max_depth:
-            violations["spec.max_depth"] = f"must be at most {self.limits.max_depth}"
-        if spec.max_pages > self.limits.max_pages:
-            violations["spec.max_pages"] = f"must be at most {self.limits.max_pages}"
-        include = self._patterns(spec.include_patterns, "spec.include_patterns", violations)
-        exclude = self._patterns(spec.exclude_patterns, "spec.exclude_patterns", violations)
-        if violations:
-            # The first problem in the message too: a tool hands only the message to the model.
-            first = next(iter(violations.items()))
-            raise InvalidArgument(f"the scrape spec is invalid: {first[0]} {first[1]}", violations=violations)
-        return _Plan(tuple(dict.fromkeys(seeds)), spec.max_depth, spec.max_pages or self.limits.default_max_pages,
-                     include, exclude)
-
-    def _patterns(self, patterns: Sequence[str], field: str, violations: dict[str, str]) -> tuple[re.Pattern[str], ...]:
-        if len(patterns) > self.limits.max_patterns:
-            violations[field] = f"at most {self.limits.max_patterns} patterns"
-            return ()
-        compiled = []
-        for i, pattern in enumerate(patterns):
-            if len(pattern) > self.limits.max_pattern_length:
-                violations[f"{field}[{i}]"] = f"longer than {self.limits.max_pattern_length} characters"
-                continue
-            try:
-                compiled.append(re.compile(pattern))
-            except re.error as exc:
-                violations[f"{field}[{i}]"] = f"is not a regular expression: {exc}"
-        return tuple(compiled)
+    def plan(self, spec: ScrapeSpec) -> CrawlPlan:
+        """Check a spec (see :func:`~daveloper.scraper.crawl_plan.plan_crawl`)."""
+        return plan_crawl(spec, self.limits, self.fetcher.policy)
 
     async def check_seeds(self, spec: ScrapeSpec, session_id: str = "") -> None:
         """Resolve every seed host now, so a blocked destination is refused before a job exists."""
@@ -205,7 +129,7 @@ class Crawler:
 class _Crawl:
     """One crawl's frontier and workers."""
 
-    def __init__(self, crawler: Crawler, spec: ScrapeSpec, plan: _Plan, run: JobRun) -> None:
+    def __init__(self, crawler: Crawler, spec: ScrapeSpec, plan: CrawlPlan, run: JobRun) -> None:
         self._crawler = crawler
         self._fetcher = crawler.fetcher
         self._spec = spec

@@ -19,7 +19,8 @@ from daveloper.breaker import CircuitBreaker
 from daveloper.documents.subsystem import Documents
 from daveloper.infra.core import Core
 from daveloper.rpc import Authenticator
-from daveloper.scraper.crawl import Crawler, CrawlLimits, RefusalHook
+from daveloper.scraper.crawl import Crawler, RefusalHook
+from daveloper.scraper.crawl_plan import CrawlLimits
 from daveloper.scraper.fetcher import Fetcher, FetchLimits, open_http_session
 from daveloper.scraper.github import GitHubClient
 from daveloper.scraper.github_ingest import GitHubIngest, GitHubLimits

@@ -16,7 +16,8 @@ from grpclib.exceptions import GRPCError
 from daveloper.app import App
 from daveloper.eventlog import EventLog
 from daveloper.keys import Keys
-from daveloper.scraper.crawl import Crawler, CrawlLimits
+from daveloper.scraper.crawl import Crawler
+from daveloper.scraper.crawl_plan import CrawlLimits
 from daveloper.scraper.fetcher import Fetcher, FetchLimits, open_http_session
 from daveloper.scraper.job_store import JobStore
 from daveloper.scraper.jobs import JobLimits, JobRun
