@@ -4,6 +4,8 @@ are that app's alone, whatever else runs in the process."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from daveloper.agent.turns import conversation_scope
 from daveloper.app import App, open_app
 from daveloper.config import Address, Settings
-from daveloper.metrics import Metrics
+from daveloper.metrics import Metrics, instrument_redis
 from generated.daveloper.v1 import (
     AgentServiceStub,
     ChatRequest,
@@ -203,3 +205,22 @@ def test_metrics_settings_come_from_the_environment() -> None:
     assert settings.metrics_addr == Address("0.0.0.0", 9090)
     assert settings.metrics_token == "scrape-me"
     assert Settings.from_env({}).metrics_token is None
+
+
+async def test_a_timed_pipeline_is_freed_without_the_cyclic_collector(redis_url: str) -> None:
+    """Timing a pipeline adds no reference cycle: used and dropped, it is freed at once (by refcount)."""
+    metrics = Metrics()
+    client = instrument_redis(aioredis.Redis.from_url(redis_url), metrics)
+    gc.disable()
+    try:
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.set("metrics:pipe", "1").get("metrics:pipe")
+            assert await pipe.execute() == [True, b"1"]
+        freed = weakref.ref(pipe)
+        del pipe
+        assert freed() is None
+    finally:
+        gc.enable()
+        await client.aclose()
+    timed = metrics.dependency_seconds.labels("redis", "pipeline")
+    assert timed._sum.get() > 0  # type: ignore[attr-defined]
