@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from daveloper.config import Address, Settings, SettingSpec, configuration_table
+from daveloper.config import Address, Settings, configuration_table
 from daveloper.errors import ConfigError
+from daveloper.settingspec import SettingSpec
 
 
 def test_defaults_need_no_environment() -> None:
