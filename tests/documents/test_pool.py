@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -69,6 +70,14 @@ async def test_too_many_chunks_fails_the_budget_before_chunking() -> None:
         assert over.value.reason == "PARSE_BUDGET_EXCEEDED"
         assert over.value.metadata == {"limit": "chunks", "value": "3"}
         assert any(isinstance(r, ChunkBatch) for r in await results(pool, b"short and fine"))
+
+
+async def test_a_worker_is_ready_once_it_ran_the_pipeline_once() -> None:
+    """A fresh worker's first document is not charged the lazy imports (numpy among them) and first use."""
+    async with open_pool() as pool:
+        (worker,) = pool._all
+        maps = Path(f"/proc/{worker.pid}/maps").read_text()  # noqa: ASYNC240 (procfs: never blocks)
+        assert "_multiarray_umath" in maps  # numpy's core, imported by the embedding of the warm-up
 
 
 async def test_a_document_over_its_cpu_budget_is_stopped_and_its_worker_replaced() -> None:
