@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from daveloper.agent.llm.offline import OfflineChatModel
+from daveloper.agent.model import ModelEvent, TextDelta
+from daveloper.app import App, open_app
 from daveloper.config import Settings
 from tests.edge.conftest import edge, edge_settings, http  # noqa: F401  (fixtures used by these tests)
 
@@ -144,3 +147,25 @@ def settings(settings: Settings, site: Site) -> Settings:
     so the page visibly streams and a drop can land in the middle of an answer.
     """
     return settings.replace(scrape_allow=(site.host_port,), coalesce_chars=12)
+
+
+class PacedOfflineModel(OfflineChatModel):
+    """The offline provider with a 10 ms pause after each text delta.
+
+    The page renders once per animation frame, and the offline answer is otherwise streamed
+    within a millisecond or two: one frame, one visible step. Paced, an answer spans several
+    frames, so the page visibly streams and a drop can land in the middle of an answer.
+    """
+
+    async def stream(self, *args: Any, **kwargs: Any) -> AsyncGenerator[ModelEvent, None]:
+        async for event in super().stream(*args, **kwargs):
+            yield event
+            if isinstance(event, TextDelta):
+                await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def app(settings: Settings, redis: Any) -> AsyncIterator[App]:
+    """The shared app fixture, answering with :class:`PacedOfflineModel`."""
+    async with open_app(settings, chat_model=PacedOfflineModel()) as running:
+        yield running

@@ -5,7 +5,9 @@ Each node is a ``valkey-server --cluster-enabled yes`` in its own directory on
 per primary), the nodes meet with ``CLUSTER MEET``, and each replica follows
 its primary with ``CLUSTER REPLICATE``. The whole start takes about a second.
 
-The cluster bus listens on port + 10000, so ports are picked below 55536.
+The cluster bus listens on port + 10000. Ports are picked so that both are below the kernel's
+ephemeral range: an outgoing connection (this machine's tests open thousands) cannot take one
+between the check and the node's start.
 """
 
 from __future__ import annotations
@@ -38,10 +40,18 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _ephemeral_low() -> int:
+    """The first port the kernel hands to outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def _free_ports(count: int) -> list[int]:
-    """``count`` ports whose cluster bus port (+10000) is free as well."""
+    """``count`` ports whose cluster bus port (+10000) is free as well, all below the ephemeral range."""
     for _ in range(100):
-        base = random.randrange(20000, 45000 - count)
+        base = random.randrange(11000, max(_ephemeral_low() - 10000 - count, 11001))
         ports = list(range(base, base + count))
         if all(_port_free(p) and _port_free(p + 10000) for p in ports):
             return ports
