@@ -58,6 +58,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: Seconds: from sub-millisecond Redis calls to minute-long model streams.
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 _TOKENS_PER_SECOND = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class Metrics:
@@ -123,6 +124,9 @@ class Metrics:
                                       ["kind"], registry=r)
         self.eventlog_expired = Counter("daveloper_eventlog_expired_cursors",
                                         "Reads refused because the cursor is no longer retained", registry=r)
+        self.eventlog_append_batch = Histogram("daveloper_eventlog_append_batch_size",
+                                               "Appends sent to Redis in one pipeline (made close together)",
+                                               buckets=_BATCH_SIZES, registry=r)
 
         # abuse control
         self.rate_limited = Counter("daveloper_rate_limited", "Calls refused by a rate limit, by method class",

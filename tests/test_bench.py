@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("module", ["scripts.bench.rpc_overhead", "scripts.bench.codec", "scripts.bench.documents",
                                     "scripts.bench.chat", "scripts.bench.scrape", "scripts.bench.cancel",
                                     "scripts.bench.edge", "scripts.bench.guard", "scripts.bench.load",
-                                    "scripts.bench.watch", "scripts.bench.decode"])
+                                    "scripts.bench.watch", "scripts.bench.decode", "scripts.bench.appends"])
 def test_benchmark_runs_and_reports_both_sides(module: str) -> None:
     done = subprocess.run([sys.executable, "-m", module, "--quick", "--json"], cwd=ROOT,
                           capture_output=True, text=True, timeout=110)
@@ -27,6 +27,9 @@ def test_benchmark_runs_and_reports_both_sides(module: str) -> None:
         for per_server in results.values():
             assert per_server["bare"][0]["rate"] > 0
             assert per_server["daveloper"][0]["rate"] > 0
+    elif module.endswith("appends"):
+        assert len(results) == 5
+        assert all(path["cpu_us_per_append"] > 0 for path in results.values())
     elif module.endswith("chat"):
         assert results["baseline"]["tokens"] == results["full speed"]["tokens"] == 200 * 10
         assert results["turn start"]["turns"] == 200
