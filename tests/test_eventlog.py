@@ -542,3 +542,61 @@ async def test_run_cancellable_returns_the_result_or_stops_the_work_on_cancel(lo
         await runner
     assert caught.value.reason == "CANCELLED"
     assert stopped.is_set()
+
+
+async def test_run_cancellable_runs_the_work_in_the_callers_task_with_no_task_of_its_own(log: EventLog) -> None:
+    async def work() -> tuple[asyncio.Task[object] | None, set[str]]:
+        current = asyncio.current_task()
+        return current, {task.get_name() for task in asyncio.all_tasks() if task is not current}
+
+    task, others = await log.run_cancellable("job:inline", work())
+    assert task is asyncio.current_task()
+    assert others == {"eventlog-control-dispatcher"}  # the instance's one reader of cancel notices
+
+
+async def test_run_cancellable_does_not_run_work_whose_cancel_came_first(log: EventLog) -> None:
+    ran = False
+
+    async def work() -> None:
+        nonlocal ran
+        ran = True
+
+    await log.append("job:early", b"started")
+    assert await log.request_cancel("job:early")
+    with pytest.raises(Cancelled):
+        await log.run_cancellable("job:early", work())
+    assert not ran
+
+
+async def test_run_cancellable_lets_a_cancel_of_the_caller_through_even_with_its_own(log: EventLog) -> None:
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    runner = asyncio.create_task(log.run_cancellable("job:both", forever()))
+    await started.wait()
+    runner.cancel()  # the caller goes away ...
+    assert await log.request_cancel("job:both")  # ... while a cancel request arrives too
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+    assert runner.cancelled()
+
+
+async def test_run_cancellable_leaves_the_callers_cancel_count_as_it_found_it(log: EventLog) -> None:
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async def caller() -> int:
+        with contextlib.suppress(Cancelled):
+            await log.run_cancellable("job:count", forever())
+        return asyncio.current_task().cancelling()  # type: ignore[union-attr]
+
+    runner = asyncio.create_task(caller())
+    await started.wait()
+    assert await log.request_cancel("job:count")
+    assert await runner == 0  # a later await in the caller is not cancelled by this one

@@ -117,8 +117,9 @@ class ControlChannel:
         return bool(requested)
 
     @contextlib.asynccontextmanager
-    async def cancellation(self, scope: str) -> AsyncIterator[asyncio.Event]:
-        """Watch ``scope`` for cancel requests while the block runs; yields an event set on cancel.
+    async def cancellation(self, scope: str, event: asyncio.Event | None = None) -> AsyncIterator[asyncio.Event]:
+        """Watch ``scope`` for cancel requests while the block runs; yields an event set on cancel
+        (``event`` if given: a subclass may act as it is set).
 
         When the block starts, the subscription is confirmed and any earlier
         request has been seen (the event is then already set).
@@ -131,7 +132,7 @@ class ControlChannel:
         watch = self._watches.get(keys.channel)
         if watch is None:
             watch = self._watches[keys.channel] = _Watch(keys.cancel, asyncio.get_running_loop().create_future())
-        event = asyncio.Event()
+        event = event if event is not None else asyncio.Event()
         watch.events.add(event)
         if watch.cancelled:
             event.set()

@@ -80,6 +80,41 @@ return first
 """
 
 
+class _Stopper(asyncio.Event):
+    """Set by the control channel when a cancel arrives: cancels the task that armed it, once, as
+    ``asyncio.timeout`` does, and tells afterwards whether the ``CancelledError`` was its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelling = 0
+        self._fired = False
+        #: When the cancel was heard (``time.perf_counter``).
+        self.told = 0.0
+
+    def arm(self) -> None:
+        self._task = asyncio.current_task()
+        assert self._task is not None
+        self._cancelling = self._task.cancelling()
+
+    def set(self) -> None:
+        if self.is_set():
+            return
+        super().set()
+        if self._task is not None:
+            self.told = time.perf_counter()
+            self._fired = True
+            self._task.cancel()
+
+    def disarm(self) -> bool:
+        """Stop cancelling; True if a cancel of ours was delivered and no other cancel is pending."""
+        task, self._task = self._task, None
+        if task is None or not self._fired:
+            return False
+        self._fired = False
+        return task.uncancel() <= self._cancelling
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One event of a scope's log; ``final`` marks the last event the scope will ever have."""
@@ -354,33 +389,37 @@ class EventLog:
     async def run_cancellable(self, scope: str, work: Coroutine[Any, Any, T]) -> T:
         """Run ``work`` until it finishes or a cancel of ``scope`` arrives, from any instance.
 
-        On a cancel the work's task is cancelled (closing whatever it has open
-        upstream) and awaited, then :class:`~daveloper.errors.Cancelled` is
-        raised. Cancelling the caller cancels the work too. If the cancel watch
-        cannot be set up (``Unavailable``), ``work`` is closed without running.
+        On a cancel the work is cancelled (closing whatever it has open
+        upstream) and, once it has stopped, :class:`~daveloper.errors.Cancelled`
+        is raised. The work runs in the caller's task, as ``asyncio.timeout``'s
+        body does: no task of its own and no task waiting for the cancel, and
+        its result is the caller's as soon as it returns. If the cancel watch
+        cannot be set up (``Unavailable``), ``work`` is closed without running;
+        if a cancel was requested before, it is closed and ``Cancelled`` raised.
         """
+        stopper = _Stopper()
         try:
-            watch = self.cancellation(scope)
-            cancelled = await watch.__aenter__()
+            watch = self._control.cancellation(scope, stopper)
+            await watch.__aenter__()
         except BaseException:
             work.close()
             raise
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_exit(watch)
-            task = asyncio.create_task(work)
-            stop = asyncio.create_task(cancelled.wait())
+            if stopper.is_set():
+                work.close()
+                raise Cancelled("cancelled on request", metadata={"scope": scope})
+            stopper.arm()
             try:
-                await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+                return await work
+            except asyncio.CancelledError:
+                if stopper.disarm():  # the cancel was ours (and nobody else's as well)
+                    self._cancel_seconds.labels(scope.partition(":")[0]).observe(time.perf_counter() - stopper.told)
+                    raise Cancelled("cancelled on request", metadata={"scope": scope}) from None
+                raise
             finally:
-                stop.cancel()
-                told = time.perf_counter()
-                if not task.done():
-                    task.cancel()
-                await asyncio.wait({task, stop})
-        if task.cancelled():
-            self._cancel_seconds.labels(scope.partition(":")[0]).observe(time.perf_counter() - told)
-            raise Cancelled("cancelled on request", metadata={"scope": scope})
-        return task.result()
+                stopper.disarm()
+        raise AssertionError("unreachable")  # pragma: no cover (mypy: the block returns or raises)
 
     def _keys(self, scope: str) -> ScopeKeys:
         return ScopeKeys.of(self._prefix, scope)
