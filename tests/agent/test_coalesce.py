@@ -1,4 +1,5 @@
-"""TextCoalescer: text unchanged, few events when the writer is slow, the first text at once, errors surface."""
+"""TextCoalescer: text unchanged, few events when the writer is slow, the first text at once, errors surface,
+no task between writes."""
 
 from __future__ import annotations
 
@@ -24,13 +25,28 @@ class Writer:
         self.events.append(text)
 
 
-async def test_text_is_unchanged_and_drain_writes_the_rest() -> None:
+async def test_text_is_unchanged_and_take_hands_back_what_was_not_written() -> None:
     writer = Writer()
     async with TextCoalescer(writer.emit, chars=1000, seconds=60) as coalescer:
         for piece in ["a", "bc", "", "def"]:
             coalescer.add(piece)
-        await coalescer.drain()
-    assert writer.events == ["abcdef"]  # a long window: one event, written by drain
+        assert await coalescer.take() == "abcdef"  # a long window: nothing written yet
+    assert writer.events == []
+
+
+async def test_between_writes_no_task_runs_and_take_returns_without_waiting() -> None:
+    writer = Writer()
+    async with TextCoalescer(writer.emit, chars=3, seconds=60) as coalescer:
+        coalescer.add("abc")
+        await writer.writing.wait()
+        await asyncio.sleep(0)
+        assert writer.events == ["abc"]
+        assert asyncio.all_tasks() == {asyncio.current_task()}  # only a timer would wait for the next window
+        coalescer.add("d")
+        taking = coalescer.take().__await__()
+        with pytest.raises(StopIteration) as taken:
+            taking.send(None)  # done in one step: nothing to wait for, no trip through the loop
+        assert taken.value.value == "d"
 
 
 async def test_text_arriving_during_a_slow_write_goes_out_in_one_event() -> None:
@@ -42,7 +58,9 @@ async def test_text_arriving_during_a_slow_write_goes_out_in_one_event() -> None
         for _ in range(100):
             coalescer.add("x")
         writer.open.set()
-        await coalescer.drain()
+        for _ in range(10):  # the pending text is over the size: written as soon as the first write is done
+            await asyncio.sleep(0)
+        assert await coalescer.take() == ""
     assert writer.events == ["abcd", "x" * 100]
 
 
@@ -58,8 +76,8 @@ async def test_the_first_text_goes_out_at_once_then_the_window_applies() -> None
         for _ in range(5):
             await asyncio.sleep(0)
         assert writer.events == ["first"]  # waiting for the window (or the size)
-        await coalescer.drain()
-    assert writer.events == ["first", "secondthird"]
+        assert await coalescer.take() == "secondthird"
+    assert writer.events == ["first"]
 
 
 async def test_the_window_flushes_without_more_text() -> None:
@@ -69,29 +87,29 @@ async def test_the_window_flushes_without_more_text() -> None:
         await asyncio.wait_for(writer.writing.wait(), 5)
         await asyncio.sleep(0)
         assert writer.events == ["alone"]
-        await coalescer.drain()
+        assert await coalescer.take() == ""
     assert writer.events == ["alone"]
 
 
-async def test_a_failed_write_surfaces_in_add_and_drain() -> None:
+async def test_a_failed_write_surfaces_in_add_and_take() -> None:
     async def broken(text: str) -> None:
         raise ConnectionError("log down")
 
     async with TextCoalescer(broken, chars=1, seconds=60) as coalescer:
-        coalescer.add("a")  # reaches the size: the flusher writes at once, and fails
+        coalescer.add("a")  # reaches the size: written at once, and fails
         for _ in range(3):
             await asyncio.sleep(0)
         with pytest.raises(ConnectionError):
             coalescer.add("b")
         with pytest.raises(ConnectionError):
-            await coalescer.drain()
+            await coalescer.take()
 
 
 async def test_take_waits_for_the_write_in_flight_and_hands_back_the_rest() -> None:
     writer = Writer()
     async with TextCoalescer(writer.emit, chars=3, seconds=60) as coalescer:
         writer.open.clear()
-        coalescer.add("abc")  # a flush starts and hangs
+        coalescer.add("abc")  # a write starts and hangs
         await writer.writing.wait()
         coalescer.add("de")
         taking = asyncio.create_task(coalescer.take())
@@ -100,3 +118,15 @@ async def test_take_waits_for_the_write_in_flight_and_hands_back_the_rest() -> N
         writer.open.set()
         assert await taking == "de"
     assert writer.events == ["abc"]  # "de" is the caller's to write, with its next event
+
+
+async def test_leaving_early_cancels_the_write_in_flight() -> None:
+    writer = Writer()
+    writer.open.clear()
+    async with TextCoalescer(writer.emit, chars=1, seconds=60) as coalescer:
+        coalescer.add("a")
+        await writer.writing.wait()
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+    assert writer.events == []
+    with pytest.raises(RuntimeError, match="closed"):
+        coalescer.add("b")
