@@ -47,6 +47,9 @@ class TextCoalescer:
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._write: asyncio.Task[None] | None = None
+        #: The text of the write scheduled last, and whether that write has started.
+        self._scheduled = ""
+        self._writing = False
         self._failure: BaseException | None = None
         self._taken = False
 
@@ -94,6 +97,11 @@ class TextCoalescer:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._write is not None and not self._writing:
+            # Scheduled but not started: its text goes back, to the caller's append (one fewer).
+            self._write.cancel()
+            self._write = None
+            self._pending.insert(0, self._scheduled)
         if self._write is not None:
             await asyncio.shield(self._write)
         if self._failure is not None:
@@ -112,12 +120,14 @@ class TextCoalescer:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        text = "".join(self._pending)
+        self._scheduled = text = "".join(self._pending)
         self._pending.clear()
         self._size = 0
+        self._writing = False
         self._write = self._loop.create_task(self._written(text), name="coalesce")
 
     async def _written(self, text: str) -> None:
+        self._writing = True
         try:
             await self._emit(text)
         except Exception as exc:

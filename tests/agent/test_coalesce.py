@@ -130,3 +130,13 @@ async def test_leaving_early_cancels_the_write_in_flight() -> None:
     assert writer.events == []
     with pytest.raises(RuntimeError, match="closed"):
         coalescer.add("b")
+
+
+async def test_take_right_after_a_write_was_scheduled_hands_its_text_back_unwritten() -> None:
+    writer = Writer()
+    async with TextCoalescer(writer.emit, chars=1000, seconds=60, immediate_first=True) as coalescer:
+        coalescer.add("only")  # the first text: its write is scheduled at once ...
+        assert await coalescer.take() == "only"  # ... and taken back before it started: one append, not two
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert writer.events == []
