@@ -302,13 +302,33 @@ class Agent:
         except Cancelled:
             finish = FinishReason.CANCELLED
         except asyncio.CancelledError:
-            await asyncio.shield(self._finish(turn, FinishReason.INTERRUPTED, None))
+            try:
+                await asyncio.shield(self._finish(turn, FinishReason.INTERRUPTED, None))
+            finally:
+                await asyncio.shield(self._release(turn.session_id, turn.record.id))
             raise
         except Exception as exc:
             failure = translated(exc)  # e.g. Redis unreachable: UNAVAILABLE, not a fault of ours
-        finally:
+        # The session's slot is free before its client can see the end (it may send its next message at once):
+        # on one server the release is queued ahead of the final event's append and goes out in its pipeline;
+        # on a cluster the two live on different nodes, so the release is a round trip of its own, first.
+        released = None
+        if self.leases is not None and not self._conversations.clustered:
+            released = self.leases.release_queued(self._events.batch, turn.session_id, turn.record.id)
+        else:
             await asyncio.shield(self._release(turn.session_id, turn.record.id))
-        await self._finish(turn, finish, failure)
+        try:
+            await self._finish(turn, finish, failure)
+        finally:
+            if released is not None:
+                await asyncio.shield(self._released(turn, released))
+
+    async def _released(self, turn: RunningTurn, queued: asyncio.Future[object]) -> None:
+        """Wait for a queued slot release; if Redis failed it, release again (retried, else it lapses)."""
+        try:
+            await redis_call(queued)
+        except Unavailable:
+            await self._release(turn.session_id, turn.record.id)
 
     async def fail_orphan(self, fields: Mapping[str, str]) -> None:
         """Fail a turn whose instance stopped (its lease lapsed), keeping the text it had streamed."""

@@ -17,7 +17,7 @@ from daveloper.errors import Cancelled, CursorExpired, FailedPrecondition, Inval
 from daveloper.eventlog._store import ScopeKeys, redis_call
 from daveloper.eventlog.control import ControlChannel
 from daveloper.eventlog.tail import GONE_NOTICE, RESYNC, UNREACHABLE, Tails
-from daveloper.infra.batching import ScriptBatcher
+from daveloper.infra.batching import CommandBatcher
 from daveloper.infra.pubsub import publish_command
 from daveloper.infra.redis import redis_down
 from daveloper.metrics import Metrics
@@ -163,9 +163,10 @@ class EventLog:
         self._starts, self._resumes = metrics.eventlog_reads.labels("start"), metrics.eventlog_reads.labels("resume")
         self._expired_cursors = metrics.eventlog_expired
         self._cancel_seconds = metrics.cancel_seconds
-        # Appends made close together (many turns streaming at once) share one pipeline.
-        self._append = ScriptBatcher(redis, redis.register_script(_APPEND.replace("PUBLISH", publish_command(redis))),
-                                     observe=metrics.eventlog_append_batch.observe)
+        #: Appends made close together (many turns streaming at once) share one pipeline; a command queued
+        #: here before an append goes out before it, in the same pipeline.
+        self.batch = CommandBatcher(redis, observe=metrics.eventlog_append_batch.observe)
+        self._append = redis.register_script(_APPEND.replace("PUBLISH", publish_command(redis)))
         self._control = ControlChannel(redis, prefix=prefix, ttl_seconds=ttl_seconds)
         self._tails = Tails(redis, quiet_seconds=ttl_seconds)
 
@@ -180,7 +181,7 @@ class EventLog:
     async def aclose(self) -> None:
         """Finish the appends in flight, release the shared pub/sub connections and stop their dispatcher tasks."""
         try:
-            await self._append.aclose()
+            await self.batch.aclose()
             await self._tails.aclose()
         finally:
             await self._control.aclose()
@@ -221,13 +222,15 @@ class EventLog:
         may store the batch twice. An empty batch is an error.
 
         Appends made while another is in flight (from any scope) go to Redis
-        together, in one pipeline (:mod:`daveloper.infra.batching`); each still
-        gets its own seq or error.
+        together, in one pipeline (:attr:`batch`, :mod:`daveloper.infra.batching`);
+        each still gets its own seq or error. A command queued on :attr:`batch`
+        before an append goes out before it, in the same pipeline.
         """
         if not payloads:
             raise ValueError("append_many needs at least one payload")
         keys = self._keys(scope)
-        first = int(await redis_call(self._append(
+        first = int(await redis_call(self.batch.script(
+            self._append,
             [keys.stream, keys.meta],
             ["1" if final else "0", self._retention, self._ttl_seconds, keys.tail,
              *(writer if writer is not None else ("", 0)), *payloads],

@@ -1,4 +1,4 @@
-"""Calls of one Lua script made close together go to Redis as one pipeline: one write, one read, one connection.
+"""Commands queued close together go to Redis as one pipeline: one write, one read, one connection.
 
 A single script call through redis-py costs 125-150 µs of CPU on its own: a connection
 checked out of the pool and back, a write under ``asyncio.wait_for``, a read under a
@@ -7,16 +7,24 @@ timeout, the retry wrapper. In a pipeline of many, the same call costs about 27 
 stream at once (their model tokens arrive together), and each paid the full price
 exactly when the loop was busiest.
 
-:class:`ScriptBatcher` is a group commit: at most one pipeline is in flight, and calls
-made meanwhile wait for it and go together in the next. A lone call goes out at the
-loop's next step, so an idle server adds no delay, and a busy one sends fewer, larger
-pipelines instead of more calls. Each call gets its own reply or its own error, as if
-made alone; a connection failure fails every call of its pipeline (the callers retry
-as they would a single call). A call whose caller is cancelled before its pipeline is
-sent is not sent. ``NOSCRIPT`` (a server restarted without the script) is answered by
-calling the script alone, which loads it.
+:class:`CommandBatcher` is a group commit: at most one pipeline is in flight, and
+commands queued meanwhile wait for it and go together in the next. A lone command
+goes out at the loop's next step, so an idle server adds no delay, and a busy one
+sends fewer, larger pipelines instead of more calls.
 
-On a cluster, redis-py's cluster pipeline sends each node its own part of the batch.
+* Each command gets its own reply or its own error, as if sent alone; a connection
+  failure fails every command of its pipeline (callers retry as they would a single
+  call).
+* :meth:`CommandBatcher.queue` queues at once and returns a future: commands queued
+  one after another go out in that order, in one pipeline on one connection, so a
+  single server runs them in that order (a cluster's pipeline sends each node its own
+  part, so only commands on one node keep their order there).
+* A command whose future is cancelled before its pipeline is sent (its caller left)
+  is not sent.
+* A script is loaded (``SCRIPT LOAD``) before the first pipeline that calls it, so
+  its calls keep their place in the order. ``NOSCRIPT`` later (a server restarted
+  without it) is answered by calling the script alone, which loads it again: that
+  call then runs after the rest of its pipeline.
 """
 
 from __future__ import annotations
@@ -24,94 +32,119 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
-__all__ = ["MAX_BATCH", "ScriptBatcher"]
+__all__ = ["MAX_BATCH", "CommandBatcher"]
 
-#: Calls per pipeline at most; a longer queue goes out in several, one after another.
+#: Commands per pipeline at most; a longer queue goes out in several, one after another.
 MAX_BATCH = 1024
 
-_Call = tuple[Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
+
+@dataclass(slots=True)
+class _Queued:
+    command: tuple[Any, ...]
+    future: asyncio.Future[Any]
+    #: For EVALSHA: the script, its keys and arguments (to run it alone if the server lost it).
+    script: tuple[AsyncScript, Sequence[Any], Sequence[Any]] | None = None
 
 
-class ScriptBatcher:
-    """Calls ``script`` (registered on ``redis``) in pipelines of whatever calls are waiting.
+class CommandBatcher:
+    """Sends the commands queued on it in pipelines of whatever is waiting, on ``redis`` (a client or a cluster).
 
     ``observe`` is told each pipeline's size (a histogram's ``observe``). Close with :meth:`aclose`.
     """
 
-    def __init__(self, redis: Any, script: AsyncScript, *, observe: Callable[[float], object] | None = None) -> None:
+    def __init__(self, redis: Any, *, observe: Callable[[float], object] | None = None) -> None:
         self._redis = redis
-        self._script = script
         self._observe = observe
-        self._waiting: list[_Call] = []
+        self._waiting: list[_Queued] = []
         self._sender: asyncio.Task[None] | None = None
         self._closed = False
+        #: Scripts this batcher has loaded (by SHA1).
+        self._loaded: set[str] = set()
 
-    async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """The script's reply for ``keys`` and ``args``; its error (redis-py's exceptions) if it failed."""
-        if self._closed:
-            raise RedisConnectionError("the script batcher is closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._waiting.append((keys, args, future))
-        if self._sender is None:
-            # A context of its own: the pipeline is nobody's call in particular (no caller's span is its parent).
-            self._sender = loop.create_task(self._send_waiting(), name="script batch",
-                                            context=contextvars.Context())
-        return await future
+    def queue(self, *command: Any) -> asyncio.Future[Any]:
+        """Queue ``command`` now; its reply (or error: redis-py's exceptions) is the future's."""
+        return self._queue(_Queued(command, asyncio.get_running_loop().create_future()))
+
+    def queue_script(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> asyncio.Future[Any]:
+        """Queue a call of ``script`` (registered on the same client) now, as :meth:`queue`."""
+        return self._queue(_Queued(("EVALSHA", script.sha, len(keys), *keys, *args),
+                                   asyncio.get_running_loop().create_future(), (script, keys, args)))
+
+    async def script(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """The reply of a call of ``script``, sent with whatever else is queued."""
+        return await self.queue_script(script, keys, args)
 
     async def aclose(self) -> None:
-        """Refuse new calls and let the pipeline in flight, and the calls waiting for it, finish."""
+        """Refuse new commands and let the pipeline in flight, and the commands waiting for it, finish."""
         self._closed = True
         if self._sender is not None:
             await asyncio.wait([self._sender])
+
+    def _queue(self, queued: _Queued) -> asyncio.Future[Any]:
+        if self._closed:
+            queued.future.set_exception(RedisConnectionError("the command batcher is closed"))
+            return queued.future
+        self._waiting.append(queued)
+        if self._sender is None:
+            # A context of its own: the pipeline is nobody's call in particular (no caller's span is its parent).
+            self._sender = asyncio.get_running_loop().create_task(self._send_waiting(), name="command batch",
+                                                                  context=contextvars.Context())
+        return queued.future
 
     async def _send_waiting(self) -> None:
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
-                await self._send([call for call in batch if not call[2].done()])  # done: its caller left
+                await self._send([queued for queued in batch if not queued.future.done()])  # done: its caller left
         finally:
             self._sender = None
             waiting, self._waiting = self._waiting, []  # left only if this task was cancelled
-            _fail(waiting, RedisConnectionError("the script batcher stopped"))
+            _fail(waiting, RedisConnectionError("the command batcher stopped"))
 
-    async def _send(self, calls: list[_Call]) -> None:
-        if not calls:
+    async def _send(self, batch: list[_Queued]) -> None:
+        if not batch:
             return
         if self._observe is not None:
-            self._observe(len(calls))
+            self._observe(len(batch))
         try:
+            for script in {queued.script[0].sha: queued.script[0] for queued in batch if queued.script}.values():
+                if script.sha not in self._loaded:
+                    await self._redis.script_load(script.script)
+                    self._loaded.add(script.sha)
             async with self._redis.pipeline(transaction=False) as pipe:
-                for keys, args, _ in calls:
-                    pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+                for queued in batch:
+                    pipe.execute_command(*queued.command)
                 replies = await pipe.execute(raise_on_error=False)
-        except Exception as exc:  # the connection failed: every call of the pipeline fails alike
-            _fail(calls, exc)
+        except Exception as exc:  # the connection failed: every command of the pipeline fails alike
+            _fail(batch, exc)
             return
         except BaseException:  # this task was cancelled (the loop is closing)
-            _fail(calls, RedisConnectionError("the script batcher stopped"))
+            _fail(batch, RedisConnectionError("the command batcher stopped"))
             raise
-        for (keys, args, future), reply in zip(calls, replies, strict=True):
-            if isinstance(reply, NoScriptError):
+        for queued, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, NoScriptError) and queued.script is not None:
+                script, keys, args = queued.script
+                self._loaded.discard(script.sha)
                 try:
-                    reply = await self._script(keys=keys, args=args)  # loads the script, then runs it
+                    reply = await script(keys=keys, args=args)  # loads the script, then runs it
                 except Exception as exc:
                     reply = exc
-            if future.done():
+            if queued.future.done():
                 continue
             if isinstance(reply, Exception):
-                future.set_exception(reply)
+                queued.future.set_exception(reply)
             else:
-                future.set_result(reply)
+                queued.future.set_result(reply)
 
 
-def _fail(calls: list[_Call], error: Exception) -> None:
-    for _, _, future in calls:
-        if not future.done():
-            future.set_exception(error)
+def _fail(batch: list[_Queued], error: Exception) -> None:
+    for queued in batch:
+        if not queued.future.done():
+            queued.future.set_exception(error)

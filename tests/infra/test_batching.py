@@ -1,4 +1,4 @@
-"""Script calls made close together share one pipeline, and each still gets its own reply or error."""
+"""Commands queued close together share one pipeline, in order, and each still gets its own reply or error."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from daveloper.infra.batching import MAX_BATCH, ScriptBatcher
+from daveloper.infra.batching import MAX_BATCH, CommandBatcher
 from daveloper.infra.redis import connect_redis
 
 INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
@@ -20,13 +20,27 @@ def sizes() -> list[float]:
     return []
 
 
+class Incr:
+    """Calls of the INCR script through a batcher."""
+
+    def __init__(self, redis: aioredis.Redis, batcher: CommandBatcher) -> None:
+        self.script = redis.register_script(INCR)
+        self.batcher = batcher
+
+    async def __call__(self, keys: list[str], args: list[int]) -> object:
+        return await self.batcher.script(self.script, keys, args)
+
+    async def aclose(self) -> None:
+        await self.batcher.aclose()
+
+
 @pytest.fixture
-async def batcher(redis: aioredis.Redis, sizes: list[float]) -> ScriptBatcher:
-    return ScriptBatcher(redis, redis.register_script(INCR), observe=sizes.append)
+async def batcher(redis: aioredis.Redis, sizes: list[float]) -> Incr:
+    return Incr(redis, CommandBatcher(redis, observe=sizes.append))
 
 
 async def test_calls_made_together_go_in_one_pipeline_each_with_its_reply(
-        redis: aioredis.Redis, batcher: ScriptBatcher, sizes: list[float]) -> None:
+        redis: aioredis.Redis, batcher: Incr, sizes: list[float]) -> None:
     replies = await asyncio.gather(*(batcher([f"k{i % 3}"], [1]) for i in range(30)))
     assert sizes == [30]
     # Executed in call order: each key's replies count up 1..10.
@@ -35,7 +49,7 @@ async def test_calls_made_together_go_in_one_pipeline_each_with_its_reply(
 
 
 async def test_calls_made_while_a_pipeline_is_in_flight_go_together_in_the_next(
-        batcher: ScriptBatcher, sizes: list[float]) -> None:
+        batcher: Incr, sizes: list[float]) -> None:
     first = asyncio.ensure_future(batcher(["a"], [1]))
     await asyncio.sleep(0)  # the first pipeline is sent
     rest = [asyncio.ensure_future(batcher(["a"], [1])) for _ in range(5)]
@@ -44,13 +58,13 @@ async def test_calls_made_while_a_pipeline_is_in_flight_go_together_in_the_next(
 
 
 async def test_a_long_queue_is_sent_in_pipelines_of_at_most_max_batch(
-        batcher: ScriptBatcher, sizes: list[float]) -> None:
+        batcher: Incr, sizes: list[float]) -> None:
     replies = await asyncio.gather(*(batcher(["n"], [1]) for _ in range(MAX_BATCH + 5)))
     assert replies == list(range(1, MAX_BATCH + 6))
     assert sizes == [MAX_BATCH, 5]
 
 
-async def test_one_failing_call_fails_alone(redis: aioredis.Redis, batcher: ScriptBatcher) -> None:
+async def test_one_failing_call_fails_alone(redis: aioredis.Redis, batcher: Incr) -> None:
     await redis.set("text", "not a number")
     replies = await asyncio.gather(batcher(["x"], [1]), batcher(["text"], [1]), batcher(["x"], [1]),
                                    return_exceptions=True)
@@ -60,14 +74,14 @@ async def test_one_failing_call_fails_alone(redis: aioredis.Redis, batcher: Scri
     assert await redis.get("text") == b"not a number"
 
 
-async def test_a_server_that_lost_the_script_gets_it_again(redis: aioredis.Redis, batcher: ScriptBatcher) -> None:
+async def test_a_server_that_lost_the_script_gets_it_again(redis: aioredis.Redis, batcher: Incr) -> None:
     assert await batcher(["s"], [5]) == 5
     await redis.script_flush()
     assert await asyncio.gather(batcher(["s"], [1]), batcher(["s"], [1])) == [6, 7]
 
 
 async def test_a_call_whose_caller_left_before_its_pipeline_went_out_is_not_sent(
-        redis: aioredis.Redis, batcher: ScriptBatcher, sizes: list[float]) -> None:
+        redis: aioredis.Redis, batcher: Incr, sizes: list[float]) -> None:
     kept = asyncio.ensure_future(batcher(["kept"], [1]))
     await asyncio.sleep(0)  # in flight
     left = asyncio.ensure_future(batcher(["left"], [1]))
@@ -82,18 +96,38 @@ async def test_a_call_whose_caller_left_before_its_pipeline_went_out_is_not_sent
 async def test_a_connection_failure_fails_every_call_of_its_pipeline(unused_tcp_port: int) -> None:
     client = connect_redis(f"redis://127.0.0.1:{unused_tcp_port}")
     try:
-        batcher = ScriptBatcher(client, client.register_script(INCR))
-        replies = await asyncio.gather(*(batcher(["k"], [1]) for _ in range(3)), return_exceptions=True)
+        batcher = CommandBatcher(client)
+        incr = Incr(client, batcher)
+        replies = await asyncio.gather(*(incr(["k"], [1]) for _ in range(3)), return_exceptions=True)
         assert all(isinstance(reply, RedisConnectionError) for reply in replies)
         assert batcher._sender is None  # nothing left running
     finally:
         await client.aclose()
 
 
-async def test_close_finishes_the_calls_in_flight_and_refuses_new_ones(batcher: ScriptBatcher) -> None:
+async def test_close_finishes_the_calls_in_flight_and_refuses_new_ones(batcher: Incr) -> None:
     calls = [asyncio.ensure_future(batcher(["c"], [1])) for _ in range(3)]
     await asyncio.sleep(0)
     await batcher.aclose()
     assert [call.result() for call in calls] == [1, 2, 3]
     with pytest.raises(RedisConnectionError, match="closed"):
         await batcher(["c"], [1])
+
+
+async def test_commands_queued_one_after_another_run_in_that_order_in_one_pipeline(
+        redis: aioredis.Redis, sizes: list[float]) -> None:
+    batcher = CommandBatcher(redis, observe=sizes.append)
+    script = redis.register_script("return redis.call('GET', KEYS[1])")
+    first = batcher.queue("SET", "order", "set first")
+    seen = batcher.queue_script(script, ["order"], [])
+    dropped = batcher.queue("DEL", "order")
+    assert await asyncio.gather(first, seen, dropped) == [True, b"set first", 1]
+    assert sizes == [3]
+
+
+async def test_a_failing_plain_command_fails_alone(redis: aioredis.Redis) -> None:
+    batcher = CommandBatcher(redis)
+    await redis.set("text", "not a number")
+    replies = await asyncio.gather(batcher.queue("INCR", "text"), batcher.queue("INCR", "n"), return_exceptions=True)
+    assert isinstance(replies[0], ResponseError)
+    assert replies[1] == 1
