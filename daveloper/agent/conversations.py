@@ -26,6 +26,7 @@ from daveloper.errors import InvalidArgument, NotFound, Unavailable
 from daveloper.infra.redis import is_cluster, reply_text
 from daveloper.keys import Keys
 from daveloper.paging import next_page_token, page_offset
+from daveloper.rpc import upb
 from generated.daveloper.v1 import Conversation, Turn
 
 __all__ = ["Conversations", "parse_conversation", "validate_conversation_id"]
@@ -76,7 +77,7 @@ class Conversations:
     async def save(self, session_id: str, conversation: Conversation) -> None:
         assert conversation.update_time is not None
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(self._conv(session_id, conversation.id), bytes(conversation))
+            pipe.set(self._conv(session_id, conversation.id), upb.encode(conversation))
             pipe.zadd(self._convs(session_id), {conversation.id: conversation.update_time.timestamp()})
             await pipe.execute()
 
@@ -96,7 +97,7 @@ class Conversations:
                 earlier = await self._redis.hget(self._clients(session_id, conversation_id), turn.client_message_id)
                 return await self.turn(session_id, conversation_id, reply_text(earlier))
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(self._turn(session_id, conversation_id, turn.id), bytes(turn))
+            pipe.set(self._turn(session_id, conversation_id, turn.id), upb.encode(turn))
             pipe.rpush(self._turns(session_id, conversation_id), turn.id)
             await pipe.execute()
         return None
@@ -145,17 +146,17 @@ class Conversations:
     def add_turn_in(self, pipe: Pipeline, session_id: str, conversation: Conversation, turn: Turn) -> None:
         """Queue the writes of a new turn and its conversation's updated record (on a transaction)."""
         assert conversation.update_time is not None
-        pipe.set(self._turn(session_id, conversation.id, turn.id), bytes(turn))
+        pipe.set(self._turn(session_id, conversation.id, turn.id), upb.encode(turn))
         pipe.rpush(self._turns(session_id, conversation.id), turn.id)
-        pipe.set(self._conv(session_id, conversation.id), bytes(conversation))
+        pipe.set(self._conv(session_id, conversation.id), upb.encode(conversation))
         pipe.zadd(self._convs(session_id), {conversation.id: conversation.update_time.timestamp()})
 
     def put_turn_in(self, pipe: Pipeline, session_id: str, conversation_id: str, turn: Turn) -> None:
         """Queue :meth:`put_turn` on ``pipe``."""
-        pipe.set(self._turn(session_id, conversation_id, turn.id), bytes(turn))
+        pipe.set(self._turn(session_id, conversation_id, turn.id), upb.encode(turn))
 
     async def put_turn(self, session_id: str, conversation_id: str, turn: Turn) -> None:
-        await self._redis.set(self._turn(session_id, conversation_id, turn.id), bytes(turn))
+        await self._redis.set(self._turn(session_id, conversation_id, turn.id), upb.encode(turn))
 
     async def turn(self, session_id: str, conversation_id: str, turn_id: str) -> Turn:
         raw = await self._redis.get(self._turn(session_id, conversation_id, turn_id)) if turn_id else None

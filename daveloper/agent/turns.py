@@ -53,6 +53,7 @@ from daveloper.jobs import BackgroundJobs
 from daveloper.leases import LeaseSet
 from daveloper.metrics import Metrics
 from daveloper.ownership import WorkLeases
+from daveloper.rpc import upb
 from daveloper.tracing import span
 from generated.daveloper.v1 import (
     ChatEvent,
@@ -253,7 +254,8 @@ class Agent:
         payloads = [
             self._tokens.encode(turn.conversation_id, turn.record.id, created, delta.text)
             if isinstance(delta, TokenDelta) and len(kind) == 1 else
-            bytes(ChatEvent(conversation_id=turn.conversation_id, turn_id=turn.record.id, create_time=created, **kind))
+            upb.encode(ChatEvent(conversation_id=turn.conversation_id, turn_id=turn.record.id, create_time=created,
+                                 **kind))
         ]
         if turn.unsent:
             text, turn.unsent = turn.unsent, ""

@@ -5,8 +5,8 @@ stream that forwards stored events (Chat, Watch, WatchJob, WatchIngestion)
 would otherwise decode each entry into a betterproto2 message only for the
 codec to encode it again, per listening stream: the two costliest steps of the
 event path. :class:`Encoded` marks bytes the :class:`PassThroughCodec` writes
-unchanged; every other message is encoded as usual, so servicers keep building
-betterproto2 messages wherever they create something new.
+unchanged; every other message is a betterproto2 message the servicers built,
+serialized by upb (:mod:`daveloper.rpc.upb`).
 
 A streamed response wraps the stored event (``WatchResponse { ChatEvent event = 1; }``),
 and the log assigns the event's ``seq`` outside the payload. Protobuf's wire
@@ -25,6 +25,7 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from grpclib.encoding.proto import ProtoCodec
 
 from daveloper.descriptors import load_descriptor_pool
+from daveloper.rpc import upb
 from daveloper.rpc.decoding import RequestValidator
 
 __all__ = ["Encoded", "PassThroughCodec", "length_delimited_fields", "varint", "wrap_event"]
@@ -54,7 +55,9 @@ class PassThroughCodec(ProtoCodec):
     def encode(self, message: Any, message_type: Any) -> bytes:
         if type(message) is Encoded:
             return message
-        return super().encode(message, message_type)
+        if not isinstance(message, message_type):
+            raise TypeError(f"Message must be of type {message_type!r}, not {type(message)!r}")
+        return upb.encode(message)  # serialized by upb (:mod:`daveloper.rpc.upb`)
 
     def decode(self, data: bytes, message_type: Any) -> Any:
         return self._requests.decode(data, message_type)

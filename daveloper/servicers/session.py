@@ -22,7 +22,7 @@ from google.protobuf import message_factory
 from daveloper.audit import AuditLog
 from daveloper.descriptors import load_descriptor_pool
 from daveloper.errors import InvalidArgument
-from daveloper.rpc import Authenticator, Call, Servicer, public
+from daveloper.rpc import Authenticator, Call, Servicer, public, upb
 from daveloper.rpc.encoded import Encoded
 from daveloper.sessions import SessionRecord, SessionStore
 from daveloper.usage import SessionUsage
@@ -125,7 +125,7 @@ class SessionService(Servicer):
             quotas, limits = await self._usage.read(call.session_id)
         response: Any = self._response()  # a upb message class made from the descriptor set
         if "session" in fields:
-            response.session.MergeFromString(bytes(_session_message(record)))
+            response.session.MergeFromString(upb.encode(_session_message(record)))
         if "quotas" in fields:
             for quota in quotas:
                 response.quotas.add(name=quota.name, limit=quota.limit, used=quota.used)
