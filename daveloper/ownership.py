@@ -30,6 +30,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -155,12 +156,11 @@ class WorkLeases:
         except Unavailable as exc:
             log.info("a work lease was left to lapse: %s", exc, extra={"work": member})
 
-    def release_in(self, pipe: Pipeline, kind: str, work_id: str) -> None:
-        """Queue :meth:`release` on ``pipe`` (with the work's last writes)."""
+    def release_commands(self, kind: str, work_id: str) -> list[tuple[Any, ...]]:
+        """:meth:`release` as commands, to send with the work's last writes; the lease is no longer renewed."""
         member = self._member(kind, work_id)
         self._owned.discard(member)
-        pipe.zrem(self._set, member)
-        pipe.hdel(self._data, member)
+        return [("ZREM", self._set, member), ("HDEL", self._data, member)]
 
     def disown(self, kind: str, work_id: str) -> None:
         """Stop renewing a lease whose work could not record its end: it lapses and the reaper finishes it."""

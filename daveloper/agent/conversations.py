@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import re
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -151,9 +152,10 @@ class Conversations:
         pipe.set(self._conv(session_id, conversation.id), upb.encode(conversation))
         pipe.zadd(self._convs(session_id), {conversation.id: conversation.update_time.timestamp()})
 
-    def put_turn_in(self, pipe: Pipeline, session_id: str, conversation_id: str, turn: Turn) -> None:
-        """Queue :meth:`put_turn` on ``pipe``."""
-        pipe.set(self._turn(session_id, conversation_id, turn.id), upb.encode(turn))
+    def put_turn_command(self, session_id: str, conversation_id: str, turn: Turn) -> tuple[Any, ...]:
+        """:meth:`put_turn` as a command, to send with others (:meth:`CommandBatcher.execute
+        <daveloper.infra.batching.CommandBatcher.execute>`)."""
+        return "SET", self._turn(session_id, conversation_id, turn.id), upb.encode(turn)
 
     async def put_turn(self, session_id: str, conversation_id: str, turn: Turn) -> None:
         await self._redis.set(self._turn(session_id, conversation_id, turn.id), upb.encode(turn))

@@ -366,12 +366,12 @@ class Agent:
         recorded = False
 
         async def record() -> None:
-            # The record and the work lease's release in one round trip, after the final event.
-            async with self._conversations.pipeline(transaction=False) as pipe:
-                self._conversations.put_turn_in(pipe, turn.session_id, turn.conversation_id, turn.record)
-                if self._work is not None:
-                    self._work.release_in(pipe, "turn", turn.record.id)
-                await redis_call(pipe.execute())
+            # The record and the work lease's release after the final event, queued with the appends
+            # of other turns (one pipeline for them all when many turns end together).
+            commands = [self._conversations.put_turn_command(turn.session_id, turn.conversation_id, turn.record)]
+            if self._work is not None:
+                commands += self._work.release_commands("turn", turn.record.id)
+            await redis_call(self._events.batch.execute(commands))
 
         try:
             await self._record_finish(turn, finish, failure)

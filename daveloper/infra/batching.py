@@ -81,6 +81,14 @@ class CommandBatcher:
         """The reply of a call of ``script``, sent with whatever else is queued."""
         return await self.queue_script(script, keys, args)
 
+    async def execute(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Queue ``commands`` in order and return their replies; the first error, if any, once all have answered."""
+        replies = await asyncio.gather(*(self.queue(*command) for command in commands), return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies
+
     async def aclose(self) -> None:
         """Refuse new commands and let the pipeline in flight, and the commands waiting for it, finish."""
         self._closed = True

@@ -131,3 +131,12 @@ async def test_a_failing_plain_command_fails_alone(redis: aioredis.Redis) -> Non
     replies = await asyncio.gather(batcher.queue("INCR", "text"), batcher.queue("INCR", "n"), return_exceptions=True)
     assert isinstance(replies[0], ResponseError)
     assert replies[1] == 1
+
+
+async def test_execute_answers_a_group_of_commands_in_order_or_raises_its_first_error(redis: aioredis.Redis) -> None:
+    batcher = CommandBatcher(redis)
+    assert await batcher.execute([("SET", "g", "1"), ("INCR", "g"), ("GET", "g")]) == [True, 2, b"2"]
+    await redis.set("text", "not a number")
+    with pytest.raises(ResponseError):
+        await batcher.execute([("INCR", "text"), ("SET", "after", "still written")])
+    assert await redis.get("after") == b"still written"  # sent together: the others ran
