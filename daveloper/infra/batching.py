@@ -39,10 +39,12 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
-__all__ = ["MAX_BATCH", "CommandBatcher"]
+__all__ = ["CLOSE_SECONDS", "MAX_BATCH", "CommandBatcher"]
 
 #: Commands per pipeline at most; a longer queue goes out in several, one after another.
 MAX_BATCH = 1024
+#: Seconds :meth:`CommandBatcher.aclose` waits for the commands in flight before failing them.
+CLOSE_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -89,11 +91,17 @@ class CommandBatcher:
                 raise reply
         return replies
 
-    async def aclose(self) -> None:
-        """Refuse new commands and let the pipeline in flight, and the commands waiting for it, finish."""
+    async def aclose(self, *, within: float = CLOSE_SECONDS) -> None:
+        """Refuse new commands and let the pipeline in flight, and the commands waiting for it, finish;
+        after ``within`` seconds (a server that stopped answering) they fail instead."""
         self._closed = True
-        if self._sender is not None:
-            await asyncio.wait([self._sender])
+        sender = self._sender
+        if sender is None:
+            return
+        _, pending = await asyncio.wait([sender], timeout=within)
+        if pending:
+            sender.cancel()
+            await asyncio.wait([sender])
 
     def _queue(self, queued: _Queued) -> asyncio.Future[Any]:
         if self._closed:

@@ -140,3 +140,24 @@ async def test_execute_answers_a_group_of_commands_in_order_or_raises_its_first_
     with pytest.raises(ResponseError):
         await batcher.execute([("INCR", "text"), ("SET", "after", "still written")])
     assert await redis.get("after") == b"still written"  # sent together: the others ran
+
+
+async def test_close_gives_up_on_a_server_that_stopped_answering() -> None:
+    """A server that accepts the connection and never replies: closing fails the commands in flight in time."""
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1 << 16)
+        await asyncio.Event().wait()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = connect_redis(f"redis://127.0.0.1:{port}", protocol=2)
+    try:
+        batcher = CommandBatcher(client)
+        hanging = batcher.queue("SET", "k", "v")
+        await asyncio.sleep(0.1)  # sent, and no reply is coming
+        await asyncio.wait_for(batcher.aclose(within=0.2), 5)
+        with pytest.raises(RedisConnectionError):
+            await hanging
+    finally:
+        await client.aclose()
+        server.close()
