@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 
 from daveloper.infra.batching import CommandBatcher
 from daveloper.keys import Keys
@@ -49,22 +48,17 @@ class LeaseSet:
         now = time.time()
         return bool(await self._acquire(keys=[self.key(session_id)], args=[now, now + self.ttl_seconds, member, limit]))
 
-    def acquire_in(self, pipe: Pipeline, session_id: str, member: str, limit: int) -> None:
-        """Queue :meth:`acquire` on ``pipe``; its reply is 1 if the member holds a lease afterwards.
+    def acquire_command(self, session_id: str, member: str, limit: int) -> tuple[Any, ...]:
+        """:meth:`acquire` as a command, to send with others; its reply is 1 if the member holds a lease afterwards.
 
         EVAL rather than EVALSHA: a pipeline holding a registered script first asks
         ``SCRIPT EXISTS``, one more round trip; Redis caches the compiled script either way.
         """
         now = time.time()
-        # execute_command: redis-py's cluster pipeline refuses pipe.eval
-        pipe.execute_command("EVAL", _ACQUIRE, 1, self.key(session_id), now, now + self.ttl_seconds, member, limit)
+        return "EVAL", _ACQUIRE, 1, self.key(session_id), now, now + self.ttl_seconds, member, limit
 
     async def renew(self, session_id: str, member: str) -> None:
         await self._redis.zadd(self.key(session_id), {member: time.time() + self.ttl_seconds}, xx=True)
-
-    def release_in(self, pipe: Pipeline, session_id: str, member: str) -> None:
-        """Queue :meth:`release` on ``pipe``."""
-        pipe.zrem(self.key(session_id), member)
 
     def release_queued(self, batch: CommandBatcher, session_id: str, member: str) -> asyncio.Future[Any]:
         """Queue :meth:`release` on ``batch`` now: it goes out before what is queued there after it."""

@@ -109,17 +109,17 @@ class Conversations:
         """A pipeline on the records' Redis, for the ``*_in`` methods (and the caller's own commands)."""
         return self._redis.pipeline(transaction=transaction)
 
-    def find_in(self, pipe: Pipeline, session_id: str, conversation_id: str) -> None:
-        """Queue :meth:`find`; its reply is the record's bytes or None (:func:`parse_conversation`)."""
-        pipe.get(self._conv(session_id, conversation_id))
+    def find_command(self, session_id: str, conversation_id: str) -> tuple[Any, ...]:
+        """:meth:`find` as a command; its reply is the record's bytes or None (:func:`parse_conversation`)."""
+        return "GET", self._conv(session_id, conversation_id)
 
-    def claim_client_id_in(self, pipe: Pipeline, session_id: str, conversation_id: str, client_message_id: str,
-                           turn_id: str) -> None:
-        """Queue the claim of a client message id for ``turn_id``; its reply is false if it was seen before."""
-        pipe.hsetnx(self._clients(session_id, conversation_id), client_message_id, turn_id)
+    def claim_client_id_command(self, session_id: str, conversation_id: str, client_message_id: str,
+                                turn_id: str) -> tuple[Any, ...]:
+        """The claim of a client message id for ``turn_id`` as a command; its reply is false if it was seen before."""
+        return "HSETNX", self._clients(session_id, conversation_id), client_message_id, turn_id
 
     async def forget_client_id(self, session_id: str, conversation_id: str, client_message_id: str) -> None:
-        """Drop a claim made by :meth:`claim_client_id_in` for a turn that was not started after all."""
+        """Drop a claim made by :meth:`claim_client_id_command` for a turn that was not started after all."""
         await self._redis.hdel(self._clients(session_id, conversation_id), client_message_id)
 
     async def claimed_turn(self, session_id: str, conversation_id: str, client_message_id: str, *,

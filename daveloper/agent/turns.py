@@ -149,19 +149,20 @@ class Agent:
 
     async def _admit(self, session_id: str, conversation_id: str, text: str, client_message_id: str,
                      options: ChatOptions) -> tuple[Turn, int, bool, TurnFeed | None]:
-        # Three round trips: (1) the conversation, the client message id and the session's turn lease,
-        # pipelined; (2) the turn, the conversation and the work lease in one transaction; (3) the start event.
+        # Three round trips: (1) the conversation, the client message id and the session's turn lease, sent
+        # with whatever else is queued (other turns' appends); (2) the turn, the conversation and the work lease
+        # in one transaction; (3) the start event.
         turn = Turn(id="turn_" + secrets.token_hex(10), client_message_id=client_message_id, user_text=text,
                     state=TurnState.RUNNING, create_time=now())
         limit = self._limit("quota_concurrent_turns", self._settings.max_concurrent_turns)
         leased = self.leases is not None and limit > 0
-        async with self._conversations.pipeline(transaction=False) as pipe:
-            self._conversations.find_in(pipe, session_id, conversation_id)
-            if client_message_id:
-                self._conversations.claim_client_id_in(pipe, session_id, conversation_id, client_message_id, turn.id)
-            if self.leases is not None and leased:
-                self.leases.acquire_in(pipe, session_id, turn.id, limit)
-            replies = await redis_call(pipe.execute())
+        commands = [self._conversations.find_command(session_id, conversation_id)]
+        if client_message_id:
+            commands.append(self._conversations.claim_client_id_command(session_id, conversation_id,
+                                                                        client_message_id, turn.id))
+        if self.leases is not None and leased:
+            commands.append(self.leases.acquire_command(session_id, turn.id, limit))
+        replies = await redis_call(self._events.batch.execute(commands))
         claimed = bool(replies[1]) if client_message_id else True
         acquired = bool(replies[-1]) if leased else True
         if not claimed:  # a retry of a message already sent: that turn, whatever the limits say now
