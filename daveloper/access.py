@@ -75,7 +75,7 @@ def open_access(core: Core) -> Access:
     """The session store and the guard on ``core`` (they hold no resources of their own)."""
     settings = core.settings
     sessions = SessionStore(core.redis, core.signer, admin_token=settings.admin_token, prefix=settings.redis_prefix,
-                            idle_ttl_seconds=settings.session_idle_ttl_seconds)
+                            idle_ttl_seconds=settings.session_idle_ttl_seconds, batch=core.events.batch)
     policy = RatePolicy.following(core.runtime, settings, keys=core.keys)
     guard = Guard(sessions, RateLimiter(core.redis), policy, core.audit, switches=core.runtime.enabled,
                   metrics=core.metrics)

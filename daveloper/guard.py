@@ -176,7 +176,7 @@ class Guard:
             # Outside an RPC, nothing to charge, or a switched-off feature (admit refuses it): the record alone.
             await self._store.authenticate_session(session_id)
             return
-        async with self._store.pipeline() as pipe:
+        async with self._store.lookup_pipeline() as pipe:
             self._store.queue_lookup(pipe, session_id)
             self._limiter.queue_take(pipe, buckets)
             record, *taken = await pipe.execute(raise_on_error=False)

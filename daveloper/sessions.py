@@ -44,6 +44,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from daveloper.errors import NotFound, Unauthenticated
+from daveloper.infra.batching import CommandBatcher
 from daveloper.infra.redis import reply_text
 from daveloper.keys import DEFAULT_KEYS, Keys
 from daveloper.rpc.call import Principal
@@ -179,8 +180,11 @@ class SessionStore:
         admin_token: str | None = None,
         prefix: str = "dv:",
         idle_ttl_seconds: int = 24 * 3600,
+        batch: CommandBatcher | None = None,
     ) -> None:
         self._redis = redis
+        #: Lookups go out with other commands queued there (the event log's appends) when given.
+        self._batch = batch
         self._signer = signer
         self._admin_token = admin_token
         self.keys = Keys(prefix)
@@ -298,6 +302,13 @@ class SessionStore:
     def pipeline(self) -> Any:
         """A non-transactional pipeline on the sessions' Redis: a lookup plus other commands in one round trip."""
         return self._redis.pipeline(transaction=False)
+
+    def lookup_pipeline(self) -> Any:
+        """A pipeline for :meth:`queue_lookup` and commands queued with ``execute_command``: on the command
+        batcher when the store has one (sent with whatever else is queued), else :meth:`pipeline`."""
+        if self._batch is not None:
+            return self._batch.pipeline()
+        return self.pipeline()
 
     async def authenticate_session(self, session_id: str) -> None:
         """:meth:`confirm` a session whose token checked out, reading its record on its own."""

@@ -250,3 +250,13 @@ async def test_get_session_reports_quotas_with_use_and_rate_limits_with_what_is_
     # One "uploads" token taken, refilling since (a slow machine sees some of it back).
     refilled = limits["uploads"].per_minute / 60 * (time.monotonic() - uploaded)
     assert 99 - 0.1 <= limits["uploads"].available <= 99 + refilled + 0.1
+
+
+async def test_calls_are_still_charged_after_the_server_lost_its_scripts(channel: Channel,
+                                                                        redis: aioredis.Redis) -> None:
+    token = await new_session(channel)
+    assert await calls_allowed(channel, as_client("198.51.100.7", token), 3) == (3, None)
+    await redis.script_flush()  # as a restarted server without persistence would have it
+    allowed, refusal = await calls_allowed(channel, as_client("198.51.100.7", token), 10)
+    assert allowed == 5  # the same bucket: 8 calls per hour in all
+    assert refusal is not None

@@ -39,7 +39,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
-__all__ = ["CLOSE_SECONDS", "MAX_BATCH", "CommandBatcher"]
+__all__ = ["CLOSE_SECONDS", "MAX_BATCH", "BatchPipeline", "CommandBatcher"]
 
 #: Commands per pipeline at most; a longer queue goes out in several, one after another.
 MAX_BATCH = 1024
@@ -90,6 +90,10 @@ class CommandBatcher:
             if isinstance(reply, BaseException):
                 raise reply
         return replies
+
+    def pipeline(self) -> BatchPipeline:
+        """A pipeline-like view (``execute_command``, ``hmget``, ``execute``) whose commands go out with the rest."""
+        return BatchPipeline(self)
 
     async def aclose(self, *, within: float = CLOSE_SECONDS) -> None:
         """Refuse new commands and let the pipeline in flight, and the commands waiting for it, finish;
@@ -158,6 +162,38 @@ class CommandBatcher:
                 queued.future.set_exception(reply)
             else:
                 queued.future.set_result(reply)
+
+
+class BatchPipeline:
+    """The part of redis-py's non-transactional pipeline its callers here use, queueing on a :class:`CommandBatcher`.
+
+    Commands queued on it go out in order, together, with whatever else the batcher holds then;
+    :meth:`execute` answers like ``Pipeline.execute``.
+    """
+
+    def __init__(self, batcher: CommandBatcher) -> None:
+        self._batcher = batcher
+        self._commands: list[tuple[Any, ...]] = []
+
+    async def __aenter__(self) -> BatchPipeline:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._commands = []
+
+    def execute_command(self, *command: Any) -> BatchPipeline:
+        self._commands.append(command)
+        return self
+
+    def hmget(self, name: Any, keys: Sequence[Any]) -> BatchPipeline:
+        return self.execute_command("HMGET", name, *keys)
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        """The replies in order; with ``raise_on_error=False`` an error is its command's reply instead of raised."""
+        commands, self._commands = self._commands, []
+        if raise_on_error:
+            return await self._batcher.execute(commands)
+        return await asyncio.gather(*(self._batcher.queue(*command) for command in commands), return_exceptions=True)
 
 
 def _fail(batch: list[_Queued], error: Exception) -> None:

@@ -161,3 +161,20 @@ async def test_close_gives_up_on_a_server_that_stopped_answering() -> None:
     finally:
         await client.aclose()
         server.close()
+
+
+async def test_a_batch_pipeline_answers_like_redis_pys(redis: aioredis.Redis, sizes: list[float]) -> None:
+    batcher = CommandBatcher(redis, observe=sizes.append)
+    await redis.hset("h", mapping={"a": "1", "b": "2"})
+    await redis.set("text", "not a number")
+    async with batcher.pipeline() as pipe:
+        pipe.hmget("h", ["a", "b", "c"])
+        pipe.execute_command("INCR", "text")
+        lookup, failed = await pipe.execute(raise_on_error=False)
+    assert lookup == [b"1", b"2", None]
+    assert isinstance(failed, ResponseError)
+    async with batcher.pipeline() as pipe:
+        pipe.execute_command("INCR", "text")
+        with pytest.raises(ResponseError):
+            await pipe.execute()
+    assert sizes == [2, 1]
