@@ -36,6 +36,7 @@ from daveloper.agent.retry import retry_unavailable
 from daveloper.agent.rounds import TurnRounds
 from daveloper.agent.running import RunningTurn, conversation_scope, observe_end, turn_scope
 from daveloper.agent.settings import DEFAULT_SYSTEM_PROMPT, AgentSettings
+from daveloper.agent.slots import TurnSlots
 from daveloper.agent.tokenwire import TokenEvents
 from daveloper.agent.tools import Toolbox
 from daveloper.errors import (
@@ -88,7 +89,8 @@ class Agent:
         #: Leases on running turns, so another instance fails them if this one dies.
         self._work = work
         #: Running turns per session, for ``max_concurrent_turns``.
-        self.leases = leases
+        self._slots = TurnSlots(leases, events.batch, clustered=conversations.clustered,
+                                retry_seconds=settings.redis_retry_seconds)
         self._conversations = conversations
         self._model = model
         self._tools = tools
@@ -155,19 +157,19 @@ class Agent:
         turn = Turn(id="turn_" + secrets.token_hex(10), client_message_id=client_message_id, user_text=text,
                     state=TurnState.RUNNING, create_time=now())
         limit = self._limit("quota_concurrent_turns", self._settings.max_concurrent_turns)
-        leased = self.leases is not None and limit > 0
+        acquire = self._slots.acquire_command(session_id, turn.id, limit)
         commands = [self._conversations.find_command(session_id, conversation_id)]
         if client_message_id:
             commands.append(self._conversations.claim_client_id_command(session_id, conversation_id,
                                                                         client_message_id, turn.id))
-        if self.leases is not None and leased:
-            commands.append(self.leases.acquire_command(session_id, turn.id, limit))
+        if acquire is not None:
+            commands.append(acquire)
         replies = await redis_call(self._events.batch.execute(commands))
         claimed = bool(replies[1]) if client_message_id else True
-        acquired = bool(replies[-1]) if leased else True
+        acquired = bool(replies[-1]) if acquire is not None else True
         if not claimed:  # a retry of a message already sent: that turn, whatever the limits say now
-            if leased and acquired:
-                await self._release(session_id, turn.id)
+            if acquire is not None and acquired:
+                await self._slots.release(session_id, turn.id)
             return await self._conversations.claimed_turn(session_id, conversation_id, client_message_id), 0, True, None
         if not acquired:
             if client_message_id:
@@ -218,7 +220,7 @@ class Agent:
             turn.feed.close()
         if turn.place is not None:
             self.queue.leave(turn.place)
-        await self._release(turn.session_id, turn.record.id)
+        await self._slots.release(turn.session_id, turn.record.id)
         if self._work is not None:
             try:
                 await self._work.release("turn", turn.record.id)
@@ -228,18 +230,6 @@ class Agent:
 
     def _limit(self, name: str, default: int) -> int:
         return self._limits(name) if self._limits is not None else default
-
-    async def _release(self, session_id: str, turn_id: str) -> None:
-        """Free the session's concurrent-turn slot (retried through a Redis restart; else it lapses)."""
-        leases = self.leases
-        if leases is None:
-            return
-        try:
-            await retry_unavailable(lambda: redis_call(leases.release(session_id, turn_id)),
-                                    seconds=self._settings.redis_retry_seconds, what="turn slot release")
-        except Unavailable as exc:
-            log.warning("a turn's slot was not released (it lapses by itself): %s", exc,
-                        extra={"turn_id": turn_id})
 
     async def cancel(self, turn_id: str) -> bool:
         return await self._events.request_cancel(turn_scope(turn_id))
@@ -308,30 +298,17 @@ class Agent:
             try:
                 await asyncio.shield(self._finish(turn, FinishReason.INTERRUPTED, None))
             finally:
-                await asyncio.shield(self._release(turn.session_id, turn.record.id))
+                await asyncio.shield(self._slots.release(turn.session_id, turn.record.id))
             raise
         except Exception as exc:
             failure = translated(exc)  # e.g. Redis unreachable: UNAVAILABLE, not a fault of ours
-        # The session's slot is free before its client can see the end (it may send its next message at once):
-        # on one server the release is queued ahead of the final event's append and goes out in its pipeline;
-        # on a cluster the two live on different nodes, so the release is a round trip of its own, first.
-        released = None
-        if self.leases is not None and not self._conversations.clustered:
-            released = self.leases.release_queued(self._events.batch, turn.session_id, turn.record.id)
-        else:
-            await asyncio.shield(self._release(turn.session_id, turn.record.id))
+        # The session's slot is free before its client can see the end (daveloper.agent.slots).
+        released = await self._slots.release_ahead(turn.session_id, turn.record.id)
         try:
             await self._finish(turn, finish, failure)
         finally:
             if released is not None:
-                await asyncio.shield(self._released(turn, released))
-
-    async def _released(self, turn: RunningTurn, queued: asyncio.Future[object]) -> None:
-        """Wait for a queued slot release; if Redis failed it, release again (retried, else it lapses)."""
-        try:
-            await redis_call(queued)
-        except Unavailable:
-            await self._release(turn.session_id, turn.record.id)
+                await asyncio.shield(self._slots.settle(turn.session_id, turn.record.id, released))
 
     async def fail_orphan(self, fields: Mapping[str, str]) -> None:
         """Fail a turn whose instance stopped (its lease lapsed), keeping the text it had streamed."""
@@ -344,7 +321,7 @@ class Agent:
             record = await self._conversations.turn(session_id, conversation_id, turn_id)
         except NotFound:
             return  # the session was deleted meanwhile
-        await self._release(session_id, turn_id)
+        await self._slots.release(session_id, turn_id)
         if record.state is not TurnState.RUNNING:
             return
         scope = conversation_scope(session_id, conversation_id)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,7 @@ from daveloper.errors import Unavailable
 from daveloper.eventlog._store import ScopeKeys, redis_call
 from daveloper.infra.pubsub import open_pubsub, publish_command, pubsub_call
 
-__all__ = ["ControlChannel"]
+__all__ = ["ControlChannel", "TaskStopper"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,42 @@ redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
 redis.call('PUBLISH', ARGV[1], 'cancel')
 return 1
 """
+
+
+class TaskStopper(asyncio.Event):
+    """A cancellation's event (pass it to :meth:`ControlChannel.cancellation`) that, once armed,
+    cancels the task that armed it when a cancel arrives, once, as ``asyncio.timeout`` does, and
+    tells afterwards whether the ``CancelledError`` was its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelling = 0
+        self._fired = False
+        #: When the cancel was heard (``time.perf_counter``).
+        self.told = 0.0
+
+    def arm(self) -> None:
+        self._task = asyncio.current_task()
+        assert self._task is not None
+        self._cancelling = self._task.cancelling()
+
+    def set(self) -> None:
+        if self.is_set():
+            return
+        super().set()
+        if self._task is not None:
+            self.told = time.perf_counter()
+            self._fired = True
+            self._task.cancel()
+
+    def disarm(self) -> bool:
+        """Stop cancelling; True if a cancel of ours was delivered and no other cancel is pending."""
+        task, self._task = self._task, None
+        if task is None or not self._fired:
+            return False
+        self._fired = False
+        return task.uncancel() <= self._cancelling
 
 
 @dataclass(eq=False)

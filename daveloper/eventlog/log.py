@@ -14,8 +14,9 @@ from typing import Any, TypeVar, cast
 import redis.asyncio as aioredis
 
 from daveloper.errors import Cancelled, CursorExpired, FailedPrecondition, InvalidArgument, Unavailable
+from daveloper.eventlog._append import APPEND
 from daveloper.eventlog._store import ScopeKeys, redis_call
-from daveloper.eventlog.control import ControlChannel
+from daveloper.eventlog.control import ControlChannel, TaskStopper
 from daveloper.eventlog.tail import GONE_NOTICE, RESYNC, UNREACHABLE, Tails
 from daveloper.infra.batching import CommandBatcher
 from daveloper.infra.pubsub import publish_command
@@ -32,87 +33,6 @@ _BATCH = 256
 #: A stream entry as redis-py returns it: (b"<seq>-0", {b"p": payload[, b"f": b"1"]}).
 _RawEntry = tuple[bytes, dict[bytes, bytes]]
 
-# KEYS: stream, meta hash. ARGV: final ("1"/"0"), retention, TTL seconds, tail channel, writer, batch,
-# payload 1..n. Returns the seq of the first payload, or minus the final seq if the scope is already finished.
-# A writer ("" for none) numbers its batches 1, 2, 3...: a batch it sends again (a retry after a lost
-# reply) is not stored twice; the seq it got the first time is returned.
-# One script, so that seq order is stream order even with writers in many
-# processes: the stream id *is* the seq, and XADD refuses ids out of order. The
-# entries are published on the scope's tail channel in the same script, so
-# followers hear them in seq order (message layout in tail.py).
-_APPEND = """
-local mark = ARGV[5] ~= '' and ('w:' .. ARGV[5]) or nil
-if mark then
-  local done = redis.call('HGET', KEYS[2], mark)
-  if done then
-    local batch, at = string.match(done, '(%d+) (%d+)')
-    if tonumber(batch) >= tonumber(ARGV[6]) then
-      return tonumber(at)
-    end
-  end
-end
-local final = redis.call('HGET', KEYS[2], 'final')
-if final then
-  return -tonumber(final)
-end
-local n = #ARGV - 6
-local first = redis.call('HINCRBY', KEYS[2], 'last', n) - n + 1
-local sizes = {}
-for i = 1, n do
-  local seq = first + i - 1
-  local payload = ARGV[6 + i]
-  if i == n and ARGV[1] == '1' then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'p', payload, 'f', '1')
-    redis.call('HSET', KEYS[2], 'final', seq)
-  else
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'p', payload)
-  end
-  sizes[i] = #payload
-end
-if mark then
-  redis.call('HSET', KEYS[2], mark, ARGV[6] .. ' ' .. first)
-end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-local header = first .. ' ' .. ARGV[1] .. ' ' .. table.concat(sizes, ' ')
-redis.call('PUBLISH', ARGV[4], header .. '\\n' .. table.concat(ARGV, '', 7))
-return first
-"""
-
-
-class _Stopper(asyncio.Event):
-    """Set by the control channel when a cancel arrives: cancels the task that armed it, once, as
-    ``asyncio.timeout`` does, and tells afterwards whether the ``CancelledError`` was its own."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._task: asyncio.Task[Any] | None = None
-        self._cancelling = 0
-        self._fired = False
-        #: When the cancel was heard (``time.perf_counter``).
-        self.told = 0.0
-
-    def arm(self) -> None:
-        self._task = asyncio.current_task()
-        assert self._task is not None
-        self._cancelling = self._task.cancelling()
-
-    def set(self) -> None:
-        if self.is_set():
-            return
-        super().set()
-        if self._task is not None:
-            self.told = time.perf_counter()
-            self._fired = True
-            self._task.cancel()
-
-    def disarm(self) -> bool:
-        """Stop cancelling; True if a cancel of ours was delivered and no other cancel is pending."""
-        task, self._task = self._task, None
-        if task is None or not self._fired:
-            return False
-        self._fired = False
-        return task.uncancel() <= self._cancelling
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +86,7 @@ class EventLog:
         #: Appends made close together (many turns streaming at once) share one pipeline; a command queued
         #: here before an append goes out before it, in the same pipeline.
         self.batch = CommandBatcher(redis, observe=metrics.eventlog_append_batch.observe)
-        self._append = redis.register_script(_APPEND.replace("PUBLISH", publish_command(redis)))
+        self._append = redis.register_script(APPEND.replace("PUBLISH", publish_command(redis)))
         self._control = ControlChannel(redis, prefix=prefix, ttl_seconds=ttl_seconds)
         self._tails = Tails(redis, quiet_seconds=ttl_seconds)
 
@@ -400,7 +320,7 @@ class EventLog:
         cannot be set up (``Unavailable``), ``work`` is closed without running;
         if a cancel was requested before, it is closed and ``Cancelled`` raised.
         """
-        stopper = _Stopper()
+        stopper = TaskStopper()
         try:
             watch = self._control.cancellation(scope, stopper)
             await watch.__aenter__()

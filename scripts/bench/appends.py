@@ -35,7 +35,7 @@ from typing import Any
 import uvloop
 
 from daveloper.eventlog import EventLog
-from daveloper.eventlog.log import _APPEND
+from daveloper.eventlog._append import APPEND
 from daveloper.infra.redis import connect_redis
 from daveloper.infra.valkey import EmbeddedValkey
 from scripts.bench._stats import median, table
@@ -60,7 +60,7 @@ async def measure(appends: int, rounds: int) -> dict[str, Any]:
         redis = connect_redis(valkey.url)
         try:
             log = EventLog(redis, retention=1000, ttl_seconds=3600)
-            script = redis.register_script(_APPEND)
+            script = redis.register_script(APPEND)
             batch = itertools.count(1)
 
             def args(i: int, writer: str) -> tuple[list[str], list[Any]]:
