@@ -4,8 +4,10 @@ Nearly every event of a turn is a ``ChatEvent`` carrying a ``TokenDelta``; when 
 model streams slowly (or many turns share the loop) each token is an event of
 its own. betterproto2 encodes one in ~60 µs of CPU; the upb message class built
 from the descriptor set encodes the same bytes in ~5 µs. Every other event
-(start, tool calls, citations, the end) is rare and stays with betterproto2,
-which the rest of the agent's code uses.
+(start, tool calls, citations, the end) is rare: it is built as a betterproto2
+message, as the rest of the agent's code does, and serialized by
+:func:`daveloper.rpc.upb.encode`, which first copies it field by field; building
+token deltas straight in upb skips both the betterproto2 message and the copy.
 """
 
 from __future__ import annotations

@@ -83,12 +83,14 @@ class CommandBatcher:
         """The reply of a call of ``script``, sent with whatever else is queued."""
         return await self.queue_script(script, keys, args)
 
-    async def execute(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        """Queue ``commands`` in order and return their replies; the first error, if any, once all have answered."""
+    async def execute(self, commands: Sequence[Sequence[Any]], *, raise_on_error: bool = True) -> list[Any]:
+        """Queue ``commands`` in order and return their replies once all have answered: the first error raised,
+        or with ``raise_on_error=False`` each error as its command's reply (as redis-py's ``Pipeline.execute``)."""
         replies = await asyncio.gather(*(self.queue(*command) for command in commands), return_exceptions=True)
-        for reply in replies:
-            if isinstance(reply, BaseException):
-                raise reply
+        if raise_on_error:
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    raise reply
         return replies
 
     def pipeline(self) -> BatchPipeline:
@@ -134,10 +136,10 @@ class CommandBatcher:
         if self._observe is not None:
             self._observe(len(batch))
         try:
-            for script in {queued.script[0].sha: queued.script[0] for queued in batch if queued.script}.values():
-                if script.sha not in self._loaded:
-                    await self._redis.script_load(script.script)
-                    self._loaded.add(script.sha)
+            for queued in batch:
+                if queued.script is not None and queued.script[0].sha not in self._loaded:
+                    await self._redis.script_load(queued.script[0].script)
+                    self._loaded.add(queued.script[0].sha)
             async with self._redis.pipeline(transaction=False) as pipe:
                 for queued in batch:
                     pipe.execute_command(*queued.command)
@@ -191,9 +193,7 @@ class BatchPipeline:
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         """The replies in order; with ``raise_on_error=False`` an error is its command's reply instead of raised."""
         commands, self._commands = self._commands, []
-        if raise_on_error:
-            return await self._batcher.execute(commands)
-        return await asyncio.gather(*(self._batcher.queue(*command) for command in commands), return_exceptions=True)
+        return await self._batcher.execute(commands, raise_on_error=raise_on_error)
 
 
 def _fail(batch: list[_Queued], error: Exception) -> None:
