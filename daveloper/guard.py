@@ -216,7 +216,12 @@ class Guard:
         buckets = self._policy.buckets(method_class, session_id, client_address_var.get())
         if not buckets:
             return
-        await self._settle(await self._limiter.take(buckets), method_class)
+        # Queued on the store's lookup pipeline: with the command batcher, the take goes to Redis with whatever
+        # else is waiting (a burst of turns costs a few pipelines, not a pooled connection each).
+        async with self._store.lookup_pipeline() as pipe:
+            self._limiter.queue_take(pipe, buckets)
+            taken = await pipe.execute(raise_on_error=False)
+        await self._settle(await self._limiter.settle(taken, buckets), method_class)
 
     async def _settle(self, verdict: Verdict, method_class: str) -> None:
         if not verdict.allowed:

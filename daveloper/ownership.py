@@ -33,7 +33,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 
 from daveloper.errors import DaveloperError, Unavailable
 from daveloper.infra.redis import redis_call, reply_text
@@ -129,15 +128,16 @@ class WorkLeases:
             await redis_call(pipe.execute())
         self._owned.add(member)
 
-    def claim_in(self, pipe: Pipeline, kind: str, work_id: str, **fields: str) -> None:
-        """Queue :meth:`claim` on ``pipe`` (a transaction the caller runs with its own writes).
+    def claim_commands(self, kind: str, work_id: str, **fields: str) -> list[tuple[Any, ...]]:
+        """:meth:`claim` as commands, each ``(name, key, *args)``, for the caller to apply with its own writes
+        (:meth:`CommandBatcher.atomic <daveloper.infra.batching.CommandBatcher.atomic>`).
 
-        The lease counts as owned at once; if the pipeline fails, the caller calls :meth:`release`.
+        The lease counts as owned at once; if the writes fail, the caller calls :meth:`release`.
         """
         member = self._member(kind, work_id)
-        pipe.hset(self._data, member, json.dumps({**fields, "kind": kind, "id": work_id, "owner": self._owner}))
-        pipe.zadd(self._set, {member: time.time() + self.ttl_seconds})
         self._owned.add(member)
+        return [("HSET", self._data, member, json.dumps({**fields, "kind": kind, "id": work_id, "owner": self._owner})),
+                ("ZADD", self._set, time.time() + self.ttl_seconds, member)]
 
     async def release(self, kind: str, work_id: str) -> None:
         """The work ended (its final event is written): drop the lease.

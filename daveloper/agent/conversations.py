@@ -21,7 +21,6 @@ import re
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 
 from daveloper.errors import InvalidArgument, NotFound, Unavailable
 from daveloper.infra.redis import is_cluster, reply_text
@@ -103,11 +102,7 @@ class Conversations:
             await pipe.execute()
         return None
 
-    # -- a turn's start in two round trips: reads and claims, then one transaction (see Agent.start) --
-
-    def pipeline(self, *, transaction: bool) -> Pipeline:
-        """A pipeline on the records' Redis, for the ``*_in`` methods (and the caller's own commands)."""
-        return self._redis.pipeline(transaction=transaction)
+    # -- a turn's start in two round trips: reads and claims, then its writes together (see Agent.start) --
 
     def find_command(self, session_id: str, conversation_id: str) -> tuple[Any, ...]:
         """:meth:`find` as a command; its reply is the record's bytes or None (:func:`parse_conversation`)."""
@@ -144,13 +139,14 @@ class Conversations:
                     raise
             await asyncio.sleep(0.02)
 
-    def add_turn_in(self, pipe: Pipeline, session_id: str, conversation: Conversation, turn: Turn) -> None:
-        """Queue the writes of a new turn and its conversation's updated record (on a transaction)."""
+    def add_turn_commands(self, session_id: str, conversation: Conversation, turn: Turn) -> list[tuple[Any, ...]]:
+        """The writes of a new turn and its conversation's updated record, each ``(name, key, *args)``
+        (for :meth:`CommandBatcher.atomic <daveloper.infra.batching.CommandBatcher.atomic>`)."""
         assert conversation.update_time is not None
-        pipe.set(self._turn(session_id, conversation.id, turn.id), upb.encode(turn))
-        pipe.rpush(self._turns(session_id, conversation.id), turn.id)
-        pipe.set(self._conv(session_id, conversation.id), upb.encode(conversation))
-        pipe.zadd(self._convs(session_id), {conversation.id: conversation.update_time.timestamp()})
+        return [("SET", self._turn(session_id, conversation.id, turn.id), upb.encode(turn)),
+                ("RPUSH", self._turns(session_id, conversation.id), turn.id),
+                ("SET", self._conv(session_id, conversation.id), upb.encode(conversation)),
+                ("ZADD", self._convs(session_id), conversation.update_time.timestamp(), conversation.id)]
 
     def put_turn_command(self, session_id: str, conversation_id: str, turn: Turn) -> tuple[Any, ...]:
         """:meth:`put_turn` as a command, to send with others (:meth:`CommandBatcher.execute

@@ -183,14 +183,13 @@ class Agent:
         state = RunningTurn(session_id, conversation_id, turn, options, fresh=conversation.turn_count == 1,
                             starting=True, counted=True, feed=TurnFeed())
         try:
-            # On a cluster the records (the session's slot) and the work claim ({work}) cannot share a
-            # transaction: one pipelined round trip there; if it fails, _abandon releases the claim.
-            async with self._conversations.pipeline(transaction=not self._conversations.clustered) as pipe:
-                self._conversations.add_turn_in(pipe, session_id, conversation, turn)
-                if self._work is not None:
-                    # Claimed before the start event: an orphan handler reads the log from its start.
-                    self._work.claim_in(pipe, "turn", turn.id, session=session_id, conversation=conversation_id)
-                await redis_call(pipe.execute())
+            # All or nothing, sent with whatever else is queued. On a cluster the records (the session's slot)
+            # and the work claim ({work}) live apart: not atomic there; if it fails, _abandon releases the claim.
+            writes = self._conversations.add_turn_commands(session_id, conversation, turn)
+            if self._work is not None:
+                # Claimed before the start event: an orphan handler reads the log from its start.
+                writes += self._work.claim_commands("turn", turn.id, session=session_id, conversation=conversation_id)
+            await redis_call(self._events.batch.atomic(writes))
             state.place = place = self.queue.join(state.scope)
             if place.ahead is None:
                 await self._announce(state)

@@ -21,6 +21,8 @@ sends fewer, larger pipelines instead of more calls.
   part, so only commands on one node keep their order there).
 * A command whose future is cancelled before its pipeline is sent (its caller left)
   is not sent.
+* :meth:`CommandBatcher.atomic` sends a few writes as one script call, so they all apply or
+  none does (a transaction's guarantee) while still going out with the rest.
 * A script is loaded (``SCRIPT LOAD``) before the first pipeline that calls it, so
   its calls keep their place in the order. ``NOSCRIPT`` later (a server restarted
   without it) is answered by calling the script alone, which loads it again: that
@@ -39,12 +41,26 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
+from daveloper.infra.redis import is_cluster
+
 __all__ = ["CLOSE_SECONDS", "MAX_BATCH", "BatchPipeline", "CommandBatcher"]
 
 #: Commands per pipeline at most; a longer queue goes out in several, one after another.
 MAX_BATCH = 1024
 #: Seconds :meth:`CommandBatcher.aclose` waits for the commands in flight before failing them.
 CLOSE_SECONDS = 5.0
+
+#: Runs commands whose first argument is their key, in order, as one script (atomic, as MULTI/EXEC is).
+#: KEYS: each command's key; ARGV: for each command its name, the count of its other arguments, then those.
+_ATOMIC = """
+local at, replies = 1, {}
+for i, key in ipairs(KEYS) do
+  local count = tonumber(ARGV[at + 1])
+  replies[i] = redis.call(ARGV[at], key, unpack(ARGV, at + 2, at + 1 + count))
+  at = at + 2 + count
+end
+return replies
+"""
 
 
 @dataclass(slots=True)
@@ -69,6 +85,8 @@ class CommandBatcher:
         self._closed = False
         #: Scripts this batcher has loaded (by SHA1).
         self._loaded: set[str] = set()
+        self._atomic = redis.register_script(_ATOMIC)
+        self._clustered = is_cluster(redis)
 
     def queue(self, *command: Any) -> asyncio.Future[Any]:
         """Queue ``command`` now; its reply (or error: redis-py's exceptions) is the future's."""
@@ -92,6 +110,22 @@ class CommandBatcher:
                 if isinstance(reply, BaseException):
                     raise reply
         return replies
+
+    def atomic(self, commands: Sequence[Sequence[Any]]) -> asyncio.Future[list[Any]]:
+        """Queue ``commands`` (each ``(name, key, *args)``) now, to apply all together: no other client
+        sees some of them without the rest, and a connection lost on the way applies none.
+
+        The future's result is their replies as a script returns them (``OK`` is ``b"OK"``).
+        On a cluster the keys may live on different nodes, so there the commands are queued one
+        by one, not atomically (the callers undo what a failure left, as after an error).
+        """
+        if self._clustered:
+            return asyncio.gather(*(self.queue(*command) for command in commands))
+        keys = [command[1] for command in commands]
+        args: list[Any] = []
+        for name, _, *rest in commands:
+            args += [name, len(rest), *rest]
+        return self.queue_script(self._atomic, keys, args)
 
     def pipeline(self) -> BatchPipeline:
         """A pipeline-like view (``execute_command``, ``hmget``, ``execute``) whose commands go out with the rest."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
@@ -178,3 +179,66 @@ async def test_a_batch_pipeline_answers_like_redis_pys(redis: aioredis.Redis, si
         with pytest.raises(ResponseError):
             await pipe.execute()
     assert sizes == [2, 1]
+
+
+async def test_atomic_writes_go_out_with_the_rest_as_one_script_call(redis: aioredis.Redis, sizes: list[float]) -> None:
+    batcher = CommandBatcher(redis, observe=sizes.append)
+    other = batcher.queue("SET", "other", "1")
+    writes = batcher.atomic([("SET", "turn", b"\x00record"), ("RPUSH", "turns", "t1"), ("ZADD", "convs", 2.5, "c1"),
+                             ("HSET", "work", "turn:t1", "{}")])
+    assert await asyncio.gather(other, writes) == [True, [b"OK", 1, 1, 1]]
+    assert sizes == [2]
+    assert await redis.get("turn") == b"\x00record"
+    assert await redis.lrange("turns", 0, -1) == [b"t1"]
+    assert await redis.zscore("convs", "c1") == 2.5
+    assert await redis.hget("work", "turn:t1") == b"{}"
+    await redis.script_flush()  # a server that lost the script: loaded again
+    assert await batcher.atomic([("RPUSH", "turns", "t2")]) == [2]
+
+
+async def _cut_proxy(redis_url: str, marker: bytes) -> asyncio.Server:
+    """A proxy to the server at ``redis_url`` that drops the connection just before the client sends ``marker``."""
+    target = urlsplit(redis_url)
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if target.scheme == "unix":
+            up_reader, up_writer = await asyncio.open_unix_connection(target.path)
+        else:
+            up_reader, up_writer = await asyncio.open_connection(target.hostname, target.port)
+
+        async def downstream() -> None:
+            while data := await up_reader.read(1 << 16):
+                writer.write(data)
+
+        replies = asyncio.ensure_future(downstream())
+        try:
+            while data := await reader.read(1 << 16):
+                if (at := data.find(marker)) >= 0:
+                    up_writer.write(data[:at])  # the server gets the command up to the marker, and no more
+                    await up_writer.drain()
+                    await asyncio.sleep(0.1)
+                    break
+                up_writer.write(data)
+        finally:
+            replies.cancel()
+            up_writer.close()
+            writer.close()
+
+    return await asyncio.start_server(pipe, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize("atomic", [True, False], ids=["atomic", "plain pipeline"])
+async def test_a_connection_lost_halfway_through_atomic_writes_applies_none_of_them(
+        redis: aioredis.Redis, redis_url: str, atomic: bool) -> None:
+    proxy = await _cut_proxy(redis_url, b"LAST-WRITE")
+    client = connect_redis(f"redis://127.0.0.1:{proxy.sockets[0].getsockname()[1]}")
+    try:
+        batcher = CommandBatcher(client)
+        writes = [("SET", "first", "1"), ("RPUSH", "second", "2"), ("SET", "third", "LAST-WRITE")]
+        with pytest.raises(RedisConnectionError):
+            await (batcher.atomic(writes) if atomic else batcher.execute(writes))
+    finally:
+        await client.aclose()
+        proxy.close()
+    # The contrast: a plain pipeline cut at the same byte has applied the commands before the cut.
+    assert await redis.exists("first", "second", "third") == (0 if atomic else 2)
